@@ -1,0 +1,5 @@
+"""pytest-llmperf: LLM-serving performance as ordinary pytest tests."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,207 @@
+"""Plain value objects that flow between the plugin's modules.
+
+Everything here is made of builtins so it can cross pytest-xdist's execnet channel and be written to JSON or
+YAML as is. Units are part of field names (``_s``, ``_ms``, ``_len``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pytest_llmperf.errors import SpecError
+
+Api = Literal["completions", "chat"]
+CompatMode = Literal["vllm", "sglang"]
+APIS: tuple[str, ...] = ("completions", "chat")
+COMPAT_MODES: tuple[str, ...] = ("vllm", "sglang")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Workload:
+    """One load episode: what to send, how fast, and how to count it.
+
+    Exactly one of ``num_prompts`` and ``duration_s`` bounds the run (``num_prompts`` wins when both are set
+    to keep runs bounded in count). ``concurrency=None`` with ``request_rate=inf`` sends everything at once.
+    """
+
+    api: Api = "completions"
+    dataset: str = "random"
+    input_len: int = 128
+    output_len: int = 64
+    range_ratio: float = 0.0
+    prefix_len: int = 0
+    num_prompts: int | None = 32
+    duration_s: float | None = None
+    concurrency: int | None = None
+    request_rate: float = math.inf
+    burstiness: float = 1.0
+    warmup: int = 0
+    seed: int = 0
+    ignore_eos: bool = True
+    temperature: float | None = 0.0
+    per_token_usage: bool = True
+    request_timeout_s: float = 600.0
+    compat: CompatMode = "vllm"
+
+    def __post_init__(self) -> None:
+        problems = workload_problems(self)
+        if problems:
+            raise SpecError("invalid workload: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> Workload:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def workload_problems(w: Workload) -> list[str]:
+    """Every reason ``w`` cannot run, as short phrases that name the field and the accepted values."""
+    problems: list[str] = []
+    if w.api not in APIS:
+        problems.append(f"api={w.api!r} (expected one of {', '.join(APIS)})")
+    if w.compat not in COMPAT_MODES:
+        problems.append(f"compat={w.compat!r} (expected one of {', '.join(COMPAT_MODES)})")
+    for name in ("input_len", "output_len"):
+        value = getattr(w, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"{name}={value!r} (expected an int >= 1)")
+    for name in ("prefix_len", "warmup", "seed"):
+        value = getattr(w, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            problems.append(f"{name}={value!r} (expected an int >= 0)")
+    if not 0.0 <= w.range_ratio < 1.0:
+        problems.append(f"range_ratio={w.range_ratio!r} (expected 0 <= range_ratio < 1)")
+    if w.num_prompts is None and w.duration_s is None:
+        problems.append("neither num_prompts nor duration_s is set (set one to bound the run)")
+    if w.num_prompts is not None and (isinstance(w.num_prompts, bool) or w.num_prompts < 1):
+        problems.append(f"num_prompts={w.num_prompts!r} (expected an int >= 1)")
+    if w.duration_s is not None and not w.duration_s > 0:
+        problems.append(f"duration_s={w.duration_s!r} (expected a number > 0)")
+    if w.concurrency is not None and (isinstance(w.concurrency, bool) or w.concurrency < 1):
+        problems.append(f"concurrency={w.concurrency!r} (expected an int >= 1 or None for unbounded)")
+    if not w.request_rate > 0:
+        problems.append(f"request_rate={w.request_rate!r} (expected a number > 0, inf for all at once)")
+    if not w.burstiness > 0:
+        problems.append(f"burstiness={w.burstiness!r} (expected a number > 0; 1 is Poisson)")
+    if not w.request_timeout_s > 0:
+        problems.append(f"request_timeout_s={w.request_timeout_s!r} (expected a number > 0)")
+    return problems
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Endpoint:
+    """An OpenAI-compatible server the load generator talks to.
+
+    ``api_key`` is excluded from ``repr`` and from :meth:`public_dict` so that it never reaches a log or a
+    report file.
+    """
+
+    url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    engine: str = "unknown"
+    engine_version: str | None = None
+    gpu_count: int | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    pid: int | None = None
+    log_path: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/")
+
+    def public_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data.pop("api_key")
+        return data
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Prompt:
+    """One request's input: token ids (exact length) or text, and the output length to ask for."""
+
+    prompt: str | list[int]
+    input_len: int
+    output_len: int
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What the client observed for one request. Times are ``time.perf_counter()`` seconds.
+
+    The load generator fills it as the stream arrives; nothing here is derived, so the metrics module can
+    apply either compatibility mode to the same record.
+    """
+
+    index: int
+    arrival_s: float
+    input_len: int
+    output_len: int
+    start_s: float = 0.0
+    status: int | None = None
+    event_times_s: list[float] = field(default_factory=list)
+    # Cumulative completion tokens reported with each output event (continuous usage stats); empty if not sent.
+    event_cum_tokens: list[int] = field(default_factory=list)
+    # Whether each event carried non-empty text (sglang mode starts TTFT at the first non-empty text).
+    event_has_text: list[bool] = field(default_factory=list)
+    last_line_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    finish_reason: str | None = None
+    output_chars: int = 0
+    error: str = ""
+    error_kind: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.status == 200 and bool(self.event_times_s)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClientCheck:
+    """The load generator's view of its own health during a run."""
+
+    loop_lag_p50_ms: float
+    loop_lag_p99_ms: float
+    loop_lag_max_ms: float
+    client_cpu_s: float
+    wall_s: float
+    dispatch_lag_p99_ms: float
+    client_bound: bool
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def client_cpu_fraction(self) -> float:
+        return self.client_cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["reasons"] = list(self.reasons)
+        data["client_cpu_fraction"] = self.client_cpu_fraction
+        return data
+
+
+@dataclass(slots=True)
+class RunRecords:
+    """Everything one load episode produced, before any statistics."""
+
+    workload: Workload
+    records: list[RequestRecord]
+    bench_start_s: float
+    bench_end_s: float
+    warmup_records: list[RequestRecord] = field(default_factory=list)
+    client: ClientCheck | None = None
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        return self.bench_end_s - self.bench_start_s
