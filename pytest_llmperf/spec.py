@@ -153,6 +153,7 @@ class RequestRecord:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     finish_reason: str | None = None
+    response_id: str | None = None
     output_chars: int = 0
     error: str = ""
     error_kind: str = ""
