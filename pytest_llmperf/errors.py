@@ -9,9 +9,13 @@ Every message ends with what to do next, so a failing CI log is actionable.
     │   ├── ServerExitedError       the process exited before/while serving
     │   └── ServerStartTimeout      it never became ready before the deadline
     └── BaselineError               a stored baseline cannot be read or written
+
+    RunInterrupted (KeyboardInterrupt)  Ctrl-C during a run; carries what was measured so far
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class LLMPerfError(Exception):
@@ -40,3 +44,11 @@ class ServerStartTimeout(ServerError):
 
 class BaselineError(LLMPerfError):
     """A baseline file cannot be read or written."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run. ``partial`` holds the records measured so far, so nothing is lost."""
+
+    def __init__(self, partial: Any) -> None:
+        super().__init__("run interrupted; partial results kept")
+        self.partial = partial

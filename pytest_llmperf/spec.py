@@ -154,6 +154,8 @@ class RequestRecord:
     cached_tokens: int | None = None
     finish_reason: str | None = None
     response_id: str | None = None
+    # Attempts that never reached the server (e.g. a keep-alive connection the server had closed).
+    connection_retries: int = 0
     output_chars: int = 0
     error: str = ""
     error_kind: str = ""
