@@ -1,1 +1,34 @@
-"""Entry point (placeholder until the fixture lands)."""
+"""pytest entry point (``pytest11: llmperf``): hooks only, cheap to import.
+
+numpy, scipy, httpx and aiohttp are imported inside the functions that use them, so having the plugin
+installed costs unrelated pytest runs nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_llmperf import options
+from pytest_llmperf.fixtures import SESSION_KEY, llmperf, llmperf_server
+from pytest_llmperf.markers import MARKER_HELP
+from pytest_llmperf.session import LLMPerfSession
+
+__all__ = ["llmperf", "llmperf_server"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.register(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    session = LLMPerfSession(config, options.resolve(config))
+    config.stash[SESSION_KEY] = session
+    config.pluginmanager.register(session, "llmperf-session")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        config.pluginmanager.unregister(session)
+        del config.stash[SESSION_KEY]

@@ -58,9 +58,32 @@ class Workload:
         return dataclasses.asdict(self)
 
 
+# Accepted types per field (``bool`` is not an ``int`` here: ``concurrency=True`` is a mistake).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("input_len", "output_len", "prefix_len", "warmup", "seed"), (int,)),
+    **dict.fromkeys(("num_prompts", "concurrency"), (int, type(None))),
+    **dict.fromkeys(("range_ratio", "request_rate", "burstiness", "request_timeout_s"), (int, float)),
+    **dict.fromkeys(("duration_s", "temperature"), (int, float, type(None))),
+    **dict.fromkeys(("ignore_eos", "per_token_usage"), (bool,)),
+    **dict.fromkeys(("api", "dataset", "compat"), (str,)),
+}
+
+
+def _type_problems(w: Workload) -> list[str]:
+    problems = []
+    for name, accepted in _FIELD_TYPES.items():
+        value = getattr(w, name)
+        if type(value) not in accepted:
+            expected = " or ".join("None" if t is type(None) else t.__name__ for t in accepted)
+            problems.append(f"{name}={value!r} has type {type(value).__name__}, expected {expected}")
+    return problems
+
+
 def workload_problems(w: Workload) -> list[str]:
     """Every reason ``w`` cannot run, as short phrases that name the field and the accepted values."""
-    problems: list[str] = []
+    problems = _type_problems(w)
+    if problems:
+        return problems  # range checks below assume the right types
     if w.api not in APIS:
         problems.append(f"api={w.api!r} (expected one of {', '.join(APIS)})")
     if w.compat not in COMPAT_MODES:
@@ -144,7 +167,7 @@ class RequestRecord:
     start_s: float = 0.0
     status: int | None = None
     event_times_s: list[float] = field(default_factory=list)
-    # Cumulative completion tokens reported with each output event (continuous usage stats); empty if not sent.
+    # Cumulative completion tokens sent with each output event (continuous usage stats); empty if none.
     event_cum_tokens: list[int] = field(default_factory=list)
     # Whether each event carried non-empty text (sglang mode starts TTFT at the first non-empty text).
     event_has_text: list[bool] = field(default_factory=list)

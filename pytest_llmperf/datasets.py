@@ -1,0 +1,184 @@
+"""Prompts for a workload: random token ids or text, ShareGPT JSON, or JSONL.
+
+Pure: the caller passes in what it learned from the server (a pool of valid token ids, a tokenize callable,
+the chat template's token overhead), so this module does no I/O beyond reading a dataset file.
+
+Exact input lengths come from token-id prompts on ``/v1/completions`` (a list of ints is valid OpenAI input)
+or, for chat and for servers without a token pool, from text trimmed until the server's tokenizer agrees.
+Random prompts differ per request (token ids drawn independently per position) so a prefix cache cannot serve
+them, except the shared ``prefix_len`` tokens when a test asks for them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_llmperf.errors import SpecError
+from pytest_llmperf.spec import Prompt, Workload
+
+Tokenize = Callable[[str], list[int]]
+
+# Common short English words: most tokenizers map each (with its leading space) to one token, which keeps
+# text prompts close to their target length before trimming.
+_WORDS = tuple(
+    """the of and to in is was for that on as with by he at from his it an were are which this be or has had
+    not first one their its new after who they have her she two been other when there all during into school
+    time may years more most only over city some world would where later up such used many can state about
+    national out known university united then made year part three both under north""".split()
+)
+
+_MAX_CALIBRATION_ROUNDS = 8
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PromptContext:
+    """What the orchestrator learned from the server before building prompts."""
+
+    token_pool: Sequence[int] = ()
+    tokenize: Tokenize | None = None
+    chat_overhead_tokens: int = 0
+
+
+def sample_lengths(workload: Workload, count: int, rng: random.Random) -> list[tuple[int, int]]:
+    """(input_len, output_len) per request with the range-ratio rule of the workload's compat mode.
+
+    vllm: integers uniform on ``[floor(L(1-r)), ceil(L(1+r))]``; sglang: uniform on ``[max(1, int(L r)), L]``.
+    """
+    r = workload.range_ratio
+
+    def one(length: int) -> int:
+        if workload.compat == "sglang":
+            low, high = max(1, int(length * r)), length
+        else:
+            low, high = max(1, math.floor(length * (1 - r))), max(1, math.ceil(length * (1 + r)))
+        return rng.randint(low, high) if high > low else low
+
+    return [(one(workload.input_len), one(workload.output_len)) for _ in range(count)]
+
+
+def build_prompts(workload: Workload, count: int, context: PromptContext) -> list[Prompt]:
+    """``count`` prompts for ``workload`` (seeded: the same workload gives the same prompts)."""
+    rng = random.Random(workload.seed)
+    if workload.dataset == "random":
+        return _random_prompts(workload, count, context, rng)
+    path = Path(workload.dataset)
+    if not path.is_file():
+        raise SpecError(
+            f"dataset={workload.dataset!r} is neither 'random' nor an existing file; "
+            "give a ShareGPT .json file or a .jsonl file of {'prompt': ..., 'output_len': ...} lines"
+        )
+    rows = _read_jsonl(path) if path.suffix == ".jsonl" else _read_sharegpt(path)
+    if not rows:
+        raise SpecError(f"dataset {path} holds no usable prompts; check its format (ShareGPT JSON or JSONL)")
+    rng.shuffle(rows)
+    prompts: list[Prompt] = []
+    for i in range(count):
+        text, wanted_out = rows[i % len(rows)]
+        n_in = len(context.tokenize(text)) if context.tokenize else _estimate_tokens(text)
+        prompts.append(
+            Prompt(
+                prompt=text,
+                input_len=n_in + _overhead(workload, context),
+                output_len=wanted_out or workload.output_len,
+            )
+        )
+    return prompts
+
+
+def _overhead(workload: Workload, context: PromptContext) -> int:
+    return context.chat_overhead_tokens if workload.api == "chat" else 0
+
+
+def _random_prompts(workload: Workload, count: int, context: PromptContext, rng: random.Random) -> list[Prompt]:
+    lengths = sample_lengths(workload, count, rng)
+    overhead = _overhead(workload, context)
+    use_ids = workload.api == "completions" and len(context.token_pool) > 0
+    prefix_len = min(workload.prefix_len, workload.input_len)
+    if use_ids:
+        pool = list(context.token_pool)
+        prefix_ids = [rng.choice(pool) for _ in range(prefix_len)]
+        return [
+            Prompt(
+                prompt=prefix_ids[: min(prefix_len, n_in)]
+                + [rng.choice(pool) for _ in range(max(0, n_in - prefix_len))],
+                input_len=n_in,
+                output_len=n_out,
+            )
+            for n_in, n_out in lengths
+        ]
+    prefix_words = [rng.choice(_WORDS) for _ in range(prefix_len)]
+    prompts = []
+    for n_in, n_out in lengths:
+        body_target = max(1, n_in - overhead)
+        words = prefix_words[:body_target] + [rng.choice(_WORDS) for _ in range(max(0, body_target - prefix_len))]
+        text = _fit_text(words, body_target, context.tokenize, rng)
+        measured = len(context.tokenize(text)) + overhead if context.tokenize else n_in
+        prompts.append(Prompt(prompt=text, input_len=measured, output_len=n_out))
+    return prompts
+
+
+def _fit_text(words: list[str], target: int, tokenize: Tokenize | None, rng: random.Random) -> str:
+    """Add or drop words until ``tokenize`` agrees the text has ``target`` tokens (best effort)."""
+    if tokenize is None:
+        return " ".join(words)
+    for _ in range(_MAX_CALIBRATION_ROUNDS):
+        count = len(tokenize(" ".join(words)))
+        if count == target:
+            break
+        if count > target:
+            # Drop proportionally, at least one word; words rarely span more than a few tokens.
+            drop = max(1, (count - target) * len(words) // max(count, 1))
+            words = words[: max(1, len(words) - drop)]
+        else:
+            words = words + [rng.choice(_WORDS) for _ in range(target - count)]
+    return " ".join(words)
+
+
+def _estimate_tokens(text: str) -> int:
+    # Only used without any tokenizer; the server's usage.prompt_tokens replaces it when reported.
+    return max(1, round(len(text.split()) * 1.3))
+
+
+def _read_sharegpt(path: Path) -> list[tuple[str, int | None]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"cannot read ShareGPT dataset {path}: {exc}") from exc
+    if not isinstance(data, list):
+        raise SpecError(f"ShareGPT dataset {path} must be a JSON list of {{'conversations': [...]}} entries")
+    rows: list[tuple[str, int | None]] = []
+    for entry in data:
+        turns = entry.get("conversations") if isinstance(entry, dict) else None
+        if not isinstance(turns, list) or len(turns) < 2:
+            continue
+        prompt, reply = turns[0].get("value"), turns[1].get("value")
+        if isinstance(prompt, str) and isinstance(reply, str) and prompt.strip():
+            # The reply length stands in for the wanted output length, as in vLLM's ShareGPT sampler.
+            rows.append((prompt, max(1, _estimate_tokens(reply))))
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, int | None]]:
+    rows: list[tuple[str, int | None]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SpecError(f"cannot read JSONL dataset {path}: {exc}") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as exc:
+            raise SpecError(f"{path}:{number}: not valid JSON ({exc}); each line must be an object") from exc
+        prompt = entry.get("prompt") if isinstance(entry, dict) else None
+        if not isinstance(prompt, str):
+            raise SpecError(f"{path}:{number}: each line needs a string 'prompt'")
+        out = entry.get("output_len", entry.get("output_tokens"))
+        rows.append((prompt, int(out) if isinstance(out, int) and out > 0 else None))
+    return rows

@@ -1,0 +1,102 @@
+"""Command-line options and ini keys, resolved once into :class:`Settings`.
+
+Every ``--llmperf-<name>`` option has an ini key ``llmperf_<name>``; the command line wins. Bad values raise
+``pytest.UsageError`` naming the option, the value and what is accepted, before any load is spent.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pytest_llmperf.spec import COMPAT_MODES
+
+API_KEY_ENV = "LLMPERF_API_KEY"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Settings:
+    endpoint: str | None
+    server: str | None
+    model: str | None
+    compat: str
+    api_key: str | None
+    tokenizer: str | None
+    ready_timeout_s: float
+    hardware: str | None
+    precision: str | None
+    json_path: Path | None
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Settings(endpoint={self.endpoint!r}, server={self.server!r}, model={self.model!r}, ...)"
+
+
+_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("endpoint", "URL", "Attach to a running OpenAI-compatible server at URL, e.g. http://127.0.0.1:8000"),
+    ("server", "PROFILE", "Spawn a server from a profile (llamacpp-tiny, sim, or one of your own)"),
+    ("model", "NAME", "Model name to request. Default: the first of the server's /v1/models"),
+    ("compat", "MODE", "Metric semantics: vllm (default) or sglang"),
+    ("tokenizer", "PATH", "Local tokenizer.json for exact prompt lengths. Default: the server's /tokenize"),
+    ("ready-timeout", "SECONDS", "How long to wait for an attached server to answer. Default: 30"),
+    ("hardware", "ID", "Hardware id of the baseline pair, e.g. h200x8. Default: detected"),
+    ("precision", "ID", "Precision id of the baseline pair, e.g. fp8"),
+    ("json", "PATH", "Write the session's results as JSON to PATH"),
+)
+
+
+def register(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmperf", "LLM-serving performance tests (pytest-llmperf)")
+    for name, metavar, help_text in _OPTIONS:
+        dest = "llmperf_" + name.replace("-", "_")
+        group.addoption(f"--llmperf-{name}", dest=dest, metavar=metavar, default=None, help=help_text)
+        parser.addini(dest, help_text, default=None)
+    group.addoption(
+        "--llmperf-api-key-env",
+        dest="llmperf_api_key_env",
+        metavar="VAR",
+        default=None,
+        help=f"Environment variable that holds the API key. Default: {API_KEY_ENV}. The key is never written",
+    )
+
+
+def _get(config: pytest.Config, name: str) -> str | None:
+    dest = "llmperf_" + name.replace("-", "_")
+    value = config.getoption(dest)
+    if value is None:
+        value = config.getini(dest)
+    return str(value) if value not in (None, "") else None
+
+
+def resolve(config: pytest.Config) -> Settings:
+    compat = _get(config, "compat") or "vllm"
+    if compat not in COMPAT_MODES:
+        raise pytest.UsageError(f"--llmperf-compat={compat!r}: expected one of {', '.join(COMPAT_MODES)}")
+    endpoint = _get(config, "endpoint")
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise pytest.UsageError(
+            f"--llmperf-endpoint={endpoint!r}: expected an http(s) URL such as http://127.0.0.1:8000"
+        )
+    timeout_text = _get(config, "ready-timeout") or "30"
+    try:
+        ready_timeout_s = float(timeout_text)
+    except ValueError:
+        ready_timeout_s = -1.0
+    if not ready_timeout_s > 0:
+        raise pytest.UsageError(f"--llmperf-ready-timeout={timeout_text!r}: expected a number of seconds > 0")
+    key_env = config.getoption("llmperf_api_key_env") or API_KEY_ENV
+    json_path = _get(config, "json")
+    return Settings(
+        endpoint=endpoint,
+        server=_get(config, "server"),
+        model=_get(config, "model"),
+        compat=compat,
+        api_key=os.environ.get(key_env) or None,
+        tokenizer=_get(config, "tokenizer"),
+        ready_timeout_s=ready_timeout_s,
+        hardware=_get(config, "hardware"),
+        precision=_get(config, "precision"),
+        json_path=Path(json_path) if json_path else None,
+    )

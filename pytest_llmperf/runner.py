@@ -1,0 +1,98 @@
+"""One measurement, end to end: prompts → load episode → run summary, as a :class:`Result`.
+
+An orchestrator: it passes data between the pure modules (datasets, loadgen, metrics) and owns no logic of
+its own beyond choosing how many prompts a workload needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from pytest_llmperf.datasets import PromptContext, build_prompts
+from pytest_llmperf.loadgen import Progress
+from pytest_llmperf.spec import Endpoint, RunRecords, Workload
+
+# A duration-bounded closed-loop run cannot know its request count; this many prompts per slot covers long
+# runs before prompts repeat (a repeat is noted, since a prefix cache could then serve it).
+_PROMPTS_PER_SLOT = 64
+_MAX_DURATION_PROMPTS = 100_000
+
+
+class Result:
+    """A run's metrics as attributes (``result.output_throughput``) and as a vLLM-keyed dict.
+
+    ``summary`` holds builtins only, under the keys ``vllm bench serve --save-result`` uses
+    (``median_ttft_ms``, ``p99_itl_ms``, ``output_throughput`` ...); ``run`` holds every request's record.
+    """
+
+    def __init__(self, *, workload: Workload, summary: dict[str, Any], run: RunRecords) -> None:
+        self.workload = workload
+        self.summary = summary
+        self.run = run
+
+    def __getattr__(self, name: str) -> Any:
+        summary = self.__dict__.get("summary", {})
+        if name in summary:
+            return summary[name]
+        raise AttributeError(
+            f"Result has no metric {name!r}; available: {', '.join(sorted(k for k in summary if k.isidentifier()))}"
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        return self.summary[key]
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (
+            f"<Result completed={s.get('completed')} failed={s.get('failed')} "
+            f"median_ttft_ms={s.get('median_ttft_ms')} median_tpot_ms={s.get('median_tpot_ms')} "
+            f"output_throughput={s.get('output_throughput')}>"
+        )
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """Each failed request: index, kind and message (with a response excerpt where there was one)."""
+        return [{"index": r.index, "kind": r.error_kind, "error": r.error} for r in self.run.records if not r.ok]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"workload": self.workload.as_dict(), "summary": self.summary}
+
+
+def planned_prompts(workload: Workload) -> int:
+    """How many prompts to build for ``workload``."""
+    if workload.num_prompts is not None:
+        return workload.num_prompts
+    assert workload.duration_s is not None  # guaranteed by Workload validation
+    if math.isfinite(workload.request_rate):
+        return min(_MAX_DURATION_PROMPTS, math.ceil(workload.duration_s * workload.request_rate) + 1)
+    return min(_MAX_DURATION_PROMPTS, _PROMPTS_PER_SLOT * (workload.concurrency or 1))
+
+
+def measure(
+    workload: Workload,
+    endpoint: Endpoint,
+    context: PromptContext,
+    *,
+    goodput_slos_ms: Mapping[str, float] | None = None,
+    progress: Progress | None = None,
+) -> Result:
+    """Build the prompts, run the load episode and summarize it."""
+    from pytest_llmperf import loadgen
+
+    prompts = build_prompts(workload, planned_prompts(workload), context)
+    warmup = (
+        build_prompts(workload.replace(seed=workload.seed + 1_000_003), workload.warmup, context)
+        if workload.warmup
+        else []
+    )
+    records = loadgen.run(workload, endpoint, prompts, warmup_prompts=warmup, progress=progress)
+    return summarize(records, endpoint, goodput_slos_ms=goodput_slos_ms)
+
+
+def summarize(records: RunRecords, endpoint: Endpoint, *, goodput_slos_ms: Mapping[str, float] | None = None) -> Result:
+    from pytest_llmperf import metrics
+
+    summary = metrics.summarize(records, gpu_count=endpoint.gpu_count, goodput_slos_ms=goodput_slos_ms)
+    return Result(workload=records.workload, summary=summary, run=records)

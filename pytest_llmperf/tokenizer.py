@@ -1,0 +1,119 @@
+"""Learning what exact input lengths need from the server, over the synchronous control plane.
+
+The server's own ``/tokenize`` is the reference (vLLM, SGLang and llama.cpp serve it); a local
+``tokenizer.json`` (the optional ``tokenizers`` package) can stand in for it. Neither is required: without
+them prompts are text of estimated length and the server's ``usage.prompt_tokens`` reports the truth.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pytest_llmperf.datasets import PromptContext, Tokenize
+from pytest_llmperf.errors import SpecError
+from pytest_llmperf.spec import Endpoint, Workload
+
+# Ordinary prose: its pieces are normal vocabulary ids on any tokenizer, never special or control tokens.
+_POOL_TEXT = (
+    "The river ran past the old mill and under the stone bridge, where children stood in the evening to "
+    "watch the water turn gold. Farmers brought grain in carts pulled by patient horses, and the miller "
+    "weighed every sack before he wrote the number in a heavy book. In winter the wheel froze and the town "
+    "waited for spring, telling stories about floods, harvests, weddings and the long road to the city."
+)
+_TIMEOUT_S = 30.0
+
+
+def _headers(endpoint: Endpoint) -> dict[str, str]:
+    return {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+
+
+def server_tokenizer(endpoint: Endpoint) -> Tokenize | None:
+    """A callable that tokenizes text with the server's ``/tokenize``, or None when it has none."""
+    import httpx
+
+    client = httpx.Client(base_url=endpoint.base_url, headers=_headers(endpoint), timeout=_TIMEOUT_S)
+
+    def tokenize(text: str) -> list[int]:
+        # "prompt" is vLLM's and SGLang's field, "content" llama.cpp's; each server ignores the other.
+        body = {"model": endpoint.model, "prompt": text, "content": text, "add_special_tokens": False}
+        response = client.post("/tokenize", json=body)
+        response.raise_for_status()
+        tokens = response.json().get("tokens")
+        if not isinstance(tokens, list):
+            raise ValueError("no 'tokens' list in the /tokenize answer")
+        return [t if isinstance(t, int) else int(t["id"]) for t in tokens]
+
+    try:
+        tokenize("hello world")
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        client.close()
+        return None
+    return tokenize
+
+
+def local_tokenizer(path: str) -> Tokenize:
+    """Tokenize with a local ``tokenizer.json`` (needs the optional ``tokenizers`` package)."""
+    try:
+        from tokenizers import Tokenizer  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        raise SpecError(
+            f"tokenizer={path!r} needs the 'tokenizers' package: pip install tokenizers "
+            "(or drop the option to use the server's /tokenize)"
+        ) from None
+    try:
+        tok: Any = Tokenizer.from_file(path)
+    except Exception as exc:
+        raise SpecError(f"cannot load tokenizer file {path!r}: {exc}") from exc
+
+    def tokenize(text: str) -> list[int]:
+        return list(tok.encode(text, add_special_tokens=False).ids)
+
+    return tokenize
+
+
+def token_pool(tokenize: Tokenize) -> list[int]:
+    """Distinct ordinary token ids to draw random token-id prompts from."""
+    return sorted(set(tokenize(_POOL_TEXT)))
+
+
+def chat_overhead_tokens(endpoint: Endpoint, tokenize: Tokenize) -> int:
+    """Tokens the chat template adds around one user message, measured with one tiny request."""
+    import httpx
+
+    content = "hello there"
+    body = {
+        "model": endpoint.model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 1,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **endpoint.extra_body,
+    }
+    prompt_tokens = None
+    with httpx.Client(base_url=endpoint.base_url, headers=_headers(endpoint), timeout=_TIMEOUT_S) as client:
+        try:
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                if response.status_code != 200:
+                    return 0
+                for line in response.iter_lines():
+                    if line.startswith("data:") and "usage" in line and line[5:].strip() != "[DONE]":
+                        usage = json.loads(line[5:]).get("usage") or {}
+                        prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
+        except (httpx.HTTPError, ValueError):
+            return 0
+    if not isinstance(prompt_tokens, int):
+        return 0
+    return max(0, prompt_tokens - len(tokenize(content)))
+
+
+def prompt_context(workload: Workload, endpoint: Endpoint, *, tokenizer_path: str | None = None) -> PromptContext:
+    """Everything :func:`pytest_llmperf.datasets.build_prompts` needs to hit exact lengths."""
+    tokenize: Callable[[str], list[int]] | None
+    tokenize = local_tokenizer(tokenizer_path) if tokenizer_path else server_tokenizer(endpoint)
+    if tokenize is None:
+        return PromptContext()
+    pool = token_pool(tokenize) if workload.api == "completions" and workload.dataset == "random" else ()
+    overhead = chat_overhead_tokens(endpoint, tokenize) if workload.api == "chat" else 0
+    return PromptContext(token_pool=pool, tokenize=tokenize, chat_overhead_tokens=overhead)
