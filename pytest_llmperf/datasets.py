@@ -76,16 +76,18 @@ def build_prompts(workload: Workload, count: int, context: PromptContext) -> lis
     if not rows:
         raise SpecError(f"dataset {path} holds no usable prompts; check its format (ShareGPT JSON or JSONL)")
     rng.shuffle(rows)
+    tokenize = context.tokenize
+
+    def count_tokens(text: str) -> int:
+        return len(tokenize(text)) if tokenize else _estimate_tokens(text)
+
     prompts: list[Prompt] = []
     for i in range(count):
         text, wanted_out = rows[i % len(rows)]
-        n_in = len(context.tokenize(text)) if context.tokenize else _estimate_tokens(text)
+        # A ShareGPT reply's length stands in for the wanted output length, as in vLLM's sampler.
+        n_out = count_tokens(wanted_out) if isinstance(wanted_out, str) else (wanted_out or workload.output_len)
         prompts.append(
-            Prompt(
-                prompt=text,
-                input_len=n_in + _overhead(workload, context),
-                output_len=wanted_out or workload.output_len,
-            )
+            Prompt(prompt=text, input_len=count_tokens(text) + _overhead(workload, context), output_len=max(1, n_out))
         )
     return prompts
 
@@ -144,14 +146,14 @@ def _estimate_tokens(text: str) -> int:
     return max(1, round(len(text.split()) * 1.3))
 
 
-def _read_sharegpt(path: Path) -> list[tuple[str, int | None]]:
+def _read_sharegpt(path: Path) -> list[tuple[str, int | str | None]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SpecError(f"cannot read ShareGPT dataset {path}: {exc}") from exc
     if not isinstance(data, list):
         raise SpecError(f"ShareGPT dataset {path} must be a JSON list of {{'conversations': [...]}} entries")
-    rows: list[tuple[str, int | None]] = []
+    rows: list[tuple[str, int | str | None]] = []
     for entry in data:
         turns = entry.get("conversations") if isinstance(entry, dict) else None
         if not isinstance(turns, list) or len(turns) < 2:
@@ -163,8 +165,8 @@ def _read_sharegpt(path: Path) -> list[tuple[str, int | None]]:
     return rows
 
 
-def _read_jsonl(path: Path) -> list[tuple[str, int | None]]:
-    rows: list[tuple[str, int | None]] = []
+def _read_jsonl(path: Path) -> list[tuple[str, int | str | None]]:
+    rows: list[tuple[str, int | str | None]] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:

@@ -26,6 +26,7 @@ from pytest_llmperf.errors import RunInterrupted
 from pytest_llmperf.selfcheck import LoopMonitor
 from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, RunRecords, Workload
 
+_json_loads: Callable[[bytes], Any]
 try:  # orjson parses SSE payloads ~3x faster; optional (extra "fast").
     from orjson import loads as _json_loads
 except ImportError:  # pragma: no cover - depends on the environment
