@@ -160,8 +160,7 @@ def _read_sharegpt(path: Path) -> list[tuple[str, int | str | None]]:
             continue
         prompt, reply = turns[0].get("value"), turns[1].get("value")
         if isinstance(prompt, str) and isinstance(reply, str) and prompt.strip():
-            # The reply length stands in for the wanted output length, as in vLLM's ShareGPT sampler.
-            rows.append((prompt, max(1, _estimate_tokens(reply))))
+            rows.append((prompt, reply))
     return rows
 
 
