@@ -79,8 +79,9 @@ class LLMPerf:
                 self._session.prompt_contexts[key] = context
             result = runner.measure(workload, self.endpoint, context)
         except RunInterrupted as interrupted:
+            # Ctrl-C skips the call report, so hand the partial result to the session directly.
             partial = runner.summarize(interrupted.partial, self.endpoint)
-            self._record(partial)
+            self._session.results.append({"nodeid": self._item.nodeid, "outcome": "interrupted", **partial.as_dict()})
             raise
         except LLMPerfError as exc:
             pytest.fail(str(exc), pytrace=False)

@@ -1,0 +1,70 @@
+"""Shared fixtures: a simulator process on loopback, started once per test session (per xdist worker)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+READY_PREFIX = "LLMPERF_SIM_READY "
+
+
+class SimProcess:
+    """A ``python -m pytest_llmperf.sim`` child process and its URL."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest_llmperf.sim", "--host", "127.0.0.1", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        self.url = ""
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if line.startswith(READY_PREFIX):
+                self.url = line[len(READY_PREFIX) :].strip()
+                return
+            if not line and self.proc.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError(f"simulator did not start (exit code {self.proc.poll()})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def sim_url() -> Iterator[str]:
+    """A fast simulator shared by the session: 2 ms decode steps, no jitter."""
+    sim = SimProcess("--decode-ms", "2", "--decode-ms-per-seq", "0", "--prefill-tok-s", "200000", "--jitter", "0")
+    yield sim.url
+    sim.stop()
+
+
+@pytest.fixture
+def start_sim() -> Iterator[type[SimProcess]]:
+    """Start a dedicated simulator with its own flags; every one started is stopped after the test."""
+    started: list[SimProcess] = []
+
+    class Started(SimProcess):
+        def __init__(self, *args: str) -> None:
+            super().__init__(*args)
+            started.append(self)
+
+    yield Started
+    for sim in started:
+        sim.stop()

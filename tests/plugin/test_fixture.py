@@ -1,0 +1,174 @@
+"""The llmperf fixture as a user drives it: a test file, command-line options, the simulator as server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SECRET = "sk-test-0123456789abcdefghijklmnop"
+
+USER_TEST = """
+import pytest
+
+@pytest.mark.perf(input_len=24, output_len=8, num_prompts=12, concurrency=4)
+def test_latency(llmperf):
+    result = llmperf.run()
+    assert result.completed == 12
+    assert result.failed == 0
+    assert result.median_ttft_ms > 0
+    assert result["output_throughput"] == result.output_throughput > 0
+
+def test_override_wins(llmperf):
+    result = llmperf.run(input_len=16, output_len=4, num_prompts=5, concurrency=2, api="chat")
+    assert result.completed == 5
+    assert result.total_output_tokens == 20
+"""
+
+
+def test_user_test_measures_the_simulator(pytester: pytest.Pytester, sim_url: str) -> None:
+    pytester.makepyfile(USER_TEST)
+    result = pytester.runpytest(f"--llmperf-endpoint={sim_url}")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*llmperf results*", "*test_latency*12/0*"])
+
+
+def test_no_server_skips_with_what_to_do(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(USER_TEST)
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*--llmperf-endpoint=URL*"])
+
+
+def test_unreachable_endpoint_fails_fast_naming_the_url(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(USER_TEST)
+    started = time.monotonic()
+    result = pytester.runpytest("--llmperf-endpoint=http://127.0.0.1:9", "--llmperf-ready-timeout=2")
+    assert time.monotonic() - started < 20
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*http://127.0.0.1:9*"])
+
+
+def test_unknown_run_argument_lists_valid_names(pytester: pytest.Pytester, sim_url: str) -> None:
+    pytester.makepyfile(
+        """
+        def test_typo(llmperf):
+            llmperf.run(concurency=4)
+        """
+    )
+    result = pytester.runpytest(f"--llmperf-endpoint={sim_url}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*unknown argument 'concurency'*Did you mean 'concurrency'*Valid names:*"])
+
+
+def test_ill_typed_marker_kwarg_names_the_expected_type(pytester: pytest.Pytester, sim_url: str) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.perf(concurrency="8")
+        def test_bad(llmperf):
+            llmperf.run()
+        """
+    )
+    result = pytester.runpytest(f"--llmperf-endpoint={sim_url}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*concurrency='8' has type str, expected int*"])
+
+
+def test_closest_marker_wins(pytester: pytest.Pytester, sim_url: str) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        pytestmark = pytest.mark.perf(input_len=8, output_len=3, num_prompts=4)
+
+        @pytest.mark.perf(num_prompts=2)
+        class TestX:
+            @pytest.mark.perf(output_len=5)
+            def test_merge(self, llmperf):
+                result = llmperf.run()
+                assert result.completed == 2
+                assert result.total_output_tokens == 10
+        """
+    )
+    pytester.runpytest(f"--llmperf-endpoint={sim_url}").assert_outcomes(passed=1)
+
+
+def test_json_and_junit_never_contain_the_api_key(
+    pytester: pytest.Pytester, sim_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMPERF_API_KEY", SECRET)
+    pytester.makepyfile(USER_TEST)
+    out = pytester.path / "r.json"
+    junit = pytester.path / "j.xml"
+    result = pytester.runpytest(f"--llmperf-endpoint={sim_url}", f"--llmperf-json={out}", f"--junitxml={junit}", "-v")
+    result.assert_outcomes(passed=2)
+    document = json.loads(out.read_text())
+    assert [r["nodeid"].split("::")[-1] for r in document["results"]] == ["test_latency", "test_override_wins"]
+    assert document["results"][0]["summary"]["completed"] == 12
+    for text in (out.read_text(), junit.read_text(), result.stdout.str()):
+        assert SECRET not in text
+    assert 'name="llmperf.median_ttft_ms"' in junit.read_text()
+
+
+def test_results_cross_from_xdist_workers(pytester: pytest.Pytester, sim_url: str) -> None:
+    pytester.makepyfile(USER_TEST)
+    out = pytester.path / "r.json"
+    result = pytester.runpytest("-n", "2", f"--llmperf-endpoint={sim_url}", f"--llmperf-json={out}")
+    result.assert_outcomes(passed=2)
+    assert len(json.loads(out.read_text())["results"]) == 2
+
+
+def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(["*--llmperf-endpoint=URL*", "*--llmperf-model=NAME*", "*--llmperf-json=PATH*"])
+
+
+def test_plugin_import_stays_cheap() -> None:
+    code = (
+        "import sys, pytest_llmperf.plugin; "
+        "print(sorted(m for m in ('numpy', 'scipy', 'httpx', 'aiohttp') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_ctrl_c_stops_promptly_and_keeps_what_was_measured(tmp_path: Path, start_sim: type) -> None:
+    sim = start_sim("--decode-ms", "50", "--jitter", "0")
+    (tmp_path / "test_long.py").write_text(
+        "def test_long(llmperf):\n    llmperf.run(input_len=8, output_len=400, num_prompts=40, concurrency=4)\n"
+    )
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            f"--llmperf-endpoint={sim.url}",
+            f"--llmperf-json={out}",
+            "test_long.py",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    time.sleep(6)  # startup, then several 50 ms tokens into the run
+    proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    output, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - started < 10, output
+    assert "KeyboardInterrupt" in output
+    document = json.loads(out.read_text())
+    (result,) = document["results"]
+    assert result["summary"]["interrupted"] is True
