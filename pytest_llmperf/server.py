@@ -583,13 +583,14 @@ _OWNED_BY_ENGINE = {
     "tensorrt-llm": "tensorrt-llm",
     "nvidia": "dynamo",
     "dynamo": "dynamo",
+    "pytest-llmperf-sim": "sim",
 }
 
 
 def engine_info(url: str, api_key: str | None = None, *, timeout_s: float = 5.0) -> dict[str, Any]:
     """What the server says about itself, best effort; never raises for a missing endpoint.
 
-    Tries ``/version`` (vLLM, TensorRT-LLM, SGLang), ``/props`` (llama.cpp), ``/get_server_info``
+    Tries ``/version`` (vLLM, TensorRT-LLM, the simulator), ``/props`` (llama.cpp), ``/get_server_info``
     (SGLang), the ``owned_by`` field of ``/v1/models`` and the ``Server`` response header. Returns a dict
     with ``engine`` (``"unknown"`` if nothing identifies it), ``engine_version`` (or ``None``), and, when
     found, ``server_header``, ``owned_by`` and ``details`` (a few scalar facts such as slot count).
@@ -640,6 +641,9 @@ def engine_info(url: str, api_key: str | None = None, *, timeout_s: float = 5.0)
         version = get_json(client, "/version")
         if isinstance(version, dict) and isinstance(version.get("version"), str):
             info["engine_version"] = version["version"]
+            # Some servers (the simulator among them) name themselves here too.
+            if info["engine"] == "unknown" and isinstance(version.get("engine"), str):
+                info["engine"] = version["engine"]
 
         props = get_json(client, "/props")
         if isinstance(props, dict) and "build_info" in props:
