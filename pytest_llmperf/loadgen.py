@@ -87,6 +87,20 @@ class _StreamError(Exception):
         self.kind = kind
 
 
+def _cumulative_tokens(chunk: dict[str, Any], usage: Any) -> int | None:
+    """Completion tokens so far, when the server says so per chunk.
+
+    vLLM and SGLang send ``usage`` on every chunk with ``continuous_usage_stats``; llama.cpp ignores that
+    option but reports ``timings.predicted_n`` per chunk with ``timings_per_token``.
+    """
+    if usage and isinstance(usage.get("completion_tokens"), int):
+        return int(usage["completion_tokens"])
+    timings = chunk.get("timings")
+    if isinstance(timings, dict) and isinstance(timings.get("predicted_n"), int):
+        return int(timings["predicted_n"])
+    return None
+
+
 def _excerpt(data: bytes | str) -> str:
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     return text[:_EXCERPT_CHARS] + ("…" if len(text) > _EXCERPT_CHARS else "")
@@ -194,8 +208,9 @@ class _Client:
                 record.event_has_text.append(bool(text) or (self.chat and has_text))
                 if text:
                     record.output_chars += len(text)
-                if usage and usage.get("completion_tokens") is not None:
-                    record.event_cum_tokens.append(usage["completion_tokens"])
+                cumulative = _cumulative_tokens(chunk, usage)
+                if cumulative is not None:
+                    record.event_cum_tokens.append(cumulative)
                 self.events_seen += 1
             reason = choice.get("finish_reason")
             if reason:

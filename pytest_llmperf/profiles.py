@@ -283,7 +283,9 @@ BUILTIN_PROFILES: dict[str, Profile] = {
             model="llmperf-tiny",
             model_path=TINY_MODEL_PATH,
             engine="llama.cpp",
-            extra_body={"cache_prompt": False},
+            # No prompt cache across requests (it served repeated runs almost wholly from cache), and a
+            # cumulative token count on every chunk (llama.cpp ignores continuous_usage_stats).
+            extra_body={"cache_prompt": False, "timings_per_token": True},
             cpu_affinity="auto",
             startup_timeout_s=60.0,
         ),
