@@ -147,6 +147,7 @@ class Stream:
             seq.chunk_times.pop()
             seq.chunk_tokens.pop()
             seq.generated -= n
+            seq.finish_reason = None
             return b"", _CLOSE if fault.kind == "disconnect" else _HANG
         final = seq.finish_reason is not None
         if self.transport is None:

@@ -93,7 +93,7 @@ class SimConfig:
     usage_style: str = _opt("vllm", "vllm: usage in a final chunk with no choices; llamacpp: in the last chunk")
     faults: tuple[FaultSpec, ...] = _opt((), "injected faults, see faults.py")
     history: int = _opt(10000, "requests kept for GET /sim/requests")
-    max_lag_ms: float = _opt(50.0, "when the loop is later than this, the schedule slips to now")
+    max_lag_ms: float = _opt(10.0, "when the loop is later than this, the schedule slips to now")
     uvloop: bool = _opt(True, "use uvloop when installed")
 
     def __post_init__(self) -> None:

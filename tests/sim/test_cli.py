@@ -1,0 +1,76 @@
+"""``python -m pytest_llmperf.sim`` as a parent process uses it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pytest_llmperf.sim.__main__ import build_parser
+
+READY = "LLMPERF_SIM_READY "
+
+
+def start(*args: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest_llmperf.sim", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith(READY):
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"no ready line: {line!r} {err}")
+    return proc, line[len(READY) :].strip()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_ready_line_port_file_and_clean_exit_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    port_file = tmp_path / "port"
+    proc, url = start("--port-file", str(port_file), "--decode-ms", "1", "--fault", "http_500:every=2")
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        assert port_file.read_text() == url.rsplit(":", 1)[1] + "\n"
+        config = httpx.get(url + "/sim/config").json()
+        assert config["decode_ms"] == 1.0
+        assert config["faults"] == ["http_500:every=2"]
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out == ""  # exactly one line on stdout: the ready line, already read
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fault", "http_500:every=0"], "every=0 must be an int >= 1"),
+        (["--max-batch", "0"], "max_batch=0"),
+        (["--usage-style", "openai"], "invalid choice"),
+        (["--decode-ms", "fast"], "invalid float value"),
+    ],
+)
+def test_bad_flags_exit_2_with_a_message(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_llmperf.sim.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_config_field_has_a_flag() -> None:
+    flags = {a.dest for a in build_parser()._actions}
+    from pytest_llmperf.sim import SimConfig
+
+    assert set(SimConfig().as_dict()) <= flags

@@ -1,0 +1,301 @@
+"""The simulator over HTTP: endpoints, SSE format, usage, run-time config, intended timings."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+import httpx
+import pytest
+
+from pytest_llmperf import __version__
+from pytest_llmperf.errors import ServerError
+from pytest_llmperf.sim import SimConfig, parse_fault, run_in_thread
+
+if TYPE_CHECKING:
+    from conftest import Client
+
+
+def test_health_version_models(sim: Client) -> None:
+    assert sim.http.get("/health").json() == {"status": "ok"}
+    assert sim.http.get("/version").json() == {"version": __version__, "engine": "pytest-llmperf-sim"}
+    models = sim.http.get("/v1/models").json()
+    assert models["object"] == "list"
+    assert models["data"][0]["id"] == "llmperf-sim"
+    assert models["data"][0]["owned_by"] == "pytest-llmperf-sim"
+    assert models["data"][0]["max_model_len"] == 32768
+
+
+@pytest.mark.parametrize(
+    ("body", "count"),
+    [
+        ({"prompt": "a b  c"}, 3),
+        ({"content": "a b c d"}, 4),
+        ({"prompt": [5, 6]}, 2),
+        ({"messages": [{"role": "user", "content": "a b"}]}, 2 + 4 + 3),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "a b"}]}]}, 2 + 4 + 3),
+    ],
+)
+def test_tokenize(sim: Client, body: dict[str, object], count: int) -> None:
+    data = sim.http.post("/tokenize", json=body).json()
+    assert data["count"] == count == len(data["tokens"])
+
+
+def test_completions_stream_format(sim: Client) -> None:
+    sse = sim.completion(max_tokens=3, stream_options={"include_usage": True})
+    assert sse.status == 200
+    assert sse.payloads[-1] == "[DONE]"
+    rid = sse.chunks[0]["id"]
+    assert rid.startswith("cmpl-")
+    assert all(c["id"] == rid and c["object"] == "text_completion" for c in sse.chunks)
+    assert [c["choices"][0]["text"] for c in sse.output] == [" tok0", " tok1", " tok2"]
+    assert [c["choices"][0]["finish_reason"] for c in sse.output] == [None, None, "length"]
+    usage_chunk = sse.chunks[-1]
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert "usage" not in sse.output[0]
+    record = sim.record(rid)
+    assert record["chunk_tokens"] == [1, 1, 1]
+    assert record["prompt_tokens"] == 3
+    assert record["outcome"] == "ok"
+
+
+def test_chat_stream_opens_with_a_role_chunk(sim: Client) -> None:
+    sse = sim.chat(max_completion_tokens=2, max_tokens=50, stream_options={"include_usage": True})
+    first = sse.chunks[0]
+    assert first["object"] == "chat.completion.chunk"
+    assert first["id"].startswith("chatcmpl-")
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert sse.text == " tok0 tok1"  # max_completion_tokens wins over max_tokens
+    assert sse.chunks[-1]["usage"] == {"prompt_tokens": 3 + 4 + 3, "completion_tokens": 2, "total_tokens": 12}
+
+
+def test_chat_prompt_tokens_match_tokenize(sim: Client) -> None:
+    messages = [{"role": "system", "content": "short"}, {"role": "user", "content": "x y z w"}]
+    count = sim.http.post("/tokenize", json={"messages": messages}).json()["count"]
+    sse = sim.stream(
+        "/v1/chat/completions",
+        {"messages": messages, "stream": True, "max_tokens": 1, "stream_options": {"include_usage": True}},
+    )
+    assert sse.chunks[-1]["usage"]["prompt_tokens"] == count == 5 + 2 * 4 + 3
+
+
+def test_token_id_prompts_count_one_token_per_id(sim: Client) -> None:
+    sse = sim.completion(list(range(17)), max_tokens=1, stream_options={"include_usage": True})
+    assert sse.chunks[-1]["usage"]["prompt_tokens"] == 17
+    batch_of_one = sim.completion([[1, 2, 3, 4]], max_tokens=1, stream_options={"include_usage": True})
+    assert batch_of_one.chunks[-1]["usage"]["prompt_tokens"] == 4
+
+
+def test_continuous_usage_stats_are_cumulative(sim: Client) -> None:
+    sim.configure(tokens_per_chunk=3)
+    sse = sim.completion(max_tokens=8, stream_options={"include_usage": True, "continuous_usage_stats": True})
+    cumulative = [c["usage"]["completion_tokens"] for c in sse.output]
+    assert cumulative == [1, 4, 7, 8]
+    words = [len(c["choices"][0]["text"].split()) for c in sse.output]
+    assert words == [1, 3, 3, 1]
+    counters = sim.http.get("/metrics").text
+    assert "sim:spec_decode_num_draft_tokens_total" in counters
+
+
+def test_llamacpp_usage_style_puts_usage_in_the_last_choice_chunk(sim: Client) -> None:
+    sim.configure(usage_style="llamacpp")
+    sse = sim.completion(max_tokens=2, stream_options={"include_usage": True})
+    assert sse.payloads[-1] == "[DONE]"
+    last = sse.chunks[-1]
+    assert last["choices"][0]["finish_reason"] == "length"
+    assert last["usage"]["completion_tokens"] == 2
+    assert all(c["choices"] for c in sse.chunks)
+
+
+def test_no_usage_unless_asked(sim: Client) -> None:
+    sse = sim.completion(max_tokens=2)
+    assert all("usage" not in c for c in sse.chunks)
+    assert sse.payloads[-1] == "[DONE]"
+
+
+def test_non_streaming_returns_one_json_body(sim: Client) -> None:
+    r = sim.http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    body = r.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": " tok0 tok1 tok2"}
+    assert body["usage"]["completion_tokens"] == 3
+
+
+def test_default_max_tokens(sim: Client) -> None:
+    assert len(sim.completion().output) == 16
+
+
+def test_eos_stops_early_only_without_ignore_eos(sim: Client) -> None:
+    sim.configure(eos_prob=0.5)
+    stopped = [sim.completion(max_tokens=30).output[-1]["choices"][0]["finish_reason"] for _ in range(5)]
+    assert "stop" in stopped
+    full = sim.completion(max_tokens=30, ignore_eos=True).output
+    assert len(full) == 30
+    assert full[-1]["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v1/completions", b"{not json", 400, "not valid JSON"),
+        ("/v1/completions", b"[1, 2]", 400, "must be a JSON object"),
+        ("/v1/completions", b'{"max_tokens": 2}', 400, "prompt is required"),
+        ("/v1/completions", b'{"prompt": "a", "model": "other"}', 404, "`other` does not exist"),
+        ("/v1/completions", b'{"prompt": [1, 32000]}', 400, "outside the vocabulary"),
+        ("/v1/completions", b'{"prompt": [1, -1]}', 400, "outside the vocabulary"),
+        ("/v1/completions", b'{"prompt": ""}', 400, "prompt is empty"),
+        ("/v1/completions", b'{"prompt": ["a", "b"]}', 400, "one prompt per request"),
+        ("/v1/completions", b'{"prompt": "a", "max_tokens": 0}', 400, "max_tokens must be an integer >= 1"),
+        ("/v1/completions", b'{"prompt": "a", "max_tokens": 40000}', 400, "exceeds the context length"),
+        ("/v1/completions", b'{"prompt": "a", "n": 2}', 400, "only n=1"),
+        ("/v1/chat/completions", b'{"messages": []}', 400, "messages must be a non-empty list"),
+        ("/v1/chat/completions", b'{"messages": [{"content": "x"}]}', 400, "string role"),
+        ("/tokenize", b'{"nothing": 1}', 400, "send {"),
+        ("/sim/config", b'{"decode_msec": 1}', 400, "unknown simulator setting"),
+        ("/sim/config", b'{"port": 1234}', 400, "only be set at start-up"),
+        ("/sim/config", b'{"faults": ["bad"]}', 400, "invalid fault"),
+    ],
+)
+def test_bad_input_gets_a_json_error(sim: Client, path: str, body: bytes, status: int, message: str) -> None:
+    r = sim.http.post(path, content=body)
+    assert r.status_code == status
+    assert message in r.json()["error"]["message"]
+
+
+def test_model_name_may_be_given_or_omitted(sim: Client) -> None:
+    assert sim.completion(max_tokens=1, model="llmperf-sim").status == 200
+
+
+def test_config_changes_timing_at_run_time(sim: Client) -> None:
+    before = sim.completion(max_tokens=3).chunks[0]["id"]
+    new = sim.configure(decode_ms=25)
+    assert new["decode_ms"] == 25.0
+    assert sim.http.get("/sim/config").json()["decode_ms"] == 25.0
+    after = sim.completion(max_tokens=3).chunks[0]["id"]
+    gaps = sim.record(after)["intended_chunk_times_ms"]
+    assert gaps[1] - gaps[0] == pytest.approx(25.0, rel=1e-6)
+    assert sim.record(before)["intended_chunk_times_ms"][0] < 5
+    assert sim.configure(reset=True)["decode_ms"] == 2.0
+
+
+def test_intended_and_actual_times_agree_on_an_idle_machine(sim: Client) -> None:
+    sim.configure(decode_ms=20, ttft_add_ms=10)
+    sse = sim.completion(max_tokens=5, stream_options={"include_usage": True})
+    record = sim.record(sse.chunks[0]["id"])
+    intended, actual = record["intended_chunk_times_ms"], record["actual_chunk_times_ms"]
+    assert intended == pytest.approx([30, 50, 70, 90, 110], abs=0.01)
+    assert record["intended_ttft_ms"] == intended[0]
+    assert len(actual) == 5
+    # Never early; late by little (generous: CI machines are noisy).
+    assert all(0 <= a - i < 30 for a, i in zip(actual, intended, strict=True))
+    # The client, joined by id, sees the same TTFT up to connection overheads.
+    client_ttft_ms = (sse.times[0] - sse.sent_at) * 1000
+    assert intended[0] <= client_ttft_ms + 1 < intended[0] + 60
+    # received_at is on the client's perf_counter clock (same host).
+    assert sse.sent_at - 0.05 < record["received_at"] < sse.times[0]
+
+
+def test_requests_history_clears(sim: Client) -> None:
+    sim.completion(max_tokens=1)
+    assert sim.records(clear=True)
+    assert sim.records() == []
+
+
+def test_queueing_beyond_max_batch(sim: Client) -> None:
+    sim.configure(max_batch=2, decode_ms=10)
+    sim.records(clear=True)
+
+    async def send_all() -> None:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> None:
+                body = {"prompt": "a", "max_tokens": 4, "stream": True}
+                async with session.post(sim.url + "/v1/completions", json=body) as r:
+                    await r.read()
+
+            await asyncio.gather(*(one() for _ in range(4)))
+
+    asyncio.run(send_all())
+    starts = sorted(r["received_at"] + r["intended_ttft_ms"] / 1000 for r in sim.records())
+    ends = sorted(r["received_at"] + r["intended_chunk_times_ms"][-1] / 1000 for r in sim.records())
+    # Two requests run at once; the other two wait for their slots.
+    assert starts[2] >= ends[0] + 0.009
+    assert starts[3] >= ends[1] + 0.009
+    metrics = sim.http.get("/metrics").text
+    assert "sim:num_requests_running 0" in metrics
+    assert "sim:num_requests_waiting 0" in metrics
+
+
+def test_bursty_mode_with_zero_decode_time(sim: Client) -> None:
+    sim.configure(decode_ms=0, decode_ms_per_seq=0)
+    sse = sim.completion(max_tokens=200)
+    assert len(sse.output) == 200
+    assert sse.payloads[-1] == "[DONE]"
+
+
+def test_metrics_exposition(sim: Client) -> None:
+    sim.completion(max_tokens=2)
+    text = sim.http.get("/metrics").text
+    for name in (
+        "sim:requests_total",
+        "sim:prompt_tokens_total",
+        "sim:generation_tokens_total",
+        "sim:preemptions_total 0",
+        "sim:spec_decode_num_draft_tokens_total",
+        "sim:spec_decode_num_accepted_tokens_total",
+        "sim:num_requests_running",
+        "sim:num_requests_waiting",
+        'sim:engine_step_lateness_seconds{quantile="0.99"}',
+        "sim:engine_step_lateness_seconds_count",
+    ):
+        assert name in text
+    values = {
+        line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")
+    }
+    assert values["sim:generation_tokens_total"] >= 2
+    stats = sim.http.get("/sim/stats").json()
+    assert stats["steps"] >= 2
+    assert stats["lateness_ms"]["max"] >= 0
+
+
+def test_run_in_thread_reports_a_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServerError, match="failed to start"), run_in_thread(SimConfig(port=port)):
+            pass
+
+
+def test_run_in_thread_stops_cleanly_with_streams_in_flight() -> None:
+    errors: list[str] = []
+    started = threading.Barrier(3, timeout=5)
+
+    def read(url: str, body: dict[str, object]) -> None:
+        try:
+            with httpx.stream("POST", url + "/v1/completions", json=body, timeout=10) as r:
+                for n, _ in enumerate(r.iter_lines()):
+                    if n == 0:
+                        started.wait()
+        except httpx.HTTPError as exc:
+            errors.append(type(exc).__name__)
+
+    config = SimConfig(decode_ms=20, faults=(parse_fault("hang:every=2,after=1,seconds=60"),))
+    with run_in_thread(config) as url:
+        readers = [
+            threading.Thread(target=read, args=(url, {"prompt": "a", "max_tokens": 1000, "stream": True}))
+            for _ in range(2)
+        ]
+        for reader in readers:
+            reader.start()
+        started.wait()
+        t0 = time.perf_counter()
+    for reader in readers:
+        reader.join(10)
+    assert time.perf_counter() - t0 < 5
+    assert errors == ["RemoteProtocolError", "RemoteProtocolError"]
