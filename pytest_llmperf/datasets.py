@@ -25,7 +25,7 @@ Tokenize = Callable[[str], list[int]]
 
 # Common short English words: most tokenizers map each (with its leading space) to one token, which keeps
 # text prompts close to their target length before trimming.
-_WORDS = tuple(
+COMMON_WORDS = tuple(
     """the of and to in is was for that on as with by he at from his it an were are which this be or has had
     not first one their its new after who they have her she two been other when there all during into school
     time may years more most only over city some world would where later up such used many can state about
@@ -42,6 +42,10 @@ class PromptContext:
     token_pool: Sequence[int] = ()
     tokenize: Tokenize | None = None
     chat_overhead_tokens: int = 0
+    # Exact count of what the server sees for one chat message (template applied), when it can tell us.
+    count_chat: Callable[[str], int] | None = None
+    # Words the server's tokenizer maps to one token each: text made of them grows one token per word.
+    words: Sequence[str] = ()
 
 
 def sample_lengths(workload: Workload, count: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -98,7 +102,6 @@ def _overhead(workload: Workload, context: PromptContext) -> int:
 
 def _random_prompts(workload: Workload, count: int, context: PromptContext, rng: random.Random) -> list[Prompt]:
     lengths = sample_lengths(workload, count, rng)
-    overhead = _overhead(workload, context)
     use_ids = workload.api == "completions" and len(context.token_pool) > 0
     prefix_len = min(workload.prefix_len, workload.input_len)
     if use_ids:
@@ -113,31 +116,43 @@ def _random_prompts(workload: Workload, count: int, context: PromptContext, rng:
             )
             for n_in, n_out in lengths
         ]
-    prefix_words = [rng.choice(_WORDS) for _ in range(prefix_len)]
+    vocabulary = context.words or COMMON_WORDS
+    prefix_words = [rng.choice(vocabulary) for _ in range(prefix_len)]
+    counter = _text_counter(workload, context)
     prompts = []
     for n_in, n_out in lengths:
-        body_target = max(1, n_in - overhead)
-        words = prefix_words[:body_target] + [rng.choice(_WORDS) for _ in range(max(0, body_target - prefix_len))]
-        text = _fit_text(words, body_target, context.tokenize, rng)
-        measured = len(context.tokenize(text)) + overhead if context.tokenize else n_in
-        prompts.append(Prompt(prompt=text, input_len=measured, output_len=n_out))
+        words = prefix_words[:n_in] + [rng.choice(vocabulary) for _ in range(max(0, n_in - prefix_len))]
+        text = _fit_text(words, n_in, counter, vocabulary, rng)
+        prompts.append(Prompt(prompt=text, input_len=counter(text) if counter else n_in, output_len=n_out))
     return prompts
 
 
-def _fit_text(words: list[str], target: int, tokenize: Tokenize | None, rng: random.Random) -> str:
-    """Add or drop words until ``tokenize`` agrees the text has ``target`` tokens (best effort)."""
+def _text_counter(workload: Workload, context: PromptContext) -> Callable[[str], int] | None:
+    """Tokens the server will count for a text prompt, as exactly as the context allows."""
+    if workload.api == "chat" and context.count_chat is not None:
+        return context.count_chat
+    tokenize = context.tokenize
     if tokenize is None:
+        return None
+    overhead = _overhead(workload, context)
+    return lambda text: len(tokenize(text)) + overhead
+
+
+def _fit_text(
+    words: list[str], target: int, count: Callable[[str], int] | None, vocabulary: Sequence[str], rng: random.Random
+) -> str:
+    """Add or drop words until ``count`` agrees the text has ``target`` tokens (best effort)."""
+    if count is None:
         return " ".join(words)
     for _ in range(_MAX_CALIBRATION_ROUNDS):
-        count = len(tokenize(" ".join(words)))
-        if count == target:
+        counted = count(" ".join(words))
+        if counted == target:
             break
-        if count > target:
-            # Drop proportionally, at least one word; words rarely span more than a few tokens.
-            drop = max(1, (count - target) * len(words) // max(count, 1))
-            words = words[: max(1, len(words) - drop)]
+        if counted > target:
+            # One token per surplus word: exact for single-token vocabularies, and never overshoots below.
+            words = words[: max(1, len(words) - (counted - target))]
         else:
-            words = words + [rng.choice(_WORDS) for _ in range(target - count)]
+            words = words + [rng.choice(vocabulary) for _ in range(target - counted)]
     return " ".join(words)
 
 

@@ -2,57 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from pytest_llmperf.errors import EndpointError, LLMPerfError, RunInterrupted
+from pytest_llmperf.errors import LLMPerfError, RunInterrupted
 from pytest_llmperf.markers import build_workload, merge
 from pytest_llmperf.session import RESULTS_KEY, LLMPerfSession
 from pytest_llmperf.spec import Endpoint
 
 SESSION_KEY = pytest.StashKey[LLMPerfSession]()
 
-_NO_SERVER = (
-    "no inference server for perf tests: pass --llmperf-endpoint=URL to attach to a running OpenAI-compatible server"
-)
-
-
-def attach(session: LLMPerfSession, url: str) -> Endpoint:
-    """Wait for the server at ``url``, pick the model, and read what it says about its engine."""
-    from pytest_llmperf import server
-
-    settings = session.settings
-    server.probe(url, timeout_s=settings.ready_timeout_s, api_key=settings.api_key)
-    model = settings.model
-    if model is None:
-        models = server.fetch_models(url, api_key=settings.api_key)
-        if not models:
-            raise EndpointError(f"{url}/v1/models lists no model; pass --llmperf-model=NAME")
-        model = models[0]
-    info = server.engine_info(url, api_key=settings.api_key)
-    return Endpoint(
-        url=url,
-        model=model,
-        api_key=settings.api_key,
-        engine=str(info.get("engine") or "unknown"),
-        engine_version=info.get("version"),
-    )
-
 
 @pytest.fixture(scope="session")
-def llmperf_server(request: pytest.FixtureRequest) -> Endpoint:
-    """The server under test: attached with ``--llmperf-endpoint``."""
+def llmperf_server(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
+    """The server under test: attached (``--llmperf-endpoint``), spawned from a profile
+    (``--llmperf-server``), or the embedded llama.cpp default; stopped at the end if spawned here."""
     session = request.config.stash[SESSION_KEY]
-    url = session.settings.endpoint
-    if url is None:
-        pytest.skip(_NO_SERVER)
     try:
-        endpoint = attach(session, url)
+        endpoint = session.open_server()
     except LLMPerfError as exc:
+        session.close_server()
         pytest.fail(str(exc), pytrace=False)
-    session.endpoint_info = endpoint.public_dict()
-    return endpoint
+    try:
+        yield endpoint
+    finally:
+        session.close_server()
 
 
 class LLMPerf:
@@ -66,7 +42,7 @@ class LLMPerf:
 
     def run(self, **overrides: Any) -> Any:
         """Run the marker's workload (``overrides`` win) and return its :class:`~pytest_llmperf.runner.Result`."""
-        from pytest_llmperf import runner, tokenizer
+        from pytest_llmperf import runner, servermetrics, tokenizer
 
         try:
             workload = build_workload({"compat": self._session.settings.compat, **self._marker_kwargs}, overrides)
@@ -77,30 +53,37 @@ class LLMPerf:
                     workload, self.endpoint, tokenizer_path=self._session.settings.tokenizer
                 )
                 self._session.prompt_contexts[key] = context
-            result = runner.measure(workload, self.endpoint, context)
-        except RunInterrupted as interrupted:
-            # Ctrl-C skips the call report, so hand the partial result to the session directly.
-            partial = runner.summarize(interrupted.partial, self.endpoint)
-            self._session.results.append({"nodeid": self._item.nodeid, "outcome": "interrupted", **partial.as_dict()})
-            raise
+            with self._session.measurement_slot() as slot:
+                before = servermetrics.scrape(self.endpoint)
+                try:
+                    result = runner.measure(workload, self.endpoint, context)
+                except RunInterrupted as interrupted:
+                    # Ctrl-C skips the call report, so hand the partial result to the session directly.
+                    partial = runner.summarize(interrupted.partial, self.endpoint)
+                    self._session.results.append(
+                        {"nodeid": self._item.nodeid, "outcome": "interrupted", **self._document(partial)}
+                    )
+                    raise
+                after = servermetrics.scrape(self.endpoint) if before is not None else None
         except LLMPerfError as exc:
             pytest.fail(str(exc), pytrace=False)
+        result.summary["measurement_lock_wait_s"] = slot["wait_s"]
+        if before is not None and after is not None:
+            result.summary["server_metrics"] = servermetrics.deltas(before, after)
         self._record(result)
         return result
 
+    def _document(self, result: Any) -> dict[str, Any]:
+        return {**result.as_dict(), "endpoint": self.endpoint.public_dict()}
+
     def _record(self, result: Any) -> None:
-        self._item.stash.setdefault(RESULTS_KEY, []).append(result.as_dict())
+        document = self._document(result)
+        self._item.stash.setdefault(RESULTS_KEY, []).append(document)
         summary = result.summary
-        for key in (
-            "completed",
-            "failed",
-            "median_ttft_ms",
-            "median_tpot_ms",
-            "median_e2el_ms",
-            "output_throughput",
-        ):
+        for key in ("completed", "failed", "median_ttft_ms", "median_tpot_ms", "median_e2el_ms", "output_throughput"):
             if summary.get(key) is not None:
                 self._item.user_properties.append((f"llmperf.{key}", summary[key]))
+        self._item.config.hook.pytest_llmperf_result(item=self._item, result=document)
 
 
 @pytest.fixture

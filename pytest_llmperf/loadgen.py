@@ -38,7 +38,7 @@ Progress = Callable[[int, "int | None", int], None]
 _EXCERPT_CHARS = 300
 _CONNECT_TIMEOUT_S = 30.0
 _READ_BUFSIZE = 2**20  # aiohttp's 64 KiB default throttles long-context streams (see llm-benchmarks.md §1.5)
-_MAX_CONNECTION_RETRIES = 1
+_MAX_CONNECTION_RETRIES = 2
 _CHAT_OUTPUT_KEYS = ("content", "reasoning", "reasoning_content", "tool_calls", "function_call")
 
 
@@ -123,15 +123,17 @@ class _Client:
             try:
                 await self._stream(record, body)
                 return
-            except aiohttp.ServerDisconnectedError as exc:
-                # Disconnected before any response byte: the request most likely never reached the server
-                # (a pooled keep-alive connection it had closed). Retry once on a fresh connection, counted.
+            except aiohttp.ClientConnectorError as exc:
+                self._fail(record, "connect", f"cannot connect to {self.url}: {exc.os_error}")
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # Failed before any response byte on a pooled keep-alive connection the server had closed:
+                # the request never reached it. A client-side connection event, retried on a fresh
+                # connection with a new start time and counted in ``connection_retries``.
                 if record.status is None and attempt < _MAX_CONNECTION_RETRIES:
                     record.connection_retries += 1
                     continue
-                self._fail(record, "disconnected", f"server disconnected: {exc}")
-            except aiohttp.ClientConnectorError as exc:
-                self._fail(record, "connect", f"cannot connect to {self.url}: {exc.os_error}")
+                kind = "disconnected" if record.status is not None else "connection"
+                self._fail(record, kind, f"{type(exc).__name__}: {exc}")
             except _StreamError as exc:
                 self._fail(record, exc.kind, str(exc))
             except aiohttp.ClientPayloadError as exc:

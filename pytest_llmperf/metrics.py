@@ -329,6 +329,8 @@ def summarize(
     s["errors"] = dict(errors)
     s["error_examples"] = examples
     s["warmup_requests"] = len(run.warmup_records)
+    # Attempts that never reached the server (closed keep-alive connections), retried on a fresh one.
+    s["connection_retries"] = sum(r.connection_retries for r in run.records)
 
     n_in = [m.n_in for _, m in good]
     n_out = [m.n_out for _, m in good]

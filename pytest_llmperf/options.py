@@ -29,6 +29,8 @@ class Settings:
     hardware: str | None
     precision: str | None
     json_path: Path | None
+    gpus: int | None
+    profiles_path: Path | None
 
     def __repr__(self) -> str:  # never show the key
         return f"Settings(endpoint={self.endpoint!r}, server={self.server!r}, model={self.model!r}, ...)"
@@ -44,6 +46,8 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("hardware", "ID", "Hardware id of the baseline pair, e.g. h200x8. Default: detected"),
     ("precision", "ID", "Precision id of the baseline pair, e.g. fp8"),
     ("json", "PATH", "Write the session's results as JSON to PATH"),
+    ("gpus", "N", "GPUs behind the endpoint, for per-GPU throughput. Default: the profile's, else unknown"),
+    ("profiles", "PATH", "YAML file of your own server profiles (see the README)"),
 )
 
 
@@ -88,6 +92,13 @@ def resolve(config: pytest.Config) -> Settings:
         raise pytest.UsageError(f"--llmperf-ready-timeout={timeout_text!r}: expected a number of seconds > 0")
     key_env = config.getoption("llmperf_api_key_env") or API_KEY_ENV
     json_path = _get(config, "json")
+    gpus_text = _get(config, "gpus")
+    gpus = None
+    if gpus_text is not None:
+        if not gpus_text.isdigit() or int(gpus_text) < 1:
+            raise pytest.UsageError(f"--llmperf-gpus={gpus_text!r}: expected a whole number of GPUs >= 1")
+        gpus = int(gpus_text)
+    profiles_path = _get(config, "profiles")
     return Settings(
         endpoint=endpoint,
         server=_get(config, "server"),
@@ -99,4 +110,6 @@ def resolve(config: pytest.Config) -> Settings:
         hardware=_get(config, "hardware"),
         precision=_get(config, "precision"),
         json_path=Path(json_path) if json_path else None,
+        gpus=gpus,
+        profiles_path=config.rootpath / profiles_path if profiles_path else None,
     )

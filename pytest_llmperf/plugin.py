@@ -16,6 +16,12 @@ from pytest_llmperf.session import LLMPerfSession
 __all__ = ["llmperf", "llmperf_server"]
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_llmperf import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     options.register(parser)
 
@@ -25,6 +31,18 @@ def pytest_configure(config: pytest.Config) -> None:
     session = LLMPerfSession(config, options.resolve(config))
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "llmperf-session")
+    if config.pluginmanager.hasplugin("xdist"):
+        from pytest_llmperf._xdist import XdistHooks
+
+        config.pluginmanager.register(XdistHooks(session), "llmperf-xdist")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None or (session.settings.endpoint is None and session.settings.server is None):
+        return None
+    target = session.settings.endpoint or f"profile {session.settings.server}"
+    return [f"llmperf: {target}, baseline pair {session.pair}"]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

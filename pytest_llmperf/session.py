@@ -1,23 +1,42 @@
 """The run-state object of one pytest session, kept in ``config.stash`` and registered as a plugin.
 
 Workers attach each perf test's results to its report as builtins (``report.llmperf``); the controller
-collects them from ``pytest_runtest_logreport``, so the same code path works with and without xdist.
+collects them from ``pytest_runtest_logreport``, so the same code path works with and without xdist. The
+controller alone writes files and stops a server shared by workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_llmperf.options import Settings
 
+if TYPE_CHECKING:
+    from pytest_llmperf.profiles import Profile
+    from pytest_llmperf.serving import Spawned
+    from pytest_llmperf.spec import Endpoint, Launch
+
 RESULTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
+RUN_DIR_KEY = "llmperf_run_dir"
+DEFAULT_PROFILE = "llamacpp-tiny"
+
+NO_SERVER = (
+    "no inference server for perf tests, and the embedded default (llama.cpp) is not installed. Either "
+    "install it: pip install 'pytest-llmperf[llamacpp]' (compiles llama.cpp once, ~13 min on 2 cores); or "
+    "attach to a running server: --llmperf-endpoint=URL; or spawn one from a profile: "
+    "--llmperf-server=PROFILE (e.g. sim, the built-in simulator)"
+)
 
 
 class LLMPerfSession:
@@ -28,10 +47,126 @@ class LLMPerfSession:
         self.endpoint_info: dict[str, Any] | None = None
         # Prompt calibration per (endpoint, api, dataset): one /tokenize round per session, not per test.
         self.prompt_contexts: dict[tuple[str, str, str, str], Any] = {}
+        self.shared_server = False
+        self._spawned: Spawned | None = None
+        self._affinity: contextlib.ExitStack | None = None
+        self._run_dir: Path | None = None
+        self._hardware_id: str | None = None
+
+    # -- process roles and the run directory shared with xdist workers ---------------------------------
+
+    @property
+    def worker_id(self) -> str | None:
+        workerinput = getattr(self.config, "workerinput", None)
+        return str(workerinput["workerid"]) if workerinput else None
 
     @property
     def is_worker(self) -> bool:
         return hasattr(self.config, "workerinput")
+
+    @property
+    def run_dir(self) -> Path:
+        """A directory shared by the controller and its workers (locks, the shared server's state)."""
+        if self._run_dir is None:
+            workerinput = getattr(self.config, "workerinput", None)
+            if workerinput and RUN_DIR_KEY in workerinput:
+                self._run_dir = Path(workerinput[RUN_DIR_KEY])
+            else:
+                self._run_dir = Path(tempfile.mkdtemp(prefix="pytest-llmperf-"))
+        return self._run_dir
+
+    @property
+    def hardware_id(self) -> str:
+        if self._hardware_id is None:
+            from pytest_llmperf.hardware import detect
+
+            self._hardware_id = self.settings.hardware or detect().id
+        return self._hardware_id
+
+    @property
+    def pair(self) -> str:
+        return f"{self.hardware_id}-{self.settings.precision or 'default'}"
+
+    # -- the server under test -------------------------------------------------------------------------
+
+    def profile(self) -> Profile | None:
+        from pytest_llmperf import profiles
+
+        user = profiles.load_profiles(self.settings.profiles_path) if self.settings.profiles_path else None
+        if self.settings.server is not None:
+            return profiles.get_profile(self.settings.server, user)
+        if profiles.llamacpp_available():
+            return profiles.get_profile(DEFAULT_PROFILE, user)
+        return None
+
+    def _launch(self, profile: Profile, port: int, argv: list[str]) -> Launch | None:
+        result: Launch | None = self.config.hook.pytest_llmperf_launch(
+            config=self.config, profile=profile, port=port, argv=argv
+        )
+        return result
+
+    def open_server(self) -> Endpoint:
+        """Attach or spawn the server under test (raises ``pytest.skip`` when there is none to use)."""
+        from pytest_llmperf import serving
+        from pytest_llmperf.profiles import default_cache_dir
+
+        s = self.settings
+        choice = serving.ServerChoice(
+            model=s.model, api_key=s.api_key, ready_timeout_s=s.ready_timeout_s, gpu_count=s.gpus
+        )
+        if s.endpoint is not None:
+            endpoint = serving.attach(s.endpoint, choice)
+        else:
+            profile = self.profile()
+            if profile is None:
+                pytest.skip(NO_SERVER)
+            gpus_visible = None
+            if profile.gpus_per_server:
+                from pytest_llmperf.hardware import detect
+
+                gpus_visible = detect().gpu_count
+            devices = serving.worker_devices(profile, self.worker_id, gpus_visible)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            log_path = default_cache_dir() / "logs" / f"{profile.name}-{stamp}-{os.getpid()}.log"
+
+            def start() -> Spawned:
+                return serving.spawn(profile, choice, log_path=log_path, cuda_devices=devices, launcher=self._launch)
+
+            if self.is_worker and not profile.gpus_per_server:
+                self.shared_server = True
+                endpoint = serving.shared(self.run_dir, start, s.api_key)
+                pinned = serving.shared_pinned_cpus(self.run_dir)
+            else:
+                self._spawned = start()
+                endpoint, pinned = self._spawned.endpoint, self._spawned.pinned_cpus
+            self._affinity = contextlib.ExitStack()
+            self._affinity.enter_context(serving.client_off_cpus(pinned))
+        self.endpoint_info = endpoint.public_dict()
+        return endpoint
+
+    def close_server(self) -> None:
+        if self._affinity is not None:
+            self._affinity.close()
+            self._affinity = None
+        if self._spawned is not None:
+            self._spawned.process.stop()
+            self._spawned = None
+
+    @contextlib.contextmanager
+    def measurement_slot(self) -> Iterator[dict[str, float]]:
+        """Serialize measurements on a server shared by xdist workers; yields {"wait_s": ...} for the report."""
+        waited = {"wait_s": 0.0}
+        if not self.shared_server:
+            yield waited
+            return
+        from filelock import FileLock
+
+        started = time.perf_counter()
+        with FileLock(str(self.run_dir / "measure.lock")):
+            waited["wait_s"] = time.perf_counter() - started
+            yield waited
+
+    # -- hooks -----------------------------------------------------------------------------------------
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
@@ -51,6 +186,11 @@ class LLMPerfSession:
             return
         tr = terminalreporter
         tr.write_sep("=", "llmperf results")
+        endpoint = self.results[0].get("endpoint") or self.endpoint_info or {}
+        tr.write_line(
+            f"pair {self.pair} · {endpoint.get('engine', 'unknown')} {endpoint.get('engine_version') or ''} · "
+            f"model {endpoint.get('model', '?')} · {endpoint.get('url', '?')}"
+        )
         header = f"{'test':<48} {'ok/fail':>8} {'TTFT p50':>9} {'TPOT p50':>9} {'E2E p50':>9} {'out tok/s':>10}"
         tr.write_line(header)
         for r in self.results:
@@ -60,15 +200,22 @@ class LLMPerfSession:
                 f"{_ms(s.get('median_tpot_ms')):>9} {_ms(s.get('median_e2el_ms')):>9} "
                 f"{_num(s.get('output_throughput')):>10}"
             )
-            client = s.get("client") or {}
-            if client.get("client_bound"):
-                tr.write_line(f"  warning: client-bound run: {'; '.join(client.get('reasons', []))}")
+            if s.get("client_bound"):
+                tr.write_line(f"  warning: client-bound run: {'; '.join(s.get('client_reasons', []))}")
+            for warning in (s.get("validity") or {}).get("warnings", []):
+                tr.write_line(f"  warning: {warning}")
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.is_worker or self.settings.json_path is None:
+        if self.is_worker:
             return
-        document = {"endpoint": self.endpoint_info, "results": self.results}
-        write_json_atomic(self.settings.json_path, document)
+        if self._run_dir is not None:
+            from pytest_llmperf import serving
+
+            serving.stop_shared(self._run_dir)
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+        if self.settings.json_path is not None:
+            document = {"pair": self.pair, "endpoint": self.endpoint_info, "results": self.results}
+            write_json_atomic(self.settings.json_path, document)
 
 
 def write_json_atomic(path: Path, document: Any) -> None:

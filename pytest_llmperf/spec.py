@@ -231,3 +231,15 @@ class RunRecords:
     @property
     def duration_s(self) -> float:
         return self.bench_end_s - self.bench_start_s
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Launch:
+    """A server command supplied by a conftest (``pytest_llmperf_launch`` hook), e.g. through ``srun``.
+
+    ``url`` is where the server will answer when it is not this machine's ``127.0.0.1:<port>``.
+    """
+
+    argv: tuple[str, ...]
+    url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from pytest_llmperf.datasets import PromptContext, Tokenize
+from pytest_llmperf.datasets import COMMON_WORDS, PromptContext, Tokenize
 from pytest_llmperf.errors import SpecError
 from pytest_llmperf.spec import Endpoint, Workload
 
@@ -78,6 +78,12 @@ def token_pool(tokenize: Tokenize) -> list[int]:
     return sorted(set(tokenize(_POOL_TEXT)))
 
 
+def single_token_words(tokenize: Tokenize) -> tuple[str, ...]:
+    """The common words this tokenizer keeps whole, so text prompts can be sized one token at a time."""
+    whole = tuple(word for word in COMMON_WORDS if len(tokenize(word)) == 1)
+    return whole if len(whole) >= 8 else ()
+
+
 def chat_overhead_tokens(endpoint: Endpoint, tokenize: Tokenize) -> int:
     """Tokens the chat template adds around one user message, measured with one tiny request."""
     import httpx
@@ -108,6 +114,47 @@ def chat_overhead_tokens(endpoint: Endpoint, tokenize: Tokenize) -> int:
     return max(0, prompt_tokens - len(tokenize(content)))
 
 
+def server_chat_counter(endpoint: Endpoint, tokenize: Tokenize) -> Callable[[str], int] | None:
+    """Exact token count of one user message with the server's chat template, or None if it cannot tell.
+
+    vLLM and SGLang tokenize ``messages`` directly; llama.cpp renders the template with ``/apply-template``
+    and then tokenizes the result with special tokens. A count must exceed the bare text's to be believed
+    (a server that ignores ``messages`` would return the count of nothing).
+    """
+    import httpx
+
+    client = httpx.Client(base_url=endpoint.base_url, headers=_headers(endpoint), timeout=_TIMEOUT_S)
+
+    def messages(text: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": text}]
+
+    def via_messages(text: str) -> int:
+        body = {"model": endpoint.model, "messages": messages(text), "add_generation_prompt": True}
+        response = client.post("/tokenize", json=body)
+        response.raise_for_status()
+        data = response.json()
+        return int(data["count"]) if "count" in data else len(data["tokens"])
+
+    def via_template(text: str) -> int:
+        response = client.post("/apply-template", json={"messages": messages(text)})
+        response.raise_for_status()
+        rendered = response.json()["prompt"]
+        response = client.post("/tokenize", json={"content": rendered, "add_special": True, "parse_special": True})
+        response.raise_for_status()
+        return len(response.json()["tokens"])
+
+    probe = "hello there"
+    bare = len(tokenize(probe))
+    for counter in (via_messages, via_template):
+        try:
+            if counter(probe) > bare:
+                return counter
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            continue
+    client.close()
+    return None
+
+
 def prompt_context(workload: Workload, endpoint: Endpoint, *, tokenizer_path: str | None = None) -> PromptContext:
     """Everything :func:`pytest_llmperf.datasets.build_prompts` needs to hit exact lengths."""
     tokenize: Callable[[str], list[int]] | None
@@ -115,5 +162,11 @@ def prompt_context(workload: Workload, endpoint: Endpoint, *, tokenizer_path: st
     if tokenize is None:
         return PromptContext()
     pool = token_pool(tokenize) if workload.api == "completions" and workload.dataset == "random" else ()
-    overhead = chat_overhead_tokens(endpoint, tokenize) if workload.api == "chat" else 0
-    return PromptContext(token_pool=pool, tokenize=tokenize, chat_overhead_tokens=overhead)
+    words = single_token_words(tokenize) if not pool else ()
+    if workload.api != "chat":
+        return PromptContext(token_pool=pool, tokenize=tokenize, words=words)
+    count_chat = None if tokenizer_path else server_chat_counter(endpoint, tokenize)
+    overhead = 0 if count_chat else chat_overhead_tokens(endpoint, tokenize)
+    return PromptContext(
+        token_pool=pool, tokenize=tokenize, chat_overhead_tokens=overhead, count_chat=count_chat, words=words
+    )

@@ -1,0 +1,240 @@
+"""Getting the session's server: attach to a URL, spawn from a profile, or share one across xdist workers.
+
+No pytest import: the fixture passes in what it resolved (settings, profile, hook-supplied launcher).
+
+Sharing under pytest-xdist: the first worker to take ``server.lock`` in the run directory starts the server,
+hands its ownership to the controller (``detach``) and writes ``server.json``; the others read that file.
+The controller stops the process group at session end. Measurements are serialized with ``measure.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf import server
+from pytest_llmperf.errors import EndpointError, LLMPerfError, ServerError
+from pytest_llmperf.profiles import Profile
+from pytest_llmperf.spec import Endpoint, Launch
+
+STATE_FILE = "server.json"
+_PROBE_PAUSE_S = 0.5
+
+Launcher = Callable[[Profile, int, list[str]], "Launch | None"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerChoice:
+    """What the user asked for, resolved from options."""
+
+    model: str | None
+    api_key: str | None
+    ready_timeout_s: float
+    gpu_count: int | None
+
+
+def wait_for_endpoint(url: str, choice: ServerChoice) -> None:
+    """Probe ``url`` until it answers or ``ready_timeout_s`` passes; then raise the last error, with the wait."""
+    deadline = time.monotonic() + choice.ready_timeout_s
+    while True:
+        try:
+            server.probe(url, timeout_s=max(1.0, min(10.0, deadline - time.monotonic())), api_key=choice.api_key)
+            return
+        except EndpointError as exc:
+            if time.monotonic() + _PROBE_PAUSE_S >= deadline:
+                raise EndpointError(
+                    f"{exc} (kept trying for {choice.ready_timeout_s:g} s; raise --llmperf-ready-timeout if the "
+                    "server is still starting)"
+                ) from None
+        time.sleep(_PROBE_PAUSE_S)
+
+
+def describe(url: str, choice: ServerChoice, *, model: str | None = None, **known: Any) -> Endpoint:
+    """An :class:`Endpoint` for a server that answers: model from ``/v1/models`` unless given, engine facts."""
+    chosen = choice.model or model
+    if chosen is None:
+        models = server.fetch_models(url, choice.api_key)
+        if not models:
+            raise EndpointError(f"{server.redact_url(url)}/v1/models lists no model; pass --llmperf-model=NAME")
+        chosen = models[0]
+    info = server.engine_info(url, choice.api_key)
+    engine = known.pop("engine", None) or info.get("engine") or "unknown"
+    return Endpoint(
+        url=url,
+        model=chosen,
+        api_key=choice.api_key,
+        engine=str(engine),
+        engine_version=info.get("engine_version"),
+        gpu_count=choice.gpu_count,
+        **known,
+    )
+
+
+def attach(url: str, choice: ServerChoice) -> Endpoint:
+    wait_for_endpoint(url, choice)
+    return describe(url, choice)
+
+
+@dataclass(slots=True)
+class Spawned:
+    endpoint: Endpoint
+    process: server.ServerProcess
+    pinned_cpus: list[int] | None
+
+
+def spawn(
+    profile: Profile,
+    choice: ServerChoice,
+    *,
+    log_path: Path,
+    cuda_devices: str | None = None,
+    launcher: Launcher | None = None,
+) -> Spawned:
+    """Start ``profile`` and return it ready, with its endpoint described."""
+    host = "127.0.0.1"
+    env = profile.render_env(0, host=host, model=choice.model) if profile.env else {}
+    if cuda_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_devices
+    launch: Launch | None = None
+
+    def argv_for(port: int) -> list[str]:
+        nonlocal launch
+        argv = profile.render(port, host=host, model=choice.model)
+        launch = launcher(profile, port, argv) if launcher is not None else None
+        return list(launch.argv) if launch is not None else argv
+
+    port = server.free_port(host)
+    argv = argv_for(port)
+    if launch is not None and launch.url is not None:
+        # A hook-supplied server answering elsewhere: readiness at its URL, lifecycle of its local command.
+        process = server.ServerProcess(
+            argv,
+            env={**env, **launch.env},
+            log_path=log_path,
+            health_url=launch.url.rstrip("/") + profile.health_path,
+            startup_timeout_s=profile.startup_timeout_s,
+            name=profile.name,
+        ).start()
+        url = launch.url.rstrip("/")
+    else:
+        process = server.spawn(
+            argv_for,
+            host=host,
+            health_path=profile.health_path,
+            env=env or None,
+            log_path=log_path,
+            startup_timeout_s=profile.startup_timeout_s,
+            name=profile.name,
+        )
+        url = process.base_url
+    try:
+        gpus = choice.gpu_count if choice.gpu_count is not None else (profile.gpus_per_server or None)
+        endpoint = describe(
+            url,
+            ServerChoice(model=choice.model, api_key=choice.api_key, ready_timeout_s=0, gpu_count=gpus),
+            model=profile.model,
+            engine=profile.engine,
+            extra_body=dict(profile.extra_body),
+            pid=process.pid,
+            log_path=str(log_path),
+        )
+    except BaseException:
+        process.stop()
+        raise
+    return Spawned(endpoint=endpoint, process=process, pinned_cpus=profile.pinned_cpus())
+
+
+def shared(run_dir: Path, start: Callable[[], Spawned], api_key: str | None) -> Endpoint:
+    """The one server all xdist workers share: started by the first worker to get here, else read back."""
+    from filelock import FileLock
+
+    state_path = run_dir / STATE_FILE
+    with FileLock(str(run_dir / "server.lock")):
+        if state_path.exists():
+            state = json.loads(state_path.read_text())
+            if "error" in state:
+                raise ServerError(f"the shared server failed to start in another worker: {state['error']}")
+            return Endpoint(api_key=api_key, **state["endpoint"])
+        try:
+            spawned = start()
+        except LLMPerfError as exc:
+            state_path.write_text(json.dumps({"error": str(exc)}))
+            raise
+        spawned.process.detach()  # the controller stops it once every worker is done
+        state = {
+            "endpoint": spawned.endpoint.public_dict(),
+            "pgid": spawned.process.pgid,
+            "pinned_cpus": spawned.pinned_cpus,
+            "started_by": os.getpid(),
+        }
+        state_path.write_text(json.dumps(state))
+        return spawned.endpoint
+
+
+def shared_pinned_cpus(run_dir: Path) -> list[int] | None:
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        cpus = json.loads((run_dir / STATE_FILE).read_text())["pinned_cpus"]
+        return [int(c) for c in cpus] if cpus else None
+    return None
+
+
+def stop_shared(run_dir: Path) -> bool:
+    """Stop the shared server recorded in ``run_dir`` (controller, at session end). True if one was stopped."""
+    try:
+        state = json.loads((run_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    pgid = state.get("pgid")
+    if not isinstance(pgid, int):
+        return False
+    server.stop_process_group(pgid)
+    return True
+
+
+def worker_devices(profile: Profile, worker_id: str | None, gpus_visible: int | None) -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` for this worker's own server: disjoint GPU sets of ``gpus_per_server``.
+
+    Worker ``gwK`` gets the K-th slice of the devices this process may see (``CUDA_VISIBLE_DEVICES`` when
+    set, else ``0..gpus_visible-1``), so an 8-GPU node runs 8 (or 2x4) servers side by side.
+    """
+    per_server = profile.gpus_per_server
+    if per_server <= 0:
+        return None
+    index = int(worker_id[2:]) if worker_id and worker_id.startswith("gw") else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+    else:
+        devices = [str(i) for i in range(gpus_visible if gpus_visible is not None else (index + 1) * per_server)]
+    chosen = devices[index * per_server : (index + 1) * per_server]
+    if len(chosen) < per_server:
+        raise ServerError(
+            f"profile {profile.name!r} needs {per_server} GPUs per server, but worker {worker_id or 'gw0'} would "
+            f"need GPUs {index * per_server}..{(index + 1) * per_server - 1} of the {len(devices)} visible: run "
+            "fewer xdist workers (-n) or lower gpus_per_server"
+        )
+    return ",".join(chosen)
+
+
+@contextlib.contextmanager
+def client_off_cpus(cpus: list[int] | None) -> Iterator[None]:
+    """Keep this process (the load generator) off the cores a pinned server runs on, then restore."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    rest = before - set(cpus)
+    if not rest:
+        yield
+        return
+    os.sched_setaffinity(0, rest)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
