@@ -42,17 +42,11 @@ class LLMPerf:
 
     def run(self, **overrides: Any) -> Any:
         """Run the marker's workload (``overrides`` win) and return its :class:`~pytest_llmperf.runner.Result`."""
-        from pytest_llmperf import runner, servermetrics, tokenizer
+        from pytest_llmperf import runner, servermetrics
 
         try:
             workload = build_workload({"compat": self._session.settings.compat, **self._marker_kwargs}, overrides)
-            key = (self.endpoint.url, workload.api, workload.dataset, self._session.settings.tokenizer or "")
-            context = self._session.prompt_contexts.get(key)
-            if context is None:
-                context = tokenizer.prompt_context(
-                    workload, self.endpoint, tokenizer_path=self._session.settings.tokenizer
-                )
-                self._session.prompt_contexts[key] = context
+            context = self._session.prompt_context(workload, self.endpoint)
             with self._session.measurement_slot() as slot:
                 before = servermetrics.scrape(self.endpoint)
                 try:

@@ -23,6 +23,8 @@ import pytest
 from pytest_llmperf.options import Settings
 
 if TYPE_CHECKING:
+    import httpx
+
     from pytest_llmperf.profiles import Profile
     from pytest_llmperf.serving import Spawned
     from pytest_llmperf.spec import Endpoint, Launch
@@ -52,6 +54,7 @@ class LLMPerfSession:
         self._affinity: contextlib.ExitStack | None = None
         self._run_dir: Path | None = None
         self._hardware_id: str | None = None
+        self._control: httpx.Client | None = None
 
     # -- process roles and the run directory shared with xdist workers ---------------------------------
 
@@ -144,7 +147,23 @@ class LLMPerfSession:
         self.endpoint_info = endpoint.public_dict()
         return endpoint
 
+    def prompt_context(self, workload: Any, endpoint: Endpoint) -> Any:
+        """How to build exact-length prompts for ``workload`` (calibrated once per endpoint, api and dataset)."""
+        from pytest_llmperf import tokenizer
+
+        key = (endpoint.url, workload.api, workload.dataset, self.settings.tokenizer or "")
+        if key not in self.prompt_contexts:
+            if self._control is None:
+                self._control = tokenizer.control_client(endpoint)
+            self.prompt_contexts[key] = tokenizer.prompt_context(
+                workload, endpoint, self._control, tokenizer_path=self.settings.tokenizer
+            )
+        return self.prompt_contexts[key]
+
     def close_server(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         if self._affinity is not None:
             self._affinity.close()
             self._affinity = None

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf.datasets import COMMON_WORDS, PromptContext, Tokenize
 from pytest_llmperf.errors import SpecError
 from pytest_llmperf.spec import Endpoint, Workload
+
+if TYPE_CHECKING:
+    import httpx
 
 # Ordinary prose: its pieces are normal vocabulary ids on any tokenizer, never special or control tokens.
 _POOL_TEXT = (
@@ -25,15 +28,17 @@ _POOL_TEXT = (
 _TIMEOUT_S = 30.0
 
 
-def _headers(endpoint: Endpoint) -> dict[str, str]:
-    return {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
-
-
-def server_tokenizer(endpoint: Endpoint) -> Tokenize | None:
-    """A callable that tokenizes text with the server's ``/tokenize``, or None when it has none."""
+def control_client(endpoint: Endpoint) -> httpx.Client:
+    """One keep-alive client for the session's control-plane calls; the caller closes it."""
     import httpx
 
-    client = httpx.Client(base_url=endpoint.base_url, headers=_headers(endpoint), timeout=_TIMEOUT_S)
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+    return httpx.Client(base_url=endpoint.base_url, headers=headers, timeout=_TIMEOUT_S, trust_env=False)
+
+
+def server_tokenizer(endpoint: Endpoint, client: httpx.Client) -> Tokenize | None:
+    """A callable that tokenizes text with the server's ``/tokenize``, or None when it has none."""
+    import httpx
 
     def tokenize(text: str) -> list[int]:
         # "prompt" is vLLM's and SGLang's field, "content" llama.cpp's; each server ignores the other.
@@ -48,7 +53,6 @@ def server_tokenizer(endpoint: Endpoint) -> Tokenize | None:
     try:
         tokenize("hello world")
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        client.close()
         return None
     return tokenize
 
@@ -84,7 +88,7 @@ def single_token_words(tokenize: Tokenize) -> tuple[str, ...]:
     return whole if len(whole) >= 8 else ()
 
 
-def chat_overhead_tokens(endpoint: Endpoint, tokenize: Tokenize) -> int:
+def chat_overhead_tokens(endpoint: Endpoint, tokenize: Tokenize, client: httpx.Client) -> int:
     """Tokens the chat template adds around one user message, measured with one tiny request."""
     import httpx
 
@@ -98,23 +102,22 @@ def chat_overhead_tokens(endpoint: Endpoint, tokenize: Tokenize) -> int:
         **endpoint.extra_body,
     }
     prompt_tokens = None
-    with httpx.Client(base_url=endpoint.base_url, headers=_headers(endpoint), timeout=_TIMEOUT_S) as client:
-        try:
-            with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                if response.status_code != 200:
-                    return 0
-                for line in response.iter_lines():
-                    if line.startswith("data:") and "usage" in line and line[5:].strip() != "[DONE]":
-                        usage = json.loads(line[5:]).get("usage") or {}
-                        prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
-        except (httpx.HTTPError, ValueError):
-            return 0
+    try:
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                return 0
+            for line in response.iter_lines():
+                if line.startswith("data:") and "usage" in line and line[5:].strip() != "[DONE]":
+                    usage = json.loads(line[5:]).get("usage") or {}
+                    prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
+    except (httpx.HTTPError, ValueError):
+        return 0
     if not isinstance(prompt_tokens, int):
         return 0
     return max(0, prompt_tokens - len(tokenize(content)))
 
 
-def server_chat_counter(endpoint: Endpoint, tokenize: Tokenize) -> Callable[[str], int] | None:
+def server_chat_counter(endpoint: Endpoint, tokenize: Tokenize, client: httpx.Client) -> Callable[[str], int] | None:
     """Exact token count of one user message with the server's chat template, or None if it cannot tell.
 
     vLLM and SGLang tokenize ``messages`` directly; llama.cpp renders the template with ``/apply-template``
@@ -122,8 +125,6 @@ def server_chat_counter(endpoint: Endpoint, tokenize: Tokenize) -> Callable[[str
     (a server that ignores ``messages`` would return the count of nothing).
     """
     import httpx
-
-    client = httpx.Client(base_url=endpoint.base_url, headers=_headers(endpoint), timeout=_TIMEOUT_S)
 
     def messages(text: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": text}]
@@ -151,22 +152,23 @@ def server_chat_counter(endpoint: Endpoint, tokenize: Tokenize) -> Callable[[str
                 return counter
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             continue
-    client.close()
     return None
 
 
-def prompt_context(workload: Workload, endpoint: Endpoint, *, tokenizer_path: str | None = None) -> PromptContext:
+def prompt_context(
+    workload: Workload, endpoint: Endpoint, client: httpx.Client, *, tokenizer_path: str | None = None
+) -> PromptContext:
     """Everything :func:`pytest_llmperf.datasets.build_prompts` needs to hit exact lengths."""
     tokenize: Callable[[str], list[int]] | None
-    tokenize = local_tokenizer(tokenizer_path) if tokenizer_path else server_tokenizer(endpoint)
+    tokenize = local_tokenizer(tokenizer_path) if tokenizer_path else server_tokenizer(endpoint, client)
     if tokenize is None:
         return PromptContext()
     pool = token_pool(tokenize) if workload.api == "completions" and workload.dataset == "random" else ()
     words = single_token_words(tokenize) if not pool else ()
     if workload.api != "chat":
         return PromptContext(token_pool=pool, tokenize=tokenize, words=words)
-    count_chat = None if tokenizer_path else server_chat_counter(endpoint, tokenize)
-    overhead = 0 if count_chat else chat_overhead_tokens(endpoint, tokenize)
+    count_chat = None if tokenizer_path else server_chat_counter(endpoint, tokenize, client)
+    overhead = 0 if count_chat else chat_overhead_tokens(endpoint, tokenize, client)
     return PromptContext(
         token_pool=pool, tokenize=tokenize, chat_overhead_tokens=overhead, count_chat=count_chat, words=words
     )

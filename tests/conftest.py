@@ -9,6 +9,16 @@ from collections.abc import Iterator
 
 import pytest
 
+# pytester's in-process runs drop modules first imported inside them; C extensions such as numpy cannot be
+# imported twice in one process, so load what the plugin imports lazily before any pytester run.
+import aiohttp  # noqa: F401
+import gguf  # noqa: F401
+import httpx  # noqa: F401
+import numpy  # noqa: F401
+import prometheus_client.parser  # noqa: F401
+import scipy.stats  # noqa: F401
+import yaml  # noqa: F401
+
 READY_PREFIX = "LLMPERF_SIM_READY "
 
 

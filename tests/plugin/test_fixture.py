@@ -39,11 +39,14 @@ def test_user_test_measures_the_simulator(pytester: pytest.Pytester, sim_url: st
     result.stdout.fnmatch_lines(["*llmperf results*", "*test_latency*12/0*"])
 
 
-def test_no_server_skips_with_what_to_do(pytester: pytest.Pytester) -> None:
+def test_no_server_skips_naming_the_three_ways_forward(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_LLMPERF_LLAMA_SERVER", str(pytester.path / "no-such-llama-server"))
     pytester.makepyfile(USER_TEST)
     result = pytester.runpytest("-rs")
     result.assert_outcomes(skipped=2)
-    result.stdout.fnmatch_lines(["*--llmperf-endpoint=URL*"])
+    result.stdout.fnmatch_lines(["*pytest-llmperf[[]llamacpp[]]*--llmperf-endpoint=URL*--llmperf-server=PROFILE*"])
 
 
 def test_unreachable_endpoint_fails_fast_naming_the_url(pytester: pytest.Pytester) -> None:
@@ -168,7 +171,7 @@ def test_ctrl_c_stops_promptly_and_keeps_what_was_measured(tmp_path: Path, start
     started = time.monotonic()
     output, _ = proc.communicate(timeout=30)
     assert time.monotonic() - started < 10, output
-    assert "KeyboardInterrupt" in output
+    assert "interrupted; partial results kept" in output
     document = json.loads(out.read_text())
     (result,) = document["results"]
     assert result["summary"]["interrupted"] is True
