@@ -7,6 +7,7 @@ its own beyond choosing how many prompts a workload needs.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,4 +96,8 @@ def summarize(records: RunRecords, endpoint: Endpoint, *, goodput_slos_ms: Mappi
     from pytest_llmperf import metrics
 
     summary = metrics.summarize(records, gpu_count=endpoint.gpu_count, goodput_slos_ms=goodput_slos_ms)
+    # Wall-clock bounds of the measured window, comparable across processes (xdist workers, reports).
+    offset = time.time() - time.perf_counter()
+    summary["started_at_unix"] = records.bench_start_s + offset
+    summary["ended_at_unix"] = records.bench_end_s + offset
     return Result(workload=records.workload, summary=summary, run=records)

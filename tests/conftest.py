@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
-import pytest
-
 # pytester's in-process runs drop modules first imported inside them; C extensions such as numpy cannot be
 # imported twice in one process, so load what the plugin imports lazily before any pytester run.
 import aiohttp  # noqa: F401
 import gguf  # noqa: F401
-import httpx  # noqa: F401
+import httpx
 import numpy  # noqa: F401
 import prometheus_client.parser  # noqa: F401
+import pytest
 import scipy.stats  # noqa: F401
 import yaml  # noqa: F401
+
+# httpcore imports its network backend on the first connection; do that here too, or a backend imported
+# inside one pytester run and dropped after it would raise exceptions that httpx no longer recognizes.
+with contextlib.suppress(httpx.HTTPError):
+    httpx.get("http://127.0.0.1:9/", timeout=1)
 
 READY_PREFIX = "LLMPERF_SIM_READY "
 
