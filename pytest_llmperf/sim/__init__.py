@@ -8,6 +8,23 @@ Tests use it to know the true answer: the intended time of every chunk is kept a
         ...  # http://127.0.0.1:<port>
 
 From a shell: ``python -m pytest_llmperf.sim --port 0`` prints ``LLMPERF_SIM_READY <url>`` when ready.
+
+Endpoints (loopback only unless ``--host`` says otherwise):
+
+- ``GET /health``, ``GET /version``, ``GET /v1/models``, ``GET /metrics`` (Prometheus text, ``sim:`` names).
+- ``POST /v1/completions`` (``prompt``: text or token ids) and ``POST /v1/chat/completions``: vLLM-style SSE
+  with ``stream: true`` (``stream_options.include_usage`` / ``continuous_usage_stats``, ``ignore_eos``,
+  ``max_tokens`` / ``max_completion_tokens``); without it, one JSON body when the last token is due.
+- ``POST /tokenize`` with ``{"prompt": str | [ids]}``, ``{"content": str}`` or ``{"messages": [...]}`` →
+  ``{"tokens": [...], "count": n, "max_model_len": L}``.
+- ``GET /sim/requests[?clear=1]`` → ``{"requests": [record, ...]}``, the last ``history`` requests, where a
+  record is ``{"id", "number", "api", "received_at" (server perf_counter s), "prompt_tokens", "max_tokens",
+  "completion_tokens", "finish_reason", "fault", "outcome", "intended_ttft_ms", "intended_chunk_times_ms",
+  "chunk_tokens", "actual_chunk_times_ms"}``; times are ms after ``received_at`` and ``id`` is the ``id``
+  of every chunk of that stream. ``outcome`` is one of running, ok, fault, empty, disconnect, truncated,
+  hang, client_gone, slow_client, shutdown.
+- ``GET /sim/config``, ``POST /sim/config`` with any :class:`SimConfig` field names (``{"reset": true}``
+  first restores the start-up config) → the new config; ``GET /sim/stats`` → engine-loop lateness.
 """
 
 from __future__ import annotations

@@ -48,8 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         elif f.name == "usage_style":
             parser.add_argument(flag, default=f.default, choices=USAGE_STYLES, help=help_text)
         else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, metavar="N", help=help_text)
-    parser.add_argument("--port-file", type=Path, help="also write the bound port to this file (atomically)")
+            kind = type(f.default)
+            metavar = {int: "N", float: "X"}.get(kind, f.name.split("_")[-1].upper())
+            parser.add_argument(flag, type=kind, default=f.default, metavar=metavar, help=help_text)
+    parser.add_argument(
+        "--port-file", type=Path, metavar="PATH", help="also write the bound port to this file (atomically)"
+    )
     return parser
 
 

@@ -244,7 +244,7 @@ class Sim:
 
     async def shutdown(self) -> None:
         self.closing.set()
-        if self.task is not None:
+        if self.task is not None and not self.task.done():
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
@@ -370,7 +370,11 @@ class Sim:
             elif action == _HANG:
                 self.abort(stream, "hang")
             else:
-                transport.write(data)
+                try:
+                    transport.write(data)
+                except (OSError, RuntimeError):  # one broken connection must not stop the engine
+                    self.abort(stream, "client_gone")
+                    continue
                 stream.actual.append(perf_counter())
                 tokens += n
                 if transport.get_write_buffer_size() > SLOW_CLIENT_BYTES:
@@ -543,6 +547,8 @@ class Handlers:
             raise ApiError(400, "stream must be a boolean and stream_options an object")
         ignore_eos = body.get("ignore_eos", False) is True
 
+        if sim.task is None or sim.task.done():
+            raise ApiError(500, "the simulator's engine loop has stopped; see the server log", "InternalServerError")
         stream = sim.new_stream(api, received_at, prompt_tokens, max_tokens)
         fault = stream.fault
         if fault is not None and fault.kind in HTTP_FAULTS:
@@ -798,6 +804,8 @@ class _ThreadServer:
         try:
             loop.run_until_complete(self._main())
         except BaseException as exc:
+            if self.ready.is_set():
+                log.error("the simulator thread stopped with an error", exc_info=exc)
             self.error = exc
         finally:
             self.ready.set()

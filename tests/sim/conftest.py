@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +102,20 @@ class Client:
 def sim_server() -> Iterator[str]:
     with run_in_thread(FAST) as url:
         yield url
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[[str], Client]]:
+    """Clients for servers a test starts itself; closed after the test."""
+    clients: list[Client] = []
+
+    def make(url: str) -> Client:
+        clients.append(Client(url))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.http.close()
 
 
 @pytest.fixture

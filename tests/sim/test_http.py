@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -15,6 +16,7 @@ import pytest
 from pytest_llmperf import __version__
 from pytest_llmperf.errors import ServerError
 from pytest_llmperf.sim import SimConfig, parse_fault, run_in_thread
+from pytest_llmperf.sim.model import Engine, Step
 
 if TYPE_CHECKING:
     from conftest import Client
@@ -299,3 +301,21 @@ def test_run_in_thread_stops_cleanly_with_streams_in_flight() -> None:
         reader.join(10)
     assert time.perf_counter() - t0 < 5
     assert errors == ["RemoteProtocolError", "RemoteProtocolError"]
+
+
+def test_a_crashed_engine_loop_fails_requests_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch, make_client: Callable[[str], Client]
+) -> None:
+    def broken_step(self: Engine, start: float) -> Step:
+        raise RuntimeError("boom")
+
+    with run_in_thread(SimConfig(decode_ms=1)) as url:
+        monkeypatch.setattr(Engine, "step", broken_step)
+        client = make_client(url)
+        first = client.completion(max_tokens=3)
+        assert first.output == []
+        assert first.error
+        assert client.record("cmpl-1")["outcome"] == "engine_error"
+        second = client.completion(max_tokens=3)
+        assert second.status == 500
+        assert "engine loop has stopped" in second.payloads[0]["error"]["message"]
