@@ -38,7 +38,8 @@ Progress = Callable[[int, "int | None", int], None]
 _EXCERPT_CHARS = 300
 _CONNECT_TIMEOUT_S = 30.0
 _READ_BUFSIZE = 2**20  # aiohttp's 64 KiB default throttles long-context streams (see llm-benchmarks.md §1.5)
-_MAX_CONNECTION_RETRIES = 2
+_MAX_CONNECTION_RETRIES = 4
+_CLOSE_HEADERS = {"Connection": "close"}
 _CHAT_OUTPUT_KEYS = ("content", "reasoning", "reasoning_content", "tool_calls", "function_call")
 
 
@@ -116,6 +117,9 @@ class _Client:
         path = "/v1/chat/completions" if self.chat else "/v1/completions"
         self.url = endpoint.base_url + path
         self.events_seen = 0
+        # Set once the server has dropped a kept-alive connection (llama.cpp does after every stream while
+        # advertising keep-alive): from then on every request asks for a connection of its own.
+        self.close_connections = not endpoint.reuse_connections
 
     async def send(self, record: RequestRecord, body: bytes) -> None:
         for attempt in range(_MAX_CONNECTION_RETRIES + 1):
@@ -131,6 +135,7 @@ class _Client:
                 # connection with a new start time and counted in ``connection_retries``.
                 if record.status is None and attempt < _MAX_CONNECTION_RETRIES:
                     record.connection_retries += 1
+                    self.close_connections = True
                     continue
                 kind = "disconnected" if record.status is not None else "connection"
                 self._fail(record, kind, f"{type(exc).__name__}: {exc}")
@@ -154,7 +159,8 @@ class _Client:
         record.error = message
 
     async def _stream(self, record: RequestRecord, body: bytes) -> None:
-        async with self.session.post(self.url, data=body) as response:
+        headers = _CLOSE_HEADERS if self.close_connections else None
+        async with self.session.post(self.url, data=body, headers=headers) as response:
             record.status = response.status
             if response.status != 200:
                 text = await response.read()
@@ -252,7 +258,9 @@ async def _run(
     state: dict[str, Any],
 ) -> RunRecords:
     limit = workload.concurrency or 0
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, enable_cleanup_closed=True)
+    connector = aiohttp.TCPConnector(
+        limit=limit, limit_per_host=limit, enable_cleanup_closed=True, force_close=not endpoint.reuse_connections
+    )
     timeout = aiohttp.ClientTimeout(
         total=workload.request_timeout_s,
         sock_connect=_CONNECT_TIMEOUT_S,
@@ -349,6 +357,12 @@ async def _run(
             bench_end = time.perf_counter()
             monitor.stop()
             gc.unfreeze()
+        notes = []
+        if client.close_connections and endpoint.reuse_connections:
+            notes.append(
+                "the server closed kept-alive connections, so requests switched to one connection each "
+                "(connection setup is then part of TTFT, as in clients that never reuse connections)"
+            )
         return RunRecords(
             workload=workload,
             records=records,
@@ -356,6 +370,7 @@ async def _run(
             bench_end_s=bench_end,
             warmup_records=state.get("warmup", []),
             client=monitor.check(dispatch_lags, wall_s=bench_end - bench_start),
+            notes=notes,
         )
 
 

@@ -64,14 +64,18 @@ def describe(url: str, choice: ServerChoice, *, model: str | None = None, **know
             raise EndpointError(f"{server.redact_url(url)}/v1/models lists no model; pass --llmperf-model=NAME")
         chosen = models[0]
     info = server.engine_info(url, choice.api_key)
-    engine = known.pop("engine", None) or info.get("engine") or "unknown"
+    engine = str(known.pop("engine", None) or info.get("engine") or "unknown")
     return Endpoint(
         url=url,
         model=chosen,
         api_key=choice.api_key,
-        engine=str(engine),
+        engine=engine,
         engine_version=info.get("engine_version"),
         gpu_count=choice.gpu_count,
+        # llama.cpp's server drops a kept-alive connection after some streams although it advertises
+        # keep-alive (seen on every connection's first reuse under load); a connection per request avoids
+        # failed attempts. Other engines keep connections, as vLLM's and SGLang's benchmark clients assume.
+        reuse_connections=engine != "llama.cpp",
         **known,
     )
 

