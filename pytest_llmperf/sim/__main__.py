@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         loop.run_until_complete(_main(config, port_file))
     except OSError as exc:
-        print(f"llmperf-sim: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        print(f"llmperf-sim: {exc}", file=sys.stderr)
         return 1
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())

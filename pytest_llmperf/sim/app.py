@@ -10,6 +10,10 @@ must not stall the engine: the transport buffers its bytes up to ``SLOW_CLIENT_B
 Non-streaming requests run through the engine too and get one JSON body when their last token is due; of the
 faults, only the HTTP ones apply to them.
 
+Steps keep to the model's absolute schedule; only when the loop falls more than ``max_lag_ms`` behind it
+(CPU-bound, or ``decode_ms=0`` bursts) does the next step start at "now" instead (``sim:engine_slips_total``).
+The intended times kept for ``GET /sim/requests`` are always the schedule actually used.
+
 Clock: ``time.perf_counter()`` (CLOCK_MONOTONIC on Linux, so a client on the same host can compare its own
 timestamps with ``received_at``). Loop lateness = actual write time − intended step end, per step.
 """
@@ -22,6 +26,7 @@ import json
 import logging
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from time import perf_counter
@@ -117,7 +122,7 @@ class Stream:
         self.transport: asyncio.Transport | None = None
         self.done: asyncio.Future[None] | None = None
         self.outcome = "running"
-        self.actual: list[float] = []
+        self.actual: array[float] = array("d")
         self.include_usage = self.continuous = self.usage_in_last = False
         obj = "text_completion" if api == "completions" else "chat.completion.chunk"
         common = f'data: {{"id":"{self.rid}","object":"{obj}","created":{created},"model":{json.dumps(model)}'
@@ -170,7 +175,7 @@ class Stream:
     def record(self) -> dict[str, Any]:
         seq, t0 = self.seq, self.received_at
         intended = [round((t - t0) * 1000.0, 4) for t in seq.chunk_times] if seq else []
-        tokens = list(seq.chunk_tokens) if seq else []
+        tokens = seq.chunk_tokens.tolist() if seq else []
         return {
             "id": self.rid,
             "number": self.number,

@@ -43,6 +43,7 @@ import dataclasses
 import math
 import random
 import zlib
+from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -92,7 +93,7 @@ class SimConfig:
     eos_prob: float = _opt(0.0, "probability that a token ends a request that did not set ignore_eos")
     usage_style: str = _opt("vllm", "vllm: usage in a final chunk with no choices; llamacpp: in the last chunk")
     faults: tuple[FaultSpec, ...] = _opt((), "injected faults, see faults.py")
-    history: int = _opt(10000, "requests kept for GET /sim/requests")
+    history: int = _opt(10000, "requests kept for GET /sim/requests (about 20 bytes per chunk each)")
     max_lag_ms: float = _opt(10.0, "when the loop is later than this, the schedule slips to now")
     uvloop: bool = _opt(True, "use uvloop when installed")
 
@@ -235,8 +236,9 @@ class Sequence:
     ready_at: float = 0.0
     generated: int = 0
     finish_reason: str | None = None
-    chunk_times: list[float] = field(default_factory=list)
-    chunk_tokens: list[int] = field(default_factory=list)
+    # Compact arrays: the server keeps thousands of these for GET /sim/requests.
+    chunk_times: array[float] = field(default_factory=lambda: array("d"))
+    chunk_tokens: array[int] = field(default_factory=lambda: array("I"))
     rng: random.Random | None = None
 
 
