@@ -343,8 +343,8 @@ async def _run(
             else:
                 for i, offset in enumerate(offsets):
                     due = bench_start + offset
-                    delay = due - time.perf_counter()
-                    if delay > 0:
+                    # Loop timers may fire a little early (uvloop's resolution is 1 ms): sleep until due.
+                    while (delay := due - time.perf_counter()) > 0:
                         await asyncio.sleep(delay)
                     if out_of_time():
                         break

@@ -1,0 +1,213 @@
+"""The load generator against the simulator: faults become failed requests with reasons, never 0 ms successes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+import httpx
+import pytest
+
+from pytest_llmperf import loadgen, metrics, tokenizer
+from pytest_llmperf.datasets import PromptContext, build_prompts
+from pytest_llmperf.runner import planned_prompts
+from pytest_llmperf.spec import Endpoint, RunRecords, Workload
+
+
+def run(url: str, workload: Workload, *, reuse: bool = True) -> RunRecords:
+    endpoint = Endpoint(url=url, model="llmperf-sim", reuse_connections=reuse)
+    prompts = build_prompts(workload, planned_prompts(workload), PromptContext(token_pool=list(range(100, 200))))
+    return loadgen.run(workload, endpoint, prompts)
+
+
+def set_faults(url: str, *faults: str) -> None:
+    httpx.post(f"{url}/sim/config", json={"faults": list(faults)}, timeout=10).raise_for_status()
+
+
+@pytest.fixture
+def sim(start_sim: type) -> str:
+    return start_sim("--decode-ms", "1", "--decode-ms-per-seq", "0", "--jitter", "0").url
+
+
+W = Workload(input_len=8, output_len=6, num_prompts=10, concurrency=2)
+
+
+def test_clean_run_has_exact_records(sim: str) -> None:
+    records = run(sim, W).records
+    assert all(r.ok for r in records)
+    assert {r.completion_tokens for r in records} == {6}
+    assert {r.prompt_tokens for r in records} == {8}
+    assert {len(r.event_times_s) for r in records} == {6}
+    assert all(r.start_s >= r.arrival_s and r.event_times_s[0] > r.start_s for r in records)
+    assert {r.finish_reason for r in records} == {"length"}
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "text"),
+    [
+        ("http_500:every=2", "http_500", "HTTP 500"),
+        ("http_429:every=2", "http_429", "HTTP 429"),
+        ("disconnect:every=2,after=2", "truncated", ""),
+        ("malformed:every=2,after=1", "malformed", "invalid JSON"),
+        ("empty:every=2", "empty", "without any output"),
+        ("truncated:every=2", "truncated", ""),
+    ],
+)
+def test_each_fault_is_a_failed_request_with_a_reason(sim: str, fault: str, kind: str, text: str) -> None:
+    set_faults(sim, fault)
+    run_records = run(sim, W)
+    failed = [r for r in run_records.records if not r.ok]
+    assert len(failed) == 5  # every 2nd of 10
+    assert {r.error_kind for r in failed} == {kind}
+    assert all(text in r.error for r in failed)
+    summary = metrics.summarize(run_records)
+    assert summary["completed"] == 5
+    assert summary["failed"] == 5
+    assert summary["error_rate"] == 0.5
+    assert summary["errors"] == {kind: 5}
+
+
+def test_http_error_keeps_an_excerpt_of_the_body(sim: str) -> None:
+    set_faults(sim, "http_503:every=1")
+    (record, *_) = run(sim, W.replace(num_prompts=1)).records
+    assert record.status == 503
+    assert record.error.startswith("HTTP 503: {")
+
+
+def test_hung_stream_times_out_and_the_run_goes_on(sim: str) -> None:
+    set_faults(sim, "hang:every=3,after=1,seconds=30")
+    records = run(sim, W.replace(num_prompts=6, request_timeout_s=1.5)).records
+    hung = [r for r in records if r.error_kind == "timeout"]
+    assert len(hung) == 2
+    assert "request_timeout_s=1.5" in hung[0].error
+    assert sum(r.ok for r in records) == 4
+
+
+def test_unreachable_server_fails_every_request_with_connect() -> None:
+    records = run("http://127.0.0.1:9", W.replace(num_prompts=3)).records
+    assert {r.error_kind for r in records} == {"connect"}
+    assert "cannot connect to http://127.0.0.1:9/v1/completions" in records[0].error
+
+
+def test_warmup_is_excluded_from_the_measured_records(sim: str) -> None:
+    workload = W.replace(warmup=3)
+    endpoint = Endpoint(url=sim, model="llmperf-sim")
+    prompts = build_prompts(workload, 10, PromptContext(token_pool=list(range(100, 200))))
+    result = loadgen.run(workload, endpoint, prompts, warmup_prompts=prompts[:3])
+    assert len(result.records) == 10
+    assert len(result.warmup_records) == 3
+    assert result.bench_start_s >= max(r.event_times_s[-1] for r in result.warmup_records)
+
+
+def test_duration_bounded_closed_loop_stops_dispatching(sim: str) -> None:
+    workload = Workload(input_len=8, output_len=20, num_prompts=None, duration_s=1.0, concurrency=2)
+    result = run(sim, workload.replace(num_prompts=None))
+    assert 2 <= len(result.records) < 1000
+    assert all(r.ok for r in result.records)
+    last_start = max(r.start_s for r in result.records)
+    assert last_start - result.bench_start_s < 1.0 + 0.5
+
+
+def test_open_loop_requests_start_on_schedule(sim: str) -> None:
+    result = run(sim, Workload(input_len=8, output_len=2, num_prompts=20, request_rate=40.0))
+    offsets = [r.arrival_s - result.bench_start_s for r in result.records]
+    assert offsets[-1] == pytest.approx(20 / 40.0)  # vLLM rescaling: the last arrival lands at N/rate
+    assert all(r.start_s >= r.arrival_s for r in result.records)
+
+
+def test_chat_role_chunk_is_not_an_output_event(sim: str) -> None:
+    records = run(sim, W.replace(api="chat", num_prompts=2)).records
+    assert all(r.ok for r in records)
+    assert {len(r.event_times_s) for r in records} == {6}  # 6 tokens, the role-only chunk excluded
+
+
+def test_per_chunk_token_counts_with_multi_token_chunks(start_sim: type) -> None:
+    url = start_sim("--decode-ms", "2", "--tokens-per-chunk", "3", "--accept-rate", "1").url
+    records = run(url, Workload(input_len=8, output_len=9, num_prompts=2)).records
+    for record in records:
+        # The prefill step yields the first token; each decode step then 3 (the last one capped at 9).
+        assert record.event_cum_tokens == [1, 4, 7, 9]
+        m = metrics.per_request(record)
+        assert m.itl_token_s is not None
+        assert len(m.itl_token_s) == 8  # three gaps, split over 3, 3 and 2 tokens
+        assert len(m.itl_chunk_s) == 3
+
+
+def test_exact_prompt_lengths_via_tokenize(sim: str) -> None:
+    endpoint = Endpoint(url=sim, model="llmperf-sim")
+    with tokenizer.control_client(endpoint) as client:
+        for api in ("completions", "chat"):
+            workload = Workload(api=api, input_len=50, output_len=2, num_prompts=4, range_ratio=0.3)
+            context = tokenizer.prompt_context(workload, endpoint, client)
+            prompts = build_prompts(workload, 4, context)
+            records = loadgen.run(workload, endpoint, prompts).records
+            assert [r.prompt_tokens for r in records] == [p.input_len for p in prompts]
+
+
+class _DroppingServer:
+    """Advertises keep-alive, then closes every connection after one streamed response (as llama.cpp can)."""
+
+    RESPONSE = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+        b"keep-alive: timeout=5, max=100\r\n\r\n"
+    )
+    CHUNK = b'data: {"id":"x","choices":[{"index":0,"text":" a","finish_reason":"length"}]}\n\ndata: [DONE]\n\n'
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(
+                next(
+                    v
+                    for k, v in (line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+                    if k.strip().lower() == b"content-length"
+                )
+            )
+            await reader.readexactly(length)
+            body = self.CHUNK
+            writer.write(self.RESPONSE + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        self.ready.wait(10)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.run_until_complete(self.server.wait_closed())
+        self.loop.close()
+
+
+def test_dropped_keep_alive_connections_are_retried_and_reported() -> None:
+    with _DroppingServer() as url:
+        result = run(url, Workload(input_len=4, output_len=1, num_prompts=12, concurrency=2, per_token_usage=False))
+    assert all(r.ok for r in result.records)
+    assert sum(r.connection_retries for r in result.records) >= 1
+    assert any("one connection each" in note for note in result.notes)
+    assert metrics.summarize(result)["connection_retries"] >= 1
+
+
+def test_servers_known_to_drop_connections_get_one_per_request() -> None:
+    with _DroppingServer() as url:
+        result = run(url, Workload(input_len=4, output_len=1, num_prompts=12, concurrency=2), reuse=False)
+    assert all(r.ok for r in result.records)
+    assert sum(r.connection_retries for r in result.records) == 0
