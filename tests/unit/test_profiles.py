@@ -59,7 +59,7 @@ def test_llamacpp_tiny_render(fake_llama_server: Path, tmp_path: Path, no_taskse
     assert argv[argv.index("--parallel") + 1] == "8"
     assert argv[argv.index("--alias") + 1] == profile.model == "llmperf-tiny"
     assert "--metrics" in argv
-    assert profile.extra_body == {"cache_prompt": False}
+    assert profile.extra_body == {"cache_prompt": False, "timings_per_token": True}
 
 
 def test_llamacpp_tiny_pins_to_last_core(
