@@ -1,0 +1,694 @@
+"""The YAML baseline store (DESIGN.md §6): reviewed and committed like code.
+
+Layout under the baseline root (``baselines/`` by default)::
+
+    <hardware>-<precision>/<test module path without .py>.yaml      one file per test module
+    <hardware>-<precision>/<module dir>/<module>.<entry-hash>.npz   raw per-request arrays of one entry
+
+A YAML file holds ``entries`` keyed by the test name with its parameters (the node id after the module path,
+e.g. ``test_sweep[8]`` or ``TestChat::test_long``) and a file-level ``schema_version``. Keys are sorted, so
+``schema_version`` is the file's last line: a truncated file always fails to validate. Each entry::
+
+    fingerprint:            hard keys (hardware, precision, model, workload_hash) must match for a verdict;
+                            soft keys (engine, engine_version, server_command_hash, plugin_version,
+                            git_commit, date) are shown when they differ (date never: it always does)
+    raw_sidecar:            file name of the .npz next to the YAML, or null
+    runs:                   up to k (default 10) run-level summaries, oldest first: run_id, recorded_at, n,
+                            request counts and the run-level statistics verdicts and reports use
+                            (6 significant digits)
+    schema_version:         the entry's format version
+    workload:               the workload as recorded (for reviewers; the hash is what counts)
+    workload_hash:          stable hash of the workload dict
+
+The sidecar is a compressed ``numpy.savez_compressed`` archive with one array per run and per-request field,
+named ``<run_id>__<field>`` (float64, or int32 for counts). Only one-dimensional numeric per-request fields
+are kept (TTFT, E2E, token counts, ...); per-token arrays such as ITL lists would run to millions of values
+per run and are not stored. Arrays of runs no longer listed in the YAML are dropped on the next update.
+
+Reading never writes. A file or entry that cannot be read (bad YAML, wrong types, missing keys, another
+``schema_version``) raises :class:`BaselineError` naming the file, the entry and the problem. ``update`` takes
+a lock (``filelock``, in the temp directory so that no lock file lands among the baselines), re-reads the
+file under it, merges, and writes atomically (temporary file +
+``os.replace``), so concurrent updaters of one file lose nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+import uuid
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import numpy as np
+import yaml
+from filelock import FileLock, Timeout
+
+from pytest_llmperf.errors import BaselineError
+
+__all__ = [
+    "DEFAULT_KEEP",
+    "HARD_KEYS",
+    "SCHEMA_VERSION",
+    "SOFT_KEYS",
+    "BaselineEntry",
+    "BaselineStore",
+    "Fingerprint",
+    "compare_fingerprint",
+    "reduce_summary",
+    "stable_hash",
+    "workload_hash",
+]
+
+SCHEMA_VERSION = 1
+DEFAULT_KEEP = 10
+HARD_KEYS: tuple[str, ...] = ("hardware", "precision", "model", "workload_hash")
+SOFT_KEYS: tuple[str, ...] = ("engine", "engine_version", "server_command_hash", "plugin_version", "git_commit", "date")
+LOCK_TIMEOUT_S = 120.0
+_SIGNIFICANT = 6
+_HEADER = (
+    "# pytest-llmperf baselines: written by `pytest --llmperf-update`; review and commit changes like code.\n"
+    "# Format: see the pytest_llmperf.baseline module documentation.\n"
+)
+
+# Run-summary keys a baseline keeps: latency statistics plus these scalars (both vLLM and SGLang spellings).
+_STAT_KEY = re.compile(r"^(mean|median|std|p\d+(\.\d+)?)_(ttft|tpot|itl|itl_token|e2el|e2e_latency)_ms$")
+_RUN_SCALARS = frozenset(
+    {
+        "completed",
+        "failed",
+        "error_rate",
+        "duration",
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+        "total_throughput",
+        "input_throughput",
+        "output_throughput_per_gpu",
+        "total_token_throughput_per_gpu",
+        "total_throughput_per_gpu",
+        "interactivity",
+        "request_goodput",
+        "good_requests",
+        "gpu_count",
+        "total_input_tokens",
+        "total_output_tokens",
+        "mean_tokens_per_chunk",
+        "max_itl_ms",
+        "concurrency",
+        "max_output_tokens_per_s",
+        "max_concurrent_requests",
+    }
+)
+_RUN_TEXT = frozenset({"run_id", "recorded_at", "compat_mode"})
+_ENTRY_KEYS = frozenset({"fingerprint", "raw_sidecar", "runs", "schema_version", "workload", "workload_hash"})
+_PAIR_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+]*$")
+_SIDECAR_NAME = re.compile(r"^[A-Za-z0-9_.+-]+\.npz$")
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` as YAML/JSON-safe builtins (tuples become lists, unknown objects their ``str``)."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return str(obj)
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hex SHA-256 of the canonical JSON of ``obj`` (sorted keys); the same on every machine and run."""
+    text = json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def workload_hash(workload: Mapping[str, Any]) -> str:
+    """Stable hash of a workload dict (e.g. ``Workload.as_dict()``): every field counts."""
+    return stable_hash(workload)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Fingerprint:
+    """What a baseline was recorded on. Hard keys must match for a relative verdict; soft keys are shown."""
+
+    hardware: str
+    precision: str
+    model: str
+    workload_hash: str
+    engine: str | None = None
+    engine_version: str | None = None
+    server_command_hash: str | None = None
+    plugin_version: str | None = None
+    git_commit: str | None = None
+    date: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Fingerprint:
+        """Validated fingerprint; problems raise ``ValueError`` with a short description."""
+        unknown = sorted(set(data) - set(HARD_KEYS) - set(SOFT_KEYS))
+        if unknown:
+            raise ValueError(f"fingerprint has unknown key(s) {unknown}")
+        for key in HARD_KEYS:
+            value = data.get(key)
+            if key not in data:
+                raise ValueError(f"fingerprint.{key} is missing")
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"fingerprint.{key} is {value!r} (expected a non-empty string)")
+        for key in SOFT_KEYS:
+            value = data.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"fingerprint.{key} is {value!r} (expected a string or null)")
+        values: dict[str, Any] = {k: data.get(k) for k in (*HARD_KEYS, *SOFT_KEYS)}
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineEntry:
+    """One test's baseline as read from its file. ``runs`` are run summaries, oldest first."""
+
+    path: Path
+    test_name: str
+    schema_version: int
+    workload_hash: str
+    fingerprint: Fingerprint
+    runs: tuple[dict[str, Any], ...]
+    workload: dict[str, Any] | None = None
+    raw_sidecar: str | None = None
+
+    @property
+    def k(self) -> int:
+        return len(self.runs)
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}::{self.test_name}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "test_name": self.test_name,
+            "schema_version": self.schema_version,
+            "workload_hash": self.workload_hash,
+            "fingerprint": self.fingerprint.as_dict(),
+            "runs": [dict(r) for r in self.runs],
+            "workload": self.workload,
+            "raw_sidecar": self.raw_sidecar,
+        }
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.{_SIGNIFICANT}g}")
+
+
+def reduce_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a run summary a baseline keeps: run-level statistics and counts, floats rounded.
+
+    Adds ``n`` (requests in the run). Non-finite numbers become ``None``.
+    """
+    out: dict[str, Any] = {}
+    for key, value in summary.items():
+        if key == "compat_mode" and isinstance(value, str):
+            out[key] = value
+            continue
+        if key not in _RUN_SCALARS and not _STAT_KEY.match(key):
+            continue
+        if value is None or isinstance(value, bool):
+            out[key] = None
+        elif isinstance(value, int):
+            out[key] = value
+        elif isinstance(value, float):
+            out[key] = _round(value) if math.isfinite(value) else None
+    completed, failed = summary.get("completed"), summary.get("failed")
+    if isinstance(completed, int) and isinstance(failed, int):
+        out["n"] = completed + failed
+    elif isinstance(summary.get("n"), int):
+        out["n"] = summary["n"]
+    return out
+
+
+def compare_fingerprint(
+    entry: BaselineEntry, fingerprint: Fingerprint, workload: Mapping[str, Any] | None = None
+) -> tuple[bool, list[str], list[str]]:
+    """``(comparable, hard_diffs, soft_diffs)`` of a baseline entry against the current fingerprint.
+
+    Each diff is a readable phrase. ``workload`` (the current workload dict) lets a workload-hash difference
+    name the fields that changed, when the entry recorded its workload.
+    """
+    old, new = entry.fingerprint.as_dict(), fingerprint.as_dict()
+    hard = []
+    for key in HARD_KEYS:
+        if old[key] != new[key]:
+            what = f"{key}: baseline {old[key]!r}, now {new[key]!r}"
+            if key == "workload_hash" and workload is not None and entry.workload is not None:
+                changed = _changed_fields(entry.workload, _plain(workload))
+                if changed:
+                    what = "workload changed (" + ", ".join(changed) + ")"
+            hard.append(what)
+    soft = [
+        f"{key}: baseline {_show(old[key])}, now {_show(new[key])}"
+        for key in SOFT_KEYS
+        if key != "date" and old[key] != new[key]
+    ]
+    return not hard, hard, soft
+
+
+def _show(value: Any) -> str:
+    return "unknown" if value is None else repr(value)
+
+
+def _changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+class _Problem(Exception):
+    """A validation problem inside an entry (turned into BaselineError with file and entry names)."""
+
+
+class BaselineStore:
+    """Baselines under ``root``; see the module documentation for the layout.
+
+    ``force_hint`` is how messages tell the user to force an overwrite across a hard-key change.
+    """
+
+    def __init__(
+        self, root: Path | str, *, keep: int = DEFAULT_KEEP, force_hint: str = "--llmperf-update=force"
+    ) -> None:
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep={keep!r} (expected an int >= 1)")
+        self.root = Path(root)
+        self.keep = keep
+        self.force_hint = force_hint
+
+    compare_fingerprint = staticmethod(compare_fingerprint)
+
+    # --- paths -------------------------------------------------------------------------------------------
+
+    def path_for(self, hardware: str, precision: str, module_path: str | os.PathLike[str]) -> Path:
+        """``<root>/<hardware>-<precision>/<module path without .py>.yaml``; rejects paths that escape root."""
+        for what, part in (("hardware", hardware), ("precision", precision)):
+            if not isinstance(part, str) or not _PAIR_PART.match(part):
+                raise BaselineError(
+                    f"{what}={part!r} cannot name a baseline directory (use letters, digits, '.', '_', '+'; "
+                    "e.g. h200x8 and fp8)"
+                )
+        rel = PurePosixPath(Path(module_path).as_posix())
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.drive:
+            raise BaselineError(f"module path {str(module_path)!r} must be relative to the rootdir, without '..'")
+        name = rel.name[:-3] if rel.name.endswith(".py") else rel.name
+        return self.root / f"{hardware}-{precision}" / rel.parent / f"{name}.yaml"
+
+    @staticmethod
+    def sidecar_name(path: Path, test_name: str) -> str:
+        return f"{path.stem}.{stable_hash(test_name, 12)}.npz"
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    def load_entry(
+        self, hardware: str, precision: str, module_path: str | os.PathLike[str], test_name: str
+    ) -> BaselineEntry | None:
+        """The entry of ``test_name``, or None when its file or entry does not exist. Never writes."""
+        path = self.path_for(hardware, precision, module_path)
+        doc = _read_doc(path, test_name)
+        if doc is None or test_name not in doc["entries"]:
+            return None
+        return _parse_entry(doc["entries"][test_name], path, test_name)
+
+    def load_raw(self, entry: BaselineEntry) -> dict[str, dict[str, list[float]]]:
+        """Per-request arrays of the entry's runs: ``{run_id: {field: values}}`` (empty without a sidecar)."""
+        if entry.raw_sidecar is None:
+            return {}
+        arrays = _read_sidecar(entry.path.parent / entry.raw_sidecar, entry.test_name)
+        ids = {str(r["run_id"]) for r in entry.runs}
+        out: dict[str, dict[str, list[float]]] = {}
+        for name, array in arrays.items():
+            run_id, _, fld = name.partition("__")
+            if run_id in ids:
+                out.setdefault(run_id, {})[fld] = array.tolist()
+        return out
+
+    # --- writing -----------------------------------------------------------------------------------------
+
+    def update(
+        self,
+        hardware: str,
+        precision: str,
+        module_path: str | os.PathLike[str],
+        test_name: str,
+        *,
+        fingerprint: Fingerprint,
+        runs: Sequence[Mapping[str, Any]],
+        raw: Sequence[Mapping[str, Sequence[Any]]] | None = None,
+        workload: Mapping[str, Any] | None = None,
+        force: bool = False,
+        recorded_at: str | None = None,
+    ) -> str:
+        """Append ``runs`` (run summaries, oldest first) to the entry, keep the newest k; return what changed.
+
+        ``raw``: per-run mappings of per-request arrays, aligned with ``runs`` (optional). A hard-key change
+        raises :class:`BaselineError` unless ``force``, which then replaces the old runs. An unreadable entry
+        is replaced (it could not be used anyway); a file that cannot be parsed as a whole is never
+        overwritten, except with ``force`` for a file of another schema version.
+        """
+        if not runs:
+            raise ValueError("update() needs at least one run")
+        if raw is not None and len(raw) != len(runs):
+            raise ValueError(f"raw has {len(raw)} items for {len(runs)} runs")
+        if fingerprint.workload_hash and workload is not None and workload_hash(workload) != fingerprint.workload_hash:
+            raise ValueError("fingerprint.workload_hash does not match the workload given")
+        path = self.path_for(hardware, precision, module_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = recorded_at or _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+        lock = FileLock(str(_lock_path(path)), timeout=LOCK_TIMEOUT_S)
+        try:
+            with lock:
+                return self._update_locked(path, test_name, fingerprint, runs, raw, workload, force, stamp)
+        except Timeout as exc:
+            raise BaselineError(
+                f"{path}: entry {test_name!r}: could not lock the file within {LOCK_TIMEOUT_S:.0f} s "
+                f"(another update holds {exc.lock_file}); retry when it has finished"
+            ) from exc
+
+    def _update_locked(
+        self,
+        path: Path,
+        test_name: str,
+        fingerprint: Fingerprint,
+        runs: Sequence[Mapping[str, Any]],
+        raw: Sequence[Mapping[str, Sequence[Any]]] | None,
+        workload: Mapping[str, Any] | None,
+        force: bool,
+        stamp: str,
+    ) -> str:
+        where = f"{path}::{test_name}"
+        notes: list[str] = []
+        try:
+            doc = _read_doc(path, test_name)
+        except _SchemaMismatch as exc:
+            if not force:
+                raise BaselineError(
+                    f"{exc} To re-record, pass the force option ({self.force_hint}): the file's entries of the "
+                    "other schema are then dropped (they are still in git)"
+                ) from None
+            doc = None
+            notes.append(f"replaced a file of schema version {exc.found!r} (its other entries were dropped)")
+        entries: dict[str, Any] = dict(doc["entries"]) if doc is not None else {}
+
+        old: BaselineEntry | None = None
+        if test_name in entries:
+            try:
+                old = _parse_entry(entries[test_name], path, test_name)
+            except BaselineError as exc:
+                notes.append(f"replaced an unreadable entry ({exc.args[0].split(': ', 2)[-1]})")
+
+        kept: list[dict[str, Any]] = []
+        if old is not None:
+            comparable, hard, soft = compare_fingerprint(old, fingerprint, workload)
+            if not comparable and not force:
+                raise BaselineError(
+                    f"{path}: entry {test_name!r}: refusing to overwrite the baseline, its hard keys changed "
+                    f"({'; '.join(hard)}). Its {old.k} run(s) are not comparable with the new ones; pass the "
+                    f"force option ({self.force_hint}) to replace them"
+                )
+            if comparable:
+                kept = [dict(r) for r in old.runs]
+                if soft:
+                    notes.append("soft keys changed: " + "; ".join(soft))
+            else:
+                notes.append(f"hard keys changed, {old.k} old run(s) replaced (forced): " + "; ".join(hard))
+
+        new_runs = []
+        for summary in runs:
+            run = reduce_summary(summary)
+            run["run_id"] = uuid.uuid4().hex[:12]
+            run["recorded_at"] = stamp
+            new_runs.append(run)
+        merged = kept + new_runs
+        dropped = max(0, len(merged) - self.keep)
+        merged = merged[dropped:]
+
+        sidecar = self._write_sidecar(path, test_name, old, merged, new_runs, raw, notes)
+        entry = {
+            "schema_version": SCHEMA_VERSION,
+            "workload_hash": fingerprint.workload_hash,
+            "fingerprint": fingerprint.as_dict(),
+            "runs": merged,
+            "raw_sidecar": sidecar,
+        }
+        if workload is not None:
+            entry["workload"] = _plain(workload)
+        elif old is not None and old.workload is not None and old.workload_hash == fingerprint.workload_hash:
+            entry["workload"] = old.workload
+        entries[test_name] = entry
+        text = _HEADER + yaml.safe_dump(
+            {"schema_version": SCHEMA_VERSION, "entries": entries},
+            sort_keys=True,
+            default_flow_style=False,
+            allow_unicode=True,
+            width=120,
+        )
+        _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+        if old is None:
+            head = f"{where}: new entry with {len(merged)} run(s)"
+        else:
+            head = f"{where}: appended {len(new_runs)} run(s), {len(merged)} kept"
+        if dropped:
+            head += f" ({dropped} oldest dropped, keeping the newest {self.keep})"
+        return "; ".join([head, *notes])
+
+    def _write_sidecar(
+        self,
+        path: Path,
+        test_name: str,
+        old: BaselineEntry | None,
+        merged: Sequence[Mapping[str, Any]],
+        new_runs: Sequence[Mapping[str, Any]],
+        raw: Sequence[Mapping[str, Sequence[Any]]] | None,
+        notes: list[str],
+    ) -> str | None:
+        """Write the entry's raw arrays for the kept runs; returns the sidecar file name or None."""
+        arrays: dict[str, np.ndarray[Any, Any]] = {}
+        keep_ids = {str(r["run_id"]) for r in merged}
+        if old is not None and old.raw_sidecar is not None:
+            try:
+                for name, array in _read_sidecar(path.parent / old.raw_sidecar, test_name).items():
+                    if name.partition("__")[0] in keep_ids:
+                        arrays[name] = array
+            except BaselineError as exc:
+                notes.append(f"old raw arrays unreadable and dropped ({exc})")
+        if raw is not None:
+            for run, fields in zip(new_runs, raw, strict=True):
+                if run["run_id"] not in keep_ids:
+                    continue
+                for fld, values in fields.items():
+                    converted = _numeric_array(values)
+                    if converted is not None:
+                        arrays[f"{run['run_id']}__{fld}"] = converted
+        name = self.sidecar_name(path, test_name)
+        if not arrays:
+            # No kept run has raw data any more: a leftover sidecar would only mislead.
+            with contextlib.suppress(FileNotFoundError):
+                (path.parent / name).unlink()
+            return None
+        savez: Any = np.savez_compressed  # its stubs type **kwds as flags, not as the arrays they are
+        _atomic_write(path.parent / name, lambda f: savez(f, **arrays))
+        return name
+
+
+def _numeric_array(values: Sequence[Any]) -> np.ndarray[Any, Any] | None:
+    """A 1-D int32/float64 array of per-request numbers (None → NaN), or None for other shapes and types."""
+    if isinstance(values, (str, bytes)):
+        return None
+    items = list(values)
+    if any(isinstance(v, bool) or not (v is None or isinstance(v, (int, float))) for v in items):
+        return None
+    if items and all(isinstance(v, int) for v in items) and all(-(2**31) <= v < 2**31 for v in items):
+        return np.asarray(items, dtype=np.int32)
+    return np.asarray([math.nan if v is None else v for v in items], dtype=np.float64)
+
+
+def _lock_path(path: Path) -> Path:
+    """Where the lock of ``path`` lives: the temp dir, so no lock file lands in the committed baselines."""
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    directory = Path(tempfile.gettempdir()) / f"pytest-llmperf-locks-{user}"
+    directory.mkdir(exist_ok=True)
+    return directory / f"{stable_hash(str(path.resolve()))}.lock"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write via a temporary file in the same directory and ``os.replace``: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            handle: IO[bytes] = f
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class _SchemaMismatch(BaselineError):
+    def __init__(self, message: str, found: object) -> None:
+        super().__init__(message)
+        self.found = found
+
+
+_RECORD_HINT = "restore it from git, fix it by hand, or delete it and re-record with --llmperf-update"
+
+
+def _read_doc(path: Path, test_name: str) -> dict[str, Any] | None:
+    """The parsed file (validated at file level), or None if it does not exist."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BaselineError(f"{path}: cannot read the file while looking for entry {test_name!r}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise BaselineError(
+            f"{path}: not valid YAML{at} ({problem}) while reading entry {test_name!r}; {_RECORD_HINT}"
+        ) from None
+    if not isinstance(data, dict):
+        raise BaselineError(
+            f"{path}: expected a mapping with 'schema_version' and 'entries' at the top, found "
+            f"{type(data).__name__} (entry {test_name!r}); {_RECORD_HINT}"
+        )
+    version = data.get("schema_version")
+    if "schema_version" not in data:
+        raise BaselineError(
+            f"{path}: 'schema_version' is missing (the file may be truncated) while reading entry "
+            f"{test_name!r}; {_RECORD_HINT}"
+        )
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise _SchemaMismatch(
+            f"{path}: schema_version is {version!r} but this pytest-llmperf reads version {SCHEMA_VERSION} "
+            f"(entry {test_name!r}): migrate the file, or delete it and re-record with --llmperf-update.",
+            version,
+        )
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        raise BaselineError(
+            f"{path}: 'entries' is {type(entries).__name__}, expected a mapping of test names (while reading "
+            f"entry {test_name!r}); {_RECORD_HINT}"
+        )
+    unknown = sorted(str(k) for k in set(data) - {"schema_version", "entries"})
+    if unknown:
+        raise BaselineError(f"{path}: unknown top-level key(s) {unknown} (entry {test_name!r}); {_RECORD_HINT}")
+    return data
+
+
+def _parse_entry(raw: Any, path: Path, test_name: str) -> BaselineEntry:
+    try:
+        return _validate_entry(raw, path, test_name)
+    except _Problem as exc:
+        raise BaselineError(
+            f"{path}: entry {test_name!r}: {exc}; fix it by hand, restore the file from git, or re-record the "
+            "entry with --llmperf-update (which replaces it)"
+        ) from None
+
+
+def _validate_entry(raw: Any, path: Path, test_name: str) -> BaselineEntry:
+    if not isinstance(raw, dict):
+        raise _Problem(f"expected a mapping, found {type(raw).__name__}")
+    unknown = sorted(str(k) for k in set(raw) - _ENTRY_KEYS)
+    if unknown:
+        raise _Problem(f"unknown key(s) {unknown}")
+    for key in ("schema_version", "workload_hash", "fingerprint", "runs"):
+        if key not in raw:
+            raise _Problem(f"missing key {key!r}")
+    version = raw["schema_version"]
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise _Problem(
+            f"schema_version is {version!r} but this pytest-llmperf reads version {SCHEMA_VERSION} "
+            "(migrate the entry or re-record it)"
+        )
+    whash = raw["workload_hash"]
+    if not isinstance(whash, str) or not whash:
+        raise _Problem(f"workload_hash is {whash!r} (expected a non-empty string)")
+    if not isinstance(raw["fingerprint"], dict):
+        raise _Problem(f"fingerprint is {type(raw['fingerprint']).__name__} (expected a mapping)")
+    try:
+        fingerprint = Fingerprint.from_dict(raw["fingerprint"])
+    except ValueError as exc:
+        raise _Problem(str(exc)) from None
+    if fingerprint.workload_hash != whash:
+        raise _Problem(f"fingerprint.workload_hash {fingerprint.workload_hash!r} differs from workload_hash {whash!r}")
+    workload = raw.get("workload")
+    if workload is not None and not isinstance(workload, dict):
+        raise _Problem(f"workload is {type(workload).__name__} (expected a mapping or null)")
+    sidecar = raw.get("raw_sidecar")
+    if sidecar is not None and (not isinstance(sidecar, str) or not _SIDECAR_NAME.match(sidecar)):
+        raise _Problem(f"raw_sidecar is {sidecar!r} (expected a file name like module.0123456789ab.npz, or null)")
+    runs = raw["runs"]
+    if not isinstance(runs, list) or not runs:
+        raise _Problem("runs must be a non-empty list of run summaries")
+    parsed = tuple(_validate_run(i, run) for i, run in enumerate(runs))
+    return BaselineEntry(
+        path=path,
+        test_name=test_name,
+        schema_version=SCHEMA_VERSION,
+        workload_hash=whash,
+        fingerprint=fingerprint,
+        runs=parsed,
+        workload=workload,
+        raw_sidecar=sidecar,
+    )
+
+
+def _validate_run(i: int, run: Any) -> dict[str, Any]:
+    where = f"runs[{i}]"
+    if not isinstance(run, dict):
+        raise _Problem(f"{where} is {type(run).__name__} (expected a mapping)")
+    if not isinstance(run.get("run_id"), str) or not run["run_id"]:
+        raise _Problem(f"{where}.run_id is {run.get('run_id')!r} (expected a non-empty string)")
+    n = run.get("n")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise _Problem(f"{where}.n is {n!r} (expected the number of requests, an int >= 0)")
+    for key, value in run.items():
+        if not isinstance(key, str):
+            raise _Problem(f"{where} has a non-text key {key!r}")
+        if key in _RUN_TEXT:
+            if value is not None and not isinstance(value, str):
+                raise _Problem(f"{where}.{key} is {value!r} (expected text)")
+            continue
+        if key != "n" and key not in _RUN_SCALARS and not _STAT_KEY.match(key):
+            raise _Problem(f"{where} has an unknown key {key!r}")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise _Problem(f"{where}.{key} is {value!r} (expected a finite number >= 0 or null)")
+    return dict(run)
+
+
+def _read_sidecar(path: Path, test_name: str) -> dict[str, np.ndarray[Any, Any]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise BaselineError(f"{path}: raw sidecar of entry {test_name!r} is missing") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise BaselineError(f"{path}: raw sidecar of entry {test_name!r} is unreadable: {exc}") from None

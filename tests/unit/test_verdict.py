@@ -1,0 +1,355 @@
+"""Unit tests of pytest_llmperf.verdict: each verdict kind on run summaries whose answer is clear by design."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from typing import Any
+
+import pytest
+
+from pytest_llmperf import verdict
+from pytest_llmperf.errors import SpecError
+from pytest_llmperf.verdict import (
+    IMPROVEMENT,
+    INCONCLUSIVE,
+    NO_BASELINE,
+    NOT_COMPARABLE,
+    PASS,
+    REGRESSION,
+    Verdict,
+    apply_holm,
+    judge,
+    needs_more_runs,
+    resolve_tolerances,
+)
+
+
+def runs(
+    count: int,
+    *,
+    scale: float = 1.0,
+    tput: float | None = None,
+    noise: float = 0.01,
+    seed: int = 0,
+    failed: int = 0,
+    completed: int = 500,
+    p99: float = 1.0,
+    compat: str = "vllm",
+    factors: list[float] | None = None,
+) -> list[dict[str, Any]]:
+    """Run summaries with latencies × ``scale`` (throughput ÷ scale unless given) and log-normal run noise.
+
+    ``factors`` replaces the random run effects by given ones (and the TTFT-only jitter by none).
+    """
+    rng = random.Random(seed)
+    given = iter(factors) if factors is not None else None
+    e2e_key = "median_e2el_ms" if compat == "vllm" else "median_e2e_latency_ms"
+    p99_e2e = "p99_e2el_ms" if compat == "vllm" else "p99_e2e_latency_ms"
+    out = []
+    for _ in range(count):
+        run_effect = next(given) if given is not None else math.exp(rng.gauss(0, noise))
+        jitter = 1.0 if given is not None else math.exp(rng.gauss(0, noise / 3))
+        out.append(
+            {
+                "compat_mode": compat,
+                "median_ttft_ms": 100.0 * scale * run_effect * jitter,
+                "median_tpot_ms": 20.0 * scale * run_effect,
+                e2e_key: 5000.0 * scale * run_effect,
+                "output_throughput": 800.0 * (1 / scale if tput is None else tput) / run_effect,
+                "p99_ttft_ms": 300.0 * p99 * run_effect,
+                "p99_tpot_ms": 30.0 * p99 * run_effect,
+                "p99_itl_ms": 40.0 * p99 * run_effect,
+                p99_e2e: 8000.0 * p99 * run_effect,
+                "completed": completed,
+                "failed": failed,
+                "error_rate": failed / (completed + failed),
+            }
+        )
+    return out
+
+
+BASE = runs(10, seed=1)
+
+
+def test_clear_regression() -> None:
+    v = judge(runs(3, scale=1.20, seed=2), BASE)
+    assert v.status == REGRESSION
+    assert v.failed
+    for name in ("ttft_p50", "tpot_p50", "e2e_p50", "output_tok_s"):
+        m = v.metric(name)
+        assert m.status == REGRESSION, m.reason
+        assert m.p_adjusted is not None
+        assert m.p_adjusted <= 0.01
+    tpot = v.metric("tpot_p50")
+    assert tpot.estimate == pytest.approx(1.20, rel=0.03)
+    assert tpot.lower is not None
+    assert tpot.upper is not None
+    assert tpot.estimate is not None
+    assert tpot.lower < tpot.estimate < tpot.upper
+    assert tpot.limit == pytest.approx(1.05)
+    assert "REGRESSION" in v.reason
+    assert "median TPOT" in v.reason
+    thr = v.metric("output_tok_s")
+    assert thr.estimate == pytest.approx(1 / 1.20, rel=0.03)  # raw candidate/baseline ratio
+    assert thr.limit == pytest.approx(0.95)
+    assert not needs_more_runs(v, runs_done=3, budget=5)
+
+
+def test_clear_pass() -> None:
+    v = judge(runs(3, seed=3), BASE)
+    assert v.status == PASS
+    assert not v.failed
+    assert all(m.status == PASS for m in v.gating)
+    assert "within tolerance" in v.reason
+    assert not needs_more_runs(v, runs_done=3, budget=5)
+
+
+def test_inconclusive_reports_runs_needed() -> None:
+    # Baseline: 10 runs spread evenly over ±3 % (SD ≈ 2 %); one candidate run 2 % slower. The one-sided 95 %
+    # upper bound (≈ +6 %) exceeds δ = 5 % and p ≈ 0.2: undecided, and about 4 more runs should settle it.
+    spread = [math.exp(-0.03 + 0.06 * i / 9) for i in range(10)]
+    base = runs(10, factors=spread)
+    v = judge(runs(1, scale=1.02, factors=[1.0]), base)
+    assert v.status == INCONCLUSIVE
+    m = v.metric("tpot_p50")
+    assert m.status == INCONCLUSIVE
+    assert m.method == "prediction"
+    assert m.upper is not None
+    assert m.upper > m.limit
+    assert m.more_runs is not None
+    assert 2 <= m.more_runs <= 6
+    assert not m.futile
+    assert f"≈{m.more_runs} more run(s) needed" in m.reason
+    assert "neither ruled out nor shown" in m.reason
+    assert "more candidate run" in v.hint
+    assert needs_more_runs(v, runs_done=1, budget=5)
+    assert not needs_more_runs(v, runs_done=5, budget=5)
+
+
+def test_baseline_too_small_for_the_tolerance_is_futile() -> None:
+    # 5 runs with 5 % noise cannot support δ = 5 %: more candidate runs cannot decide, so stop asking for them.
+    spread = [math.exp(x) for x in (-0.07, -0.035, 0.0, 0.035, 0.07)]
+    v = judge(runs(1, scale=1.02, factors=[1.0]), runs(5, factors=spread))
+    m = v.metric("tpot_p50")
+    assert m.status == INCONCLUSIVE
+    assert m.futile
+    assert m.more_runs is None
+    assert "record more baseline runs or widen the tolerance" in m.reason
+    assert not needs_more_runs(v, runs_done=1, budget=5) or any(
+        x.status == INCONCLUSIVE and not x.futile for x in v.gating
+    )
+
+
+def test_improvement_hints_update() -> None:
+    v = judge(runs(3, scale=0.80, seed=8), BASE)
+    assert v.status == IMPROVEMENT
+    assert not v.failed
+    assert v.metric("tpot_p50").status == IMPROVEMENT
+    assert "--llmperf-update" in v.hint
+    assert "--llmperf-update" in v.metric("tpot_p50").hint
+
+
+def test_small_baseline_uses_noise_floor_and_needs_a_gross_effect() -> None:
+    small = runs(2, seed=9)
+    # +10 %: beyond δ = 5 % but not gross (< 3 × ln 1.05 ≈ +15.8 %): never a regression with 2 baseline runs.
+    v = judge(runs(3, scale=1.10, seed=10), small)
+    assert v.status != REGRESSION
+    m = v.metric("tpot_p50")
+    assert m.method == "noise_floor"
+    assert m.status == INCONCLUSIVE
+    assert m.futile
+    assert "baseline run" in m.reason
+    assert "noise floor" in v.reason
+    # +40 % is gross: a regression even with 2 baseline runs.
+    gross = judge(runs(3, scale=1.40, seed=11), small)
+    assert gross.status == REGRESSION
+    assert "gross" in gross.metric("tpot_p50").reason
+
+
+def test_missing_baseline_says_how_to_create_one() -> None:
+    v = judge(runs(2), None, where="baselines/h200-fp8/tests/perf/test_x.yaml::test_a")
+    assert v.status == NO_BASELINE
+    assert not v.failed
+    assert "SLOs still decide" in v.reason
+    assert "test_x.yaml::test_a" in v.reason
+    assert "--llmperf-update" in v.hint
+    assert judge(runs(1), []).status == NO_BASELINE
+    assert not needs_more_runs(v, runs_done=1, budget=5)
+
+
+def test_not_comparable_baseline_is_never_a_regression() -> None:
+    v = judge(runs(2, scale=2.0), BASE, hard_diffs=["model: baseline 'a', now 'b'"], soft_diffs=["engine_version"])
+    assert v.status == NOT_COMPARABLE
+    assert not v.failed
+    assert "model: baseline 'a', now 'b'" in v.reason
+    assert v.metrics == ()
+    assert v.soft_diffs == ("engine_version",)
+    assert not needs_more_runs(v, runs_done=1, budget=5)
+
+
+def test_error_rate_rules() -> None:
+    base = runs(5, failed=0, completed=1000, seed=12)
+    # No failed request in the candidate: cannot be worse than the baseline.
+    ok = judge(runs(1, failed=0, completed=1000, seed=13), runs(5, failed=3, completed=997, seed=12))
+    assert ok.metric("error_rate").status == PASS
+    assert "no failed request" in ok.metric("error_rate").reason
+    # 10 % failures against none: a regression of the absolute difference.
+    bad = judge(runs(2, failed=100, completed=900, seed=14), base)
+    er = bad.metric("error_rate")
+    assert er.status == REGRESSION
+    assert er.scale == "difference"
+    assert er.estimate == pytest.approx(0.10)
+    assert er.limit == pytest.approx(0.005)
+    assert bad.status == REGRESSION
+    # 1 failure in 500 against none in 5000: within noise, not shown to be within 0.5 points either.
+    unsure = judge(runs(1, failed=1, completed=499, seed=15), base).metric("error_rate")
+    assert unsure.status == INCONCLUSIVE
+    assert unsure.more_runs is not None or unsure.futile
+    # Many requests with a tiny difference: within tolerance.
+    fine = judge(runs(5, failed=1, completed=9999, seed=16), runs(5, failed=1, completed=9999, seed=17))
+    assert fine.metric("error_rate").status == PASS
+
+
+def test_tail_metrics_are_advisory_unless_gating() -> None:
+    cand = runs(3, p99=1.5, seed=18)
+    v = judge(cand, BASE)
+    tail = v.metric("tpot_p99")
+    assert not tail.gating
+    assert tail.status == REGRESSION
+    assert v.status == PASS
+    promoted = judge(cand, BASE, gating=[*verdict.DEFAULT_GATING, "tpot_p99"])
+    assert promoted.metric("tpot_p99").gating
+    assert promoted.status == REGRESSION
+
+
+def test_tolerance_overrides() -> None:
+    cand = runs(3, scale=1.08, seed=19)
+    assert judge(cand, BASE).status == REGRESSION
+    wide = judge(cand, BASE, tolerances=resolve_tolerances(None, 0.15))
+    assert wide.status == PASS
+    assert wide.metric("tpot_p50").tolerance == 0.15
+    assert wide.metric("error_rate").tolerance == verdict.DEFAULT_TOLERANCES["error_rate"]
+    per_metric = resolve_tolerances(0.15, {"tpot_p50": 0.03, "error_rate": 0.01})
+    assert per_metric["tpot_p50"] == 0.03
+    assert per_metric["ttft_p50"] == 0.15
+    assert per_metric["error_rate"] == 0.01
+    assert per_metric["ttft_p99"] == verdict.DEFAULT_TOLERANCES["ttft_p99"]
+
+
+@pytest.mark.parametrize("bad", [0, 1.0, -0.1, "5%", True, {"tpot": 0.05}])
+def test_invalid_tolerances(bad: Any) -> None:
+    with pytest.raises(SpecError, match="tolerance"):
+        resolve_tolerances(bad)
+
+
+def test_sglang_keys() -> None:
+    v = judge(runs(3, scale=1.2, compat="sglang", seed=20), runs(10, compat="sglang", seed=21))
+    assert v.metric("e2e_p50").key == "median_e2e_latency_ms"
+    assert v.metric("e2e_p50").status == REGRESSION
+
+
+def test_missing_metric_is_inconclusive_and_futile() -> None:
+    cand = runs(2, seed=22)
+    for run in cand:
+        run["median_ttft_ms"] = None
+    v = judge(cand, BASE)
+    m = v.metric("ttft_p50")
+    assert m.status == INCONCLUSIVE
+    assert m.futile
+    assert "not measured" in m.reason
+    assert not needs_more_runs(v, runs_done=2, budget=5) or any(
+        x.status == INCONCLUSIVE and not x.futile for x in v.gating
+    )
+
+
+def _builtins_only(obj: Any) -> None:
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            assert type(key) is str
+            _builtins_only(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            _builtins_only(value)
+    else:
+        assert type(obj) in (str, int, float, bool, type(None)), (obj, type(obj))
+        if type(obj) is float:
+            assert math.isfinite(obj)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: judge(runs(3, scale=1.2, seed=23), BASE),
+        lambda: judge(runs(1, seed=24), runs(2, seed=25)),
+        lambda: judge(runs(1), None),
+        lambda: judge(runs(1), BASE, hard_diffs=["x"]),
+    ],
+)
+def test_as_dict_is_builtins_and_round_trips(make: Any) -> None:
+    v: Verdict = make()
+    data = v.as_dict()
+    _builtins_only(data)
+    json.dumps(data, allow_nan=False)
+    assert Verdict.from_dict(data) == v
+
+
+def test_apply_holm_over_a_session_only_adds_regressions() -> None:
+    family = 4 * len(verdict.DEFAULT_GATING)
+    session = [
+        judge(runs(3, scale=1.2, seed=26), BASE, family_size=family),
+        judge(runs(3, seed=27), BASE, family_size=family),
+        judge(runs(3, scale=1.1, seed=28), BASE, family_size=family),
+        judge(runs(1, seed=29), None),
+    ]
+    after = apply_holm(session)
+    assert len(after) == len(session)
+    assert after[3] == session[3]
+    for before, now in zip(session, after, strict=True):
+        if before.status == REGRESSION:
+            assert now.status == REGRESSION
+        for a, b in zip(before.metrics, now.metrics, strict=True):
+            if a.p_adjusted is not None:
+                assert b.p_adjusted is not None
+                assert b.p_adjusted <= a.p_adjusted + 1e-12
+    assert after[0].status == REGRESSION
+    assert after[1].status == PASS
+
+
+def test_family_size_smaller_than_own_claims_is_an_error() -> None:
+    with pytest.raises(ValueError, match="family_size"):
+        judge(runs(2), BASE, family_size=2)
+
+
+def test_needs_more_runs_respects_budget() -> None:
+    spread = [math.exp(-0.03 + 0.06 * i / 9) for i in range(10)]
+    undecided = judge(runs(1, scale=1.02, factors=[1.0]), runs(10, factors=spread))
+    assert undecided.status == INCONCLUSIVE
+    assert needs_more_runs(undecided, runs_done=1, budget=5)
+    assert needs_more_runs(undecided, runs_done=4, budget=5)
+    assert not needs_more_runs(undecided, runs_done=1, budget=1)
+    assert not needs_more_runs(judge(runs(3, seed=32), BASE), runs_done=3, budget=10)
+    assert not needs_more_runs(judge(runs(3, scale=1.3, seed=33), BASE), runs_done=1, budget=10)
+
+
+def test_sequential_looks_split_alpha() -> None:
+    # One run 9.55 % slower than a 10-run baseline with SD 2 %: one-sided p ≈ 0.001 per metric, so Holm over
+    # the four identical ratio claims gives ≈ 0.005. A regression at α = 0.01 for a single look, but not at
+    # α / 5 when the caller plans five looks.
+    spread = [math.exp(-0.03 + 0.06 * i / 9) for i in range(10)]
+    base = runs(10, factors=spread)
+    cand = runs(1, scale=math.exp(0.0912), factors=[1.0])
+    single, sequential = judge(cand, base), judge(cand, base, looks=verdict.planned_looks(5, 1))
+    one, five = single.metric("tpot_p50"), sequential.metric("tpot_p50")
+    assert one.p_adjusted is not None
+    assert 0.002 < one.p_adjusted <= 0.01
+    assert one.status == REGRESSION
+    assert five.status == INCONCLUSIVE
+    assert sequential.looks == 5
+    assert Verdict.from_dict(sequential.as_dict()) == sequential
+    assert verdict.planned_looks(5, 2) == 4
+    with pytest.raises(ValueError, match="first_runs"):
+        verdict.planned_looks(1, 2)
+    with pytest.raises(ValueError, match="looks"):
+        judge(cand, base, looks=0)
