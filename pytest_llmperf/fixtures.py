@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llmperf.errors import LLMPerfError, RunInterrupted
-from pytest_llmperf.markers import build_workload, merge
+from pytest_llmperf.errors import BaselineError, LLMPerfError, RunInterrupted
+from pytest_llmperf.markers import build_spec, merge
 from pytest_llmperf.session import RESULTS_KEY, LLMPerfSession
 from pytest_llmperf.spec import Endpoint
+
+if TYPE_CHECKING:
+    from pytest_llmperf.runner import Result
 
 SESSION_KEY = pytest.StashKey[LLMPerfSession]()
 
@@ -39,45 +43,159 @@ class LLMPerf:
         self._session = session
         self.endpoint = endpoint
         self._marker_kwargs = merge(marker.kwargs for marker in item.iter_markers("perf"))
+        self._calls = 0
 
-    def run(self, **overrides: Any) -> Any:
-        """Run the marker's workload (``overrides`` win) and return its :class:`~pytest_llmperf.runner.Result`."""
-        from pytest_llmperf import runner, servermetrics
+    def run(self, **overrides: Any) -> Result:
+        """Run the marker's workload (``overrides`` win), check its SLOs and judge it against the baseline.
 
+        Fails the test in the call phase on an SLO breach or a regression, with the tables in the message.
+        Returns the last run's :class:`~pytest_llmperf.runner.Result`; ``.runs`` holds every run,
+        ``.verdict`` and ``.slo_results`` the decisions.
+        """
+        from pytest_llmperf import judging, verdict
+
+        session = self._session
+        module_path, _, test_name = self._item.nodeid.partition("::")
+        test_name += f"#{self._calls}" if self._calls else ""
+        self._calls += 1
         try:
-            workload = build_workload({"compat": self._session.settings.compat, **self._marker_kwargs}, overrides)
-            context = self._session.prompt_context(workload, self.endpoint)
-            with self._session.measurement_slot() as slot:
-                before = servermetrics.scrape(self.endpoint)
-                try:
-                    result = runner.measure(workload, self.endpoint, context)
-                except RunInterrupted as interrupted:
-                    # Ctrl-C skips the call report, so hand the partial result to the session directly.
-                    partial = runner.summarize(interrupted.partial, self.endpoint)
-                    self._session.results.append(
-                        {"nodeid": self._item.nodeid, "outcome": "interrupted", **self._document(partial)}
-                    )
-                    raise
-                after = servermetrics.scrape(self.endpoint) if before is not None else None
+            spec = build_spec({"compat": session.settings.compat, **self._marker_kwargs}, overrides)
+            updating = session.settings.update is not None
+            baseline = self._baseline(module_path, test_name, spec.workload, updating)
+            context = session.prompt_context(spec.workload, self.endpoint)
+            judgement = judging.run_until_decided(
+                spec,
+                lambda: self._measure(spec, context),
+                baseline,
+                budget=spec.repeats or session.settings.repeats or verdict.BUDGET,
+                global_tolerance=session.settings.tolerance,
+                family_size=session.family_size,
+                record_all=updating,
+            )
         except LLMPerfError as exc:
             pytest.fail(str(exc), pytrace=False)
+        result = judgement.results[-1]
+        result.runs = judgement.results
+        result.verdict = judgement.verdict.as_dict()
+        result.slo_results = [[r.as_dict() for r in run] for run in judgement.slo_results]
+        self._record(module_path, test_name, spec, judgement, updating)
+        self._decide(judgement, updating)
+        return result
+
+    def _baseline(self, module_path: str, test_name: str, workload: Any, updating: bool) -> Any:
+        from pytest_llmperf.judging import BaselineView
+
+        try:
+            view = self._session.baseline_view(module_path, test_name, workload, self.endpoint)
+        except BaselineError:
+            if updating:  # the update replaces the unreadable entry; it was of no use anyway
+                return BaselineView()
+            raise
+        if updating and view.hard_diffs and self._session.settings.update != "force":
+            raise BaselineError(
+                f"{view.where}: refusing to update across a hard-key change ({'; '.join(view.hard_diffs)}); "
+                "rerun with --llmperf-update=force to replace the old runs"
+            )
+        return view
+
+    def _measure(self, spec: Any, context: Any) -> Result:
+        from pytest_llmperf import runner, servermetrics
+
+        with self._session.measurement_slot() as slot:
+            before = servermetrics.scrape(self.endpoint)
+            try:
+                result = runner.measure(spec.workload, self.endpoint, context)
+            except RunInterrupted as interrupted:
+                # Ctrl-C skips the call report, so hand the partial result to the session directly.
+                partial = runner.summarize(interrupted.partial, self.endpoint)
+                self._session.results.append(
+                    {"nodeid": self._item.nodeid, "outcome": "interrupted", **self._document(partial)}
+                )
+                raise
+            after = servermetrics.scrape(self.endpoint) if before is not None else None
         result.summary["measurement_lock_wait_s"] = slot["wait_s"]
         if before is not None and after is not None:
             result.summary["server_metrics"] = servermetrics.deltas(before, after)
-        self._record(result)
         return result
 
-    def _document(self, result: Any) -> dict[str, Any]:
+    def _document(self, result: Result) -> dict[str, Any]:
         return {**result.as_dict(), "endpoint": self.endpoint.public_dict()}
 
-    def _record(self, result: Any) -> None:
-        document = self._document(result)
+    def _record(self, module_path: str, test_name: str, spec: Any, judgement: Any, updating: bool) -> None:
+        from pytest_llmperf import metrics
+        from pytest_llmperf.baseline import reduce_summary
+
+        last = judgement.results[-1]
+        document = {
+            **self._document(last),
+            "baseline_key": f"{module_path}::{test_name}",
+            "runs": [r.summary for r in judgement.results],
+            "verdict": judgement.verdict.as_dict(),
+            "slos": [r.as_dict() for r in judgement.slo_results[-1]],
+            "slo_breached": bool(judgement.breaches),
+            "notes": judgement.notes,
+        }
+        if updating:
+            document["update"] = {
+                "module_path": module_path,
+                "test_name": test_name,
+                "fingerprint": self._session.fingerprint(spec.workload, self.endpoint).as_dict(),
+                "runs": [reduce_summary(r.summary) for r in judgement.results],
+                "raw": [_raw_arrays(metrics.detailed(r.run)) for r in judgement.results],
+                "workload": spec.workload.as_dict(),
+            }
         self._item.stash.setdefault(RESULTS_KEY, []).append(document)
-        summary = result.summary
+        summary = last.summary
         for key in ("completed", "failed", "median_ttft_ms", "median_tpot_ms", "median_e2el_ms", "output_throughput"):
             if summary.get(key) is not None:
                 self._item.user_properties.append((f"llmperf.{key}", summary[key]))
+        self._item.user_properties.append(("llmperf.verdict", judgement.verdict.status))
         self._item.config.hook.pytest_llmperf_result(item=self._item, result=document)
+
+    def _decide(self, judgement: Any, updating: bool) -> None:
+        from pytest_llmperf.report.tables import render_verdict_table
+        from pytest_llmperf.slo import render_slo_table
+
+        verdict = judgement.verdict.as_dict()
+        if judgement.breaches:
+            run_index = judgement.breaches[0][0]
+            pytest.fail(
+                f"SLO breached in run {run_index + 1} of {len(judgement.results)}:\n"
+                + render_slo_table(judgement.slo_results[run_index])
+                + _failed_requests(judgement.results[run_index].summary)
+                + "\n\n"
+                + render_verdict_table(verdict),
+                pytrace=False,
+            )
+        if updating:
+            return
+        if verdict["status"] == "REGRESSION":
+            pytest.fail("performance regression:\n" + render_verdict_table(verdict), pytrace=False)
+        if verdict["status"] == "INCONCLUSIVE":
+            policy = self._session.settings.inconclusive
+            message = "inconclusive verdict:\n" + render_verdict_table(verdict)
+            if policy == "fail":
+                pytest.fail(message, pytrace=False)
+            if policy == "skip":
+                pytest.skip(message.splitlines()[1])
+            warnings.warn(LLMPerfInconclusive(message), stacklevel=3)
+
+
+class LLMPerfInconclusive(UserWarning):
+    """A perf test whose verdict stayed open within its run budget (``--llmperf-inconclusive=warn``)."""
+
+
+def _failed_requests(summary: dict[str, Any]) -> str:
+    """Failed requests by kind, with the first message of each, so a breach says what went wrong."""
+    errors = summary.get("errors") or {}
+    examples = summary.get("error_examples") or {}
+    lines = [f"  {kind}: {count} (first: {examples.get(kind, '')})" for kind, count in sorted(errors.items())]
+    return "\nfailed requests:\n" + "\n".join(lines) if lines else ""
+
+
+def _raw_arrays(detail: dict[str, Any]) -> dict[str, Any]:
+    """The per-request arrays kept in a baseline's sidecar (flat numbers only; ITL lists stay out)."""
+    return {key: detail[key] for key in ("input_lens", "output_lens", "ttfts", "latencies") if key in detail}
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The ``perf`` marker: parsed once per test into workload keyword arguments.
+"""The ``perf`` marker: parsed into a :class:`PerfSpec` (workload, SLOs, run budget, tolerance).
 
 Markers on the module, class and function merge with the closest one winning; ``llmperf.run(**overrides)``
 wins over all of them. An unknown or ill-typed kwarg fails that test (never the session) with the list of
@@ -10,17 +10,35 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmperf.errors import SpecError
+from pytest_llmperf.slo import SLO_NAMES, Slo, parse_slos
 from pytest_llmperf.spec import Workload
 
 WORKLOAD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Workload))
+CONTROL_FIELDS: tuple[str, ...] = ("repeats", "tolerance")
+VALID_NAMES: tuple[str, ...] = (*WORKLOAD_FIELDS, *CONTROL_FIELDS, *SLO_NAMES)
 
 MARKER_HELP = (
-    "perf(*, " + ", ".join(f"{name}=..." for name in WORKLOAD_FIELDS) + "): an LLM-serving performance test. "
-    "The kwargs declare the workload that the llmperf fixture's run() sends; see the pytest-llmperf README."
+    "perf(*, "
+    + ", ".join(f"{name}=..." for name in (*WORKLOAD_FIELDS, *CONTROL_FIELDS))
+    + ", <metric>_<stat>_ms=..., output_tok_s=..., total_tok_s=..., request_s=..., output_tok_s_per_gpu=..., "
+    "tok_s_per_user=..., error_rate=...): an LLM-serving performance test. The workload that the llmperf "
+    "fixture's run() sends, its SLOs (checked on every run), the most runs it may take (repeats) and the "
+    "tolerance of the baseline comparison; see the pytest-llmperf README."
 )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PerfSpec:
+    """Everything a perf test declares, validated."""
+
+    workload: Workload
+    slos: tuple[Slo, ...]
+    repeats: int | None = None
+    tolerance: float | dict[str, float] | None = None
 
 
 def merge(kwargs_closest_first: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -33,18 +51,31 @@ def merge(kwargs_closest_first: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 def check_names(kwargs: Mapping[str, Any], where: str) -> None:
     for name in kwargs:
-        if name not in WORKLOAD_FIELDS:
-            close = difflib.get_close_matches(name, WORKLOAD_FIELDS, n=1)
+        if name not in VALID_NAMES:
+            close = difflib.get_close_matches(name, VALID_NAMES, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise SpecError(f"{where}: unknown argument {name!r}.{hint} Valid names: {', '.join(WORKLOAD_FIELDS)}")
+            raise SpecError(f"{where}: unknown argument {name!r}.{hint} Valid names: {', '.join(VALID_NAMES)}")
 
 
-def build_workload(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Workload:
-    """A validated :class:`Workload` from marker kwargs and run() overrides."""
+def build_spec(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> PerfSpec:
+    """A validated :class:`PerfSpec` from marker kwargs and run() overrides."""
     check_names(base, "@pytest.mark.perf")
     check_names(overrides, "llmperf.run()")
     kwargs = {**base, **overrides}
+    repeats = kwargs.pop("repeats", None)
+    if repeats is not None and (type(repeats) is not int or repeats < 1):
+        raise SpecError(f"repeats={repeats!r}: expected an int >= 1 (the most runs this test may take)")
+    tolerance = kwargs.pop("tolerance", None)
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, dict))):
+        raise SpecError(f"tolerance={tolerance!r}: expected a number such as 0.05, or a dict of metric: number")
+    slo_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in SLO_NAMES}
     try:
-        return Workload(**kwargs)
+        workload = Workload(**kwargs)
     except TypeError as exc:
         raise SpecError(f"invalid workload arguments: {exc}") from exc
+    return PerfSpec(workload=workload, slos=parse_slos(slo_kwargs), repeats=repeats, tolerance=tolerance)
+
+
+def build_workload(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Workload:
+    """The workload part of :func:`build_spec`."""
+    return build_spec(base, overrides).workload

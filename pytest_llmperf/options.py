@@ -6,6 +6,7 @@ Every ``--llmperf-<name>`` option has an ini key ``llmperf_<name>``; the command
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,11 @@ class Settings:
     json_path: Path | None
     gpus: int | None
     profiles_path: Path | None
+    baselines: Path
+    update: str | None  # None, "yes" or "force"
+    inconclusive: str
+    tolerance: float | None
+    repeats: int | None
 
     def __repr__(self) -> str:  # never show the key
         return f"Settings(endpoint={self.endpoint!r}, server={self.server!r}, model={self.model!r}, ...)"
@@ -48,7 +54,12 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("json", "PATH", "Write the session's results as JSON to PATH"),
     ("gpus", "N", "GPUs behind the endpoint, for per-GPU throughput. Default: the profile's, else unknown"),
     ("profiles", "PATH", "YAML file of your own server profiles (see the README)"),
+    ("baselines", "DIR", "Baseline root. Default: baselines/ under the rootdir"),
+    ("inconclusive", "fail|warn|skip", "What an inconclusive verdict does to its test. Default: warn"),
+    ("tolerance", "FRACTION", "Tolerance of every gating metric, e.g. 0.05 for five percent. Default: per metric"),
+    ("repeats", "N", "Most runs per perf test while its verdict is open. Default: 5"),
 )
+INCONCLUSIVE_CHOICES = ("fail", "warn", "skip")
 
 
 def register(parser: pytest.Parser) -> None:
@@ -57,6 +68,16 @@ def register(parser: pytest.Parser) -> None:
         dest = "llmperf_" + name.replace("-", "_")
         group.addoption(f"--llmperf-{name}", dest=dest, metavar=metavar, default=None, help=help_text)
         parser.addini(dest, help_text, default=None)
+    group.addoption(
+        "--llmperf-update",
+        dest="llmperf_update",
+        nargs="?",
+        const="yes",
+        default=None,
+        choices=("yes", "force"),
+        metavar="force",
+        help="Record the runs into the baselines of the current pair (=force: also across a hard-key change)",
+    )
     group.addoption(
         "--llmperf-api-key-env",
         dest="llmperf_api_key_env",
@@ -99,6 +120,16 @@ def resolve(config: pytest.Config) -> Settings:
             raise pytest.UsageError(f"--llmperf-gpus={gpus_text!r}: expected a whole number of GPUs >= 1")
         gpus = int(gpus_text)
     profiles_path = _get(config, "profiles")
+    inconclusive = _get(config, "inconclusive") or "warn"
+    if inconclusive not in INCONCLUSIVE_CHOICES:
+        raise pytest.UsageError(
+            f"--llmperf-inconclusive={inconclusive!r}: expected one of {', '.join(INCONCLUSIVE_CHOICES)}"
+        )
+    tolerance = _number(config, "tolerance", low=0.0, high=1.0)
+    repeats_text = _get(config, "repeats")
+    if repeats_text is not None and (not repeats_text.isdigit() or int(repeats_text) < 1):
+        raise pytest.UsageError(f"--llmperf-repeats={repeats_text!r}: expected a whole number >= 1")
+    baselines = _get(config, "baselines") or "baselines"
     return Settings(
         endpoint=endpoint,
         server=_get(config, "server"),
@@ -112,4 +143,22 @@ def resolve(config: pytest.Config) -> Settings:
         json_path=Path(json_path) if json_path else None,
         gpus=gpus,
         profiles_path=config.rootpath / profiles_path if profiles_path else None,
+        baselines=config.rootpath / baselines,
+        update=config.getoption("llmperf_update"),
+        inconclusive=inconclusive,
+        tolerance=tolerance,
+        repeats=int(repeats_text) if repeats_text else None,
     )
+
+
+def _number(config: pytest.Config, name: str, *, low: float, high: float) -> float | None:
+    text = _get(config, name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not low < value < high:
+        raise pytest.UsageError(f"--llmperf-{name}={text!r}: expected a number between {low:g} and {high:g}")
+    return value

@@ -32,6 +32,10 @@ class Result:
         self.workload = workload
         self.summary = summary
         self.run = run
+        # Filled by the llmperf fixture: every run of the test, its verdict and its SLO checks per run.
+        self.runs: list[Result] = [self]
+        self.verdict: dict[str, Any] | None = None
+        self.slo_results: list[list[dict[str, Any]]] = []
 
     def __getattr__(self, name: str) -> Any:
         summary = self.__dict__.get("summary", {})

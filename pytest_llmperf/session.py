@@ -25,9 +25,11 @@ from pytest_llmperf.options import Settings
 if TYPE_CHECKING:
     import httpx
 
+    from pytest_llmperf.baseline import BaselineStore, Fingerprint
+    from pytest_llmperf.judging import BaselineView
     from pytest_llmperf.profiles import Profile
     from pytest_llmperf.serving import Spawned
-    from pytest_llmperf.spec import Endpoint, Launch
+    from pytest_llmperf.spec import Endpoint, Launch, Workload
 
 RESULTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 RUN_DIR_KEY = "llmperf_run_dir"
@@ -55,6 +57,10 @@ class LLMPerfSession:
         self._run_dir: Path | None = None
         self._hardware_id: str | None = None
         self._control: httpx.Client | None = None
+        self.family_size: int | None = None
+        self.update_lines: list[str] = []
+        self.holm_lines: list[str] = []
+        self._git_commit: str | bool | None = False
 
     # -- process roles and the run directory shared with xdist workers ---------------------------------
 
@@ -185,7 +191,116 @@ class LLMPerfSession:
             waited["wait_s"] = time.perf_counter() - started
             yield waited
 
+    # -- baselines -------------------------------------------------------------------------------------
+
+    @property
+    def precision(self) -> str:
+        return self.settings.precision or "default"
+
+    @property
+    def store(self) -> BaselineStore:
+        from pytest_llmperf.baseline import BaselineStore
+
+        return BaselineStore(self.settings.baselines, force_hint="--llmperf-update=force")
+
+    @property
+    def git_commit(self) -> str | None:
+        if self._git_commit is False:
+            import subprocess
+
+            try:
+                done = subprocess.run(
+                    ["git", "rev-parse", "HEAD"], cwd=self.config.rootpath, capture_output=True, text=True, timeout=10
+                )
+                self._git_commit = done.stdout.strip() if done.returncode == 0 else None
+            except (OSError, subprocess.TimeoutExpired):
+                self._git_commit = None
+        return self._git_commit if isinstance(self._git_commit, str) else None
+
+    def fingerprint(self, workload: Workload, endpoint: Endpoint) -> Fingerprint:
+        import datetime
+
+        from pytest_llmperf import __version__
+        from pytest_llmperf.baseline import Fingerprint, stable_hash, workload_hash
+
+        argv = self._spawned.process.argv if self._spawned is not None else None
+        return Fingerprint(
+            hardware=self.hardware_id,
+            precision=self.precision,
+            model=endpoint.model,
+            workload_hash=workload_hash(workload.as_dict()),
+            engine=endpoint.engine,
+            engine_version=endpoint.engine_version,
+            server_command_hash=stable_hash(argv) if argv else None,
+            plugin_version=__version__,
+            git_commit=self.git_commit,
+            date=datetime.date.today().isoformat(),
+        )
+
+    def baseline_view(self, module_path: str, test_name: str, workload: Workload, endpoint: Endpoint) -> BaselineView:
+        """This test's baseline entry as the verdict needs it; raises BaselineError for an unreadable file."""
+        from pytest_llmperf.baseline import compare_fingerprint
+        from pytest_llmperf.judging import BaselineView
+
+        entry = self.store.load_entry(self.hardware_id, self.precision, module_path, test_name)
+        if entry is None:
+            where = f"{self.store.path_for(self.hardware_id, self.precision, module_path)}::{test_name}"
+            return BaselineView(where=where)
+        _, hard, soft = compare_fingerprint(entry, self.fingerprint(workload, endpoint), workload.as_dict())
+        return BaselineView(runs=entry.runs, where=entry.where, hard_diffs=hard, soft_diffs=soft)
+
+    def _apply_updates(self) -> bool:
+        """Write the baseline runs the tests recorded (controller, once). False if any write failed."""
+        from pytest_llmperf.baseline import Fingerprint
+        from pytest_llmperf.errors import BaselineError
+
+        ok = True
+        for result in self.results:
+            update = result.get("update")
+            if not update:
+                continue
+            try:
+                change = self.store.update(
+                    self.hardware_id,
+                    self.precision,
+                    update["module_path"],
+                    update["test_name"],
+                    fingerprint=Fingerprint.from_dict(update["fingerprint"]),
+                    runs=update["runs"],
+                    raw=update["raw"],
+                    workload=update["workload"],
+                    force=self.settings.update == "force",
+                )
+                self.update_lines.append(change)
+            except (BaselineError, ValueError) as exc:
+                ok = False
+                self.update_lines.append(f"NOT WRITTEN: {exc}")
+        return ok
+
+    def _session_holm(self) -> bool:
+        """Holm over every gating claim of the session; True if it found regressions the tests did not."""
+        from pytest_llmperf.verdict import REGRESSION, Verdict, apply_holm
+
+        judged = [(r, Verdict.from_dict(r["verdict"])) for r in self.results if r.get("verdict")]
+        adjusted = apply_holm([v for _, v in judged])
+        found = False
+        for (result, before), after in zip(judged, adjusted, strict=True):
+            if after.status == REGRESSION and before.status != REGRESSION:
+                found = True
+                result["verdict"] = after.as_dict()
+                self.holm_lines.append(
+                    f"{result['nodeid']}: REGRESSION once all {after.family_size} gating claims of the session "
+                    "are adjusted together (Holm)"
+                )
+        return found
+
     # -- hooks -----------------------------------------------------------------------------------------
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        from pytest_llmperf.verdict import DEFAULT_GATING
+
+        perf_tests = sum(1 for item in items if "llmperf" in getattr(item, "fixturenames", ()))
+        self.family_size = max(1, perf_tests) * len(DEFAULT_GATING)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
@@ -210,19 +325,31 @@ class LLMPerfSession:
             f"pair {self.pair} · {endpoint.get('engine', 'unknown')} {endpoint.get('engine_version') or ''} · "
             f"model {endpoint.get('model', '?')} · {endpoint.get('url', '?')}"
         )
-        header = f"{'test':<48} {'ok/fail':>8} {'TTFT p50':>9} {'TPOT p50':>9} {'E2E p50':>9} {'out tok/s':>10}"
+        header = (
+            f"{'test':<44} {'runs':>4} {'ok/fail':>8} {'TTFT p50':>9} {'TPOT p50':>9} {'E2E p50':>9} "
+            f"{'out tok/s':>10}  verdict"
+        )
         tr.write_line(header)
         for r in self.results:
             s = r.get("summary", {})
+            verdict = (r.get("verdict") or {}).get("status", "-")
+            if r.get("slo_breached"):
+                verdict = "SLO BREACH"
             tr.write_line(
-                f"{_short(r['nodeid'], 48):<48} {_ok_fail(s):>8} {_ms(s.get('median_ttft_ms')):>9} "
-                f"{_ms(s.get('median_tpot_ms')):>9} {_ms(s.get('median_e2el_ms')):>9} "
-                f"{_num(s.get('output_throughput')):>10}"
+                f"{_short(r['nodeid'], 44):<44} {len(r.get('runs', [])) or 1:>4} {_ok_fail(s):>8} "
+                f"{_ms(s.get('median_ttft_ms')):>9} {_ms(s.get('median_tpot_ms')):>9} "
+                f"{_ms(s.get('median_e2el_ms')):>9} {_num(s.get('output_throughput')):>10}  {verdict}"
             )
             if s.get("client_bound"):
                 tr.write_line(f"  warning: client-bound run: {'; '.join(s.get('client_reasons', []))}")
             for warning in (s.get("validity") or {}).get("warnings", []):
                 tr.write_line(f"  warning: {warning}")
+        for line in self.holm_lines:
+            tr.write_line(line, red=True)
+        if self.update_lines:
+            tr.write_sep("-", f"llmperf baselines updated ({self.pair})")
+            for line in self.update_lines:
+                tr.write_line(line)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker:
@@ -232,6 +359,13 @@ class LLMPerfSession:
 
             serving.stop_shared(self._run_dir)
             shutil.rmtree(self._run_dir, ignore_errors=True)
+        failed = False
+        if self.settings.update is not None:
+            failed |= not self._apply_updates()
+        elif any(r.get("verdict") for r in self.results):
+            failed |= self._session_holm()
+        if failed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.settings.json_path is not None:
             document = {"pair": self.pair, "endpoint": self.endpoint_info, "results": self.results}
             write_json_atomic(self.settings.json_path, document)

@@ -1,0 +1,87 @@
+"""Plain-text tables of verdicts, readable in a terminal and inside a JUnit ``<failure>`` (ASCII only)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "fraction":
+        return f"{value * 100:.2f}%"
+    return f"{value:.4g} {unit}".strip()
+
+
+def _ratio(m: Mapping[str, Any]) -> str:
+    estimate, lower, upper = m.get("estimate"), m.get("lower"), m.get("upper")
+    if estimate is None:
+        return "-"
+    if m.get("scale") == "difference":
+        text = f"{estimate * 100:+.2f}pp"
+        if lower is not None and upper is not None:
+            text += f" [{lower * 100:+.2f}, {upper * 100:+.2f}]"
+        return text
+    text = f"{estimate:.3f}"
+    if lower is not None and upper is not None:
+        text += f" [{lower:.3f}, {upper:.3f}]"
+    return text
+
+
+def _unit(m: Mapping[str, Any]) -> str:
+    key = str(m.get("key", ""))
+    if key.endswith("_ms"):
+        return "ms"
+    if m.get("scale") == "difference":
+        return "fraction"
+    return "tok/s" if "throughput" in key else ""
+
+
+def _tolerance(m: Mapping[str, Any]) -> str:
+    tol = float(m.get("tolerance", 0.0))
+    return f"{tol * 100:.2g}pp" if m.get("scale") == "difference" else f"{tol * 100:.3g}%"
+
+
+def render_verdict_table(verdict: Mapping[str, Any]) -> str:
+    """metric | baseline | measured | ratio [90% interval] | tolerance | verdict, then the reasons that matter."""
+    header = ("metric", "baseline", "measured", "ratio [90% CI]", "tolerance", "verdict")
+    rows = []
+    for m in verdict.get("metrics", ()):
+        unit = _unit(m)
+        status = m["status"] + ("" if m.get("gating") else " (advisory)")
+        rows.append(
+            (
+                str(m.get("label") or m["name"]),
+                _value(m.get("baseline_value"), unit),
+                _value(m.get("candidate_value"), unit),
+                _ratio(m),
+                _tolerance(m),
+                status,
+            )
+        )
+    lines = [
+        f"verdict: {verdict['status']} - {verdict['reason']}",
+        f"runs: {verdict.get('runs_candidate', 0)} now vs {verdict.get('runs_baseline', 0)} in the baseline",
+    ]
+    if rows:
+        lines += _table(header, rows)
+    for m in verdict.get("metrics", ()):
+        if m.get("gating") and m["status"] != "PASS" and m.get("reason"):
+            lines.append(f"{m.get('label') or m['name']}: {m['reason']}")
+    for diff in verdict.get("hard_diffs", ()):
+        lines.append(f"not comparable: {diff}")
+    for diff in verdict.get("soft_diffs", ()):
+        lines.append(f"changed since the baseline: {diff}")
+    if verdict.get("hint"):
+        lines.append(f"hint: {verdict['hint']}")
+    return "\n".join(lines)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
