@@ -60,8 +60,10 @@ def render_verdict_table(verdict: Mapping[str, Any]) -> str:
                 status,
             )
         )
+    # With metrics the per-metric reasons below say it all; without (no baseline, not comparable) the reason.
+    headline = f"verdict: {verdict['status']}" + ("" if rows else f" - {verdict['reason']}")
     lines = [
-        f"verdict: {verdict['status']} - {verdict['reason']}",
+        headline,
         f"runs: {verdict.get('runs_candidate', 0)} now vs {verdict.get('runs_baseline', 0)} in the baseline",
     ]
     if rows:

@@ -1,0 +1,156 @@
+"""SLOs, baselines and verdicts end to end, as a user meets them, with the simulator as the server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+PERF_TEST = """
+import pytest
+
+@pytest.mark.perf(input_len=16, output_len=24, num_prompts=16, concurrency=4, repeats=5, e2e_p50_ms=60000)
+def test_decode(llmperf):
+    llmperf.run()
+"""
+
+
+@pytest.fixture
+def sim(start_sim: type) -> str:
+    return start_sim("--decode-ms", "5", "--decode-ms-per-seq", "0", "--jitter", "0.01").url
+
+
+def run(pytester: pytest.Pytester, sim: str, *args: str) -> tuple[pytest.RunResult, dict]:
+    out = pytester.path / "r.json"
+    result = pytester.runpytest(f"--llmperf-endpoint={sim}", f"--llmperf-json={out}", "--junitxml=j.xml", *args)
+    return result, json.loads(out.read_text()) if out.exists() else {}
+
+
+def baseline_file(pytester: pytest.Pytester) -> Path:
+    return pytester.path / "baselines" / "cpu-default" / "test_decode.yaml"
+
+
+def test_markers_shows_the_signature(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.perf(*input_len=*concurrency=*repeats=*<metric>_<stat>_ms=*error_rate=*"])
+
+
+def test_slo_breach_fails_in_the_call_phase_with_a_table(pytester: pytest.Pytester, sim: str) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.perf(input_len=8, output_len=20, num_prompts=4, tpot_p50_ms=1, output_tok_s=1)
+        def test_tight(llmperf):
+            llmperf.run()
+        """
+    )
+    result, _ = run(pytester, sim, "--llmperf-hardware=cpu")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*SLO breached in run 1 of 1*", "*metric*limit*measured*margin*status*", "*tpot_p50_ms*<= 1.00 ms*BREACH*"]
+    )
+    junit = (pytester.path / "j.xml").read_text()
+    assert "tpot_p50_ms" in junit
+    assert "BREACH" in junit
+
+
+def test_ill_typed_slo_fails_with_the_expected_type(pytester: pytest.Pytester, sim: str) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.perf(e2e_p50_ms="fast")
+        def test_bad(llmperf):
+            llmperf.run()
+        """
+    )
+    result, _ = run(pytester, sim)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*e2e_p50_ms*fast*"])
+
+
+def test_missing_baseline_says_how_to_create_one(pytester: pytest.Pytester, sim: str) -> None:
+    pytester.makepyfile(test_decode=PERF_TEST)
+    result, document = run(pytester, sim)
+    result.assert_outcomes(passed=1)
+    assert document["results"][0]["verdict"]["status"] == "NO_BASELINE"
+    assert len(document["results"][0]["runs"]) == 1  # nothing to decide: one run
+
+
+def test_update_then_clean_rerun_passes_then_slowdown_is_a_regression(pytester: pytest.Pytester, sim: str) -> None:
+    pytester.makepyfile(test_decode=PERF_TEST)
+
+    result, _ = run(pytester, sim, "--llmperf-update")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*llmperf baselines updated (cpu-default)*"])
+    text = baseline_file(pytester).read_text()
+    assert "test_decode" in text
+    assert text.count("run_id") == 5  # the whole budget is recorded on update
+
+    result, document = run(pytester, sim)  # A/A: the same server again
+    result.assert_outcomes(passed=1)
+    assert document["results"][0]["verdict"]["status"] == "PASS"
+
+    # +10 % per-token time, injected into the running simulator.
+    httpx.post(f"{sim}/sim/config", json={"slowdown_per_token_pct": 10}, timeout=10).raise_for_status()
+    result, document = run(pytester, sim)
+    result.assert_outcomes(failed=1)
+    verdict = document["results"][0]["verdict"]
+    assert verdict["status"] == "REGRESSION"
+    tpot = next(m for m in verdict["metrics"] if m["name"] == "tpot_p50")
+    assert tpot["status"] == "REGRESSION"
+    assert 1.05 < tpot["estimate"] < 1.2
+    result.stdout.fnmatch_lines(["*performance regression*", "*metric*baseline*measured*ratio*verdict*"])
+    junit = (pytester.path / "j.xml").read_text()
+    assert "performance regression" in junit
+    assert 'name="llmperf.verdict" value="REGRESSION"' in junit
+
+
+def test_changed_workload_is_not_comparable_and_update_refuses_without_force(
+    pytester: pytest.Pytester, sim: str
+) -> None:
+    pytester.makepyfile(test_decode=PERF_TEST)
+    run(pytester, sim, "--llmperf-update", "--llmperf-repeats=2")[0].assert_outcomes(passed=1)
+
+    pytester.makepyfile(test_decode=PERF_TEST.replace("input_len=16", "input_len=32"))
+    result, document = run(pytester, sim)
+    result.assert_outcomes(passed=1)
+    verdict = document["results"][0]["verdict"]
+    assert verdict["status"] == "NOT_COMPARABLE"
+    assert any("input_len" in diff for diff in verdict["hard_diffs"])
+
+    before = baseline_file(pytester).read_text()
+    result, _ = run(pytester, sim, "--llmperf-update")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*refusing to update across a hard-key change*--llmperf-update=force*"])
+    assert baseline_file(pytester).read_text() == before
+
+    run(pytester, sim, "--llmperf-update=force", "--llmperf-repeats=2")[0].assert_outcomes(passed=1)
+    assert "input_len: 32" in baseline_file(pytester).read_text()
+
+
+def test_corrupt_baseline_names_file_and_entry_and_is_left_alone(pytester: pytest.Pytester, sim: str) -> None:
+    pytester.makepyfile(test_decode=PERF_TEST)
+    path = baseline_file(pytester)
+    path.parent.mkdir(parents=True)
+    path.write_text("entries:\n  test_decode:\n    runs: [oops\n")
+    result, _ = run(pytester, sim)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*{path}*test_decode*"])
+    assert path.read_text() == "entries:\n  test_decode:\n    runs: [oops\n"
+
+
+@pytest.mark.parametrize(("policy", "outcome"), [("fail", "failed"), ("skip", "skipped"), ("warn", "passed")])
+def test_inconclusive_policy(pytester: pytest.Pytester, start_sim: type, policy: str, outcome: str) -> None:
+    noisy = start_sim("--decode-ms", "3", "--jitter", "0.3").url
+    pytester.makepyfile(test_decode=PERF_TEST.replace("repeats=5", "repeats=2, tolerance=0.0001"))
+    run(pytester, noisy, "--llmperf-update")[0].assert_outcomes(passed=1)
+    # The suite turns warnings into errors; let this one through as a user's run would.
+    result, document = run(pytester, noisy, f"--llmperf-inconclusive={policy}", "-W", "default::UserWarning")
+    result.assert_outcomes(**{outcome: 1})
+    assert document["results"][0]["verdict"]["status"] == "INCONCLUSIVE"
+    if policy == "warn":
+        result.stdout.fnmatch_lines(["*LLMPerfInconclusive*"])
