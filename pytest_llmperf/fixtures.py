@@ -78,7 +78,7 @@ class LLMPerf:
         result.runs = judgement.results
         result.verdict = judgement.verdict.as_dict()
         result.slo_results = [[r.as_dict() for r in run] for run in judgement.slo_results]
-        self._record(module_path, test_name, spec, judgement, updating)
+        self._record(module_path, test_name, spec, judgement, baseline, updating)
         self._decide(judgement, updating)
         return result
 
@@ -121,7 +121,9 @@ class LLMPerf:
     def _document(self, result: Result) -> dict[str, Any]:
         return {**result.as_dict(), "endpoint": self.endpoint.public_dict()}
 
-    def _record(self, module_path: str, test_name: str, spec: Any, judgement: Any, updating: bool) -> None:
+    def _record(
+        self, module_path: str, test_name: str, spec: Any, judgement: Any, baseline: Any, updating: bool
+    ) -> None:
         from pytest_llmperf import metrics
         from pytest_llmperf.baseline import reduce_summary
 
@@ -134,6 +136,9 @@ class LLMPerf:
             "slos": [r.as_dict() for r in judgement.slo_results[-1]],
             "slo_breached": bool(judgement.breaches),
             "notes": judgement.notes,
+            # Per-request arrays of the last run, in the shape of `vllm bench serve --save-detailed`.
+            "detail": metrics.detailed(last.run),
+            "baseline": baseline.as_dict(),
         }
         if updating:
             document["update"] = {

@@ -25,6 +25,15 @@ class BaselineView:
     where: str = ""
     hard_diffs: Sequence[str] = ()
     soft_diffs: Sequence[str] = ()
+    # Per-request arrays of the baseline runs, pooled per field (``ttfts``, ``latencies`` ...), for reports.
+    raw: Mapping[str, Sequence[float]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "where": self.where,
+            "runs": [dict(r) for r in self.runs],
+            "raw": {k: list(v) for k, v in self.raw.items()},
+        }
 
 
 @dataclass(kw_only=True, slots=True)

@@ -247,7 +247,11 @@ class LLMPerfSession:
             where = f"{self.store.path_for(self.hardware_id, self.precision, module_path)}::{test_name}"
             return BaselineView(where=where)
         _, hard, soft = compare_fingerprint(entry, self.fingerprint(workload, endpoint), workload.as_dict())
-        return BaselineView(runs=entry.runs, where=entry.where, hard_diffs=hard, soft_diffs=soft)
+        pooled: dict[str, list[float]] = {}
+        for arrays in self.store.load_raw(entry).values():
+            for name, values in arrays.items():
+                pooled.setdefault(name, []).extend(values)
+        return BaselineView(runs=entry.runs, where=entry.where, hard_diffs=hard, soft_diffs=soft, raw=pooled)
 
     def _apply_updates(self) -> bool:
         """Write the baseline runs the tests recorded (controller, once). False if any write failed."""
