@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_llmperf.errors import BaselineError, LLMPerfError, RunInterrupted
-from pytest_llmperf.markers import build_spec, merge
+from pytest_llmperf.markers import build_spec, merge, scale_spec
 from pytest_llmperf.session import RESULTS_KEY, LLMPerfSession
 from pytest_llmperf.spec import Endpoint
 
@@ -59,7 +59,9 @@ class LLMPerf:
         test_name += f"#{self._calls}" if self._calls else ""
         self._calls += 1
         try:
-            spec = build_spec({"compat": session.settings.compat, **self._marker_kwargs}, overrides)
+            spec = scale_spec(
+                build_spec({"compat": session.settings.compat, **self._marker_kwargs}, overrides), session.scale
+            )
             updating = session.settings.update is not None
             baseline = self._baseline(module_path, test_name, spec.workload, updating)
             context = session.prompt_context(spec.workload, self.endpoint)
@@ -68,7 +70,7 @@ class LLMPerf:
                 lambda: self._measure(spec, context),
                 baseline,
                 budget=spec.repeats or session.settings.repeats or verdict.BUDGET,
-                global_tolerance=session.settings.tolerance,
+                global_tolerance=session.tolerance,
                 family_size=session.family_size,
                 record_all=updating,
             )
@@ -135,6 +137,8 @@ class LLMPerf:
             "verdict": judgement.verdict.as_dict(),
             "slos": [r.as_dict() for r in judgement.slo_results[-1]],
             "slo_breached": bool(judgement.breaches),
+            "slo_gating": spec.slo_gating,
+            "scale": spec.scale,
             "notes": judgement.notes,
             # Per-request arrays of the last run, in the shape of `vllm bench serve --save-detailed`.
             "detail": metrics.detailed(last.run),
@@ -162,7 +166,7 @@ class LLMPerf:
         from pytest_llmperf.slo import render_slo_table
 
         verdict = judgement.verdict.as_dict()
-        if judgement.breaches:
+        if judgement.breaches and judgement.slo_gating:
             run_index = judgement.breaches[0][0]
             pytest.fail(
                 f"SLO breached in run {run_index + 1} of {len(judgement.results)}:\n"

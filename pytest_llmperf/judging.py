@@ -42,6 +42,7 @@ class Judgement:
     slo_results: list[list[SloResult]]
     verdict: Verdict
     budget: int
+    slo_gating: bool = True
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -79,7 +80,7 @@ def run_until_decided(
             soft_diffs=baseline.soft_diffs,
             where=baseline.where,
         )
-        if any(not r.passed for r in slo_results[-1]):
+        if spec.slo_gating and any(not r.passed for r in slo_results[-1]):
             if len(results) < budget:
                 notes.append(f"stopped after run {len(results)} of at most {budget}: an SLO was breached")
             break
@@ -89,4 +90,11 @@ def run_until_decided(
             continue
         if not needs_more_runs(verdict, len(results), budget):
             break
-    return Judgement(results=results, slo_results=slo_results, verdict=verdict, budget=budget, notes=notes)
+    return Judgement(
+        results=results,
+        slo_results=slo_results,
+        verdict=verdict,
+        budget=budget,
+        slo_gating=spec.slo_gating,
+        notes=notes,
+    )

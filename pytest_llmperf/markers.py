@@ -18,7 +18,7 @@ from pytest_llmperf.slo import SLO_NAMES, Slo, parse_slos
 from pytest_llmperf.spec import Workload
 
 WORKLOAD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Workload))
-CONTROL_FIELDS: tuple[str, ...] = ("repeats", "tolerance")
+CONTROL_FIELDS: tuple[str, ...] = ("repeats", "tolerance", "slo_gating")
 VALID_NAMES: tuple[str, ...] = (*WORKLOAD_FIELDS, *CONTROL_FIELDS, *SLO_NAMES)
 
 MARKER_HELP = (
@@ -39,6 +39,9 @@ class PerfSpec:
     slos: tuple[Slo, ...]
     repeats: int | None = None
     tolerance: float | dict[str, float] | None = None
+    # False: SLOs are checked and reported (capacity sweeps) but a breach does not fail the test.
+    slo_gating: bool = True
+    scale: float = 1.0
 
 
 def merge(kwargs_closest_first: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -68,12 +71,45 @@ def build_spec(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> PerfSpe
     tolerance = kwargs.pop("tolerance", None)
     if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, dict))):
         raise SpecError(f"tolerance={tolerance!r}: expected a number such as 0.05, or a dict of metric: number")
+    slo_gating = kwargs.pop("slo_gating", True)
+    if type(slo_gating) is not bool:
+        raise SpecError(f"slo_gating={slo_gating!r}: expected True or False")
     slo_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in SLO_NAMES}
     try:
         workload = Workload(**kwargs)
     except TypeError as exc:
         raise SpecError(f"invalid workload arguments: {exc}") from exc
-    return PerfSpec(workload=workload, slos=parse_slos(slo_kwargs), repeats=repeats, tolerance=tolerance)
+    return PerfSpec(
+        workload=workload, slos=parse_slos(slo_kwargs), repeats=repeats, tolerance=tolerance, slo_gating=slo_gating
+    )
+
+
+# Latency SLOs that grow with the sequence lengths; per-token ones (TPOT, ITL) do not and stay as written.
+_LENGTH_BOUND_SLOS = ("ttft_", "e2e_")
+
+
+def scale_spec(spec: PerfSpec, factor: float) -> PerfSpec:
+    """``spec`` shrunk for a small engine: lengths and prompt counts × ``factor``, and the TTFT/E2E limits too.
+
+    Prompt counts keep at least two requests per concurrency slot, so a closed loop still reaches steady
+    batching. Throughput, TPOT, ITL and error-rate SLOs are per token or per request and are not scaled.
+    """
+    if factor == 1.0:
+        return spec
+    w = spec.workload
+    slots = w.concurrency or 1
+    workload = w.replace(
+        input_len=max(1, round(w.input_len * factor)),
+        output_len=max(2, round(w.output_len * factor)),
+        prefix_len=round(w.prefix_len * factor),
+        num_prompts=None if w.num_prompts is None else max(2 * slots, round(w.num_prompts * factor)),
+        duration_s=None if w.duration_s is None else w.duration_s * factor,
+    )
+    slos = tuple(
+        dataclasses.replace(slo, limit=slo.limit * factor) if slo.name.startswith(_LENGTH_BOUND_SLOS) else slo
+        for slo in spec.slos
+    )
+    return dataclasses.replace(spec, workload=workload, slos=slos, scale=factor)
 
 
 def build_workload(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Workload:

@@ -37,6 +37,7 @@ class Settings:
     inconclusive: str
     tolerance: float | None
     repeats: int | None
+    scale: float | None  # None: auto
 
     def __repr__(self) -> str:  # never show the key
         return f"Settings(endpoint={self.endpoint!r}, server={self.server!r}, model={self.model!r}, ...)"
@@ -58,6 +59,11 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("inconclusive", "fail|warn|skip", "What an inconclusive verdict does to its test. Default: warn"),
     ("tolerance", "FRACTION", "Tolerance of every gating metric, e.g. 0.05 for five percent. Default: per metric"),
     ("repeats", "N", "Most runs per perf test while its verdict is open. Default: 5"),
+    (
+        "scale",
+        "auto|FACTOR",
+        "Shrink lengths, prompt counts and TTFT/E2E SLOs by FACTOR. auto: 0.05 on the embedded engine, else 1",
+    ),
 )
 INCONCLUSIVE_CHOICES = ("fail", "warn", "skip")
 
@@ -130,6 +136,10 @@ def resolve(config: pytest.Config) -> Settings:
     if repeats_text is not None and (not repeats_text.isdigit() or int(repeats_text) < 1):
         raise pytest.UsageError(f"--llmperf-repeats={repeats_text!r}: expected a whole number >= 1")
     baselines = _get(config, "baselines") or "baselines"
+    scale_text = _get(config, "scale") or "auto"
+    scale = None
+    if scale_text != "auto":
+        scale = _number(config, "scale", low=0.0, high=1.0 + 1e-9)
     return Settings(
         endpoint=endpoint,
         server=_get(config, "server"),
@@ -148,6 +158,7 @@ def resolve(config: pytest.Config) -> Settings:
         inconclusive=inconclusive,
         tolerance=tolerance,
         repeats=int(repeats_text) if repeats_text else None,
+        scale=scale,
     )
 
 
