@@ -10,6 +10,7 @@ import pytest
 
 from pytest_llmperf.errors import BaselineError, LLMPerfError, RunInterrupted
 from pytest_llmperf.markers import build_spec, merge, scale_spec
+from pytest_llmperf.report.junit import properties
 from pytest_llmperf.session import RESULTS_KEY, LLMPerfSession
 from pytest_llmperf.spec import Endpoint
 
@@ -154,11 +155,10 @@ class LLMPerf:
                 "workload": spec.workload.as_dict(),
             }
         self._item.stash.setdefault(RESULTS_KEY, []).append(document)
-        summary = last.summary
-        for key in ("completed", "failed", "median_ttft_ms", "median_tpot_ms", "median_e2el_ms", "output_throughput"):
-            if summary.get(key) is not None:
-                self._item.user_properties.append((f"llmperf.{key}", summary[key]))
-        self._item.user_properties.append(("llmperf.verdict", judgement.verdict.status))
+        prefix = f"call{self._calls - 1}." if self._calls > 1 else ""
+        self._item.user_properties.extend(
+            (name.replace("llmperf.", f"llmperf.{prefix}", 1), value) for name, value in properties(document)
+        )
         self._item.config.hook.pytest_llmperf_result(item=self._item, result=document)
 
     def _decide(self, judgement: Any, updating: bool) -> None:

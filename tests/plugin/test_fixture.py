@@ -118,7 +118,22 @@ def test_json_and_junit_never_contain_the_api_key(
     assert document["results"][0]["summary"]["completed"] == 12
     for text in (out.read_text(), junit.read_text(), result.stdout.str()):
         assert SECRET not in text
-    assert 'name="llmperf.median_ttft_ms"' in junit.read_text()
+    assert 'name="llmperf.ttft_ms.p50"' in junit.read_text()
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["inline", "xdist"])
+def test_junit_properties_under_xunit2(pytester: pytest.Pytester, sim_url: str, workers: list[str]) -> None:
+    pytester.makepyfile(USER_TEST)
+    junit = pytester.path / "j.xml"
+    result = pytester.runpytest(
+        f"--llmperf-endpoint={sim_url}", f"--junitxml={junit}", "-o", "junit_family=xunit2", "-W", "error", *workers
+    )
+    result.assert_outcomes(passed=2)
+    text = junit.read_text()
+    for name in ("llmperf.ttft_ms.p99", "llmperf.tpot_ms.p50", "llmperf.e2e_ms.p90", "llmperf.output_tok_s"):
+        assert f'name="{name}"' in text
+    assert 'name="llmperf.verdict" value="NO_BASELINE"' in text
+    assert 'name="llmperf.slo.error_rate.status" value="ok"' in text
 
 
 def test_results_cross_from_xdist_workers(pytester: pytest.Pytester, sim_url: str) -> None:

@@ -1,0 +1,60 @@
+"""JUnit ``<properties>`` of a perf test: every metric as ``llmperf.<metric>.<stat>``, the verdict, the SLOs.
+
+Appended to ``item.user_properties`` (not ``record_property``), so they are written under the default
+``junit_family=xunit2`` without a warning and travel with the report under pytest-xdist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+_LATENCY = ("ttft", "tpot", "itl", "e2e")
+_STATS = ("mean", "p50", "p90", "p95", "p99")
+_SCALARS = {
+    "completed": "completed",
+    "failed": "failed",
+    "error_rate": "error_rate",
+    "request_throughput": "request_s",
+    "output_throughput": "output_tok_s",
+    "total_token_throughput": "total_tok_s",
+    "output_throughput_per_gpu": "output_tok_s_per_gpu",
+    "interactivity": "tok_s_per_user",
+    "duration": "duration_s",
+}
+
+
+def _summary_key(metric: str, stat: str, compat: str) -> str:
+    e2e = "e2e_latency" if compat == "sglang" else "e2el"
+    name = e2e if metric == "e2e" else metric
+    return f"{'median' if stat == 'p50' else stat}_{name}_ms"
+
+
+def properties(document: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """``(name, value)`` pairs for one ``llmperf.run()`` (a result document); missing values are left out."""
+    summary: Mapping[str, Any] = document.get("summary") or {}
+    compat = str(summary.get("compat_mode") or "vllm")
+    out: list[tuple[str, Any]] = [("llmperf.runs", len(document.get("runs") or [summary]))]
+    for metric in _LATENCY:
+        for stat in _STATS:
+            value = summary.get(_summary_key(metric, stat, compat))
+            if value is not None:
+                out.append((f"llmperf.{metric}_ms.{stat}", round(float(value), 4)))
+    for key, name in _SCALARS.items():
+        value = summary.get(key)
+        if value is not None:
+            out.append((f"llmperf.{name}", round(float(value), 4)))
+    verdict = document.get("verdict") or {}
+    if verdict:
+        out.append(("llmperf.verdict", verdict.get("status")))
+    for m in verdict.get("metrics", ()):
+        for field, label in (("baseline_value", "baseline"), ("candidate_value", "measured"), ("estimate", "ratio")):
+            if m.get(field) is not None:
+                out.append((f"llmperf.{m['name']}.{label}", round(float(m[field]), 4)))
+        out.append((f"llmperf.{m['name']}.verdict", m["status"]))
+    for slo in document.get("slos", ()):
+        out.append((f"llmperf.slo.{slo['name']}.limit", slo["limit"]))
+        if slo.get("measured") is not None:
+            out.append((f"llmperf.slo.{slo['name']}.measured", round(float(slo["measured"]), 4)))
+        out.append((f"llmperf.slo.{slo['name']}.status", "ok" if slo["passed"] else "breach"))
+    return out
