@@ -345,32 +345,15 @@ class LLMPerfSession:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or not self.results:
             return
+        from pytest_llmperf.report import terminal
+
         tr = terminalreporter
         tr.write_sep("=", "llmperf results")
-        endpoint = self.results[0].get("endpoint") or self.endpoint_info or {}
-        tr.write_line(
-            f"pair {self.pair} · {endpoint.get('engine', 'unknown')} {endpoint.get('engine_version') or ''} · "
-            f"model {endpoint.get('model', '?')} · {endpoint.get('url', '?')}"
+        lines = terminal.render(
+            self.results, pair=self.pair, endpoint=self.endpoint_info, verbose=self.config.get_verbosity()
         )
-        header = (
-            f"{'test':<44} {'runs':>4} {'ok/fail':>8} {'TTFT p50':>9} {'TPOT p50':>9} {'E2E p50':>9} "
-            f"{'out tok/s':>10}  verdict"
-        )
-        tr.write_line(header)
-        for r in self.results:
-            s = r.get("summary", {})
-            verdict = (r.get("verdict") or {}).get("status", "-")
-            if r.get("slo_breached"):
-                verdict = "SLO BREACH" if r.get("slo_gating", True) else f"{verdict}, SLO missed (reported)"
-            tr.write_line(
-                f"{_short(r['nodeid'], 44):<44} {len(r.get('runs', [])) or 1:>4} {_ok_fail(s):>8} "
-                f"{_ms(s.get('median_ttft_ms')):>9} {_ms(s.get('median_tpot_ms')):>9} "
-                f"{_ms(s.get('median_e2el_ms')):>9} {_num(s.get('output_throughput')):>10}  {verdict}"
-            )
-            if s.get("client_bound"):
-                tr.write_line(f"  warning: client-bound run: {'; '.join(s.get('client_reasons', []))}")
-            for warning in (s.get("validity") or {}).get("warnings", []):
-                tr.write_line(f"  warning: {warning}")
+        for text, markup in lines:
+            tr.write_line(text, **markup)
         for line in self.holm_lines:
             tr.write_line(line, red=True)
         if self.update_lines:
@@ -396,6 +379,12 @@ class LLMPerfSession:
         if self.settings.json_path is not None:
             document = {"pair": self.pair, "endpoint": self.endpoint_info, "results": self.results}
             write_json_atomic(self.settings.json_path, document)
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if step_summary and self.results:
+            from pytest_llmperf.report.markdown import step_summary as render_step_summary
+
+            with open(step_summary, "a", encoding="utf-8") as handle:
+                handle.write(render_step_summary(self.results, pair=self.pair, endpoint=self.endpoint_info))
 
 
 def write_json_atomic(path: Path, document: Any) -> None:
@@ -415,19 +404,3 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     return value
-
-
-def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1) :]
-
-
-def _ok_fail(summary: dict[str, Any]) -> str:
-    return f"{summary.get('completed', 0)}/{summary.get('failed', 0)}"
-
-
-def _ms(value: Any) -> str:
-    return "—" if value is None else f"{value:.1f}ms"
-
-
-def _num(value: Any) -> str:
-    return "—" if value is None else f"{value:.1f}"
