@@ -158,3 +158,34 @@ def test_inconclusive_policy(pytester: pytest.Pytester, sim: str, policy: str, o
     assert document["results"][0]["verdict"]["status"] == "INCONCLUSIVE"
     if policy == "warn":
         result.stdout.fnmatch_lines(["*LLMPerfInconclusive*"])
+
+
+def test_summary_puts_regressions_first_and_writes_the_step_summary(
+    pytester: pytest.Pytester, sim: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(
+        test_decode=PERF_TEST
+        + """
+
+@pytest.mark.perf(input_len=8, output_len=4, num_prompts=4, tpot_p50_ms=0.001)
+def test_breach(llmperf):
+    llmperf.run()
+"""
+    )
+    step_summary = pytester.path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
+    result, _ = run(pytester, sim, "-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*llmperf results*",
+            "pair cpu-default*",
+            "test*load*runs*verdict",
+            "*test_breach*SLO BREACH",
+            "*test_decode*NO_BASELINE",
+        ]
+    )
+    text = step_summary.read_text()
+    assert "| test | runs |" in text
+    assert "`test_decode.py::test_breach` | 1 |" in text
+    assert "**SLO BREACH**" in text
