@@ -11,6 +11,7 @@ import pytest
 from pytest_llmperf.errors import BaselineError, LLMPerfError, RunInterrupted
 from pytest_llmperf.markers import build_spec, merge, scale_spec
 from pytest_llmperf.report.junit import properties
+from pytest_llmperf.report.progress import LiveProgress
 from pytest_llmperf.session import RESULTS_KEY, LLMPerfSession
 from pytest_llmperf.spec import Endpoint
 
@@ -106,8 +107,9 @@ class LLMPerf:
 
         with self._session.measurement_slot() as slot:
             before = servermetrics.scrape(self.endpoint)
+            progress = self._progress()
             try:
-                result = runner.measure(spec.workload, self.endpoint, context)
+                result = runner.measure(spec.workload, self.endpoint, context, progress=progress)
             except RunInterrupted as interrupted:
                 # Ctrl-C skips the call report, so hand the partial result to the session directly.
                 partial = runner.summarize(interrupted.partial, self.endpoint)
@@ -115,11 +117,26 @@ class LLMPerf:
                     {"nodeid": self._item.nodeid, "outcome": "interrupted", **self._document(partial)}
                 )
                 raise
+            finally:
+                if progress is not None:
+                    progress.close()
             after = servermetrics.scrape(self.endpoint) if before is not None else None
         result.summary["measurement_lock_wait_s"] = slot["wait_s"]
         if before is not None and after is not None:
             result.summary["server_metrics"] = servermetrics.deltas(before, after)
         return result
+
+    def _progress(self) -> LiveProgress | None:
+        """Live progress on a terminal (never on xdist workers, whose output goes to the controller)."""
+        setting = self._session.settings.progress
+        config = self._item.config
+        terminal = config.pluginmanager.getplugin("terminalreporter")
+        capture = config.pluginmanager.getplugin("capturemanager")
+        if setting == "off" or self._session.is_worker or terminal is None or capture is None:
+            return None
+        if setting == "auto" and not terminal.isatty:
+            return None
+        return LiveProgress(terminal, capture, self._item.name)
 
     def _document(self, result: Result) -> dict[str, Any]:
         return {**result.as_dict(), "endpoint": self.endpoint.public_dict()}

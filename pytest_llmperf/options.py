@@ -38,6 +38,7 @@ class Settings:
     tolerance: float | None
     repeats: int | None
     scale: float | None  # None: auto
+    progress: str
 
     def __repr__(self) -> str:  # never show the key
         return f"Settings(endpoint={self.endpoint!r}, server={self.server!r}, model={self.model!r}, ...)"
@@ -59,6 +60,7 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("inconclusive", "fail|warn|skip", "What an inconclusive verdict does to its test. Default: warn"),
     ("tolerance", "FRACTION", "Tolerance of every gating metric, e.g. 0.05 for five percent. Default: per metric"),
     ("repeats", "N", "Most runs per perf test while its verdict is open. Default: 5"),
+    ("progress", "auto|on|off", "Live progress of each run. Default: auto, on a terminal only"),
     (
         "scale",
         "auto|FACTOR",
@@ -136,6 +138,9 @@ def resolve(config: pytest.Config) -> Settings:
     if repeats_text is not None and (not repeats_text.isdigit() or int(repeats_text) < 1):
         raise pytest.UsageError(f"--llmperf-repeats={repeats_text!r}: expected a whole number >= 1")
     baselines = _get(config, "baselines") or "baselines"
+    progress = _get(config, "progress") or "auto"
+    if progress not in ("auto", "on", "off"):
+        raise pytest.UsageError(f"--llmperf-progress={progress!r}: expected auto, on or off")
     scale_text = _get(config, "scale") or "auto"
     scale = None
     if scale_text != "auto":
@@ -159,6 +164,7 @@ def resolve(config: pytest.Config) -> Settings:
         tolerance=tolerance,
         repeats=int(repeats_text) if repeats_text else None,
         scale=scale,
+        progress=progress,
     )
 
 

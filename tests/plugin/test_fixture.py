@@ -190,3 +190,13 @@ def test_ctrl_c_stops_promptly_and_keeps_what_was_measured(tmp_path: Path, start
     document = json.loads(out.read_text())
     (result,) = document["results"]
     assert result["summary"]["interrupted"] is True
+
+
+def test_live_progress_on_request_and_quiet_otherwise(pytester: pytest.Pytester, sim_url: str) -> None:
+    pytester.makepyfile(USER_TEST)
+    shown = pytester.runpytest(f"--llmperf-endpoint={sim_url}", "--llmperf-progress=on")
+    shown.assert_outcomes(passed=2)
+    assert "test_latency: 12/12 requests" in shown.stdout.str()
+    quiet = pytester.runpytest(f"--llmperf-endpoint={sim_url}")  # not a terminal: auto stays quiet
+    quiet.assert_outcomes(passed=2)
+    assert "requests ·" not in quiet.stdout.str()
