@@ -392,6 +392,9 @@ def write_json_atomic(path: Path, document: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(jsonable(document), handle, indent=1, allow_nan=False, default=str)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).parents[2] / "examples"
+ROOT = Path(__file__).parents[2]
+EXAMPLES = ROOT / "examples"
+BASELINES = ROOT / "baselines" / "cpu-default" / "examples"
 
 pytestmark = pytest.mark.usefixtures("llamacpp")
 
@@ -31,6 +33,7 @@ def llama_servers() -> set[int]:
 
 def test_examples_run_against_the_embedded_engine(tmp_path: Path) -> None:
     shutil.copytree(EXAMPLES, tmp_path / "examples")
+    shutil.copytree(BASELINES, tmp_path / "baselines" / "cpu-default" / "examples")
     before = llama_servers()
     out = tmp_path / "r.json"
     done = subprocess.run(
@@ -47,4 +50,6 @@ def test_examples_run_against_the_embedded_engine(tmp_path: Path) -> None:
     document = json.loads(out.read_text())
     assert document["endpoint"]["engine"] == "llama.cpp"
     assert {r["outcome"] for r in document["results"]} == {"passed"}
+    # The committed baselines of the embedded pair are read and judged (never "no baseline").
+    assert {r["verdict"]["status"] for r in document["results"]} <= {"PASS", "INCONCLUSIVE", "IMPROVEMENT"}
     assert llama_servers() <= before  # the server it started is gone
