@@ -1,0 +1,471 @@
+"""Capacity at an SLO: the largest concurrency a sweep serves within a latency contract, and users per GPU.
+
+A *sweep* is a set of results that differ only in how many users load the server: the same test function
+(the node id without its parametrization) and the same workload once the concurrency and the fields that
+only size the sample (``num_prompts``, ``warmup``, ``duration_s``, ``seed``, ``repeats``, ``tolerance``)
+are left out. Published sweeps send ten requests per user (``num_prompts = 10·concurrency``), so keeping
+``num_prompts`` in the key would split every such sweep into single points.
+
+For an SLO such as ``e2e_p50_ms=15000`` the capacity is read off the measured curve of that statistic
+against concurrency, in order of increasing concurrency: the points up to the first one that breaches the
+limit meet it, and the capacity is interpolated linearly between the last point that meets it and the first
+that does not. A point's value is the median of its runs' values (the run is the unit of replication, as in
+the verdicts). When every point meets the limit the capacity is the largest measured concurrency and is only
+a lower bound; when the smallest measured concurrency already breaches it the capacity is 0 ("none").
+
+Users per GPU = capacity / GPU count; it is omitted (``None``) when the GPU count is unknown, never 0.
+Between two pairs (say GB200 NVFP4 and H200 FP8) the per-GPU ratio says how many more users each GPU of the
+first serves within the same SLO.
+
+Pure: no I/O, no pytest, no numpy; inputs are the JSON result documents (``--llmperf-json``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "SAMPLE_SIZE_FIELDS",
+    "Capacity",
+    "CapacityRatio",
+    "PairComparison",
+    "Sweep",
+    "SweepPoint",
+    "base_nodeid",
+    "capacity_at_slo",
+    "capacity_slo_names",
+    "compare_capacity",
+    "compare_documents",
+    "group_sweeps",
+    "point_along",
+    "sweep_capacities",
+    "sweeps_of",
+]
+
+# Workload fields that change how large the sample is, not what load the server sees.
+SAMPLE_SIZE_FIELDS: frozenset[str] = frozenset(
+    {"concurrency", "seed", "num_prompts", "warmup", "duration_s", "repeats", "tolerance"}
+)
+
+_LATENCY_SLO = re.compile(r"^(ttft|tpot|itl|e2e)_(mean|p\d+(?:\.\d+)?)_ms$")
+# SLOs whose measured value degrades as users are added: latency maxima and the per-user token rate minimum.
+_PER_USER_SLOS: dict[str, str] = {"tok_s_per_user": "interactivity"}
+
+Status = Literal["met", "lower_bound", "none"]
+Basis = Literal["interpolated", "measured"]
+Bound = Literal["exact", "at_least", "at_most", "unknown"]
+
+
+def base_nodeid(nodeid: str) -> str:
+    """The node id without its parametrization: ``a.py::test_x[8-fp8]`` → ``a.py::test_x``.
+
+    Class and function names are identifiers, so the first ``[`` after the file path starts the parameters.
+    """
+    path, sep, rest = nodeid.partition("::")
+    if not sep:
+        return nodeid.partition("[")[0]
+    return path + sep + rest.partition("[")[0]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _concurrency(result: Mapping[str, Any]) -> int | None:
+    value = (result.get("workload") or {}).get("concurrency")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+
+def _gpu_count(result: Mapping[str, Any]) -> int | None:
+    for source in (result.get("summary") or {}, result.get("endpoint") or {}):
+        value = source.get("gpu_count")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    """One measured concurrency of a sweep; ``results`` holds more than one result when a test measured the
+    same concurrency twice (their runs are pooled)."""
+
+    concurrency: int
+    results: tuple[Mapping[str, Any], ...]
+
+    @property
+    def nodeids(self) -> tuple[str, ...]:
+        return tuple(str(r.get("nodeid", "")) for r in self.results)
+
+    def run_summaries(self) -> list[Mapping[str, Any]]:
+        """Every run of every result at this point (the result's ``summary`` when it lists no runs)."""
+        runs: list[Mapping[str, Any]] = []
+        for result in self.results:
+            listed = [r for r in result.get("runs") or () if isinstance(r, Mapping)]
+            runs.extend(listed or [result.get("summary") or {}])
+        return runs
+
+    def value(self, key: str) -> float | None:
+        """Median over the runs of summary ``key``; ``None`` when no run measured it."""
+        values = [float(run[key]) for run in self.run_summaries() if _is_number(run.get(key))]
+        return statistics.median(values) if values else None
+
+    def baseline_value(self, key: str) -> float | None:
+        """Median over the baseline runs recorded for this point; ``None`` without a baseline."""
+        values = []
+        for result in self.results:
+            for run in (result.get("baseline") or {}).get("runs") or ():
+                if isinstance(run, Mapping) and _is_number(run.get(key)):
+                    values.append(float(run[key]))
+        return statistics.median(values) if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """Results of one test function and workload at several concurrencies, in increasing concurrency."""
+
+    test: str
+    workload: Mapping[str, Any]
+    points: tuple[SweepPoint, ...]
+    gpu_count: int | None
+    key: str = field(default="")
+
+    @property
+    def concurrencies(self) -> tuple[int, ...]:
+        return tuple(p.concurrency for p in self.points)
+
+    @property
+    def results(self) -> tuple[Mapping[str, Any], ...]:
+        return tuple(r for p in self.points for r in p.results)
+
+
+def _workload_key(workload: Mapping[str, Any]) -> str:
+    kept = {k: v for k, v in workload.items() if k not in SAMPLE_SIZE_FIELDS}
+    return json.dumps(kept, sort_keys=True, default=str, ensure_ascii=True)
+
+
+def group_sweeps(
+    results: Iterable[Mapping[str, Any]], *, gpu_count: int | None = None, min_points: int = 2
+) -> list[Sweep]:
+    """Group results into sweeps (see the module docstring), in the order their first result appears.
+
+    Only results with a concurrency (closed-loop load) take part; interrupted results are left out, since
+    they measured a partial run. Groups with fewer than ``min_points`` distinct concurrencies are dropped.
+    ``gpu_count`` is the fallback when the results themselves do not say (e.g. the document's endpoint); a
+    sweep whose points disagree on it has an unknown GPU count.
+    """
+    groups: dict[str, tuple[str, Mapping[str, Any], dict[int, list[Mapping[str, Any]]]]] = {}
+    for result in results:
+        concurrency = _concurrency(result)
+        if concurrency is None or result.get("outcome") == "interrupted":
+            continue
+        test = base_nodeid(str(result.get("nodeid", "")))
+        workload = result.get("workload") or {}
+        key = test + "\x00" + _workload_key(workload)
+        if key not in groups:
+            shown = {k: v for k, v in workload.items() if k not in SAMPLE_SIZE_FIELDS}
+            groups[key] = (test, shown, {})
+        groups[key][2].setdefault(concurrency, []).append(result)
+    sweeps = []
+    for key, (test, workload, by_concurrency) in groups.items():
+        if len(by_concurrency) < min_points:
+            continue
+        points = tuple(SweepPoint(c, tuple(by_concurrency[c])) for c in sorted(by_concurrency))
+        counts = {n for p in points for r in p.results if (n := _gpu_count(r)) is not None}
+        gpus = counts.pop() if len(counts) == 1 else (gpu_count if not counts else None)
+        sweeps.append(Sweep(test, workload, points, gpus, key))
+    return sweeps
+
+
+def sweeps_of(document: Mapping[str, Any], *, min_points: int = 2) -> list[Sweep]:
+    """The sweeps of a session document (``--llmperf-json``), with the endpoint's GPU count as the fallback."""
+    endpoint = document.get("endpoint") or {}
+    fallback = endpoint.get("gpu_count")
+    valid = isinstance(fallback, int) and not isinstance(fallback, bool) and fallback >= 1
+    return group_sweeps(document.get("results") or (), gpu_count=fallback if valid else None, min_points=min_points)
+
+
+def _summary_key(name: str) -> str | None:
+    """The vLLM-mode summary key an SLO reads (``e2e_p50_ms`` → ``median_e2el_ms``); None if not capacity-like."""
+    if name in _PER_USER_SLOS:
+        return _PER_USER_SLOS[name]
+    match = _LATENCY_SLO.match(name)
+    if match is None:
+        return None
+    metric, stat = match.groups()
+    return f"{'median' if stat == 'p50' else stat}_{'e2el' if metric == 'e2e' else metric}_ms"
+
+
+def _slo_entries(sweep: Sweep) -> dict[str, Mapping[str, Any]]:
+    """SLO name → its entry as the results report it (the first result that has it)."""
+    found: dict[str, Mapping[str, Any]] = {}
+    for result in sweep.results:
+        for slo in result.get("slos") or ():
+            name = str(slo.get("name", ""))
+            if name and name not in found and _summary_key(name) is not None and _is_number(slo.get("limit")):
+                found[name] = slo
+    return found
+
+
+def capacity_slo_names(sweep: Sweep) -> list[str]:
+    """The SLOs of a sweep a capacity can be read for: latency maxima and ``tok_s_per_user``."""
+    return list(_slo_entries(sweep))
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """The largest concurrency of a sweep that meets one SLO.
+
+    ``concurrency`` is interpolated (0 when no point meets the SLO); ``measured_concurrency`` is the largest
+    measured point that meets it (None when none does); ``bracket`` is (last point that meets it, first that
+    does not) when the limit is crossed inside the sweep. ``status``: ``met`` (crossed inside the sweep),
+    ``lower_bound`` (every point meets it: the capacity is at least the largest measured concurrency) or
+    ``none``. ``non_monotonic``: a point beyond the first breach meets the SLO again (noise, or a sweep too
+    short to be trusted); the capacity stays at the first crossing.
+    """
+
+    slo: str
+    key: str
+    limit: float
+    kind: Literal["max", "min"]
+    status: Status
+    concurrency: float
+    measured_concurrency: int | None
+    bracket: tuple[int, int] | None
+    gpu_count: int | None
+    users_per_gpu: float | None
+    measured_users_per_gpu: float | None
+    points: tuple[tuple[int, float | None, bool], ...]
+    non_monotonic: bool = False
+    note: str = ""
+
+    @property
+    def lower_bound(self) -> bool:
+        return self.status == "lower_bound"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "slo": self.slo,
+            "key": self.key,
+            "limit": self.limit,
+            "kind": self.kind,
+            "status": self.status,
+            "concurrency": self.concurrency,
+            "measured_concurrency": self.measured_concurrency,
+            "bracket": list(self.bracket) if self.bracket else None,
+            "lower_bound": self.lower_bound,
+            "gpu_count": self.gpu_count,
+            "users_per_gpu": self.users_per_gpu,
+            "measured_users_per_gpu": self.measured_users_per_gpu,
+            "points": [list(p) for p in self.points],
+            "non_monotonic": self.non_monotonic,
+            "note": self.note,
+        }
+
+    def describe(self) -> str:
+        """One line for people: ``e2e_p50_ms ≤ 15000: up to c≈12.0 (c8 meets it, c16 does not) · 3 users/GPU``."""
+        op = "≤" if self.kind == "max" else "≥"
+        head = f"{self.slo} {op} {self.limit:g}"
+        if self.status == "none":
+            text = f"{head}: no measured concurrency meets it"
+        elif self.status == "lower_bound":
+            text = f"{head}: at least c{self.measured_concurrency} (every measured concurrency meets it)"
+        elif self.bracket is not None:
+            text = f"{head}: up to c≈{self.concurrency:.3g} (c{self.bracket[0]} meets it, c{self.bracket[1]} does not)"
+        else:
+            text = f"{head}: up to c{self.measured_concurrency}"
+        if self.users_per_gpu is not None:
+            prefix = "≥ " if self.lower_bound else ""
+            text += f" · {prefix}{self.users_per_gpu:.3g} users/GPU ({self.gpu_count} GPUs)"
+        else:
+            text += " · users/GPU unknown (no GPU count)"
+        if self.non_monotonic:
+            text += " · non-monotonic: a larger concurrency meets it again"
+        return text
+
+
+def _meets(value: float | None, limit: float, kind: str) -> bool:
+    if value is None:
+        return False  # not measured: a contract that cannot be checked is not met
+    return value <= limit if kind == "max" else value >= limit
+
+
+def capacity_at_slo(sweep: Sweep, slo: str, limit: float | None = None, *, gpu_count: int | None = None) -> Capacity:
+    """The capacity of ``sweep`` at SLO ``slo`` (e.g. ``"e2e_p50_ms"``).
+
+    ``limit`` defaults to the limit the sweep's results carry for that SLO (ValueError when they carry none,
+    or when ``slo`` is not a latency SLO or ``tok_s_per_user``). ``gpu_count`` overrides the sweep's.
+    """
+    entry = _slo_entries(sweep).get(slo)
+    default_key = _summary_key(slo)
+    if default_key is None:
+        raise ValueError(
+            f"capacity needs a latency SLO (<metric>_<stat>_ms, metric in ttft/tpot/itl/e2e) or tok_s_per_user, "
+            f"not {slo!r}"
+        )
+    if limit is None:
+        if entry is None:
+            raise ValueError(f"no result of sweep {sweep.test} has SLO {slo!r}: pass its limit")
+        limit = float(entry["limit"])
+    if not (_is_number(limit) and limit > 0):
+        raise ValueError(f"SLO limit {limit!r} must be a finite number > 0")
+    key = str(entry.get("key") or default_key) if entry is not None else default_key
+    kind: Literal["max", "min"] = "min" if slo in _PER_USER_SLOS else "max"
+    gpus = gpu_count if gpu_count is not None else sweep.gpu_count
+
+    values = [(p.concurrency, p.value(key)) for p in sweep.points]
+    points = tuple((c, v, _meets(v, limit, kind)) for c, v in values)
+    first_breach = next((i for i, (_, _, ok) in enumerate(points) if not ok), None)
+    non_monotonic = first_breach is not None and any(ok for _, _, ok in points[first_breach + 1 :])
+    bracket: tuple[int, int] | None = None
+    note = ""
+    if not points:
+        status: Status = "none"
+        concurrency, measured = 0.0, None
+        note = "the sweep has no points"
+    elif first_breach is None:
+        status = "lower_bound"
+        measured = points[-1][0]
+        concurrency = float(measured)
+        note = f"every measured concurrency meets it; the capacity is at least c{measured}"
+    elif first_breach == 0:
+        status = "none"
+        concurrency, measured = 0.0, None
+        c0, v0, _ = points[0]
+        shown = "not measured" if v0 is None else f"{v0:.4g}"
+        note = f"the smallest measured concurrency c{c0} already breaches it ({shown})"
+    else:
+        status = "met"
+        c_ok, v_ok, _ = points[first_breach - 1]
+        c_bad, v_bad, _ = points[first_breach]
+        measured = c_ok
+        bracket = (c_ok, c_bad)
+        if v_ok is None or v_bad is None or v_bad == v_ok:
+            concurrency = float(c_ok)
+            note = f"c{c_bad} was not measured; no interpolation"
+        else:
+            concurrency = c_ok + (limit - v_ok) * (c_bad - c_ok) / (v_bad - v_ok)
+    users = None if gpus is None else concurrency / gpus
+    measured_users = None if gpus is None else (measured or 0) / gpus
+    return Capacity(
+        slo=slo,
+        key=key,
+        limit=float(limit),
+        kind=kind,
+        status=status,
+        concurrency=concurrency,
+        measured_concurrency=measured,
+        bracket=bracket,
+        gpu_count=gpus,
+        users_per_gpu=users,
+        measured_users_per_gpu=measured_users,
+        points=points,
+        non_monotonic=non_monotonic,
+        note=note,
+    )
+
+
+def sweep_capacities(sweep: Sweep) -> list[Capacity]:
+    """The capacity of ``sweep`` at each of its latency (and per-user rate) SLOs."""
+    return [capacity_at_slo(sweep, name) for name in capacity_slo_names(sweep)]
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityRatio:
+    """Users per GPU of pair ``a`` over pair ``b`` at the same SLO.
+
+    ``bound`` qualifies ``ratio``: ``exact`` when both capacities were bracketed, ``at_least`` when only
+    ``a`` is a lower bound, ``at_most`` when only ``b`` is, ``unknown`` when both are. ``ratio`` is None when
+    it cannot be computed (a GPU count unknown, or ``b`` meets the SLO nowhere); ``reason`` says why.
+    """
+
+    ratio: float | None
+    bound: Bound
+    basis: Basis
+    a_users_per_gpu: float | None
+    b_users_per_gpu: float | None
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ratio": self.ratio,
+            "bound": self.bound,
+            "basis": self.basis,
+            "a_users_per_gpu": self.a_users_per_gpu,
+            "b_users_per_gpu": self.b_users_per_gpu,
+            "reason": self.reason,
+        }
+
+
+_BOUNDS: dict[tuple[bool, bool], Bound] = {
+    (False, False): "exact",
+    (True, False): "at_least",
+    (False, True): "at_most",
+    (True, True): "unknown",
+}
+
+
+def compare_capacity(a: Capacity, b: Capacity, *, basis: Basis = "interpolated") -> CapacityRatio:
+    """How many times more users per GPU ``a`` serves than ``b`` within the SLO.
+
+    ``basis="measured"`` compares the largest measured concurrencies that meet the SLO (how published
+    comparisons state it: "meets 15 s up to 8 users"); ``"interpolated"`` compares the interpolated ones.
+    """
+    if (a.slo, a.limit, a.kind) != (b.slo, b.limit, b.kind):
+        raise ValueError(f"different SLOs: {a.slo} {a.limit:g} vs {b.slo} {b.limit:g}")
+    ua = a.users_per_gpu if basis == "interpolated" else a.measured_users_per_gpu
+    ub = b.users_per_gpu if basis == "interpolated" else b.measured_users_per_gpu
+    bound = _BOUNDS[(a.lower_bound, b.lower_bound)]
+    if ua is None or ub is None:
+        return CapacityRatio(None, "unknown", basis, ua, ub, "GPU count unknown, so users per GPU are unknown")
+    if ub == 0:
+        reason = "neither pair meets the SLO" if ua == 0 else "the second pair meets the SLO at no concurrency"
+        return CapacityRatio(None, "unknown", basis, ua, ub, reason)
+    return CapacityRatio(ua / ub, bound, basis, ua, ub)
+
+
+@dataclass(frozen=True, slots=True)
+class PairComparison:
+    """One sweep present in both documents, compared at one SLO."""
+
+    test: str
+    workload: Mapping[str, Any]
+    a: Capacity
+    b: Capacity
+    ratio: CapacityRatio
+
+
+def compare_documents(
+    a: Mapping[str, Any], b: Mapping[str, Any], *, basis: Basis = "interpolated"
+) -> list[PairComparison]:
+    """Compare two pairs' session documents sweep by sweep, at every SLO both carry with the same limit."""
+    b_sweeps = {s.key: s for s in sweeps_of(b)}
+    out = []
+    for sweep_a in sweeps_of(a):
+        sweep_b = b_sweeps.get(sweep_a.key)
+        if sweep_b is None:
+            continue
+        caps_b = {(c.slo, c.limit): c for c in sweep_capacities(sweep_b)}
+        for cap_a in sweep_capacities(sweep_a):
+            cap_b = caps_b.get((cap_a.slo, cap_a.limit))
+            if cap_b is not None:
+                ratio = compare_capacity(cap_a, cap_b, basis=basis)
+                out.append(PairComparison(sweep_a.test, sweep_a.workload, cap_a, cap_b, ratio))
+    return out
+
+
+def point_along(sweep_points: Sequence[tuple[int, float | None]], concurrency: float) -> float | None:
+    """Linear interpolation of a per-point value at a (fractional) concurrency; None outside or unmeasured."""
+    for (c0, v0), (c1, v1) in itertools.pairwise(sweep_points):
+        if c0 <= concurrency <= c1 and v0 is not None and v1 is not None:
+            return v0 if c1 == c0 else v0 + (v1 - v0) * (concurrency - c0) / (c1 - c0)
+    for c, v in sweep_points:
+        if c == concurrency:
+            return v
+    return None
