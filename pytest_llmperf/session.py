@@ -268,13 +268,19 @@ class LLMPerfSession:
         entry = self.store.load_entry(self.hardware_id, self.precision, module_path, test_name)
         if entry is None:
             where = f"{self.store.path_for(self.hardware_id, self.precision, module_path)}::{test_name}"
-            return BaselineView(where=where)
+            return BaselineView(where=self.relative(where))
         _, hard, soft = compare_fingerprint(entry, self.fingerprint(workload, endpoint), workload.as_dict())
         pooled: dict[str, list[float]] = {}
         for arrays in self.store.load_raw(entry).values():
             for name, values in arrays.items():
                 pooled.setdefault(name, []).extend(values)
-        return BaselineView(runs=entry.runs, where=entry.where, hard_diffs=hard, soft_diffs=soft, raw=pooled)
+        return BaselineView(
+            runs=entry.runs, where=self.relative(entry.where), hard_diffs=hard, soft_diffs=soft, raw=pooled
+        )
+
+    def relative(self, text: str) -> str:
+        """``text`` with paths under the rootdir shown relative to it, as users and reports know them."""
+        return text.replace(f"{self.config.rootpath}{os.sep}", "")
 
     def _apply_updates(self) -> bool:
         """Write the baseline runs the tests recorded (controller, once). False if any write failed."""
@@ -298,10 +304,10 @@ class LLMPerfSession:
                     workload=update["workload"],
                     force=self.settings.update == "force",
                 )
-                self.update_lines.append(change)
+                self.update_lines.append(self.relative(change))
             except (BaselineError, ValueError) as exc:
                 ok = False
-                self.update_lines.append(f"NOT WRITTEN: {exc}")
+                self.update_lines.append(self.relative(f"NOT WRITTEN: {exc}"))
         return ok
 
     def _session_holm(self) -> bool:

@@ -8,10 +8,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+# TTFT of a few milliseconds on a shared CI machine varies by several percent from run to run: it gets a
+# tolerance to match, as the README advises (δ ≈ 2.5 × noise); the other metrics keep the 5 % default.
 PERF_TEST = """
 import pytest
 
-@pytest.mark.perf(input_len=16, output_len=24, num_prompts=16, concurrency=4, repeats=5, e2e_p50_ms=60000)
+@pytest.mark.perf(input_len=16, output_len=24, num_prompts=16, concurrency=4, repeats=5, e2e_p50_ms=60000,
+                  tolerance={"ttft_p50": 0.15})
 def test_decode(llmperf):
     llmperf.run()
 """
@@ -149,7 +152,9 @@ def test_corrupt_baseline_names_file_and_entry_and_is_left_alone(pytester: pytes
 def test_inconclusive_policy(pytester: pytest.Pytester, sim: str, policy: str, outcome: str) -> None:
     # One baseline run and one candidate run, 15 % slower per token with δ = 10 %: too slow to pass, not the
     # gross effect (≥ 3 × δ on the log scale) that a single baseline run would need for a regression.
-    pytester.makepyfile(test_decode=PERF_TEST.replace("repeats=5", "repeats=1, tolerance=0.1"))
+    pytester.makepyfile(
+        test_decode=PERF_TEST.replace("repeats=5", "repeats=1").replace('tolerance={"ttft_p50": 0.15}', "tolerance=0.1")
+    )
     run(pytester, sim, "--llmperf-update")[0].assert_outcomes(passed=1)
     httpx.post(f"{sim}/sim/config", json={"slowdown_per_token_pct": 15}, timeout=10).raise_for_status()
     # The suite turns warnings into errors; let this one through as a user's run would.
