@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class Settings:
     hardware: str | None
     precision: str | None
     json_path: Path | None
+    report_path: Path | None
     gpus: int | None
     profiles_path: Path | None
     baselines: Path
@@ -54,6 +56,7 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("hardware", "ID", "Hardware id of the baseline pair, e.g. h200x8. Default: detected"),
     ("precision", "ID", "Precision id of the baseline pair, e.g. fp8"),
     ("json", "PATH", "Write the session's results as JSON to PATH"),
+    ("report", "PATH", "Write a self-contained HTML report with plots to PATH"),
     ("gpus", "N", "GPUs behind the endpoint, for per-GPU throughput. Default: the profile's, else unknown"),
     ("profiles", "PATH", "YAML file of your own server profiles (see the README)"),
     ("baselines", "DIR", "Baseline root. Default: baselines/ under the rootdir"),
@@ -155,7 +158,8 @@ def resolve(config: pytest.Config) -> Settings:
         ready_timeout_s=ready_timeout_s,
         hardware=_get(config, "hardware"),
         precision=_get(config, "precision"),
-        json_path=Path(json_path) if json_path else None,
+        json_path=_writable(config, "json", json_path),
+        report_path=_writable(config, "report", _get(config, "report")),
         gpus=gpus,
         profiles_path=config.rootpath / profiles_path if profiles_path else None,
         baselines=config.rootpath / baselines,
@@ -166,6 +170,26 @@ def resolve(config: pytest.Config) -> Settings:
         scale=scale,
         progress=progress,
     )
+
+
+def _writable(config: pytest.Config, name: str, text: str | None) -> Path | None:
+    """``text`` as an output path, checked now, before any load is spent: its directory must take a new file."""
+    if text is None:
+        return None
+    path = Path(text)
+    if hasattr(config, "workerinput"):
+        return path  # only the controller writes; it checked already
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".check"):
+            pass
+    except OSError as exc:
+        raise pytest.UsageError(
+            f"--llmperf-{name}={text!r}: cannot write there ({exc.strerror or exc}); choose a writable path"
+        ) from None
+    if path.is_dir():
+        raise pytest.UsageError(f"--llmperf-{name}={text!r} is a directory; give a file name")
+    return path
 
 
 def _number(config: pytest.Config, name: str, *, low: float, high: float) -> float | None:

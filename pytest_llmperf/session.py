@@ -382,9 +382,13 @@ class LLMPerfSession:
             failed |= self._session_holm()
         if failed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        document = {"pair": self.pair, "endpoint": self.endpoint_info, "results": self.results}
         if self.settings.json_path is not None:
-            document = {"pair": self.pair, "endpoint": self.endpoint_info, "results": self.results}
             write_json_atomic(self.settings.json_path, document)
+        if self.settings.report_path is not None:
+            from pytest_llmperf.report.html import write_html
+
+            write_html(self.settings.report_path, jsonable(document))
         step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if step_summary and self.results:
             from pytest_llmperf.report.markdown import step_summary as render_step_summary

@@ -200,3 +200,24 @@ def test_live_progress_on_request_and_quiet_otherwise(pytester: pytest.Pytester,
     quiet = pytester.runpytest(f"--llmperf-endpoint={sim_url}")  # not a terminal: auto stays quiet
     quiet.assert_outcomes(passed=2)
     assert "requests ·" not in quiet.stdout.str()
+
+
+def test_html_report_is_written(pytester: pytest.Pytester, sim_url: str) -> None:
+    pytester.makepyfile(USER_TEST)
+    report = pytester.path / "out" / "r.html"
+    result = pytester.runpytest(f"--llmperf-endpoint={sim_url}", f"--llmperf-report={report}")
+    result.assert_outcomes(passed=2)
+    html = report.read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    assert "<svg" in html
+    assert "test_latency" in html
+
+
+@pytest.mark.parametrize("option", ["--llmperf-report", "--llmperf-json"])
+def test_unwritable_output_path_fails_at_start_up(pytester: pytest.Pytester, option: str) -> None:
+    pytester.makepyfile(USER_TEST)
+    (pytester.path / "a-file").write_text("")
+    result = pytester.runpytest("--llmperf-endpoint=http://127.0.0.1:9", f"{option}=a-file/r.out")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{option}='a-file/r.out': cannot write there*"])
+    assert "collected" not in result.stdout.str()  # before collection, so before any load

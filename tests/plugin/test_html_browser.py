@@ -3,7 +3,7 @@
 Chromium is driven over the DevTools protocol through ``--remote-debugging-pipe`` (NUL-separated JSON on file
 descriptors 3 and 4): standard library only, no port, no WebDriver, nothing downloaded. Chromium comes from the
 system (Debian: ``apt-get install chromium``); ``LLMPERF_CHROMIUM`` names another binary. Without one the tests
-skip, unless ``LLMPERF_REQUIRE_BROWSER=1``, when they fail (CI sets it so a missing browser cannot go unseen).
+fail, so a missing browser cannot go unseen, unless ``LLMPERF_SKIP_BROWSER=1`` makes them skip.
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ def chromium_binary() -> str:
             f"LLMPERF_CHROMIUM={explicit!r} is not an executable" if explicit else "none of " + ", ".join(BROWSER_NAMES)
         )
         message = f"no Chromium binary found ({where} on PATH); install it with: apt-get install -y chromium"
-        if os.environ.get("LLMPERF_REQUIRE_BROWSER") == "1":
-            pytest.fail(message + " (LLMPERF_REQUIRE_BROWSER=1 makes this a failure)", pytrace=False)
-        pytest.skip(message)
+        if os.environ.get("LLMPERF_SKIP_BROWSER"):
+            pytest.skip(message)
+        pytest.fail(message + " (or set LLMPERF_SKIP_BROWSER=1 to skip the browser tests)", pytrace=False)
     return binary
 
 
