@@ -18,6 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("client_capacity.py", "| scenario | variant | runs | events | client µs/event |"),
         ("fidelity.py", "| conc | metric | n | meas p50 | intended p50 |"),
     ],
+    ids=["client_capacity", "fidelity"],
 )
 def test_quick_run_prints_its_table(script: str, header: str, tmp_path: Path) -> None:
     results = sorted((BENCHMARKS / "results").glob("*.md"))

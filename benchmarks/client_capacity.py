@@ -1,0 +1,717 @@
+"""Client capacity: how much CPU the load generator spends per streamed event, and whether it keeps up.
+
+Two scenarios against the simulator (``python -m pytest_llmperf.sim``), client and server each pinned to
+their own core:
+
+- (a) one event per read: concurrency 256, a decode step every 10 ms, so each connection receives one small
+  chunk per step; target <= 25 µs of client CPU per event and no falling behind the server's schedule;
+- (b) bursty: zero decode delay, concurrency 64, the server writes as fast as it can and each read carries
+  several events; target <= 10 µs per event.
+
+Client CPU per event = process CPU time (user + system) of the client over the measured window, as the load
+generator's own ``ClientCheck.client_cpu_s`` reports it, divided by the output events received. Each run
+happens in a fresh child process (so a variant without uvloop or orjson can hide the module before the load
+generator is imported); the child joins its records with the simulator's ``GET /sim/requests`` by id to
+compare what arrived with what the server intended. Both processes read ``time.perf_counter()``
+(CLOCK_MONOTONIC on Linux), so client and server times are directly comparable.
+
+    python benchmarks/client_capacity.py            # full run (a few minutes); writes results/client_capacity.md
+    python benchmarks/client_capacity.py --quick    # smoke run, seconds; writes no results file
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS_PATH = Path(__file__).resolve().parent / "results" / "client_capacity.md"
+READY_PREFIX = "LLMPERF_SIM_READY "
+TABLE_HEADER = (
+    "| scenario | variant | runs | events | client µs/event | target | verdict | received ev/s | intended ev/s "
+    "| recv/intended | ITL p50 ms meas / intended | lag p99 ms | ev/read | loop lag p50/p99 ms | client CPU "
+    "| client-bound |"
+)
+# Variants: which optional speed-ups the child hides from the load generator before importing it.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "installed": (),
+    "no-uvloop": ("uvloop",),
+    "no-orjson": ("orjson",),
+    "no-uvloop+no-orjson": ("uvloop", "orjson"),
+}
+# "No falling behind" (scenario a): the client receives the intended events at the intended rate, its ITL
+# median matches the intended step, and 99% of events arrive before the next step is due.
+KEEP_UP_RATE = 0.99
+KEEP_UP_ITL_REL = 0.02
+# Other processes on the pinned cores distort every figure: each run records their load just before it.
+QUIET_LIMIT = 0.10
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    concurrency: int
+    input_len: int
+    output_len: int
+    num_prompts: int
+    target_us: float
+    sim_args: tuple[str, ...]
+    step_ms: float | None  # the intended decode step, when there is one
+
+    def workload_text(self) -> str:
+        return (
+            f"concurrency {self.concurrency}, {self.num_prompts} prompts × {self.output_len} output tokens "
+            f"(input {self.input_len}), simulator `{' '.join(self.sim_args)}`"
+        )
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    a_args = ("--decode-ms", "10", "--decode-ms-per-seq", "0", "--max-batch", "256")
+    b_args = ("--decode-ms", "0", "--decode-ms-per-seq", "0", "--max-batch", "64")
+    if quick:
+        return [
+            Scenario("a", "one event per read", 64, 32, 50, 64, 25.0, a_args, 10.0),
+            Scenario("b", "bursty", 16, 32, 200, 32, 10.0, b_args, None),
+        ]
+    # (a): two waves of 256 requests × 500 tokens at 10 ms per step ≈ 10 s; (b): 128 × 2000 = 256k events.
+    return [
+        Scenario("a", "one event per read", 256, 32, 500, 512, 25.0, a_args, 10.0),
+        Scenario("b", "bursty", 64, 32, 2000, 128, 10.0, b_args, None),
+    ]
+
+
+# --- machine and processes ---------------------------------------------------------------------------------
+
+
+def usable_cores() -> list[int]:
+    """The cores this process may run on (Linux; elsewhere nothing is pinned)."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    return sorted(getaffinity(0)) if getaffinity is not None else []
+
+
+def pin_to(core: int | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that pins the child to ``core`` (None: leave it unpinned)."""
+    setaffinity = getattr(os, "sched_setaffinity", None)
+    if core is None or setaffinity is None:
+        return None
+
+    def pin() -> None:
+        setaffinity(0, {core})
+
+    return pin
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def module_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str:
+    """The checkout's commit, noting uncommitted changes to the package (they are what was measured)."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=here
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "pytest_llmperf"], cwd=here.parent).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" with uncommitted changes in pytest_llmperf/" if dirty else "")
+
+
+def machine_info(client_core: int | None, server_core: int | None) -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "aiohttp": module_version("aiohttp"),
+        "uvloop": module_version("uvloop"),
+        "orjson": module_version("orjson"),
+        "client_core": client_core,
+        "server_core": server_core,
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+@contextmanager
+def simulator(args: Sequence[str], core: int | None) -> Iterator[tuple[str, int]]:
+    """Start ``python -m pytest_llmperf.sim`` pinned to ``core``; yield its URL and pid; stop it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest_llmperf.sim", "--host", "127.0.0.1", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=pin_to(core),
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith(READY_PREFIX):
+            raise RuntimeError(f"the simulator did not start (exit code {proc.poll()}, said {line!r})")
+        yield line[len(READY_PREFIX) :].strip(), proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def http_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def core_busy_ticks(core: int | None) -> tuple[int, int] | None:
+    """(busy, total) jiffies of one core from /proc/stat."""
+    if core is None:
+        return None
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith(f"cpu{core} "):
+                fields = [int(x) for x in line.split()[1:]]
+                idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+                return sum(fields) - idle, sum(fields)
+    except OSError:
+        pass
+    return None
+
+
+def busy_fraction(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def background_busy(cores: Sequence[int | None], seconds: float = 0.5) -> list[float | None]:
+    """Busy fraction of each core over ``seconds`` while we are idle: other processes' load."""
+    before = [core_busy_ticks(c) for c in cores]
+    time.sleep(seconds)
+    return [busy_fraction(b, core_busy_ticks(c)) for b, c in zip(before, cores, strict=True)]
+
+
+def wait_until_quiet(cores: Sequence[int | None], limit: float, timeout_s: float) -> list[float | None]:
+    """Sample the cores' background load until every core is below ``limit`` or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        busy = background_busy(cores)
+        if all(b is None or b < limit for b in busy) or time.monotonic() >= deadline:
+            return busy
+
+
+def foreign_load(core_busy: float | None, own_fraction: float | None) -> float | None:
+    """Busy fraction of a pinned core not explained by the process pinned there: other processes' load."""
+    if core_busy is None or own_fraction is None:
+        return None
+    return max(0.0, core_busy - own_fraction)
+
+
+def disturbed(result: dict[str, Any]) -> bool:
+    """Did other processes load either pinned core during the run?"""
+    loads = (result.get("foreign_client_core"), result.get("foreign_server_core"))
+    return any(x is not None and x >= QUIET_LIMIT for x in loads)
+
+
+def process_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of another process, from /proc/<pid>/stat."""
+    if pid is None:
+        return None
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- one run (child process) ---------------------------------------------------------------------------------
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else math.nan
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one load episode and measure it; ``spec`` comes from the parent as JSON."""
+    for name in spec["hide"]:
+        sys.modules[name] = None  # type: ignore[assignment]  # documented: the next import raises ImportError
+    from pytest_llmperf import loadgen
+    from pytest_llmperf.datasets import PromptContext, build_prompts
+    from pytest_llmperf.metrics import per_request
+    from pytest_llmperf.spec import Endpoint, Workload
+
+    def importable(name: str) -> bool:
+        try:
+            __import__(name)
+        except ImportError:
+            return False
+        return True
+
+    url, c = spec["url"], spec["concurrency"]
+    workload = Workload(
+        input_len=spec["input_len"],
+        output_len=spec["output_len"],
+        num_prompts=spec["num_prompts"],
+        concurrency=c,
+        seed=spec["seed"],
+    )
+    endpoint = Endpoint(url=url, model="llmperf-sim")
+    context = PromptContext(token_pool=range(1000, 31000))
+    prompts = build_prompts(workload, spec["num_prompts"], context)
+    warmup = build_prompts(workload.replace(output_len=4, seed=spec["seed"] + 1), c, context)
+    http_json(url + "/sim/requests?clear=1")
+
+    server_cpu0 = process_cpu_s(spec["server_pid"])
+    busy0 = core_busy_ticks(spec["client_core"]), core_busy_ticks(spec["server_core"])
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    run = loadgen.run(workload, endpoint, prompts, warmup_prompts=warmup)
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    busy1 = core_busy_ticks(spec["client_core"]), core_busy_ticks(spec["server_core"])
+    server_cpu1 = process_cpu_s(spec["server_pid"])
+
+    entries = {e["id"]: e for e in http_json(url + "/sim/requests")["requests"]}
+    check = run.client
+    assert check is not None
+    ok = [r for r in run.records if r.ok]
+    events = sum(len(r.event_times_s) for r in run.records)
+    reads = sum(len(set(r.event_times_s)) for r in run.records)
+    client_times: list[float] = []
+    intended_times: list[float] = []
+    actual_times: list[float] = []
+    itl_meas: list[float] = []
+    itl_intended: list[float] = []
+    mismatched = unmatched = 0
+    for r in ok:
+        entry = entries.get(r.response_id or "")
+        if entry is None:
+            unmatched += 1
+            continue
+        t0 = entry["received_at"]
+        intended = [t0 + ms / 1000.0 for ms in entry["intended_chunk_times_ms"]]
+        actual = [t0 + ms / 1000.0 for ms in entry["actual_chunk_times_ms"]]
+        if not (len(intended) == len(actual) == len(r.event_times_s)):
+            mismatched += 1
+            continue
+        client_times += r.event_times_s
+        intended_times += intended
+        actual_times += actual
+        itl_meas += [x * 1000.0 for x in per_request(r).itl_chunk_s]
+        itl_intended += [(b - a) * 1000.0 for a, b in itertools.pairwise(intended)]
+    lag_ms = [(t - i) * 1000.0 for t, i in zip(client_times, intended_times, strict=True)]
+    delivery_ms = [(t - a) * 1000.0 for t, a in zip(client_times, actual_times, strict=True)]
+    server_late_ms = [(a - i) * 1000.0 for a, i in zip(actual_times, intended_times, strict=True)]
+    matched_events = len(client_times)
+    recv_span = max(client_times) - min(client_times) if client_times else math.nan
+    intended_span = max(intended_times) - min(intended_times) if intended_times else math.nan
+    server_cpu = None if server_cpu0 is None or server_cpu1 is None else server_cpu1 - server_cpu0
+    result: dict[str, Any] = {
+        "variant": spec["variant"],
+        "uvloop": importable("uvloop"),
+        "orjson": importable("orjson"),
+        "affinity": usable_cores(),
+        "requests": len(run.records),
+        "ok": len(ok),
+        "errors": sorted({r.error_kind for r in run.records if not r.ok}),
+        "events": events,
+        "events_per_read": events / reads if reads else math.nan,
+        "wall_s": run.duration_s,
+        "cpu_s": check.client_cpu_s,
+        "cpu_call_user_s": ru1.ru_utime - ru0.ru_utime,
+        "cpu_call_sys_s": ru1.ru_stime - ru0.ru_stime,
+        "us_per_event": check.client_cpu_s / events * 1e6 if events else math.nan,
+        "received_ev_s": (matched_events - 1) / recv_span if matched_events > 1 else math.nan,
+        "intended_ev_s": (matched_events - 1) / intended_span if matched_events > 1 else math.nan,
+        "ev_s_over_run": events / run.duration_s if run.duration_s > 0 else math.nan,
+        "matched_events": matched_events,
+        "mismatched_requests": mismatched,
+        "unmatched_requests": unmatched,
+        "itl_p50_ms": pct(itl_meas, 50),
+        "itl_p50_intended_ms": pct(itl_intended, 50),
+        "itl_p99_ms": pct(itl_meas, 99),
+        "itl_p99_intended_ms": pct(itl_intended, 99),
+        "lag_p50_ms": pct(lag_ms, 50),
+        "lag_p99_ms": pct(lag_ms, 99),
+        "lag_max_ms": max(lag_ms) if lag_ms else math.nan,
+        "delivery_p50_ms": pct(delivery_ms, 50),
+        "delivery_p99_ms": pct(delivery_ms, 99),
+        "server_late_p50_ms": pct(server_late_ms, 50),
+        "server_late_p99_ms": pct(server_late_ms, 99),
+        "loop_lag_p50_ms": check.loop_lag_p50_ms,
+        "loop_lag_p99_ms": check.loop_lag_p99_ms,
+        "loop_lag_max_ms": check.loop_lag_max_ms,
+        "cpu_fraction": check.client_cpu_fraction,
+        "client_bound": check.client_bound,
+        "client_reasons": list(check.reasons),
+        "client_core_busy": busy_fraction(busy0[0], busy1[0]),
+        "server_core_busy": busy_fraction(busy0[1], busy1[1]),
+        "server_cpu_fraction": None if server_cpu is None else server_cpu / run.duration_s,
+    }
+    result["foreign_client_core"] = foreign_load(result["client_core_busy"], check.client_cpu_fraction)
+    result["foreign_server_core"] = foreign_load(result["server_core_busy"], result["server_cpu_fraction"])
+    return result
+
+
+def run_child(spec: dict[str, Any], core: int | None, timeout_s: float) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        preexec_fn=pin_to(core),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the measuring child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- aggregation and reporting -------------------------------------------------------------------------------
+
+
+def median_of(runs: Sequence[dict[str, Any]], key: str) -> float:
+    values = [float(r[key]) for r in runs if r.get(key) is not None and not math.isnan(float(r[key]))]
+    return statistics.median(values) if values else math.nan
+
+
+def keeps_up(s: Scenario, runs: Sequence[dict[str, Any]]) -> tuple[bool, list[str]]:
+    """Scenario (a)'s "no falling behind": per-criterion reasons when it falls behind."""
+    problems: list[str] = []
+    ratio = median_of(runs, "received_ev_s") / median_of(runs, "intended_ev_s")
+    if not ratio >= KEEP_UP_RATE:
+        problems.append(f"received/intended event rate {ratio:.3f} < {KEEP_UP_RATE}")
+    itl, itl_intended = median_of(runs, "itl_p50_ms"), median_of(runs, "itl_p50_intended_ms")
+    if not abs(itl - itl_intended) <= KEEP_UP_ITL_REL * itl_intended:
+        problems.append(f"ITL p50 {itl:.3f} ms vs intended {itl_intended:.3f} ms (> {KEEP_UP_ITL_REL:.0%} apart)")
+    if s.step_ms is not None and not median_of(runs, "lag_p99_ms") < s.step_ms:
+        problems.append(f"p99 lag behind the intended time {median_of(runs, 'lag_p99_ms'):.2f} ms >= one step")
+    if any(r["ok"] != r["requests"] for r in runs):
+        problems.append("failed requests: " + ", ".join(sorted({e for r in runs for e in r["errors"]})))
+    return not problems, problems
+
+
+def verdict(s: Scenario, runs: Sequence[dict[str, Any]]) -> tuple[str, list[str]]:
+    us = median_of(runs, "us_per_event")
+    notes = [] if us <= s.target_us else [f"{us:.1f} µs/event > {s.target_us:g}"]
+    if s.key == "a":
+        notes += keeps_up(s, runs)[1]
+    return ("PASS" if not notes else "MISS"), notes
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+def variant_text(variant: str, runs: Sequence[dict[str, Any]]) -> str:
+    """The variant's name and what its runs actually used."""
+    loop = "uvloop" if all(r["uvloop"] for r in runs) else "asyncio"
+    parser = "orjson" if all(r["orjson"] for r in runs) else "json"
+    return f"{variant} ({loop}, {parser})"
+
+
+def row(s: Scenario, variant: str, runs: Sequence[dict[str, Any]]) -> str:
+    us = [float(r["us_per_event"]) for r in runs]
+    spread = f" ({min(us):.1f}–{max(us):.1f})" if len(us) > 1 else ""
+    recv, intended = median_of(runs, "received_ev_s"), median_of(runs, "intended_ev_s")
+    verdict_text, _ = verdict(s, runs)
+    cells = [
+        f"({s.key}) {s.title}",
+        variant_text(variant, runs),
+        str(len(runs)),
+        f"{int(median_of(runs, 'events')):,}",
+        f"{statistics.median(us):.1f}{spread}",
+        f"≤ {s.target_us:g}",
+        verdict_text,
+        fmt(recv, 0),
+        fmt(intended, 0),
+        fmt(recv / intended, 3),
+        f"{fmt(median_of(runs, 'itl_p50_ms'), 3)} / {fmt(median_of(runs, 'itl_p50_intended_ms'), 3)}",
+        fmt(median_of(runs, "lag_p99_ms"), 2),
+        fmt(median_of(runs, "events_per_read"), 2),
+        f"{fmt(median_of(runs, 'loop_lag_p50_ms'), 2)} / {fmt(median_of(runs, 'loop_lag_p99_ms'), 2)}",
+        f"{median_of(runs, 'cpu_fraction'):.0%}",
+        "yes" if any(r["client_bound"] for r in runs) else "no",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def table(results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]]) -> str:
+    separator = "|" + "---|" * (TABLE_HEADER.count("|") - 1)
+    return "\n".join([TABLE_HEADER, separator, *(row(s, v, runs) for s, v, runs in results)])
+
+
+DETAIL_HEADER = (
+    "| scenario | variant | delivery p50/p99 ms | server late p50/p99 ms | lag p50/max ms | ITL p99 ms meas / intended "
+    "| user+sys s (whole call) | client core busy | server CPU | server core busy | other load client / server core "
+    "| disturbed runs | loop lag max ms | reasons |"
+)
+
+
+def detail_row(s: Scenario, variant: str, runs: Sequence[dict[str, Any]]) -> str:
+    def frac(key: str) -> str:
+        value = median_of(runs, key)
+        return "–" if math.isnan(value) else f"{value:.0%}"
+
+    reasons = sorted({reason for r in runs for reason in r["client_reasons"]})
+    cells = [
+        f"({s.key})",
+        variant_text(variant, runs),
+        f"{fmt(median_of(runs, 'delivery_p50_ms'), 2)} / {fmt(median_of(runs, 'delivery_p99_ms'), 2)}",
+        f"{fmt(median_of(runs, 'server_late_p50_ms'), 2)} / {fmt(median_of(runs, 'server_late_p99_ms'), 2)}",
+        f"{fmt(median_of(runs, 'lag_p50_ms'), 2)} / {fmt(median_of(runs, 'lag_max_ms'), 1)}",
+        f"{fmt(median_of(runs, 'itl_p99_ms'), 3)} / {fmt(median_of(runs, 'itl_p99_intended_ms'), 3)}",
+        f"{fmt(median_of(runs, 'cpu_call_user_s'), 2)} + {fmt(median_of(runs, 'cpu_call_sys_s'), 2)}",
+        frac("client_core_busy"),
+        frac("server_cpu_fraction"),
+        frac("server_core_busy"),
+        f"{frac('foreign_client_core')} / {frac('foreign_server_core')}",
+        f"{sum(disturbed(r) for r in runs)}/{len(runs)}",
+        fmt(median_of(runs, "loop_lag_max_ms"), 1),
+        "; ".join(reasons) or "–",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def detail_table(results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]]) -> str:
+    separator = "|" + "---|" * (DETAIL_HEADER.count("|") - 1)
+    return "\n".join([DETAIL_HEADER, separator, *(detail_row(s, v, runs) for s, v, runs in results)])
+
+
+def summary_lines(results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]]) -> list[str]:
+    lines = []
+    for s, variant, runs in results:
+        if variant != "installed":
+            continue
+        verdict_text, notes = verdict(s, runs)
+        us = median_of(runs, "us_per_event")
+        line = f"- ({s.key}) {s.title}: {us:.1f} µs/event (target ≤ {s.target_us:g})"
+        if s.key == "a":
+            ok, _ = keeps_up(s, runs)
+            line += f", {'keeps up with' if ok else 'falls behind'} the server's schedule"
+        line += f" → **{verdict_text}**" + (f" ({'; '.join(notes)})" if notes else "")
+        lines.append(line)
+    return lines
+
+
+def write_results(path: Path, machine: dict[str, Any], results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]],
+                  repeats: int, retries: int, quick: bool) -> None:  # fmt: skip
+    used = results[0][2][0] if results else {}
+    load = machine["loadavg_start"]
+    lines = [
+        "# Client capacity",
+        "",
+        f"Written by `python benchmarks/client_capacity.py{' --quick' if quick else ''}`. Client CPU per streamed "
+        "event and "
+        "whether the load generator keeps up with the simulator's schedule; see the script's docstring for "
+        "the method.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {machine['cpu']}; `nproc` = {machine['nproc']}; kernel {machine['kernel']}",
+        f"- Python {machine['python']}; aiohttp {machine['aiohttp']}; uvloop {machine['uvloop']}; "
+        f"orjson {machine['orjson']}",
+        f"- installed variant used uvloop: {'yes' if used.get('uvloop') else 'no'}, orjson: "
+        f"{'yes' if used.get('orjson') else 'no'}",
+        f"- client pinned to core {machine['client_core']}, simulator to core {machine['server_core']}",
+        f"- commit {machine['commit']}, {machine['date']}; load average at start "
+        + (", ".join(f"{x:.2f}" for x in load) if load else "unknown"),
+        "",
+        "## Targets (installed configuration)",
+        "",
+        *summary_lines(results),
+        "",
+        "## Figures",
+        "",
+        f"Median over {repeats} run(s) per row, each in a fresh client process (min–max of µs/event in "
+        "brackets). `received ev/s` and `intended ev/s` count the same events, over the span between the first "
+        "and the last one as the client stamped them and as the simulator intended them. `lag` = client stamp "
+        "− intended time of each event.",
+        "",
+        table(results),
+        "",
+        "Workloads:",
+        "",
+        *sorted({f"- ({s.key}) {s.workload_text()}" for s, _, _ in results}),
+        "",
+        "Reading the figures: in (a) every connection gets one chunk per 10 ms step, so each read carries one "
+        "event (`ev/read`); keeping up means the received rate equals the intended one, the ITL median equals "
+        "the intended step and 99 % of events are stamped less than one step after their intended time. In (b) "
+        "the simulator writes as fast as it can without waiting for the client (`--decode-ms 0`), so some part "
+        "of the pipeline is always the bottleneck: events queue in socket buffers, a read carries many of them, "
+        "and the lag, loop-lag and client-bound columns measure that queue, not a measurement error; the target "
+        "there is CPU per event only. The intended times of (b) are the simulator's own schedule, which restarts "
+        "from 'now' whenever its loop falls 10 ms behind.",
+        "",
+        "## Where the time goes",
+        "",
+        "`delivery` = client stamp − the simulator's actual write; `server late` = actual write − intended "
+        "time; `user+sys` = the whole `loadgen.run()` call including warmup and set-up; `busy` = the "
+        "pinned core's busy fraction from `/proc/stat` during the run (everything on that core, not only our "
+        "process); `other load` = busy minus our own process on that core (other processes, interrupts); a run "
+        f"with >= {QUIET_LIMIT:.0%} other load on either core counts as disturbed and is repeated (up to {retries} "
+        "times) "
+        "— `disturbed runs` counts those kept anyway.",
+        "",
+        detail_table(results),
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+# --- main ------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="short smoke run; writes no results file")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per scenario and variant (default 3; 1 quick)")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help=f"comma-separated, from {', '.join(VARIANTS)} (default: all; quick: installed)",
+    )
+    parser.add_argument("--scenarios", default="a,b", help="a, b or a,b")
+    parser.add_argument("--client-core", type=int, default=None, help="core for the client (default: first)")
+    parser.add_argument("--server-core", type=int, default=None, help="core for the simulator (default: second)")
+    parser.add_argument("--results", type=Path, default=None, help="results file (default: results/ on full runs)")
+    parser.add_argument("--no-results", action="store_true", help="print only")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help=f"before each run, wait up to S seconds for both cores to be < {QUIET_LIMIT:.0%} busy (default 0)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"repeat a run up to N times while other processes load the pinned cores by >= {QUIET_LIMIT:.0%} "
+        "(default 3; quick 0)",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    cores = usable_cores()
+    client_core = args.client_core if args.client_core is not None else (cores[0] if cores else None)
+    server_core = args.server_core if args.server_core is not None else (cores[1] if len(cores) > 1 else client_core)
+    if client_core is not None and client_core == server_core:
+        print("warning: one usable core; client and simulator share it (figures are not comparable)")
+    repeats = args.repeats or (1 if args.quick else 3)
+    if args.retries is None:
+        args.retries = 0 if args.quick else 3
+    variants = (args.variants or ("installed" if args.quick else ",".join(VARIANTS))).split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        print(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    wanted = set(args.scenarios.split(","))
+    machine = machine_info(client_core, server_core)
+    print(f"machine: {machine['cpu']}, nproc {machine['nproc']}, Python {machine['python']}, "
+          f"client core {client_core}, simulator core {server_core}")  # fmt: skip
+
+    results: list[tuple[Scenario, str, list[dict[str, Any]]]] = []
+    for s in scenarios(args.quick):
+        if s.key not in wanted:
+            continue
+        with simulator(s.sim_args, server_core) as (url, pid):
+            for variant in variants:
+                runs = []
+                for i in range(repeats):
+                    spec = {
+                        "url": url,
+                        "server_pid": pid,
+                        "client_core": client_core,
+                        "server_core": server_core,
+                        "variant": variant,
+                        "hide": VARIANTS[variant],
+                        "concurrency": s.concurrency,
+                        "input_len": s.input_len,
+                        "output_len": s.output_len,
+                        "num_prompts": s.num_prompts,
+                        "seed": i,
+                    }
+                    for attempt in range(args.retries + 1):
+                        wait_until_quiet((client_core, server_core), QUIET_LIMIT, args.wait_quiet)
+                        started = time.perf_counter()
+                        result = run_child(spec, client_core, timeout_s=300)
+                        result["attempts"] = attempt + 1
+                        print(
+                            f"({s.key}) {variant} run {i + 1}/{repeats}: {result['us_per_event']:.1f} µs/event, "
+                            f"{result['events']:,} events, {result['received_ev_s']:,.0f} ev/s received vs "
+                            f"{result['intended_ev_s']:,.0f} intended ({time.perf_counter() - started:.1f} s)",
+                            flush=True,
+                        )
+                        if not disturbed(result):
+                            break
+                        print(
+                            f"  other processes loaded the pinned cores (client core +"
+                            f"{result['foreign_client_core'] or 0:.0%}, simulator core +"
+                            f"{result['foreign_server_core'] or 0:.0%})"
+                            + (": repeating" if attempt < args.retries else ": kept, no retries left"),
+                            flush=True,
+                        )
+                    runs.append(result)
+                results.append((s, variant, runs))
+
+    print()
+    print(table(results))
+    print()
+    print(detail_table(results))
+    print()
+    for line in summary_lines(results):
+        print(line.replace("**", ""))
+    path = args.results or (None if args.quick or args.no_results else RESULTS_PATH)
+    if path is not None and not args.no_results:
+        write_results(path, machine, results, repeats, args.retries, args.quick)
+        print(f"\nwrote {path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
