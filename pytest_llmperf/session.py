@@ -382,6 +382,8 @@ class LLMPerfSession:
             failed |= self._session_holm()
         if failed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if not self.results and self.settings.json_path is None and self.settings.report_path is None:
+            return  # not a perf session: detect no hardware, write nothing
         document = {"pair": self.pair, "endpoint": self.endpoint_info, "results": self.results}
         if self.settings.json_path is not None:
             write_json_atomic(self.settings.json_path, document)

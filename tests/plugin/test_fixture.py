@@ -36,7 +36,7 @@ def test_user_test_measures_the_simulator(pytester: pytest.Pytester, sim_url: st
     pytester.makepyfile(USER_TEST)
     result = pytester.runpytest(f"--llmperf-endpoint={sim_url}")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*llmperf results*", "*test_latency*12/0*"])
+    result.stdout.fnmatch_lines(["*llmperf results*", "*test_latency*24/8 c4*1*0*NO_BASELINE"])
 
 
 def test_no_server_skips_naming_the_three_ways_forward(
