@@ -173,6 +173,7 @@ class LLMPerfSession:
                 endpoint, pinned = self._spawned.endpoint, self._spawned.pinned_cpus
             self._affinity = contextlib.ExitStack()
             self._affinity.enter_context(serving.client_off_cpus(pinned))
+            self._affinity.enter_context(_sigterm_as_interrupt())
         self.endpoint_info = endpoint.public_dict()
         return endpoint
 
@@ -397,6 +398,27 @@ class LLMPerfSession:
 
             with open(step_summary, "a", encoding="utf-8") as handle:
                 handle.write(render_step_summary(self.results, pair=self.pair, endpoint=self.endpoint_info))
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While this process owns a spawned server, SIGTERM (a CI runner cancelling the job) acts like Ctrl-C, so
+    pytest tears down and stops the server instead of dying and leaving it running."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def write_json_atomic(path: Path, document: Any) -> None:

@@ -289,3 +289,37 @@ def test_ctrl_c_during_startup_leaves_no_server(tmp_path: Path) -> None:
     while alive(server_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(server_pid)
+
+
+def test_sigterm_during_a_run_leaves_no_server(tmp_path: Path) -> None:
+    profiles = recording_sim_profile(tmp_path)
+    (tmp_path / "test_x.py").write_text(
+        "def test_long(llmperf):\n    llmperf.run(input_len=8, output_len=500, num_prompts=40, concurrency=2)\n"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--llmperf-server=recorded",
+            f"--llmperf-profiles={profiles}",
+            "test_x.py",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "starts.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2)  # into the run
+    ((server_pid, _),) = starts(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(server_pid)
