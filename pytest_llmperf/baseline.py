@@ -54,6 +54,7 @@ import numpy as np
 import yaml
 from filelock import FileLock, Timeout
 
+from pytest_llmperf._files import file_mode
 from pytest_llmperf.errors import BaselineError
 
 __all__ = [
@@ -530,13 +531,6 @@ def _lock_path(path: Path) -> Path:
     return directory / f"{stable_hash(str(path.resolve()))}.lock"
 
 
-def _file_mode() -> int:
-    """The mode an ordinary new file gets here: 0666 less the process umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _atomic_write(path: Path, write: Any) -> None:
     """Write via a temporary file in the same directory and ``os.replace``: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -546,7 +540,7 @@ def _atomic_write(path: Path, write: Any) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, _file_mode())  # mkstemp's 0600 would make committed baselines private to one user
+        os.chmod(tmp, file_mode())  # mkstemp's 0600 would make committed baselines private to one user
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

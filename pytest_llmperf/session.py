@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_llmperf._files import write_text_atomic
 from pytest_llmperf.options import Settings
 
 if TYPE_CHECKING:
@@ -422,14 +423,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def write_json_atomic(path: Path, document: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(jsonable(document), handle, indent=1, allow_nan=False, default=str)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(jsonable(document), indent=1, allow_nan=False, default=str))
 
 
 def jsonable(value: Any) -> Any:

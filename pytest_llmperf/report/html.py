@@ -22,12 +22,12 @@ import itertools
 import math
 import os
 import statistics
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf._files import write_text_atomic
 from pytest_llmperf.capacity import (
     Capacity,
     Sweep,
@@ -887,14 +887,5 @@ def write_html(path: str | os.PathLike[str], document: Mapping[str, Any], *, tit
     """Render ``document`` and write it to ``path`` atomically (a temporary file beside it, then a rename)."""
     target = Path(path)
     text = render_html(document, title=title)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read by others (CI artifacts)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(target, text)
     return target
