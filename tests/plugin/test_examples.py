@@ -44,12 +44,22 @@ def test_examples_run_against_the_embedded_engine(tmp_path: Path) -> None:
         timeout=600,
         check=False,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
+    # Timings are the one thing this suite may not assert: here the engine shares two cores with another
+    # xdist worker, so a tail-latency SLO or a verdict can honestly go either way. Anything else is a bug.
+    assert done.returncode in (0, 1), done.stdout + done.stderr
     assert "llmperf results" in done.stdout
     assert "llama.cpp" in done.stdout
     document = json.loads(out.read_text())
     assert document["endpoint"]["engine"] == "llama.cpp"
-    assert {r["outcome"] for r in document["results"]} == {"passed"}
-    # The committed baselines of the embedded pair are read and judged (never "no baseline").
-    assert {r["verdict"]["status"] for r in document["results"]} <= {"PASS", "INCONCLUSIVE", "IMPROVEMENT"}
+    results = document["results"]
+    assert len(results) == 19, done.stdout
+    for result in results:
+        # The committed baselines of the embedded pair are read and judged (never "no baseline").
+        assert result["verdict"]["status"] in {"PASS", "INCONCLUSIVE", "IMPROVEMENT", "REGRESSION"}, result["nodeid"]
+        assert result["summary"]["failed"] == 0, result["nodeid"]
+        if result["outcome"] != "passed":
+            assert result["slo_breached"] or result["verdict"]["status"] == "REGRESSION", result["nodeid"]
+            assert result["outcome"] == "failed", result["nodeid"]
+    failed = [r for r in results if r["outcome"] == "failed"]
+    assert (done.returncode == 1) == bool(failed), done.stdout
     assert llama_servers() <= before  # the server it started is gone
