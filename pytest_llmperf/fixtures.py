@@ -37,13 +37,35 @@ def llmperf_server(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
         session.close_server()
 
 
-class LLMPerf:
-    """Runs the test's workload against the server: ``llmperf.run(**overrides) -> Result``."""
+@pytest.fixture(scope="session")
+def llmperf_compare_server(request: pytest.FixtureRequest, llmperf_server: Endpoint) -> Iterator[Endpoint | None]:
+    """A/B mode's server B (``--llmperf-compare=URL|PROFILE``), opened once A is ready; None otherwise."""
+    session = request.config.stash[SESSION_KEY]
+    try:
+        endpoint = session.open_compare_server()
+    except LLMPerfError as exc:
+        session.close_compare_server()
+        pytest.fail(f"--llmperf-compare={session.settings.compare}: {exc}", pytrace=False)
+    try:
+        yield endpoint
+    finally:
+        session.close_compare_server()
 
-    def __init__(self, item: pytest.Item, session: LLMPerfSession, endpoint: Endpoint) -> None:
+
+class LLMPerf:
+    """Runs the test's workload against the server: ``llmperf.run(**overrides) -> Result``.
+
+    In A/B mode (``compare`` is B's endpoint) every run is a series of interleaved blocks on A (``endpoint``)
+    and B, judged B vs A instead of against the stored baseline.
+    """
+
+    def __init__(
+        self, item: pytest.Item, session: LLMPerfSession, endpoint: Endpoint, compare: Endpoint | None = None
+    ) -> None:
         self._item = item
         self._session = session
         self.endpoint = endpoint
+        self.compare = compare
         self._marker_kwargs = merge(marker.kwargs for marker in item.iter_markers("perf"))
         self._calls = 0
 
@@ -52,9 +74,13 @@ class LLMPerf:
 
         Fails the test in the call phase on an SLO breach or a regression, with the tables in the message.
         Returns the last run's :class:`~pytest_llmperf.runner.Result`; ``.runs`` holds every run,
-        ``.verdict`` and ``.slo_results`` the decisions.
+        ``.verdict`` and ``.slo_results`` the decisions. In A/B mode these are B's runs and the B vs A verdict,
+        and ``.ab_runs`` holds A's.
         """
         from pytest_llmperf import judging, verdict
+
+        if self.compare is not None:
+            return self._run_ab(self.compare, overrides)
 
         session = self._session
         module_path, _, test_name = self._item.nodeid.partition("::")
@@ -102,17 +128,112 @@ class LLMPerf:
             )
         return view
 
-    def _measure(self, spec: Any, context: Any) -> Result:
+    def _run_ab(self, compare: Endpoint, overrides: dict[str, Any]) -> Result:
+        """A/B mode: interleaved blocks on A and B with the same prompts, judged B vs A."""
+        from pytest_llmperf import judging, verdict
+
+        session = self._session
+        module_path, _, test_name = self._item.nodeid.partition("::")
+        test_name += f"#{self._calls}" if self._calls else ""
+        self._calls += 1
+        servers = {"A": self.endpoint, "B": compare}
+
+        try:
+            spec = scale_spec(
+                build_spec({"compat": session.settings.compat, **self._marker_kwargs}, overrides), session.scale
+            )
+            # A's calibration builds the prompts of both sides: the same prompts, seeds and lengths on A and B.
+            context = session.prompt_context(spec.workload, self.endpoint)
+            judgement = judging.run_ab_until_decided(
+                spec,
+                lambda server: self._measure(
+                    spec, context, servers[server], label=server, other=servers["B" if server == "A" else "A"]
+                ),
+                budget=spec.repeats or session.settings.repeats or verdict.BUDGET,
+                order=session.settings.compare_order,
+                global_tolerance=session.tolerance,
+                family_size=session.family_size,
+            )
+        except LLMPerfError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        result = judgement.b_results[-1]
+        result.runs = judgement.b_results
+        result.ab_runs = judgement.a_results
+        result.verdict = judgement.verdict.as_dict()
+        result.slo_results = [[r.as_dict() for r in run] for run in judgement.slo_results]
+        self._record_ab(module_path, test_name, spec, judgement, compare)
+        self._decide(judgement, updating=False)
+        return result
+
+    def _record_ab(
+        self,
+        module_path: str,
+        test_name: str,
+        spec: Any,
+        judgement: Any,
+        compare: Endpoint,
+    ) -> None:
+        from pytest_llmperf import metrics
+
+        last_b, last_a = judgement.b_results[-1], judgement.a_results[-1] if judgement.a_results else None
+        a_raw = [_raw_arrays(metrics.detailed(r.run)) for r in judgement.a_results]
+        document = {
+            **last_b.as_dict(),
+            "endpoint": compare.public_dict(),
+            "baseline_key": f"{module_path}::{test_name}",
+            "runs": [r.summary for r in judgement.b_results],
+            "verdict": judgement.verdict.as_dict(),
+            "slos": [r.as_dict() for r in judgement.slo_results[-1]],
+            "slo_breached": bool(judgement.breaches),
+            "slo_gating": spec.slo_gating,
+            "scale": spec.scale,
+            "notes": judgement.notes,
+            "detail": metrics.detailed(last_b.run),
+            # A plays the baseline's part in every report: its runs and pooled per-request arrays.
+            "baseline": {
+                "where": f"A: {self.endpoint.public_dict()['url']}",
+                "runs": [r.summary for r in judgement.a_results],
+                "raw": {key: [v for raw in a_raw for v in raw[key]] for key in (a_raw[0] if a_raw else {})},
+            },
+            "ab": {
+                "a": self.endpoint.public_dict(),
+                "b": compare.public_dict(),
+                "order": self._session.settings.compare_order,
+                "blocks": judgement.orders,
+                "runs_a": [r.summary for r in judgement.a_results],
+                "runs_b": [r.summary for r in judgement.b_results],
+                "detail_a": metrics.detailed(last_a.run) if last_a is not None else {},
+            },
+        }
+        self._item.stash.setdefault(RESULTS_KEY, []).append(document)
+        prefix = f"call{self._calls - 1}." if self._calls > 1 else ""
+        self._item.user_properties.extend(
+            (name.replace("llmperf.", f"llmperf.{prefix}", 1), value) for name, value in properties(document)
+        )
+        self._item.config.hook.pytest_llmperf_result(item=self._item, result=document)
+
+    def _measure(
+        self,
+        spec: Any,
+        context: Any,
+        endpoint: Endpoint | None = None,
+        *,
+        label: str = "",
+        other: Endpoint | None = None,
+    ) -> Result:
+        """One run on ``endpoint`` (default: A). ``other``: A/B mode's other server, settled before the run."""
         from pytest_llmperf import runner, servermetrics
 
+        endpoint = endpoint or self.endpoint
         with self._session.measurement_slot() as slot:
-            before = servermetrics.scrape(self.endpoint)
-            progress = self._progress()
+            settled = self._session.settle(endpoint, other) if other is not None else {}
+            before = servermetrics.scrape(endpoint)
+            progress = self._progress(label)
             try:
-                result = runner.measure(spec.workload, self.endpoint, context, progress=progress)
+                result = runner.measure(spec.workload, endpoint, context, progress=progress)
             except RunInterrupted as interrupted:
                 # Ctrl-C skips the call report, so hand the partial result to the session directly.
-                partial = runner.summarize(interrupted.partial, self.endpoint)
+                partial = runner.summarize(interrupted.partial, endpoint)
                 self._session.results.append(
                     {"nodeid": self._item.nodeid, "outcome": "interrupted", **self._document(partial)}
                 )
@@ -120,13 +241,14 @@ class LLMPerf:
             finally:
                 if progress is not None:
                     progress.close()
-            after = servermetrics.scrape(self.endpoint) if before is not None else None
+            after = servermetrics.scrape(endpoint) if before is not None else None
         result.summary["measurement_lock_wait_s"] = slot["wait_s"]
+        result.summary.update(settled)
         if before is not None and after is not None:
             result.summary["server_metrics"] = servermetrics.deltas(before, after)
         return result
 
-    def _progress(self) -> LiveProgress | None:
+    def _progress(self, label: str = "") -> LiveProgress | None:
         """Live progress on a terminal (never on xdist workers, whose output goes to the controller)."""
         setting = self._session.settings.progress
         config = self._item.config
@@ -136,7 +258,7 @@ class LLMPerf:
             return None
         if setting == "auto" and not terminal.isatty:
             return None
-        return LiveProgress(terminal, capture, self._item.name)
+        return LiveProgress(terminal, capture, f"{self._item.name} {label}".rstrip())
 
     def _document(self, result: Result) -> dict[str, Any]:
         return {**result.as_dict(), "endpoint": self.endpoint.public_dict()}
@@ -225,6 +347,8 @@ def _raw_arrays(detail: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def llmperf(request: pytest.FixtureRequest, llmperf_server: Endpoint) -> LLMPerf:
-    """Measure the server under test with the workload of this test's ``perf`` marker."""
-    return LLMPerf(request.node, request.config.stash[SESSION_KEY], llmperf_server)
+def llmperf(
+    request: pytest.FixtureRequest, llmperf_server: Endpoint, llmperf_compare_server: Endpoint | None
+) -> LLMPerf:
+    """Measure the server under test with the workload of this test's ``perf`` marker (A/B mode: against B too)."""
+    return LLMPerf(request.node, request.config.stash[SESSION_KEY], llmperf_server, llmperf_compare_server)

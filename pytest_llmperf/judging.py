@@ -3,10 +3,15 @@
 An orchestrator between the runner (measurement), :mod:`slo` (contracts) and :mod:`verdict` (statistics); it
 decides nothing itself. Sequential stopping: after each run the verdict says whether another run could still
 decide an open gating metric within the budget (``repeats``); a SLO breach or a regression stops at once.
+
+A/B mode (:func:`run_ab_until_decided`) does the same with blocks: each block runs A and B once, in the order
+:func:`block_orders` gives; at least two blocks, at most ``budget``. (The pause between the two servers'
+runs belongs to the measurement itself: see ``LLMPerfSession.settle``.)
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +19,10 @@ from typing import Any
 from pytest_llmperf.markers import PerfSpec
 from pytest_llmperf.runner import Result
 from pytest_llmperf.slo import SloResult, check_slos
-from pytest_llmperf.verdict import Verdict, judge, needs_more_runs, planned_looks, resolve_tolerances
+from pytest_llmperf.verdict import Verdict, judge, judge_paired, needs_more_runs, planned_looks, resolve_tolerances
+
+AB_ORDERS = ("abba", "random")
+MIN_BLOCKS = 2
 
 
 @dataclass(kw_only=True, slots=True)
@@ -92,6 +100,108 @@ def run_until_decided(
             break
     return Judgement(
         results=results,
+        slo_results=slo_results,
+        verdict=verdict,
+        budget=budget,
+        slo_gating=spec.slo_gating,
+        notes=notes,
+    )
+
+
+@dataclass(kw_only=True, slots=True)
+class ABJudgement:
+    """Interleaved A/B blocks: ``a_results[i]`` and ``b_results[i]`` ran in block i, in ``orders[i]``.
+
+    After an SLO breach the last block may be incomplete (B ran, A did not); the verdict covers complete blocks.
+    """
+
+    a_results: list[Result]
+    b_results: list[Result]
+    orders: list[str]
+    slo_results: list[list[SloResult]]  # B's runs: B is the build whose contract is checked
+    verdict: Verdict
+    budget: int
+    slo_gating: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def results(self) -> list[Result]:
+        return self.b_results
+
+    @property
+    def breaches(self) -> list[tuple[int, SloResult]]:
+        return [(i, r) for i, run in enumerate(self.slo_results) for r in run if not r.passed]
+
+
+def block_orders(order: str, blocks: int, seed: int) -> list[str]:
+    """The order of A and B in each block: ``abba`` alternates AB, BA, AB ... (a linear drift cancels over each
+    pair of blocks); ``random`` flips a seeded coin per block (no pattern a periodic effect could follow)."""
+    if order == "abba":
+        return ["AB" if i % 2 == 0 else "BA" for i in range(blocks)]
+    if order == "random":
+        rng = random.Random(seed)
+        return [rng.choice(("AB", "BA")) for _ in range(blocks)]
+    raise ValueError(f"A/B order {order!r}: expected one of {', '.join(AB_ORDERS)}")
+
+
+def run_ab_until_decided(
+    spec: PerfSpec,
+    measure: Callable[[str], Result],
+    *,
+    budget: int,
+    order: str,
+    global_tolerance: float | None,
+    family_size: int | None,
+) -> ABJudgement:
+    """Run blocks of A and B (``measure("A")``, ``measure("B")``) until the paired verdict is decided.
+
+    Runs ``MIN_BLOCKS`` blocks first (a paired interval needs two), then one block per look up to ``budget``
+    (at least ``MIN_BLOCKS``); an SLO breach of B stops at once.
+    """
+    budget = max(budget, MIN_BLOCKS)
+    tolerances = resolve_tolerances(global_tolerance, spec.tolerance)
+    looks = planned_looks(budget, MIN_BLOCKS)
+    orders = block_orders(order, budget, spec.workload.seed)
+    runs: dict[str, list[Result]] = {"A": [], "B": []}
+    slo_results: list[list[SloResult]] = []
+    notes: list[str] = []
+    verdict: Verdict | None = None
+    breached = False
+    for block, sequence in enumerate(orders):
+        for server in sequence:
+            runs[server].append(measure(server))
+            if server == "B":
+                slo_results.append(check_slos(spec.slos, runs["B"][-1].summary))
+                breached = spec.slo_gating and any(not r.passed for r in slo_results[-1])
+            if breached:
+                break
+        if breached:
+            # The verdict stays that of the complete blocks before this one.
+            notes.append(f"stopped in block {block + 1} of at most {budget}: B breached an SLO")
+            break
+        if block + 1 < MIN_BLOCKS:
+            continue
+        verdict = judge_paired(
+            [r.summary for r in runs["A"]],
+            [r.summary for r in runs["B"]],
+            tolerances=tolerances,
+            family_size=family_size,
+            looks=looks,
+        )
+        if not needs_more_runs(verdict, block + 1, budget):
+            break
+    if verdict is None:  # stopped by an SLO breach before two full blocks
+        verdict = Verdict(
+            status="INCONCLUSIVE",
+            reason=f"stopped after {len(runs['A'])} complete A/B block(s), before a paired comparison was possible",
+            runs_candidate=len(runs["A"]),
+            runs_baseline=len(runs["A"]),
+            reference="A",
+        )
+    return ABJudgement(
+        a_results=runs["A"],
+        b_results=runs["B"],
+        orders=orders[: max(len(runs["A"]), len(runs["B"]))],
         slo_results=slo_results,
         verdict=verdict,
         budget=budget,

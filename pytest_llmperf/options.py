@@ -41,6 +41,9 @@ class Settings:
     repeats: int | None
     scale: float | None  # None: auto
     progress: str
+    compare: str | None  # A/B mode: B's URL or profile name
+    compare_order: str
+    compare_pause_s: float
 
     def __repr__(self) -> str:  # never show the key
         return f"Settings(endpoint={self.endpoint!r}, server={self.server!r}, model={self.model!r}, ...)"
@@ -65,12 +68,24 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("repeats", "N", "Most runs per perf test while its verdict is open. Default: 5"),
     ("progress", "auto|on|off", "Live progress of each run. Default: auto, on a terminal only"),
     (
+        "compare",
+        "URL|PROFILE",
+        "A/B mode: run every perf test interleaved on the server under test (A) and this one (B) and judge B vs A",
+    ),
+    ("compare-order", "abba|random", "Order of A and B within the A/B blocks. Default: abba"),
+    (
+        "compare-pause",
+        "SECONDS",
+        "A/B mode: settle time after a server is idle before the other runs. Default: 1",
+    ),
+    (
         "scale",
         "auto|FACTOR",
         "Shrink lengths, prompt counts and TTFT/E2E SLOs by FACTOR. auto: 0.05 on the embedded engine, else 1",
     ),
 )
 INCONCLUSIVE_CHOICES = ("fail", "warn", "skip")
+COMPARE_ORDERS = ("abba", "random")
 
 
 def register(parser: pytest.Parser) -> None:
@@ -148,6 +163,24 @@ def resolve(config: pytest.Config) -> Settings:
     scale = None
     if scale_text != "auto":
         scale = _number(config, "scale", low=0.0, high=1.0 + 1e-9)
+    compare = _get(config, "compare")
+    if compare is not None and config.getoption("llmperf_update") is not None:
+        raise pytest.UsageError(
+            "--llmperf-update cannot be combined with --llmperf-compare: an A/B session judges B against A, "
+            "not against the stored baselines; record baselines in a session without --llmperf-compare"
+        )
+    compare_order = _get(config, "compare-order") or "abba"
+    if compare_order not in COMPARE_ORDERS:
+        raise pytest.UsageError(
+            f"--llmperf-compare-order={compare_order!r}: expected one of {', '.join(COMPARE_ORDERS)}"
+        )
+    pause_text = _get(config, "compare-pause") or "1"
+    try:
+        compare_pause_s = float(pause_text)
+    except ValueError:
+        compare_pause_s = math.nan
+    if not 0 <= compare_pause_s <= 600:
+        raise pytest.UsageError(f"--llmperf-compare-pause={pause_text!r}: expected seconds between 0 and 600")
     return Settings(
         endpoint=endpoint,
         server=_get(config, "server"),
@@ -169,6 +202,9 @@ def resolve(config: pytest.Config) -> Settings:
         repeats=int(repeats_text) if repeats_text else None,
         scale=scale,
         progress=progress,
+        compare=compare,
+        compare_order=compare_order,
+        compare_pause_s=compare_pause_s,
     )
 
 

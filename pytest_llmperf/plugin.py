@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 
 from pytest_llmperf import options
-from pytest_llmperf.fixtures import SESSION_KEY, llmperf, llmperf_server
+from pytest_llmperf.fixtures import SESSION_KEY, llmperf, llmperf_compare_server, llmperf_server
 from pytest_llmperf.markers import MARKER_HELP
 from pytest_llmperf.session import LLMPerfSession
 
-__all__ = ["llmperf", "llmperf_server"]
+__all__ = ["llmperf", "llmperf_compare_server", "llmperf_server"]
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -39,9 +39,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or (session.settings.endpoint is None and session.settings.server is None):
+    if session is None:
         return None
-    target = session.settings.endpoint or f"profile {session.settings.server}"
+    s = session.settings
+    if s.endpoint is None and s.server is None and s.compare is None:
+        return None
+    from pytest_llmperf.server import redact_url
+
+    target = redact_url(s.endpoint) if s.endpoint else f"profile {s.server or 'llamacpp-tiny (embedded default)'}"
+    if s.compare is not None:
+        other = redact_url(s.compare) if s.compare.startswith(("http://", "https://")) else f"profile {s.compare}"
+        return [f"llmperf: A/B mode, A = {target}, B = {other} (judged B vs A)"]
     return [f"llmperf: {target}, baseline pair {session.pair}"]
 
 

@@ -34,6 +34,7 @@ class Result:
         self.run = run
         # Filled by the llmperf fixture: every run of the test, its verdict and its SLO checks per run.
         self.runs: list[Result] = [self]
+        self.ab_runs: list[Result] = []  # A/B mode: A's runs (``runs`` are then B's)
         self.verdict: dict[str, Any] | None = None
         self.slo_results: list[list[dict[str, Any]]] = []
 

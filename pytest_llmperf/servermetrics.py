@@ -13,6 +13,19 @@ from pytest_llmperf.spec import Endpoint
 
 _TIMEOUT_S = 10.0
 
+# Gauges of requests a server is still working on (running or queued), by engine. A/B mode waits for their sum
+# to reach zero before the other server runs, so one server's tail never overlaps the other's measurement.
+BUSY_GAUGES: tuple[str, ...] = (
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "sglang:num_running_reqs",
+    "sglang:num_queue_reqs",
+    "llamacpp:requests_processing",
+    "llamacpp:requests_deferred",
+    "sim:num_requests_running",
+    "sim:num_requests_waiting",
+)
+
 # Derived figures: name -> (numerator counter, denominator counter or None), by engine prefix.
 _DERIVED: dict[str, tuple[str, str | None]] = {
     "preemptions": ("vllm:num_preemptions_total", None),
@@ -55,8 +68,19 @@ def parse_counters(text: str) -> dict[str, float]:
     return totals
 
 
-def scrape(endpoint: Endpoint) -> dict[str, float] | None:
-    """The server's counters now, or None when it exposes no parsable ``/metrics``."""
+def busy_requests(text: str) -> float | None:
+    """Requests still running or queued according to the :data:`BUSY_GAUGES` in ``text`` (None: none exported)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total: float | None = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in BUSY_GAUGES:
+                total = (total or 0.0) + float(sample.value)
+    return total
+
+
+def _fetch(endpoint: Endpoint) -> str | None:
     import httpx
 
     headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
@@ -64,12 +88,39 @@ def scrape(endpoint: Endpoint) -> dict[str, float] | None:
         response = httpx.get(endpoint.base_url + "/metrics", headers=headers, timeout=_TIMEOUT_S, trust_env=False)
     except httpx.HTTPError:
         return None
-    if response.status_code != 200:
+    return response.text if response.status_code == 200 else None
+
+
+def scrape(endpoint: Endpoint) -> dict[str, float] | None:
+    """The server's counters now, or None when it exposes no parsable ``/metrics``."""
+    text = _fetch(endpoint)
+    if text is None:
         return None
     try:
-        return parse_counters(response.text)
+        return parse_counters(text)
     except ValueError:
         return None
+
+
+def wait_idle(endpoint: Endpoint, *, timeout_s: float, poll_s: float = 0.05) -> float | None:
+    """Wait until the server reports no running or queued request; the seconds waited, or None when it exports
+    no such gauge (then nothing can be known beyond the client's own view: every stream has ended).
+    Gives up after ``timeout_s`` and returns the wait so far (the caller reports it)."""
+    import time
+
+    started = time.monotonic()
+    while True:
+        text = _fetch(endpoint)
+        try:
+            busy = busy_requests(text) if text is not None else None
+        except ValueError:
+            busy = None
+        waited = time.monotonic() - started
+        if busy is None:
+            return None
+        if busy <= 0 or waited >= timeout_s:
+            return waited
+        time.sleep(poll_s)
 
 
 def deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:

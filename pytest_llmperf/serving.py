@@ -24,6 +24,7 @@ from pytest_llmperf.profiles import Profile
 from pytest_llmperf.spec import Endpoint, Launch
 
 STATE_FILE = "server.json"
+COMPARE_STATE_FILE = "compare.json"  # A/B mode's second server (B)
 _PROBE_PAUSE_S = 0.5
 
 Launcher = Callable[[Profile, int, list[str]], "Launch | None"]
@@ -154,12 +155,16 @@ def spawn(
     return Spawned(endpoint=endpoint, process=process, pinned_cpus=profile.pinned_cpus())
 
 
-def shared(run_dir: Path, start: Callable[[], Spawned], api_key: str | None) -> Endpoint:
-    """The one server all xdist workers share: started by the first worker to get here, else read back."""
+def shared(
+    run_dir: Path, start: Callable[[], Spawned], api_key: str | None, *, state_file: str = STATE_FILE
+) -> Endpoint:
+    """The one server all xdist workers share: started by the first worker to get here, else read back.
+
+    ``state_file`` names the server (:data:`STATE_FILE`, or :data:`COMPARE_STATE_FILE` for A/B mode's B)."""
     from filelock import FileLock
 
-    state_path = run_dir / STATE_FILE
-    with FileLock(str(run_dir / "server.lock")):
+    state_path = run_dir / state_file
+    with FileLock(str(state_path.with_suffix(".lock"))):
         if state_path.exists():
             state = json.loads(state_path.read_text())
             if "error" in state:
@@ -181,17 +186,17 @@ def shared(run_dir: Path, start: Callable[[], Spawned], api_key: str | None) -> 
         return spawned.endpoint
 
 
-def shared_pinned_cpus(run_dir: Path) -> list[int] | None:
+def shared_pinned_cpus(run_dir: Path, *, state_file: str = STATE_FILE) -> list[int] | None:
     with contextlib.suppress(OSError, ValueError, KeyError):
-        cpus = json.loads((run_dir / STATE_FILE).read_text())["pinned_cpus"]
+        cpus = json.loads((run_dir / state_file).read_text())["pinned_cpus"]
         return [int(c) for c in cpus] if cpus else None
     return None
 
 
-def stop_shared(run_dir: Path) -> bool:
+def stop_shared(run_dir: Path, *, state_file: str = STATE_FILE) -> bool:
     """Stop the shared server recorded in ``run_dir`` (controller, at session end). True if one was stopped."""
     try:
-        state = json.loads((run_dir / STATE_FILE).read_text())
+        state = json.loads((run_dir / state_file).read_text())
     except (OSError, ValueError):
         return False
     pgid = state.get("pgid")
@@ -201,26 +206,32 @@ def stop_shared(run_dir: Path) -> bool:
     return True
 
 
-def worker_devices(profile: Profile, worker_id: str | None, gpus_visible: int | None) -> str | None:
+def worker_devices(
+    profile: Profile, worker_id: str | None, gpus_visible: int | None, *, offset: int = 0, stride: int | None = None
+) -> str | None:
     """``CUDA_VISIBLE_DEVICES`` for this worker's own server: disjoint GPU sets of ``gpus_per_server``.
 
     Worker ``gwK`` gets the K-th slice of the devices this process may see (``CUDA_VISIBLE_DEVICES`` when
-    set, else ``0..gpus_visible-1``), so an 8-GPU node runs 8 (or 2x4) servers side by side.
+    set, else ``0..gpus_visible-1``), so an 8-GPU node runs 8 (or 2x4) servers side by side. In A/B mode each
+    worker owns two servers: its slice is ``stride`` devices wide (A's and B's GPUs together) and B's part
+    starts ``offset`` devices into it.
     """
     per_server = profile.gpus_per_server
     if per_server <= 0:
         return None
-    index = int(worker_id[2:]) if worker_id and worker_id.startswith("gw") else 0
+    worker = int(worker_id[2:]) if worker_id and worker_id.startswith("gw") else 0
+    width = stride if stride is not None else per_server
+    start = worker * width + offset
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible:
         devices = [d.strip() for d in visible.split(",") if d.strip()]
     else:
-        devices = [str(i) for i in range(gpus_visible if gpus_visible is not None else (index + 1) * per_server)]
-    chosen = devices[index * per_server : (index + 1) * per_server]
+        devices = [str(i) for i in range(gpus_visible if gpus_visible is not None else start + per_server)]
+    chosen = devices[start : start + per_server]
     if len(chosen) < per_server:
         raise ServerError(
             f"profile {profile.name!r} needs {per_server} GPUs per server, but worker {worker_id or 'gw0'} would "
-            f"need GPUs {index * per_server}..{(index + 1) * per_server - 1} of the {len(devices)} visible: run "
+            f"need GPUs {start}..{start + per_server - 1} of the {len(devices)} visible: run "
             "fewer xdist workers (-n) or lower gpus_per_server"
         )
     return ",".join(chosen)

@@ -42,6 +42,9 @@ EMBEDDED_SCALE = 0.05
 # does from run to run, so its verdicts only flag gross changes unless a tolerance is given.
 EMBEDDED_TOLERANCE = 0.5
 
+# A/B mode waits at most this long for a server to report itself idle before the other one runs.
+IDLE_TIMEOUT_S = 60.0
+
 NO_SERVER = (
     "no inference server for perf tests, and the embedded default (llama.cpp) is not installed. Either "
     "install it: pip install 'pytest-llmperf[llamacpp]' (compiles llama.cpp once, ~13 min on 2 cores); or "
@@ -69,6 +72,11 @@ class LLMPerfSession:
         self.holm_lines: list[str] = []
         self._git_commit: str | bool | None = False
         self._spawned_profile: str | None = None
+        # A/B mode (--llmperf-compare): the second server, B.
+        self.compare_info: dict[str, Any] | None = None
+        self._compare_spawned: Spawned | None = None
+        self._compare_affinity: contextlib.ExitStack | None = None
+        self._last_measured: str | None = None  # URL of this process's last A/B run, for the pause rule
 
     # -- process roles and the run directory shared with xdist workers ---------------------------------
 
@@ -113,6 +121,8 @@ class LLMPerfSession:
         """The global tolerance: ``--llmperf-tolerance``, else :data:`EMBEDDED_TOLERANCE` on the embedded engine."""
         if self.settings.tolerance is not None:
             return self.settings.tolerance
+        if self.settings.compare is not None:
+            return None  # A and B share this machine and this hour: the per-metric defaults apply
         return EMBEDDED_TOLERANCE if self._spawned_profile == DEFAULT_PROFILE else None
 
     @property
@@ -124,12 +134,44 @@ class LLMPerfSession:
     def profile(self) -> Profile | None:
         from pytest_llmperf import profiles
 
-        user = profiles.load_profiles(self.settings.profiles_path) if self.settings.profiles_path else None
         if self.settings.server is not None:
-            return profiles.get_profile(self.settings.server, user)
+            return profiles.get_profile(self.settings.server, self._user_profiles())
         if profiles.llamacpp_available():
-            return profiles.get_profile(DEFAULT_PROFILE, user)
+            return profiles.get_profile(DEFAULT_PROFILE, self._user_profiles())
         return None
+
+    def _user_profiles(self) -> Any:
+        from pytest_llmperf import profiles
+
+        return profiles.load_profiles(self.settings.profiles_path) if self.settings.profiles_path else None
+
+    def compare_profile(self) -> Profile | None:
+        """B's profile in A/B mode, or None when ``--llmperf-compare`` is a URL (or not given)."""
+        from pytest_llmperf import profiles
+
+        target = self.settings.compare
+        if target is None or target.startswith(("http://", "https://")):
+            return None
+        return profiles.get_profile(target, self._user_profiles())
+
+    def _devices(self, profile: Profile, *, role: str) -> str | None:
+        """CUDA_VISIBLE_DEVICES of a spawned server. In A/B mode, when both profiles name GPUs per server,
+        each worker's slice holds A's GPUs then B's, so the two never share a device."""
+        from pytest_llmperf import serving
+
+        if not profile.gpus_per_server:
+            return None
+        from pytest_llmperf.hardware import detect
+
+        gpus_visible = detect().gpu_count
+        other = self.compare_profile() if role == "A" else self.profile()
+        paired = self.settings.compare is not None and other is not None and other.gpus_per_server > 0
+        if not paired:
+            return serving.worker_devices(profile, self.worker_id, gpus_visible)
+        assert other is not None
+        stride = profile.gpus_per_server + other.gpus_per_server
+        offset = 0 if role == "A" else other.gpus_per_server
+        return serving.worker_devices(profile, self.worker_id, gpus_visible, offset=offset, stride=stride)
 
     def _launch(self, profile: Profile, port: int, argv: list[str]) -> Launch | None:
         result: Launch | None = self.config.hook.pytest_llmperf_launch(
@@ -153,12 +195,7 @@ class LLMPerfSession:
             if profile is None:
                 pytest.skip(NO_SERVER)
             self._spawned_profile = profile.name
-            gpus_visible = None
-            if profile.gpus_per_server:
-                from pytest_llmperf.hardware import detect
-
-                gpus_visible = detect().gpu_count
-            devices = serving.worker_devices(profile, self.worker_id, gpus_visible)
+            devices = self._devices(profile, role="A")
             stamp = time.strftime("%Y%m%d-%H%M%S")
             log_path = default_cache_dir() / "logs" / f"{profile.name}-{stamp}-{os.getpid()}.log"
 
@@ -177,6 +214,66 @@ class LLMPerfSession:
             self._affinity.enter_context(_sigterm_as_interrupt())
         self.endpoint_info = endpoint.public_dict()
         return endpoint
+
+    def open_compare_server(self) -> Endpoint | None:
+        """A/B mode: attach to or spawn B (None without ``--llmperf-compare``). Called once A is ready, so two
+        servers without disjoint GPU sets are started one after the other, never at once."""
+        from pytest_llmperf import serving
+        from pytest_llmperf.profiles import default_cache_dir
+
+        s = self.settings
+        if s.compare is None:
+            return None
+        choice = serving.ServerChoice(
+            model=s.model, api_key=s.api_key, ready_timeout_s=s.ready_timeout_s, gpu_count=s.gpus
+        )
+        profile = self.compare_profile()
+        if profile is None:
+            endpoint = serving.attach(s.compare, choice)
+        else:
+            devices = self._devices(profile, role="B")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            log_path = default_cache_dir() / "logs" / f"{profile.name}-B-{stamp}-{os.getpid()}.log"
+
+            def start() -> Spawned:
+                return serving.spawn(profile, choice, log_path=log_path, cuda_devices=devices, launcher=self._launch)
+
+            if self.is_worker and not profile.gpus_per_server:
+                self.shared_server = True
+                state = serving.COMPARE_STATE_FILE
+                endpoint = serving.shared(self.run_dir, start, s.api_key, state_file=state)
+                pinned = serving.shared_pinned_cpus(self.run_dir, state_file=state)
+            else:
+                self._compare_spawned = start()
+                endpoint, pinned = self._compare_spawned.endpoint, self._compare_spawned.pinned_cpus
+            self._compare_affinity = contextlib.ExitStack()
+            self._compare_affinity.enter_context(serving.client_off_cpus(pinned))
+            self._compare_affinity.enter_context(_sigterm_as_interrupt())
+        self.compare_info = endpoint.public_dict()
+        return endpoint
+
+    def close_compare_server(self) -> None:
+        if self._compare_affinity is not None:
+            self._compare_affinity.close()
+            self._compare_affinity = None
+        if self._compare_spawned is not None:
+            self._compare_spawned.process.stop()
+            self._compare_spawned = None
+
+    def settle(self, endpoint: Endpoint, other: Endpoint) -> dict[str, float | None]:
+        """A/B pause rule, inside the measurement slot just before a run on ``endpoint``: wait until ``other``
+        reports no running or queued request (where its /metrics says so, at most a minute); then, when the
+        previous run may have been on ``other`` (it was, or another xdist worker may have measured since),
+        ``--llmperf-compare-pause`` seconds more for what no gauge shows (KV-cache frees, background work).
+        Returns the waits for the run's summary: they are reported, never inside a latency."""
+        from pytest_llmperf import servermetrics
+
+        idle_wait = servermetrics.wait_idle(other, timeout_s=IDLE_TIMEOUT_S)
+        switched = self._last_measured != endpoint.url if self._last_measured is not None else self.shared_server
+        pause = self.settings.compare_pause_s if switched else 0.0
+        time.sleep(pause)
+        self._last_measured = endpoint.url
+        return {"ab_idle_wait_s": idle_wait, "ab_pause_s": pause}
 
     def prompt_context(self, workload: Any, endpoint: Endpoint) -> Any:
         """How to build exact-length prompts for ``workload`` (calibrated once per endpoint, api and dataset)."""
@@ -376,6 +473,7 @@ class LLMPerfSession:
             from pytest_llmperf import serving
 
             serving.stop_shared(self._run_dir)
+            serving.stop_shared(self._run_dir, state_file=serving.COMPARE_STATE_FILE)
             shutil.rmtree(self._run_dir, ignore_errors=True)
         failed = False
         if self.settings.update is not None:
@@ -386,7 +484,9 @@ class LLMPerfSession:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if not self.results and self.settings.json_path is None and self.settings.report_path is None:
             return  # not a perf session: detect no hardware, write nothing
-        document = {"pair": self.pair, "endpoint": self.endpoint_info, "results": self.results}
+        document: dict[str, Any] = {"pair": self.pair, "endpoint": self.endpoint_info, "results": self.results}
+        if self.compare_info is not None:
+            document["compare"] = self.compare_info  # A/B mode: B (``endpoint`` is A)
         if self.settings.json_path is not None:
             write_json_atomic(self.settings.json_path, document)
         if self.settings.report_path is not None:

@@ -24,6 +24,11 @@ Three ways to get the standard error of ``Δ = mean(y_candidate) − mean(y_base
 ``prediction``
     m = 1 candidate run and k ≥ 3 baseline runs: the Student-t prediction interval for one new run,
     ``se² = s_b²·(1 + 1/k)``, ``df = k − 1``; it assumes the new run has the baseline's run-to-run spread.
+``paired``
+    A/B mode (:func:`compare_paired`): each block ran A and B back to back with the same prompts, and the
+    input is the blocks' log ratios ``d_i = ln(B_i) − ln(A_i)``; ``se = s_d / sqrt(n)``, ``df = n − 1``
+    (paired t). Whatever drifts more slowly than a block (the day, the node, a thermal state) cancels in
+    ``d_i``, which a stored baseline cannot do.
 ``noise_floor``
     fewer than 3 baseline runs: one or two runs say nothing trustworthy about run-to-run spread, so the spread
     is ``max(s_pooled, noise_floor)`` (pooled over whatever both sides provide) with
@@ -47,8 +52,10 @@ __all__ = [
     "MIN_BASELINE_RUNS",
     "MIN_SIGMA",
     "LogComparison",
+    "blocks_needed",
     "clopper_pearson",
     "compare_log",
+    "compare_paired",
     "fisher_one_sided",
     "holm",
     "log_values",
@@ -59,7 +66,7 @@ __all__ = [
     "wilson_interval",
 ]
 
-Method = Literal["welch", "pooled", "prediction", "noise_floor"]
+Method = Literal["welch", "pooled", "prediction", "noise_floor", "paired"]
 
 # Run-to-run spread assumed when the baseline has fewer than MIN_BASELINE_RUNS runs: 3 % in log units is the
 # middle of the 2–5 % seen on GPU servers (anchors §0), i.e. deliberately not optimistic.
@@ -177,6 +184,38 @@ def compare_log(
     se = math.sqrt(vb + vc)
     df = (vb + vc) ** 2 / (vb**2 / (k - 1) + vc**2 / (m - 1))
     return LogComparison(delta, se, float(df), "welch", sigma, k, m)
+
+
+def compare_paired(log_ratios: Sequence[float]) -> LogComparison:
+    """Paired comparison of B with A from per-block log ratios ``ln(B_i / A_i)`` (n ≥ 2 blocks): paired t.
+
+    ``delta > 0`` means B's values are larger. ``sigma`` is the spread of the block differences (what
+    :func:`blocks_needed` plans with); ``k = m = n``.
+
+    Why t and not Wilcoxon's signed-rank test: with n blocks the smallest one-sided p Wilcoxon can reach is
+    ``2**-n`` (1/32 at five blocks), above α = 0.01, so within a typical run budget it could never report a
+    regression. The t interval needs approximate normality of log ratios of run-level medians, which holds
+    well for run statistics (each is itself an average-like summary of hundreds of requests).
+    """
+    n = len(log_ratios)
+    if n < 2:
+        raise ValueError(f"a paired comparison needs at least 2 blocks (got {n})")
+    mean, var = _mean_var(log_ratios)
+    sigma = max(math.sqrt(var), MIN_SIGMA)
+    return LogComparison(mean, sigma / math.sqrt(n), float(n - 1), "paired", sigma, n, n)
+
+
+def blocks_needed(sigma: float, margin: float, *, alpha: float, power: float = 0.8) -> float:
+    """A/B blocks n (in total, fractional) so that a distance ``margin`` (log units) gets decided.
+
+    Normal approximation of ``(z_{1−α} + z_{power}) · σ_d / sqrt(n) ≤ margin`` with σ_d the spread of the
+    per-block log ratios. Unlike :func:`runs_needed` there is no fixed reference side, so more blocks always
+    help; ``math.inf`` only for a non-positive margin.
+    """
+    if margin <= 0:
+        return math.inf
+    z = normal_quantile(1.0 - alpha) + normal_quantile(power)
+    return (z * max(sigma, MIN_SIGMA) / margin) ** 2
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -42,6 +42,12 @@ sequential caller passes ``looks=planned_looks(budget, first_runs)`` and each lo
 gave about 1.5 % family-wise false regressions at 5 % noise; with α / looks every setting stays below 0.5 %.
 PASS needs no correction for looks in that sense: stopping at the first PASS can only lower the chance of
 *detecting* a regression, which the power curves in the same report include.
+
+A/B mode. :func:`judge_paired` judges server B against server A from interleaved blocks (one run of each, same
+prompts, back to back): the same metrics, tolerances, three-valued rule, multiplicity and sequential looks,
+but the ratio metrics use the paired t interval of the per-block log ratios
+(:func:`pytest_llmperf.stats.compare_paired`), so a drift that is slower than a block cancels. Verdicts carry
+``reference="A"`` and read "B vs A"; REGRESSION means B is worse than A beyond the tolerance.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ __all__ = [
     "Verdict",
     "apply_holm",
     "judge",
+    "judge_paired",
     "missing_baseline",
     "needs_more_runs",
     "not_comparable",
@@ -219,6 +226,8 @@ class MetricVerdict:
     # Pooled request counts behind an error-rate comparison (None for ratio metrics).
     requests_candidate: int | None = None
     requests_baseline: int | None = None
+    # What the candidate is compared with: "baseline" (stored runs) or "A" (the A/B mode's reference server).
+    reference: str = "baseline"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -244,6 +253,7 @@ class Verdict:
     hard_diffs: tuple[str, ...] = ()
     soft_diffs: tuple[str, ...] = field(default_factory=tuple)
     hint: str = ""
+    reference: str = "baseline"
 
     @property
     def failed(self) -> bool:
@@ -272,6 +282,7 @@ class Verdict:
             "hard_diffs": list(self.hard_diffs),
             "soft_diffs": list(self.soft_diffs),
             "hint": self.hint,
+            "reference": self.reference,
         }
 
     @classmethod
@@ -288,6 +299,7 @@ class Verdict:
             hard_diffs=tuple(data.get("hard_diffs", ())),
             soft_diffs=tuple(data.get("soft_diffs", ())),
             hint=data.get("hint", ""),
+            reference=data.get("reference", "baseline"),
         )
 
 
@@ -371,6 +383,51 @@ def judge(
     return _assemble(metrics, m, len(baseline_runs), alpha, family, tuple(soft_diffs), looks)
 
 
+def judge_paired(
+    a_runs: Sequence[Mapping[str, Any]],
+    b_runs: Sequence[Mapping[str, Any]],
+    *,
+    tolerances: Mapping[str, float] | None = None,
+    gating: Collection[str] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    family_size: int | None = None,
+    looks: int = 1,
+    compat: str | None = None,
+) -> Verdict:
+    """Judge server B against server A from interleaved blocks: ``a_runs[i]`` and ``b_runs[i]`` ran in block i.
+
+    Same arguments and rules as :func:`judge`, with B as the candidate and A as the reference; needs at least
+    two blocks. Ratio metrics use the paired t interval of ``ln(B_i / A_i)``; the error rate compares the
+    pooled proportions (Fisher), as in :func:`judge`.
+    """
+    n = len(a_runs)
+    if n != len(b_runs):
+        raise ValueError(f"judge_paired() needs one A run and one B run per block (got {n} and {len(b_runs)})")
+    if n < 2:
+        raise ValueError(f"judge_paired() needs at least 2 blocks (got {n})")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha={alpha!r} (expected 0 < alpha < 1)")
+    if isinstance(looks, bool) or not isinstance(looks, int) or looks < 1:
+        raise ValueError(f"looks={looks!r} (expected an int >= 1)")
+    mode = compat or str(b_runs[0].get("compat_mode") or "vllm")
+    tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    gating_names = set(DEFAULT_GATING if gating is None else gating)
+    unknown = gating_names - set(METRICS)
+    if unknown:
+        raise SpecError(f"unknown gating metric(s) {sorted(unknown)}; valid names: {', '.join(METRICS)}")
+    raw = [
+        _measure(d, tol[d.name], d.name in gating_names, b_runs, a_runs, mode, stats.DEFAULT_NOISE_FLOOR, paired=True)
+        for d in METRICS.values()
+    ]
+    n_claims = sum(1 for r in raw if r.gating and r.p_value is not None)
+    family = n_claims if family_size is None else family_size
+    if family < n_claims:
+        raise ValueError(f"family_size={family_size} is smaller than this verdict's {n_claims} gating claims")
+    adjusted = _adjust(raw, family, holm_within=family_size is None)
+    metrics = tuple(_classify(r, alpha / looks, family) for r in adjusted)
+    return _assemble(metrics, n, n, alpha, family, (), looks, reference="A")
+
+
 def planned_looks(budget: int = BUDGET, first_runs: int = 1) -> int:
     """How many times a sequential loop may call :func:`judge`: after ``first_runs`` runs, then after each
     added run up to ``budget``. Pass it as ``judge(looks=...)`` so that peeking stays within α."""
@@ -409,7 +466,18 @@ def apply_holm(verdicts: Sequence[Verdict], alpha: float = DEFAULT_ALPHA) -> tup
         if v.status in (NO_BASELINE, NOT_COMPARABLE):
             out.append(v)
         else:
-            out.append(_assemble(tuple(ms), v.runs_candidate, v.runs_baseline, alpha, family, v.soft_diffs, v.looks))
+            out.append(
+                _assemble(
+                    tuple(ms),
+                    v.runs_candidate,
+                    v.runs_baseline,
+                    alpha,
+                    family,
+                    v.soft_diffs,
+                    v.looks,
+                    reference=v.reference,
+                )
+            )
     return tuple(out)
 
 
@@ -447,8 +515,11 @@ def _measure(
     base: Sequence[Mapping[str, Any]],
     compat: str,
     noise_floor: float,
+    *,
+    paired: bool = False,
 ) -> MetricVerdict:
-    """Everything but the status (which needs the family-adjusted p-values)."""
+    """Everything but the status (which needs the family-adjusted p-values). ``paired``: ``cand[i]`` and
+    ``base[i]`` are B and A of block i (A/B mode), compared by their per-block log ratios."""
     key = d.key(compat)
     m, k = len(cand), len(base)
     if d.scale == "difference":
@@ -470,6 +541,7 @@ def _measure(
         min_effect=bound,
         runs_candidate=m,
         runs_baseline=k,
+        reference="A" if paired else "baseline",
     )
     if d.scale == "difference":
         return _measure_proportion(common, cand, base, bound)
@@ -481,7 +553,11 @@ def _measure(
         return MetricVerdict(status=INCONCLUSIVE, reason=f"{d.label} not measured: {side} {why}", futile=True, **common)
 
     sign = 1.0 if d.direction == "lower" else -1.0
-    cmp = stats.compare_log(stats.log_values(c_vals), stats.log_values(b_vals), noise_floor=noise_floor)
+    if paired:
+        ratios = [c - b for c, b in zip(stats.log_values(c_vals), stats.log_values(b_vals), strict=True)]
+        cmp = stats.compare_paired(ratios)
+    else:
+        cmp = stats.compare_log(stats.log_values(c_vals), stats.log_values(b_vals), noise_floor=noise_floor)
     effect = sign * cmp.delta
     up, lo = cmp.upper(PASS_ALPHA), cmp.lower(PASS_ALPHA)
     effect_upper, effect_lower = (up, lo) if sign > 0 else (-lo, -up)
@@ -593,12 +669,12 @@ def _classify(r: MetricVerdict, alpha: float, family: int) -> MetricVerdict:
     p_b = r.p_better_adjusted if r.p_better_adjusted is not None else _p(r.p_better)
     adj = "Holm-adjusted " if r.p_adjusted is not None else ""
     if r.scale == "ratio":
-        est = f"{r.label} {_fmt_ratio(r.estimate)}× baseline [90% CI {_fmt_ratio(r.lower)}, {_fmt_ratio(r.upper)}]"
+        est = f"{r.label} {_fmt_ratio(r.estimate)}× {r.reference} [90% CI {_fmt_ratio(r.lower)}, {_fmt_ratio(r.upper)}]"
         worse_word = "slower" if r.direction == "lower" else "lower"
         change = "slowdown" if r.direction == "lower" else "drop"
         tol = f"{r.tolerance:.1%} tolerance (limit {r.limit:.3f}×)"
     else:
-        est = f"{r.label} {_fmt_pp(r.estimate)} vs baseline [90% CI {_fmt_pp(r.lower)}, {_fmt_pp(r.upper)}]"
+        est = f"{r.label} {_fmt_pp(r.estimate)} vs {r.reference} [90% CI {_fmt_pp(r.lower)}, {_fmt_pp(r.upper)}]"
         worse_word = "higher"
         change = "rise"
         tol = f"{r.tolerance * 100:.2f}-point tolerance"
@@ -621,10 +697,11 @@ def _classify(r: MetricVerdict, alpha: float, family: int) -> MetricVerdict:
     elif p_b <= alpha and -r.effect >= r.min_effect:
         status = IMPROVEMENT
         reason = f"{est}, {p_txt}: better beyond the {tol}{gross_txt}"
-        hint = UPDATE_HINT
+        hint = UPDATE_HINT if r.reference == "baseline" else ""
     elif zero_failures:
         status = PASS
-        reason = f"{r.label}: no failed request in the candidate runs (baseline {_fmt_pp(r.baseline_value)[1:]})"
+        who = "B's" if r.reference == "A" else "the candidate"
+        reason = f"{r.label}: no failed request in {who} runs ({r.reference} {_fmt_pp(r.baseline_value)[1:]})"
     elif r.effect_upper <= r.bound:
         status = PASS
         reason = f"{est}: within the {tol}{floor_txt}"
@@ -652,14 +729,20 @@ def _plan(r: MetricVerdict, alpha: float, family: int) -> tuple[int | None, bool
     total = _runs_needed(r, margin, level, POWER)
     if math.isinf(total):
         total, note = _runs_needed(r, margin, level, 0.5), " for even odds"
+    if math.isinf(total) and r.reference == "A":
+        return None, True, "more A/B blocks cannot decide it: widen the tolerance"
     if math.isinf(total):
         what = "baseline runs" if r.scale == "ratio" else "baseline requests"
         return None, True, f"more candidate runs cannot decide it: record more {what} or widen the tolerance"
     more = max(1, math.ceil(total) - m)
-    return more, False, f"≈{more} more run(s) needed{note}"
+    unit = "A/B block(s)" if r.method == "paired" else "run(s)"
+    return more, False, f"≈{more} more {unit} needed{note}"
 
 
 def _runs_needed(r: MetricVerdict, margin: float, level: float, power: float) -> float:
+    if r.method == "paired":
+        assert r.sigma is not None
+        return stats.blocks_needed(r.sigma, margin, alpha=level, power=power)
     if r.scale == "ratio":
         assert r.sigma is not None
         return stats.runs_needed(r.sigma, r.runs_baseline, margin, alpha=level, power=power)
@@ -688,6 +771,8 @@ def _assemble(
     family: int,
     soft: tuple[str, ...],
     looks: int,
+    *,
+    reference: str = "baseline",
 ) -> Verdict:
     gating = [x for x in metrics if x.gating]
     statuses = {x.status for x in gating}
@@ -701,17 +786,20 @@ def _assemble(
     else:
         status = PASS
     notable = [x for x in gating if x.status != PASS]
+    ab = reference == "A"
     if status == PASS:
-        reason = f"all {len(gating)} gating metrics within tolerance ({m} candidate vs {k} baseline runs)"
+        runs = f"{m} A/B blocks" if ab else f"{m} candidate vs {k} baseline runs"
+        reason = f"all {len(gating)} gating metrics within tolerance ({runs})"
     else:
         reason = "; ".join(f"{x.status}: {x.reason}" for x in notable)
-    if k < stats.MIN_BASELINE_RUNS:
+    if not ab and k < stats.MIN_BASELINE_RUNS:
         reason += f" [baseline has only {k} run(s): noise floor used; record more with --llmperf-update]"
-    hint = UPDATE_HINT if status == IMPROVEMENT else ""
+    hint = UPDATE_HINT if status == IMPROVEMENT and not ab else ""
     if status == INCONCLUSIVE:
         needs = [x.more_runs for x in gating if x.status == INCONCLUSIVE and x.more_runs is not None]
         if needs:
-            hint = f"≈{max(needs)} more candidate run(s) would likely decide it (raise repeats or the run budget)"
+            more = f"{max(needs)} more A/B block(s)" if ab else f"{max(needs)} more candidate run(s)"
+            hint = f"≈{more} would likely decide it (raise repeats or the run budget)"
     return Verdict(
         status=status,
         reason=reason,
@@ -723,4 +811,5 @@ def _assemble(
         looks=looks,
         soft_diffs=soft,
         hint=hint,
+        reference=reference,
     )

@@ -515,6 +515,7 @@ def _workload_text(workload: Mapping[str, Any], *, with_load: bool = True) -> st
 
 
 def _sweep_section(index: int, sweep: Sweep) -> str:
+    names = _side_names(any(r.get("ab") for r in sweep.results))
     cur = _curve(sweep, baseline=False)
     base = _curve(sweep, baseline=True)
     per = "per GPU" if sweep.gpu_count else "per server"
@@ -522,7 +523,7 @@ def _sweep_section(index: int, sweep: Sweep) -> str:
 
     # (a) output throughput vs median E2E latency.
     series_a = []
-    for curve, name, style in ((base, "baseline", "base"), (cur, "current", "cur")):
+    for curve, name, style in ((base, names[0], "base"), (cur, names[1], "cur")):
         points, labels = _labelled(curve, curve.e2e_ms, curve.throughput)
         if points:
             series_a.append(_Series(name, style, points, labels))
@@ -537,7 +538,7 @@ def _sweep_section(index: int, sweep: Sweep) -> str:
     )
     # (b) throughput per GPU vs interactivity, with Pareto fronts.
     series_b = []
-    for curve, name, style in ((base, "baseline", "base"), (cur, "current", "cur")):
+    for curve, name, style in ((base, names[0], "base"), (cur, names[1], "cur")):
         points, labels = _labelled(curve, curve.interactivity, curve.per_unit)
         if points:
             series_b.append(_Series(name, style, points, labels, front=pareto_front(points)))
@@ -567,13 +568,74 @@ def _sweep_section(index: int, sweep: Sweep) -> str:
         lines.append('<li class="muted">no latency SLO on this sweep, so no capacity at SLO</li>')
     gpus = f"{sweep.gpu_count} GPUs" if sweep.gpu_count else "GPU count unknown: throughput is per server"
     test = _id_html(sweep.test)
-    caption_b = "Pareto front: the points no other point beats on both axes (solid: current, dashed: baseline)."
+    caption_b = f"Pareto front: the points no other point beats on both axes (solid: {names[1]}, dashed: {names[0]})."
     return (
         f'<section class="sweep" id="sweep-{index}"><h3>Sweep {index}: {test}</h3>'
         f'<p class="muted">{_e(_workload_text(sweep.workload, with_load=False))} · concurrency '
         f"{_e(', '.join(f'c{c}' for c in sweep.concurrencies))} · {_e(gpus)}</p>"
         f'<ul class="capacity">{"".join(lines)}</ul>'
         f'<div class="plots">{_figure(plot_a)}{_figure(plot_b, _e(caption_b))}</div></section>'
+    )
+
+
+def _side_names(ab: bool) -> tuple[str, str]:
+    """Legend names of the reference and the measured side: A and B in A/B mode, else baseline and current."""
+    return ("A", "B") if ab else ("baseline", "current")
+
+
+# -- A/B mode ---------------------------------------------------------------------------------------------------
+
+
+def _ab_server(info: Mapping[str, Any]) -> str:
+    return " ".join(str(x) for x in (info.get("engine"), info.get("engine_version"), info.get("url")) if x)
+
+
+def _ab_section(results: Sequence[Mapping[str, Any]]) -> str:
+    """ "B vs A": per A/B test, each gating metric's A and B values, B/A with its 90 % interval, and the verdict."""
+    ab_results = [(i, r) for i, r in _ordered(results) if r.get("ab")]
+    if not ab_results:
+        return ""
+    first = ab_results[0][1]["ab"]
+    rows = []
+    for index, r in ab_results:
+        verdict = r.get("verdict") or {}
+        blocks = r["ab"].get("blocks") or []
+        metrics = [m for m in verdict.get("metrics") or () if m.get("gating", True)]
+        span = max(1, len(metrics))
+        head = (
+            f'<td rowspan="{span}" class="test-cell"><a href="#test-{index}">{_id_html(str(r.get("nodeid", "")))}</a>'
+            f'<div class="muted small">{len(blocks)} blocks: {_e(" ".join(blocks))}</div></td>'
+            f'<td rowspan="{span}">{_verdict_cell(r)}</td>'
+        )
+        if not metrics:
+            rows.append(f'<tr>{head}<td colspan="5">{_e(verdict.get("reason") or DASH)}</td></tr>')
+        for j, m in enumerate(metrics):
+            unit = "" if m.get("scale") == "difference" else ("tok/s" if "throughput" in str(m.get("key")) else "ms")
+            lo, hi, est = _num(m.get("lower")), _num(m.get("upper")), _num(m.get("estimate"))
+            if m.get("scale") == "difference":
+                a_v = DASH if _num(m.get("baseline_value")) is None else f"{m['baseline_value'] * 100:.2f}%"
+                b_v = DASH if _num(m.get("candidate_value")) is None else f"{m['candidate_value'] * 100:.2f}%"
+                ratio = DASH if est is None else f"{est * 100:+.2f} pp"
+            else:
+                a_v, b_v = _fmt(m.get("baseline_value"), unit), _fmt(m.get("candidate_value"), unit)
+                ratio = DASH if est is None else f"{est:.3f}"
+                if lo is not None and hi is not None:
+                    ratio += f" [{lo:.3f}, {hi:.3f}]"
+            cls = _RANK.get(str(m.get("status")), (9, "info"))[1]
+            badge = f'<span class="badge {cls}" title="{_e(m.get("reason") or "")}">{_e(m.get("status"))}</span>'
+            rows.append(
+                f"<tr>{head if j == 0 else ''}<td>{_e(m.get('label') or m.get('name'))}</td>"
+                f'<td class="num">{_e(a_v)}</td><td class="num">{_e(b_v)}</td><td class="num">{_e(ratio)}</td>'
+                f"<td>{badge}</td></tr>"
+            )
+    return (
+        '<h2 id="ab">B vs A</h2>'
+        f"<p>A: {_e(_ab_server(first.get('a') or {}))}<br>B: {_e(_ab_server(first.get('b') or {}))}<br>"
+        '<span class="muted">Each block runs A and B once with the same prompts, back to back; ratios are B/A with '
+        "the paired 90% interval. A REGRESSION means B is worse than A beyond the tolerance. In the plots below, "
+        "A is drawn where a baseline would be.</span></p>"
+        '<table class="ab"><thead><tr><th>test</th><th>verdict</th><th>metric</th><th>A</th><th>B</th>'
+        f"<th>B/A [90% CI]</th><th>metric verdict</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
 
 
@@ -626,10 +688,11 @@ _DIST_NAMES = {"ttft": "TTFT", "tpot": "TPOT", "e2e": "E2E latency"}
 def _test_section(index: int, result: Mapping[str, Any]) -> str:
     current = _per_request(result.get("detail") or {})
     baseline = _per_request((result.get("baseline") or {}).get("raw") or {})
+    names = _side_names(bool(result.get("ab")))
     figures, rows = [], []
     for metric, name in _DIST_NAMES.items():
         series = []
-        for data, label, style in ((baseline[metric], "baseline", "base"), (current[metric], "current", "cur")):
+        for data, label, style in ((baseline[metric], names[0], "base"), (current[metric], names[1], "cur")):
             if data:
                 points = _ecdf(data)
                 # Start each step curve at probability 0 so it reads as a CDF.
@@ -653,8 +716,8 @@ def _test_section(index: int, result: Mapping[str, Any]) -> str:
         )
         figures.append(_figure(plot))
     table = (
-        '<table class="dist"><thead><tr><th>per request, ms</th><th>baseline p50</th><th>current p50</th>'
-        f"<th>baseline p99</th><th>current p99</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f'<table class="dist"><thead><tr><th>per request, ms</th><th>{names[0]} p50</th><th>{names[1]} p50</th>'
+        f"<th>{names[0]} p99</th><th>{names[1]} p99</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
     status = _status(result)
     cls = _RANK.get(status, (9, "info"))[1]
@@ -780,6 +843,9 @@ def _header(document: Mapping[str, Any], title: str, generated: _dt.datetime) ->
         ("GPUs", gpus if gpus else "unknown (throughput is per server)"),
         ("date", date),
     ]
+    compare = document.get("compare")
+    if isinstance(compare, Mapping):  # A/B mode: the endpoint above is A
+        fields.insert(2, ("B (compared)", _ab_server(compare)))
     counts: dict[str, int] = {}
     for r in results:
         counts[_status(r)] = counts.get(_status(r), 0) + 1
@@ -869,6 +935,7 @@ def render_html(document: Mapping[str, Any], *, title: str | None = None, genera
     else:
         parts.append('<h2 id="results">Results</h2>')
         parts.append(_table(document, results))
+        parts.append(_ab_section(results))
         parts.append('<h2 id="sweeps">Sweeps</h2>')
         if sweeps:
             parts.extend(_sweep_section(i + 1, sweep) for i, sweep in enumerate(sweeps))

@@ -1,5 +1,7 @@
 """JUnit ``<properties>`` of a perf test: every metric as ``llmperf.<metric>.<stat>``, the verdict, the SLOs.
 
+In A/B mode the verdict's properties are ``llmperf.ab.<metric>.a|b|ratio|verdict`` (B vs A).
+
 Appended to ``item.user_properties`` (not ``record_property``), so they are written under the default
 ``junit_family=xunit2`` without a warning and travel with the report under pytest-xdist.
 """
@@ -45,13 +47,19 @@ def properties(document: Mapping[str, Any]) -> list[tuple[str, Any]]:
         if value is not None:
             out.append((f"llmperf.{name}", round(float(value), 4)))
     verdict = document.get("verdict") or {}
+    ab = document.get("ab")
+    # A/B mode: the verdict is B vs A, under llmperf.ab.* (the metrics above are B's).
+    prefix, labels = ("llmperf.ab.", ("a", "b", "ratio")) if ab else ("llmperf.", ("baseline", "measured", "ratio"))
+    if ab:
+        out.append(("llmperf.ab.blocks", len(ab.get("blocks") or ())))
+        out.append(("llmperf.ab.order", ab.get("order")))
     if verdict:
-        out.append(("llmperf.verdict", verdict.get("status")))
+        out.append((f"{prefix}verdict", verdict.get("status")))
     for m in verdict.get("metrics", ()):
-        for field, label in (("baseline_value", "baseline"), ("candidate_value", "measured"), ("estimate", "ratio")):
+        for field, label in zip(("baseline_value", "candidate_value", "estimate"), labels, strict=True):
             if m.get(field) is not None:
-                out.append((f"llmperf.{m['name']}.{label}", round(float(m[field]), 4)))
-        out.append((f"llmperf.{m['name']}.verdict", m["status"]))
+                out.append((f"{prefix}{m['name']}.{label}", round(float(m[field]), 4)))
+        out.append((f"{prefix}{m['name']}.verdict", m["status"]))
     for slo in document.get("slos", ()):
         out.append((f"llmperf.slo.{slo['name']}.limit", slo["limit"]))
         if slo.get("measured") is not None:

@@ -44,8 +44,15 @@ def _tolerance(m: Mapping[str, Any]) -> str:
 
 
 def render_verdict_table(verdict: Mapping[str, Any]) -> str:
-    """metric | baseline | measured | ratio [90% interval] | tolerance | verdict, then the reasons that matter."""
-    header = ("metric", "baseline", "measured", "ratio [90% CI]", "tolerance", "verdict")
+    """metric | baseline | measured | ratio [90% interval] | tolerance | verdict, then the reasons that matter.
+
+    A/B verdicts (``reference == "A"``) read metric | A | B | B/A [90% interval] | tolerance | verdict."""
+    ab = verdict.get("reference") == "A"
+    header = (
+        ("metric", "A", "B", "B/A [90% CI]", "tolerance", "verdict")
+        if ab
+        else ("metric", "baseline", "measured", "ratio [90% CI]", "tolerance", "verdict")
+    )
     rows = []
     for m in verdict.get("metrics", ()):
         unit = _unit(m)
@@ -61,11 +68,13 @@ def render_verdict_table(verdict: Mapping[str, Any]) -> str:
             )
         )
     # With metrics the per-metric reasons below say it all; without (no baseline, not comparable) the reason.
-    headline = f"verdict: {verdict['status']}" + ("" if rows else f" - {verdict['reason']}")
-    lines = [
-        headline,
-        f"runs: {verdict.get('runs_candidate', 0)} now vs {verdict.get('runs_baseline', 0)} in the baseline",
-    ]
+    headline = f"{'B vs A ' if ab else ''}verdict: {verdict['status']}" + ("" if rows else f" - {verdict['reason']}")
+    runs = (
+        f"blocks: {verdict.get('runs_candidate', 0)} (each one run of A and one of B, interleaved)"
+        if ab
+        else f"runs: {verdict.get('runs_candidate', 0)} now vs {verdict.get('runs_baseline', 0)} in the baseline"
+    )
+    lines = [headline, runs]
     if rows:
         lines += _table(header, rows)
     for m in verdict.get("metrics", ()):

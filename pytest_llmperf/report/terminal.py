@@ -74,4 +74,42 @@ def render(
         if verbose > 0 and r.get("verdict", {}).get("metrics"):
             lines.extend(("    " + line, {}) for line in render_verdict_table(r["verdict"]).splitlines())
     lines.append(("times in ms (p50 = median); tok/s = output tokens per second; -v shows every metric's verdict", {}))
+    lines.extend(render_ab(ordered))
     return lines
+
+
+_AB_METRICS = (("ttft_p50", "TTFT50"), ("tpot_p50", "TPOT50"), ("e2e_p50", "E2E50"), ("output_tok_s", "tok/s"))
+
+
+def render_ab(results: Sequence[Mapping[str, Any]]) -> list[Line]:
+    """The "B vs A" section of an A/B session: per test, B/A ratios of the gating medians and the verdict."""
+    ab_results = [r for r in results if r.get("ab")]
+    if not ab_results:
+        return []
+    first = ab_results[0]["ab"]
+    lines: list[Line] = [
+        ("", {}),
+        ("B vs A (ratios B/A; a REGRESSION means B is worse than A beyond the tolerance)", {"bold": True}),
+        (f"A: {_server(first.get('a') or {})}", {}),
+        (f"B: {_server(first.get('b') or {})}", {}),
+        (f"{'test':<{TEST_WIDTH}} {'blocks':>6} {' '.join(f'{label:>7}' for _, label in _AB_METRICS)}  verdict", {}),
+    ]
+    for r in ab_results:
+        verdict = r.get("verdict") or {}
+        ratios = {m["name"]: m.get("estimate") for m in verdict.get("metrics", ())}
+        cells = " ".join(_ratio(ratios.get(name)) for name, _ in _AB_METRICS)
+        word = status(r)
+        colour = _COLOURS.get(word)
+        text = f"{_short(r['nodeid'], TEST_WIDTH):<{TEST_WIDTH}} {len(r['ab'].get('blocks') or ()):>6} {cells}  {word}"
+        lines.append((text, {colour: True} if colour else {}))
+    return lines
+
+
+def _server(info: Mapping[str, Any]) -> str:
+    return f"{info.get('engine', 'unknown')} {info.get('engine_version') or ''} · {info.get('url', '?')}".replace(
+        "  ", " "
+    )
+
+
+def _ratio(value: Any) -> str:
+    return f"{'—':>7}" if value is None else f"{value:>7.3f}"
