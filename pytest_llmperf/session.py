@@ -75,7 +75,7 @@ class LLMPerfSession:
         # A/B mode (--llmperf-compare): the second server, B.
         self.compare_info: dict[str, Any] | None = None
         self._compare_spawned: Spawned | None = None
-        self._compare_affinity: contextlib.ExitStack | None = None
+        self._pinned: set[int] = set()  # cores of spawned servers (A's, and B's in A/B mode): the client stays off
         self._last_measured: str | None = None  # URL of this process's last A/B run, for the pause rule
 
     # -- process roles and the run directory shared with xdist workers ---------------------------------
@@ -209,9 +209,8 @@ class LLMPerfSession:
             else:
                 self._spawned = start()
                 endpoint, pinned = self._spawned.endpoint, self._spawned.pinned_cpus
-            self._affinity = contextlib.ExitStack()
-            self._affinity.enter_context(serving.client_off_cpus(pinned))
-            self._affinity.enter_context(_sigterm_as_interrupt())
+            self._pinned |= set(pinned or ())
+            self._own_cores()
         self.endpoint_info = endpoint.public_dict()
         return endpoint
 
@@ -238,24 +237,40 @@ class LLMPerfSession:
             def start() -> Spawned:
                 return serving.spawn(profile, choice, log_path=log_path, cuda_devices=devices, launcher=self._launch)
 
-            if self.is_worker and not profile.gpus_per_server:
-                self.shared_server = True
-                state = serving.COMPARE_STATE_FILE
-                endpoint = serving.shared(self.run_dir, start, s.api_key, state_file=state)
-                pinned = serving.shared_pinned_cpus(self.run_dir, state_file=state)
-            else:
-                self._compare_spawned = start()
-                endpoint, pinned = self._compare_spawned.endpoint, self._compare_spawned.pinned_cpus
-            self._compare_affinity = contextlib.ExitStack()
-            self._compare_affinity.enter_context(serving.client_off_cpus(pinned))
-            self._compare_affinity.enter_context(_sigterm_as_interrupt())
+            # B's profile picks its cores from every core this process may use, exactly as A's did: with the
+            # client's restriction (off A's cores) still in place, "auto" would find one core and not pin B.
+            self._release_cores()
+            try:
+                if self.is_worker and not profile.gpus_per_server:
+                    self.shared_server = True
+                    state = serving.COMPARE_STATE_FILE
+                    endpoint = serving.shared(self.run_dir, start, s.api_key, state_file=state)
+                    pinned = serving.shared_pinned_cpus(self.run_dir, state_file=state)
+                else:
+                    self._compare_spawned = start()
+                    endpoint, pinned = self._compare_spawned.endpoint, self._compare_spawned.pinned_cpus
+                self._pinned |= set(pinned or ())
+            finally:
+                self._own_cores()
         self.compare_info = endpoint.public_dict()
         return endpoint
 
+    def _own_cores(self) -> None:
+        """Keep the load generator off every spawned server's cores; while this process owns a spawned server,
+        SIGTERM acts like Ctrl-C so that teardown stops it."""
+        from pytest_llmperf import serving
+
+        self._release_cores()
+        self._affinity = contextlib.ExitStack()
+        self._affinity.enter_context(serving.client_off_cpus(sorted(self._pinned) or None))
+        self._affinity.enter_context(_sigterm_as_interrupt())
+
+    def _release_cores(self) -> None:
+        if self._affinity is not None:
+            self._affinity.close()
+            self._affinity = None
+
     def close_compare_server(self) -> None:
-        if self._compare_affinity is not None:
-            self._compare_affinity.close()
-            self._compare_affinity = None
         if self._compare_spawned is not None:
             self._compare_spawned.process.stop()
             self._compare_spawned = None
@@ -292,9 +307,7 @@ class LLMPerfSession:
         if self._control is not None:
             self._control.close()
             self._control = None
-        if self._affinity is not None:
-            self._affinity.close()
-            self._affinity = None
+        self._release_cores()
         if self._spawned is not None:
             self._spawned.process.stop()
             self._spawned = None

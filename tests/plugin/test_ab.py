@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -157,7 +159,9 @@ def recording_profiles(tmp: Path, extra: str = "") -> Path:
             f"""
             import os, sys
             with open({str(tmp / "starts.log")!r}, "a") as log:
-                log.write(f"{{sys.argv[1]}} {{os.getpid()}} {{os.environ.get('CUDA_VISIBLE_DEVICES', '-')}}\\n")
+                cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+                devices = os.environ.get("CUDA_VISIBLE_DEVICES", "-")
+                log.write(f"{{sys.argv[1]}} {{os.getpid()}} {{devices}} {{cpus}}\\n")
             os.execv(sys.executable, [sys.executable, "-m", "pytest_llmperf.sim", *sys.argv[2:]])
             """
         )
@@ -179,7 +183,12 @@ def recording_profiles(tmp: Path, extra: str = "") -> Path:
 
 def starts(tmp: Path) -> list[tuple[str, int, str]]:
     lines = (tmp / "starts.log").read_text().split("\n")
-    return [(name, int(pid), devices) for name, pid, devices in (line.split() for line in lines if line)]
+    return [(name, int(pid), devices) for name, pid, devices, _ in (line.split() for line in lines if line)]
+
+
+def affinities(tmp: Path) -> dict[str, str]:
+    lines = (tmp / "starts.log").read_text().split("\n")
+    return {name: cpus for name, _, _, cpus in (line.split() for line in lines if line)}
 
 
 def alive(pid: int) -> bool:
@@ -245,3 +254,51 @@ def test_gpu_profiles_get_disjoint_devices_for_a_and_b(
     by_name = {name: sorted(d for n, _, d in recorded if n == name) for name in ("ra", "rb")}
     assert by_name == {"ra": ["0", "2"], "rb": ["1", "3"]}
     assert not any(alive(pid) for _, pid, _ in recorded)
+
+
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2 or shutil.which("taskset") is None, reason="needs two cores and taskset"
+)
+def test_spawned_a_and_b_are_pinned_alike(pytester: pytest.Pytester) -> None:
+    """Both servers get the same core(s) from ``cpu_affinity: auto``: B must not lose its pinning because the
+    client already moved off A's core (B would then run unpinned beside the client: not a fair comparison)."""
+    profiles = recording_profiles(pytester.path, extra="cpu_affinity: auto")
+    pytester.makepyfile(XDIST_TEST)
+    result = pytester.runpytest(
+        "--llmperf-server=ra", "--llmperf-compare=rb", "--llmperf-compare-pause=0", f"--llmperf-profiles={profiles}"
+    )
+    result.assert_outcomes(passed=3)
+    pinned = affinities(pytester.path)
+    last = str(sorted(os.sched_getaffinity(0))[-1])
+    assert pinned == {"ra": last, "rb": last}
+
+
+@pytest.mark.usefixtures("llamacpp")
+def test_two_embedded_engines_compare(pytester: pytest.Pytester) -> None:
+    """A/B on the real engine: two llama-servers, interleaved, both idle-checked through llama.cpp's gauges."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        # Mechanics only: a CPU engine beside another xdist worker is too noisy for a 5 % tolerance.
+        @pytest.mark.perf(input_len=64, output_len=32, num_prompts=8, concurrency=4, repeats=3, tolerance=0.5)
+        def test_small(llmperf):
+            llmperf.run()
+        """
+    )
+    out = pytester.path / "r.json"
+    result = pytester.runpytest(
+        "--llmperf-compare=llamacpp-tiny", "--llmperf-compare-pause=0.2", f"--llmperf-json={out}"
+    )
+    result.assert_outcomes(passed=1)
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["ab"]["a"]["engine"] == r["ab"]["b"]["engine"] == "llama.cpp"
+    assert r["ab"]["a"]["url"] != r["ab"]["b"]["url"]
+    assert r["ab"]["a"]["pid"] != r["ab"]["b"]["pid"]
+    assert 2 <= len(r["ab"]["blocks"]) <= 3
+    for run in r["ab"]["runs_a"] + r["ab"]["runs_b"]:
+        assert run["failed"] == 0
+        assert run["ab_idle_wait_s"] is not None  # llama.cpp's requests_processing gauge was read
+    assert r["verdict"]["reference"] == "A"
+    assert not alive(r["ab"]["a"]["pid"])
+    assert not alive(r["ab"]["b"]["pid"])
