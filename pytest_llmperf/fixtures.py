@@ -12,10 +12,12 @@ from pytest_llmperf.errors import BaselineError, LLMPerfError, RunInterrupted
 from pytest_llmperf.markers import build_spec, merge, scale_spec
 from pytest_llmperf.report.junit import properties
 from pytest_llmperf.report.progress import LiveProgress
-from pytest_llmperf.session import RESULTS_KEY, LLMPerfSession
-from pytest_llmperf.spec import Endpoint
+from pytest_llmperf.session import IDLE_TIMEOUT_S, RESULTS_KEY, LLMPerfSession
+from pytest_llmperf.spec import Endpoint, redact_url
 
 if TYPE_CHECKING:
+    from pytest_llmperf.judging import ABJudgement, Judgement
+    from pytest_llmperf.markers import PerfSpec
     from pytest_llmperf.runner import Result
 
 SESSION_KEY = pytest.StashKey[LLMPerfSession]()
@@ -45,7 +47,7 @@ def llmperf_compare_server(request: pytest.FixtureRequest, llmperf_server: Endpo
         endpoint = session.open_compare_server()
     except LLMPerfError as exc:
         session.close_compare_server()
-        pytest.fail(f"--llmperf-compare={session.settings.compare}: {exc}", pytrace=False)
+        pytest.fail(f"--llmperf-compare={redact_url(session.settings.compare or '')}: {exc}", pytrace=False)
     try:
         yield endpoint
     finally:
@@ -169,8 +171,8 @@ class LLMPerf:
         self,
         module_path: str,
         test_name: str,
-        spec: Any,
-        judgement: Any,
+        spec: PerfSpec,
+        judgement: ABJudgement,
         compare: Endpoint,
     ) -> None:
         from pytest_llmperf import metrics
@@ -235,7 +237,7 @@ class LLMPerf:
                 # Ctrl-C skips the call report, so hand the partial result to the session directly.
                 partial = runner.summarize(interrupted.partial, endpoint)
                 self._session.results.append(
-                    {"nodeid": self._item.nodeid, "outcome": "interrupted", **self._document(partial)}
+                    {"nodeid": self._item.nodeid, "outcome": "interrupted", **self._document(partial, endpoint)}
                 )
                 raise
             finally:
@@ -244,6 +246,11 @@ class LLMPerf:
             after = servermetrics.scrape(endpoint) if before is not None else None
         result.summary["measurement_lock_wait_s"] = slot["wait_s"]
         result.summary.update(settled)
+        if (settled.get("ab_idle_wait_s") or 0.0) >= IDLE_TIMEOUT_S:
+            result.summary.setdefault("validity", {}).setdefault("warnings", []).append(
+                f"the other A/B server still reported busy requests after {IDLE_TIMEOUT_S:g} s: this run may "
+                "overlap its tail"
+            )
         if before is not None and after is not None:
             result.summary["server_metrics"] = servermetrics.deltas(before, after)
         return result
@@ -260,8 +267,8 @@ class LLMPerf:
             return None
         return LiveProgress(terminal, capture, f"{self._item.name} {label}".rstrip())
 
-    def _document(self, result: Result) -> dict[str, Any]:
-        return {**result.as_dict(), "endpoint": self.endpoint.public_dict()}
+    def _document(self, result: Result, endpoint: Endpoint | None = None) -> dict[str, Any]:
+        return {**result.as_dict(), "endpoint": (endpoint or self.endpoint).public_dict()}
 
     def _record(
         self, module_path: str, test_name: str, spec: Any, judgement: Any, baseline: Any, updating: bool
@@ -300,7 +307,7 @@ class LLMPerf:
         )
         self._item.config.hook.pytest_llmperf_result(item=self._item, result=document)
 
-    def _decide(self, judgement: Any, updating: bool) -> None:
+    def _decide(self, judgement: Judgement | ABJudgement, updating: bool) -> None:
         from pytest_llmperf.report.tables import render_verdict_table
         from pytest_llmperf.slo import render_slo_table
 

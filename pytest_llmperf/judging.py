@@ -19,9 +19,9 @@ from typing import Any
 from pytest_llmperf.markers import PerfSpec
 from pytest_llmperf.runner import Result
 from pytest_llmperf.slo import SloResult, check_slos
+from pytest_llmperf.spec import AB_ORDERS
 from pytest_llmperf.verdict import Verdict, judge, judge_paired, needs_more_runs, planned_looks, resolve_tolerances
 
-AB_ORDERS = ("abba", "random")
 MIN_BLOCKS = 2
 
 
@@ -144,6 +144,13 @@ def block_orders(order: str, blocks: int, seed: int) -> list[str]:
     raise ValueError(f"A/B order {order!r}: expected one of {', '.join(AB_ORDERS)}")
 
 
+def look_points(order: str, budget: int) -> list[int]:
+    """Block counts after which the verdict is computed. ``abba`` looks only after complete AB+BA pairs (even
+    counts), where the position within a block (first or second) cancels; ``random`` after every block."""
+    step = 2 if order == "abba" else 1
+    return list(range(MIN_BLOCKS, budget + 1, step))
+
+
 def run_ab_until_decided(
     spec: PerfSpec,
     measure: Callable[[str], Result],
@@ -155,19 +162,33 @@ def run_ab_until_decided(
 ) -> ABJudgement:
     """Run blocks of A and B (``measure("A")``, ``measure("B")``) until the paired verdict is decided.
 
-    Runs ``MIN_BLOCKS`` blocks first (a paired interval needs two), then one block per look up to ``budget``
-    (at least ``MIN_BLOCKS``); an SLO breach of B stops at once.
+    Runs ``MIN_BLOCKS`` blocks first (a paired interval needs two), then more up to ``budget`` blocks (at least
+    ``MIN_BLOCKS``; with ``abba`` rounded down to an even count), judging at :func:`look_points`; an SLO breach
+    of B stops at once (the verdict then covers the complete blocks so far).
     """
     budget = max(budget, MIN_BLOCKS)
+    if order == "abba":
+        budget -= budget % 2
     tolerances = resolve_tolerances(global_tolerance, spec.tolerance)
-    looks = planned_looks(budget, MIN_BLOCKS)
+    looks_at = look_points(order, budget)
     orders = block_orders(order, budget, spec.workload.seed)
     runs: dict[str, list[Result]] = {"A": [], "B": []}
     slo_results: list[list[SloResult]] = []
     notes: list[str] = []
     verdict: Verdict | None = None
-    breached = False
+
+    def judged() -> Verdict:
+        complete = min(len(runs["A"]), len(runs["B"]))
+        return judge_paired(
+            [r.summary for r in runs["A"][:complete]],
+            [r.summary for r in runs["B"][:complete]],
+            tolerances=tolerances,
+            family_size=family_size,
+            looks=len(looks_at),
+        )
+
     for block, sequence in enumerate(orders):
+        breached = False
         for server in sequence:
             runs[server].append(measure(server))
             if server == "B":
@@ -176,26 +197,21 @@ def run_ab_until_decided(
             if breached:
                 break
         if breached:
-            # The verdict stays that of the complete blocks before this one.
             notes.append(f"stopped in block {block + 1} of at most {budget}: B breached an SLO")
+            if min(len(runs["A"]), len(runs["B"])) >= MIN_BLOCKS:
+                verdict = judged()
             break
-        if block + 1 < MIN_BLOCKS:
+        if block + 1 not in looks_at:
             continue
-        verdict = judge_paired(
-            [r.summary for r in runs["A"]],
-            [r.summary for r in runs["B"]],
-            tolerances=tolerances,
-            family_size=family_size,
-            looks=looks,
-        )
+        verdict = judged()
         if not needs_more_runs(verdict, block + 1, budget):
             break
     if verdict is None:  # stopped by an SLO breach before two full blocks
         verdict = Verdict(
             status="INCONCLUSIVE",
-            reason=f"stopped after {len(runs['A'])} complete A/B block(s), before a paired comparison was possible",
-            runs_candidate=len(runs["A"]),
-            runs_baseline=len(runs["A"]),
+            reason=f"stopped after {len(runs['A'])} A/B block(s), before a paired comparison was possible",
+            runs_candidate=min(len(runs["A"]), len(runs["B"])),
+            runs_baseline=min(len(runs["A"]), len(runs["B"])),
             reference="A",
         )
     return ABJudgement(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.spec import COMPAT_MODES
+from pytest_llmperf.spec import AB_ORDERS, COMPAT_MODES
 
 API_KEY_ENV = "LLMPERF_API_KEY"
 
@@ -42,6 +42,7 @@ class Settings:
     scale: float | None  # None: auto
     progress: str
     compare: str | None  # A/B mode: B's URL or profile name
+    compare_api_key: str | None  # B's key: its own variable when named, else A's
     compare_order: str
     compare_pause_s: float
 
@@ -85,7 +86,6 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ),
 )
 INCONCLUSIVE_CHOICES = ("fail", "warn", "skip")
-COMPARE_ORDERS = ("abba", "random")
 
 
 def register(parser: pytest.Parser) -> None:
@@ -110,6 +110,13 @@ def register(parser: pytest.Parser) -> None:
         metavar="VAR",
         default=None,
         help=f"Environment variable that holds the API key. Default: {API_KEY_ENV}. The key is never written",
+    )
+    group.addoption(
+        "--llmperf-compare-api-key-env",
+        dest="llmperf_compare_api_key_env",
+        metavar="VAR",
+        default=None,
+        help="A/B mode: environment variable that holds B's API key. Default: the same key as A",
     )
 
 
@@ -170,10 +177,8 @@ def resolve(config: pytest.Config) -> Settings:
             "not against the stored baselines; record baselines in a session without --llmperf-compare"
         )
     compare_order = _get(config, "compare-order") or "abba"
-    if compare_order not in COMPARE_ORDERS:
-        raise pytest.UsageError(
-            f"--llmperf-compare-order={compare_order!r}: expected one of {', '.join(COMPARE_ORDERS)}"
-        )
+    if compare_order not in AB_ORDERS:
+        raise pytest.UsageError(f"--llmperf-compare-order={compare_order!r}: expected one of {', '.join(AB_ORDERS)}")
     pause_text = _get(config, "compare-pause") or "1"
     try:
         compare_pause_s = float(pause_text)
@@ -203,9 +208,15 @@ def resolve(config: pytest.Config) -> Settings:
         scale=scale,
         progress=progress,
         compare=compare,
+        compare_api_key=_compare_key(config, os.environ.get(key_env) or None),
         compare_order=compare_order,
         compare_pause_s=compare_pause_s,
     )
+
+
+def _compare_key(config: pytest.Config, a_key: str | None) -> str | None:
+    variable = config.getoption("llmperf_compare_api_key_env")
+    return a_key if variable is None else os.environ.get(variable) or None
 
 
 def _writable(config: pytest.Config, name: str, text: str | None) -> Path | None:

@@ -29,6 +29,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     session = LLMPerfSession(config, options.resolve(config))
+    session.check_compare_target()
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "llmperf-session")
     if config.pluginmanager.hasplugin("xdist"):
@@ -44,11 +45,11 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     s = session.settings
     if s.endpoint is None and s.server is None and s.compare is None:
         return None
-    from pytest_llmperf.server import redact_url
+    from pytest_llmperf.spec import is_url, redact_url
 
     target = redact_url(s.endpoint) if s.endpoint else f"profile {s.server or 'llamacpp-tiny (embedded default)'}"
     if s.compare is not None:
-        other = redact_url(s.compare) if s.compare.startswith(("http://", "https://")) else f"profile {s.compare}"
+        other = redact_url(s.compare) if is_url(s.compare) else f"profile {s.compare}"
         return [f"llmperf: A/B mode, A = {target}, B = {other} (judged B vs A)"]
     return [f"llmperf: {target}, baseline pair {session.pair}"]
 

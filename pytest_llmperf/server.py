@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pytest_llmperf.errors import EndpointError, ServerError, ServerExitedError, ServerStartTimeout
+from pytest_llmperf.spec import redact_url
 
 if TYPE_CHECKING:
     import httpx
@@ -450,17 +451,6 @@ def _host_for_url(host: str) -> str:
 
 
 # --- control plane of a running server (attach mode and engine info) ----------------------------------
-
-
-def redact_url(url: str) -> str:
-    """``url`` without any ``user:password@`` part, fit for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _headers(api_key: str | None) -> dict[str, str]:

@@ -21,7 +21,7 @@ from typing import Any
 from pytest_llmperf import server
 from pytest_llmperf.errors import EndpointError, LLMPerfError, ServerError
 from pytest_llmperf.profiles import Profile
-from pytest_llmperf.spec import Endpoint, Launch
+from pytest_llmperf.spec import Endpoint, Launch, redact_url
 
 STATE_FILE = "server.json"
 COMPARE_STATE_FILE = "compare.json"  # A/B mode's second server (B)
@@ -82,6 +82,12 @@ def describe(url: str, choice: ServerChoice, *, model: str | None = None, **know
 
 
 def attach(url: str, choice: ServerChoice) -> Endpoint:
+    if choice.api_key and redact_url(url) != url:
+        # The streaming client would send both as Authorization headers and refuse the request mid-run.
+        raise EndpointError(
+            f"{redact_url(url)}: the URL carries a user name and password and an API key is set as well; "
+            "keep one of them (remove the credentials from the URL, or unset the API key variable)"
+        )
     wait_for_endpoint(url, choice)
     return describe(url, choice)
 

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_llmperf._files import write_text_atomic
+from pytest_llmperf.errors import ServerError
 from pytest_llmperf.options import Settings
+from pytest_llmperf.spec import is_url
 
 if TYPE_CHECKING:
     import httpx
@@ -64,6 +66,7 @@ class LLMPerfSession:
         self.shared_server = False
         self._spawned: Spawned | None = None
         self._affinity: contextlib.ExitStack | None = None
+        self._sigterm: contextlib.ExitStack | None = None
         self._run_dir: Path | None = None
         self._hardware_id: str | None = None
         self._control: httpx.Client | None = None
@@ -150,9 +153,18 @@ class LLMPerfSession:
         from pytest_llmperf import profiles
 
         target = self.settings.compare
-        if target is None or target.startswith(("http://", "https://")):
+        if target is None or is_url(target):
             return None
         return profiles.get_profile(target, self._user_profiles())
+
+    def check_compare_target(self) -> None:
+        """A/B mode: an unknown B profile is a usage error at start-up, before A is started or load is spent."""
+        from pytest_llmperf.errors import LLMPerfError
+
+        try:
+            self.compare_profile()
+        except LLMPerfError as exc:
+            raise pytest.UsageError(f"--llmperf-compare={self.settings.compare}: {exc}") from None
 
     def _devices(self, profile: Profile, *, role: str) -> str | None:
         """CUDA_VISIBLE_DEVICES of a spawned server. In A/B mode, when both profiles name GPUs per server,
@@ -190,6 +202,8 @@ class LLMPerfSession:
         )
         if s.endpoint is not None:
             endpoint = serving.attach(s.endpoint, choice)
+            # Workers share an attached server as they share a spawned one: their measurements take turns.
+            self.shared_server = self.is_worker
         else:
             profile = self.profile()
             if profile is None:
@@ -211,6 +225,7 @@ class LLMPerfSession:
                 endpoint, pinned = self._spawned.endpoint, self._spawned.pinned_cpus
             self._pinned |= set(pinned or ())
             self._own_cores()
+            self._handle_sigterm()
         self.endpoint_info = endpoint.public_dict()
         return endpoint
 
@@ -224,11 +239,12 @@ class LLMPerfSession:
         if s.compare is None:
             return None
         choice = serving.ServerChoice(
-            model=s.model, api_key=s.api_key, ready_timeout_s=s.ready_timeout_s, gpu_count=s.gpus
+            model=s.model, api_key=s.compare_api_key, ready_timeout_s=s.ready_timeout_s, gpu_count=s.gpus
         )
         profile = self.compare_profile()
         if profile is None:
             endpoint = serving.attach(s.compare, choice)
+            self.shared_server = self.shared_server or self.is_worker
         else:
             devices = self._devices(profile, role="B")
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -239,6 +255,7 @@ class LLMPerfSession:
 
             # B's profile picks its cores from every core this process may use, exactly as A's did: with the
             # client's restriction (off A's cores) still in place, "auto" would find one core and not pin B.
+            self._handle_sigterm()
             self._release_cores()
             try:
                 if self.is_worker and not profile.gpus_per_server:
@@ -253,22 +270,32 @@ class LLMPerfSession:
             finally:
                 self._own_cores()
         self.compare_info = endpoint.public_dict()
+        if self.endpoint_info is not None and endpoint.model != self.endpoint_info.get("model"):
+            raise ServerError(
+                f"A serves model {self.endpoint_info.get('model')!r} and B serves {endpoint.model!r}: an A/B "
+                "comparison sends both the same prompts and needs one model; if both serve it under one name, "
+                "pass --llmperf-model=NAME"
+            )
         return endpoint
 
     def _own_cores(self) -> None:
-        """Keep the load generator off every spawned server's cores; while this process owns a spawned server,
-        SIGTERM acts like Ctrl-C so that teardown stops it."""
+        """Keep the load generator off every spawned server's cores (A's, and B's in A/B mode)."""
         from pytest_llmperf import serving
 
         self._release_cores()
         self._affinity = contextlib.ExitStack()
         self._affinity.enter_context(serving.client_off_cpus(sorted(self._pinned) or None))
-        self._affinity.enter_context(_sigterm_as_interrupt())
 
     def _release_cores(self) -> None:
         if self._affinity is not None:
             self._affinity.close()
             self._affinity = None
+
+    def _handle_sigterm(self) -> None:
+        """While this process owns a spawned server, SIGTERM acts like Ctrl-C so that teardown stops it."""
+        if self._sigterm is None:
+            self._sigterm = contextlib.ExitStack()
+            self._sigterm.enter_context(_sigterm_as_interrupt())
 
     def close_compare_server(self) -> None:
         if self._compare_spawned is not None:
@@ -284,7 +311,10 @@ class LLMPerfSession:
         from pytest_llmperf import servermetrics
 
         idle_wait = servermetrics.wait_idle(other, timeout_s=IDLE_TIMEOUT_S)
-        switched = self._last_measured != endpoint.url if self._last_measured is not None else self.shared_server
+        if self.shared_server:  # another xdist worker may have measured the other server since our last run
+            switched = True
+        else:
+            switched = self._last_measured is not None and self._last_measured != endpoint.url
         pause = self.settings.compare_pause_s if switched else 0.0
         time.sleep(pause)
         self._last_measured = endpoint.url
@@ -311,6 +341,9 @@ class LLMPerfSession:
         if self._spawned is not None:
             self._spawned.process.stop()
             self._spawned = None
+        if self._sigterm is not None:  # last: a SIGTERM while stopping still tears down
+            self._sigterm.close()
+            self._sigterm = None
 
     @contextlib.contextmanager
     def measurement_slot(self) -> Iterator[dict[str, float]]:

@@ -10,6 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pytest_llmperf.errors import SpecError
 
@@ -17,6 +18,23 @@ Api = Literal["completions", "chat"]
 CompatMode = Literal["vllm", "sglang"]
 APIS: tuple[str, ...] = ("completions", "chat")
 COMPAT_MODES: tuple[str, ...] = ("vllm", "sglang")
+AB_ORDERS: tuple[str, ...] = ("abba", "random")  # order of A and B within A/B mode's blocks
+
+
+def is_url(target: str) -> bool:
+    """True for an http(s) URL, False for a profile name (how ``--llmperf-compare`` tells them apart)."""
+    return target.startswith(("http://", "https://"))
+
+
+def redact_url(url: str) -> str:
+    """``url`` without any ``user:password@`` part, fit for messages and reports."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -141,8 +159,10 @@ class Endpoint:
         return self.url.rstrip("/")
 
     def public_dict(self) -> dict[str, Any]:
+        """Everything fit for logs and reports: no API key, no credentials in the URL."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data.pop("api_key")
+        data["url"] = redact_url(self.url)
         return data
 
 

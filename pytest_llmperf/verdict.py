@@ -91,6 +91,7 @@ __all__ = [
 ]
 
 Status = Literal["REGRESSION", "PASS", "INCONCLUSIVE", "IMPROVEMENT"]
+Reference = Literal["baseline", "A"]  # what a verdict compares with: stored runs, or A/B mode's server A
 OverallStatus = Literal["REGRESSION", "PASS", "INCONCLUSIVE", "IMPROVEMENT", "NO_BASELINE", "NOT_COMPARABLE"]
 REGRESSION: Status = "REGRESSION"
 PASS: Status = "PASS"
@@ -226,8 +227,7 @@ class MetricVerdict:
     # Pooled request counts behind an error-rate comparison (None for ratio metrics).
     requests_candidate: int | None = None
     requests_baseline: int | None = None
-    # What the candidate is compared with: "baseline" (stored runs) or "A" (the A/B mode's reference server).
-    reference: str = "baseline"
+    reference: Reference = "baseline"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -253,7 +253,7 @@ class Verdict:
     hard_diffs: tuple[str, ...] = ()
     soft_diffs: tuple[str, ...] = field(default_factory=tuple)
     hint: str = ""
-    reference: str = "baseline"
+    reference: Reference = "baseline"
 
     @property
     def failed(self) -> bool:
@@ -735,7 +735,7 @@ def _plan(r: MetricVerdict, alpha: float, family: int) -> tuple[int | None, bool
         what = "baseline runs" if r.scale == "ratio" else "baseline requests"
         return None, True, f"more candidate runs cannot decide it: record more {what} or widen the tolerance"
     more = max(1, math.ceil(total) - m)
-    unit = "A/B block(s)" if r.method == "paired" else "run(s)"
+    unit = "A/B block(s)" if r.reference == "A" else "run(s)"
     return more, False, f"≈{more} more {unit} needed{note}"
 
 
@@ -756,6 +756,10 @@ def _runs_needed_proportion(r: MetricVerdict, margin: float, level: float, power
     if pc is None or pb is None or not nc or not nb or pc <= 0:
         return math.inf
     z = stats.normal_quantile(1 - level) + stats.normal_quantile(power)
+    if r.reference == "A":
+        # A/B blocks add requests to both sides: variance per block of the difference, then blocks.
+        per_block = pc * (1 - pc) / (nc / r.runs_candidate) + pb * (1 - pb) / (nb / r.runs_baseline)
+        return per_block / (margin / z) ** 2
     bracket = (margin / z) ** 2 - pb * (1 - pb) / nb
     if bracket <= 0:
         return math.inf
@@ -772,7 +776,7 @@ def _assemble(
     soft: tuple[str, ...],
     looks: int,
     *,
-    reference: str = "baseline",
+    reference: Reference = "baseline",
 ) -> Verdict:
     gating = [x for x in metrics if x.gating]
     statuses = {x.status for x in gating}

@@ -170,9 +170,11 @@ def test_random_order_is_seeded() -> None:
 class FakeServers:
     """Run summaries on demand: B = A × ``factor``; records the call sequence and the pauses."""
 
-    def __init__(self, factor: float, *, tpot_b: float | None = None) -> None:
+    def __init__(self, factor: float, *, tpot_b: float | None = None, noise: float = 0.0) -> None:
         self.factor = factor
         self.tpot_b = tpot_b
+        self.rng = random.Random(13)
+        self.noise = noise
         self.calls: list[str] = []
         self.a = runs(20, noise=0.02, seed=9)
 
@@ -181,9 +183,10 @@ class FakeServers:
         index = self.calls.count(server) - 1
         summary = dict(self.a[index])
         if server == "B":
+            factor = self.factor * math.exp(self.rng.gauss(0, self.noise))
             for key in ("median_ttft_ms", "median_tpot_ms", "median_e2el_ms"):
-                summary[key] *= self.factor
-            summary["output_throughput"] /= self.factor
+                summary[key] *= factor
+            summary["output_throughput"] /= factor
             if self.tpot_b is not None:
                 summary["median_tpot_ms"] = self.tpot_b
         spec = build_spec({}, {})
@@ -208,20 +211,37 @@ def test_block_loop_stops_at_two_blocks_when_decided() -> None:
     assert judgement.results is judgement.b_results
 
 
-def test_block_loop_adds_blocks_up_to_the_budget_while_undecided() -> None:
-    servers = FakeServers(1.04)  # between "within 5 %" and "beyond 5 %": hard to decide
+def test_random_order_looks_after_every_block_up_to_the_budget() -> None:
+    servers = FakeServers(1.03, noise=0.05)  # noisy and near the tolerance: not decided in three blocks
     judgement = judging.run_ab_until_decided(
         build_spec({}, {}),
         servers.measure,
         budget=3,
+        order="random",
+        global_tolerance=None,
+        family_size=None,
+    )
+    assert judgement.verdict.status == verdict.INCONCLUSIVE
+    assert len(judgement.a_results) == len(judgement.b_results) == 3
+    assert judgement.verdict.looks == 2  # after blocks 2 and 3
+
+
+def test_abba_looks_after_complete_pairs_only() -> None:
+    # With ABBA a look after an odd block count would weigh one position (first or second in a block) more.
+    assert judging.look_points("abba", 6) == [2, 4, 6]
+    assert judging.look_points("random", 4) == [2, 3, 4]
+    servers = FakeServers(1.03, noise=0.05)
+    judgement = judging.run_ab_until_decided(
+        build_spec({}, {}),
+        servers.measure,
+        budget=5,  # rounded down to 4 blocks: two AB+BA pairs
         order="abba",
         global_tolerance=None,
         family_size=None,
     )
-    assert len(judgement.a_results) <= 3
-    assert judgement.verdict.looks == 2  # after blocks 2 and 3
-    if judgement.verdict.status == verdict.INCONCLUSIVE:
-        assert len(judgement.a_results) == 3
+    assert judgement.budget == 4
+    assert judgement.orders == ["AB", "BA", "AB", "BA"]
+    assert judgement.verdict.looks == 2
 
 
 def test_slo_breach_of_b_stops_the_blocks() -> None:
@@ -239,6 +259,19 @@ def test_slo_breach_of_b_stops_the_blocks() -> None:
     assert judgement.verdict.status == verdict.INCONCLUSIVE
     assert "before a paired comparison" in judgement.verdict.reason
     assert "B breached an SLO" in judgement.notes[0]
+
+
+def test_error_rate_plan_grows_both_sides() -> None:
+    # One failed request in one A run and in every B run: more blocks add requests to A as well as B, so the
+    # plan asks for blocks; it is not "futile" as it would be against a fixed stored baseline.
+    a = runs(2, factors=[1.0, 1.0])
+    a[0] = {**a[0], "failed": 1, "completed": 499, "error_rate": 0.002}
+    b = [{**run, "failed": 1, "completed": 499, "error_rate": 0.002} for run in a]
+    err = verdict.judge_paired(a, b).metric("error_rate")
+    assert err.status == verdict.INCONCLUSIVE
+    assert not err.futile
+    assert err.more_runs
+    assert "A/B block(s)" in err.reason
 
 
 def test_busy_gauges_are_summed() -> None:
@@ -289,3 +322,13 @@ def test_terminal_has_a_b_vs_a_section() -> None:
     assert row.split()[1] == "3"  # blocks
     assert row.endswith("PASS")
     assert terminal.render_ab([{"nodeid": "x", "verdict": {}}]) == []
+
+
+def test_reports_never_show_url_credentials() -> None:
+    from pytest_llmperf.spec import Endpoint
+
+    endpoint = Endpoint(url="http://user:s3cret@127.0.0.1:8001", model="m", api_key="k3y")
+    public = endpoint.public_dict()
+    assert public["url"] == "http://127.0.0.1:8001"
+    assert "s3cret" not in repr(public)
+    assert "k3y" not in repr(public)
