@@ -37,6 +37,7 @@ from pytest_llmperf.capacity import (
     point_along,
     sweeps_of,
 )
+from pytest_llmperf.report.tables import server_label
 
 __all__ = ["render_html", "write_html"]
 
@@ -586,10 +587,6 @@ def _side_names(ab: bool) -> tuple[str, str]:
 # -- A/B mode ---------------------------------------------------------------------------------------------------
 
 
-def _ab_server(info: Mapping[str, Any]) -> str:
-    return " ".join(str(x) for x in (info.get("engine"), info.get("engine_version"), info.get("url")) if x)
-
-
 def _ab_section(results: Sequence[Mapping[str, Any]]) -> str:
     """ "B vs A": per A/B test, each gating metric's A and B values, B/A with its 90 % interval, and the verdict."""
     ab_results = [(i, r) for i, r in _ordered(results) if r.get("ab")]
@@ -630,7 +627,7 @@ def _ab_section(results: Sequence[Mapping[str, Any]]) -> str:
             )
     return (
         '<h2 id="ab">B vs A</h2>'
-        f"<p>A: {_e(_ab_server(first.get('a') or {}))}<br>B: {_e(_ab_server(first.get('b') or {}))}<br>"
+        f"<p>A: {_e(server_label(first.get('a') or {}))}<br>B: {_e(server_label(first.get('b') or {}))}<br>"
         '<span class="muted">Each block runs A and B once with the same prompts, back to back; ratios are B/A with '
         "the paired 90% interval. A REGRESSION means B is worse than A beyond the tolerance. In the plots below, "
         "A is drawn where a baseline would be.</span></p>"
@@ -845,7 +842,7 @@ def _header(document: Mapping[str, Any], title: str, generated: _dt.datetime) ->
     ]
     compare = document.get("compare")
     if isinstance(compare, Mapping):  # A/B mode: the endpoint above is A
-        fields.insert(2, ("B (compared)", _ab_server(compare)))
+        fields.insert(2, ("B (compared)", server_label(compare)))
     counts: dict[str, int] = {}
     for r in results:
         counts[_status(r)] = counts.get(_status(r), 0) + 1

@@ -43,6 +43,12 @@ def _tolerance(m: Mapping[str, Any]) -> str:
     return f"{tol * 100:.2g}pp" if m.get("scale") == "difference" else f"{tol * 100:.3g}%"
 
 
+def server_label(info: Mapping[str, Any]) -> str:
+    """ "engine version · url" of an endpoint's public dict, for the A/B sections of every report."""
+    engine = " ".join(str(x) for x in (info.get("engine") or "unknown", info.get("engine_version")) if x)
+    return f"{engine} · {info.get('url', '?')}"
+
+
 def render_verdict_table(verdict: Mapping[str, Any]) -> str:
     """metric | baseline | measured | ratio [90% interval] | tolerance | verdict, then the reasons that matter.
 

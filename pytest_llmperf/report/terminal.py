@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pytest_llmperf.report.tables import render_verdict_table
+from pytest_llmperf.report.tables import render_verdict_table, server_label
 
 _ORDER = {"SLO BREACH": 0, "REGRESSION": 1, "INCONCLUSIVE": 2, "NOT_COMPARABLE": 3, "NO_BASELINE": 4}
 _COLOURS = {"SLO BREACH": "red", "REGRESSION": "red", "INCONCLUSIVE": "yellow", "IMPROVEMENT": "green", "PASS": "green"}
@@ -90,8 +90,8 @@ def render_ab(results: Sequence[Mapping[str, Any]]) -> list[Line]:
     lines: list[Line] = [
         ("", {}),
         ("B vs A (ratios B/A; a REGRESSION means B is worse than A beyond the tolerance)", {"bold": True}),
-        (f"A: {_server(first.get('a') or {})}", {}),
-        (f"B: {_server(first.get('b') or {})}", {}),
+        (f"A: {server_label(first.get('a') or {})}", {}),
+        (f"B: {server_label(first.get('b') or {})}", {}),
         (f"{'test':<{TEST_WIDTH}} {'blocks':>6} {' '.join(f'{label:>7}' for _, label in _AB_METRICS)}  verdict", {}),
     ]
     for r in ab_results:
@@ -103,12 +103,6 @@ def render_ab(results: Sequence[Mapping[str, Any]]) -> list[Line]:
         text = f"{_short(r['nodeid'], TEST_WIDTH):<{TEST_WIDTH}} {len(r['ab'].get('blocks') or ()):>6} {cells}  {word}"
         lines.append((text, {colour: True} if colour else {}))
     return lines
-
-
-def _server(info: Mapping[str, Any]) -> str:
-    return f"{info.get('engine', 'unknown')} {info.get('engine_version') or ''} · {info.get('url', '?')}".replace(
-        "  ", " "
-    )
 
 
 def _ratio(value: Any) -> str:
