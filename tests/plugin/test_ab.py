@@ -230,14 +230,26 @@ def alive(pid: int) -> bool:
         return False
 
 
+# Mechanics only (which servers start, where, and that they stop): with two workers measuring at once, four
+# simulators and two load generators share two cores, and B can be really slower than A for a whole test. A verdict
+# is a measurement here, so a REGRESSION is an allowed outcome; an error or any other failure is not.
 XDIST_TEST = """
 import pytest
 
-@pytest.mark.perf(input_len=8, output_len=16, num_prompts=4, concurrency=2, repeats=2)
+@pytest.mark.perf(input_len=8, output_len=16, num_prompts=4, concurrency=2, repeats=2, tolerance=0.5)
 @pytest.mark.parametrize("n", range(3))
 def test_each(llmperf, n):
     llmperf.run()
 """
+
+
+def assert_all_measured(result: pytest.RunResult, tests: int = 3) -> None:
+    """Every test ran its A/B blocks to a verdict; a failure may only be that verdict (a measured REGRESSION)."""
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == tests, outcomes
+    assert "errors" not in outcomes, outcomes
+    regressions = result.stdout.lines.count("performance regression:")
+    assert regressions == outcomes.get("failed", 0), result.stdout.str()[-3000:]
 
 
 def test_spawned_pair_under_xdist_shares_and_stops_both(pytester: pytest.Pytester) -> None:
@@ -253,7 +265,7 @@ def test_spawned_pair_under_xdist_shares_and_stops_both(pytester: pytest.Pyteste
         f"--llmperf-profiles={profiles}",
         f"--llmperf-json={out}",
     )
-    result.assert_outcomes(passed=3)
+    assert_all_measured(result)
     recorded = starts(pytester.path)
     assert sorted(name for name, _, _ in recorded) == ["ra", "rb"]  # one A and one B for both workers
     assert not any(alive(pid) for _, pid, _ in recorded)  # the controller stopped both
@@ -278,7 +290,7 @@ def test_gpu_profiles_get_disjoint_devices_for_a_and_b(
         "--llmperf-compare-pause=0",
         f"--llmperf-profiles={profiles}",
     )
-    result.assert_outcomes(passed=3)
+    assert_all_measured(result)
     recorded = starts(pytester.path)
     # Each worker owns an A and a B; no device is used twice.
     assert sorted(devices for _, _, devices in recorded) == ["0", "1", "2", "3"]
@@ -298,7 +310,7 @@ def test_spawned_a_and_b_are_pinned_alike(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest(
         "--llmperf-server=ra", "--llmperf-compare=rb", "--llmperf-compare-pause=0", f"--llmperf-profiles={profiles}"
     )
-    result.assert_outcomes(passed=3)
+    assert_all_measured(result)
     pinned = affinities(pytester.path)
     last = str(sorted(os.sched_getaffinity(0))[-1])
     assert pinned == {"ra": last, "rb": last}
