@@ -14,8 +14,14 @@ Steps keep to the model's absolute schedule; only when the loop falls more than 
 (CPU-bound, or ``decode_ms=0`` bursts) does the next step start at "now" instead (``sim:engine_slips_total``).
 The intended times kept for ``GET /sim/requests`` are always the schedule actually used.
 
+Keeping to the schedule precisely: the loop's timers fire up to a millisecond late, so the last ``spin_ms``
+before a deadline are waited by yielding to the loop; one send per connection takes ~13 µs here, so a step of
+n chunks starts writing (n − 1)/2 sends early, centring its writes on the step's end, in a seeded random
+order. A request's clock (``received_at``) starts when its last byte arrived, noted by :class:`_ArrivalClock`
+in front of aiohttp's protocol, not when its handler ran.
+
 Clock: ``time.perf_counter()`` (CLOCK_MONOTONIC on Linux, so a client on the same host can compare its own
-timestamps with ``received_at``). Loop lateness = actual write time − intended step end, per step.
+timestamps with ``received_at``). Loop lateness = when the loop began a step's writes − when it meant to.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import threading
 import time
 from array import array
@@ -53,6 +60,8 @@ from pytest_llmperf.sim.model import (
 log = logging.getLogger("pytest_llmperf.sim")
 
 SLOW_CLIENT_BYTES = 8 * 1024 * 1024
+# Spinning costs the simulator's core: never more than this share of a step (2 ms steps spin 0.3 ms).
+SPIN_SHARE = 0.15
 ENGINE_NAME = "pytest-llmperf-sim"
 READY_PREFIX = "LLMPERF_SIM_READY"
 
@@ -237,6 +246,11 @@ class Sim:
         )
         self.faults_injected: dict[str, int] = {}
         self.lateness = _Lateness()
+        # Writing a step's chunks takes time (a send per connection, ~13 µs each here): the loop starts that
+        # much early so that the writes are centred on the step's end, in a seeded random order so that no
+        # request (say, the newly admitted ones at the batch's end) is always written last.
+        self.write_s = 0.0  # moving average of one chunk's write
+        self.order = random.Random(config.seed)
         self.wake = asyncio.Event()
         self.closing = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -339,8 +353,10 @@ class Sim:
                 self.counters["engine_slips"] += 1
             step = engine.step(start)
             batch = self._plan(step)
-            await _sleep_until(step.end)
-            self.lateness.add(perf_counter() - step.end)
+            spin_s = min(self.config.spin_ms / 1000.0, SPIN_SHARE * (step.end - start))
+            write_from = step.end - self.write_s * (len(batch) - 1) / 2
+            await _sleep_until(write_from, spin_s)
+            self.lateness.add(perf_counter() - write_from)
             self._deliver(batch)
             counters = self.counters
             counters["engine_steps"] += 1
@@ -354,10 +370,12 @@ class Sim:
             stream = active[seq.number]
             data, action = stream.plan(seq, n)
             batch.append((stream, data, action, n))
+        self.order.shuffle(batch)
         return batch
 
     def _deliver(self, batch: list[tuple[Stream, bytes, int, int]]) -> None:
         tokens = 0
+        began = perf_counter()
         for stream, data, action, n in batch:
             if stream.outcome != "running":
                 continue  # ended (e.g. client gone) while the step was in flight
@@ -391,6 +409,8 @@ class Sim:
                 elif action == _FINAL:
                     self._finish(stream, "ok")
         self.counters["generation_tokens"] += tokens
+        if len(batch) > 1:
+            self.write_s += 0.2 * ((perf_counter() - began) / len(batch) - self.write_s)
 
     # --- run-time reconfiguration ----------------------------------------------------------------------
 
@@ -413,15 +433,20 @@ class Sim:
         return new
 
 
-async def _sleep_until(deadline: float) -> None:
-    """Sleep until ``deadline`` (perf_counter seconds), never return early, always yield once."""
+async def _sleep_until(deadline: float, spin_s: float = 0.0) -> None:
+    """Sleep until ``deadline`` (perf_counter seconds), never return early, always yield once.
+
+    Event-loop timers count whole milliseconds (epoll's timeout, libuv's clock), so a timer alone wakes
+    0.3–1 ms late, and every chunk of the step with it. The last ``spin_s`` are instead waited by yielding to
+    the loop until the deadline: ``sleep(0)`` still polls the sockets, so requests keep arriving meanwhile.
+    """
     remaining = deadline - perf_counter()
-    if remaining <= 0:
-        await asyncio.sleep(0)
-        return
-    while remaining > 0:
-        await asyncio.sleep(remaining)
+    while remaining > spin_s:
+        await asyncio.sleep(remaining - spin_s)
         remaining = deadline - perf_counter()
+    await asyncio.sleep(0)
+    while perf_counter() < deadline:
+        await asyncio.sleep(0)
 
 
 # --- request parsing -------------------------------------------------------------------------------------
@@ -523,7 +548,7 @@ class Handlers:
         return await self._generate(request, "chat")
 
     async def _generate(self, request: web.Request, api: str) -> web.StreamResponse:
-        received_at = perf_counter()
+        received_at = _received_at(request)
         sim, cfg = self.sim, self.sim.config
         body = await _json_body(request)
         _check_model(body, cfg.model)
@@ -760,6 +785,67 @@ def build_app(config: SimConfig) -> web.Application:
 # --- running ---------------------------------------------------------------------------------------------
 
 
+class _ArrivalClock(asyncio.Protocol):
+    """Hands everything to aiohttp's protocol and notes when bytes last arrived on the connection.
+
+    A request's clock starts when its last byte arrives, as a real server's does, not when aiohttp has parsed
+    it and routed it to a handler (0.1–0.2 ms later, more in a burst). HTTP/1.1 without pipelining: nothing
+    else arrives on the connection between a request's last byte and its handler.
+    """
+
+    def __init__(self, inner: asyncio.Protocol) -> None:
+        self.inner = inner
+        self.last_data_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_data_at = perf_counter()
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+def _received_at(request: web.Request) -> float:
+    now = perf_counter()
+    transport = request.transport
+    clock = transport.get_protocol() if transport is not None else None
+    if isinstance(clock, _ArrivalClock) and 0.0 < clock.last_data_at <= now:
+        return clock.last_data_at
+    return now
+
+
+class _ArrivalClockSite(web.BaseSite):
+    """aiohttp's TCP site with an :class:`_ArrivalClock` in front of every connection's protocol."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int) -> None:
+        super().__init__(runner)
+        self._host, self._port = host, port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        factory = self._runner.server
+        assert factory is not None  # set by runner.setup()
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _ArrivalClock(factory()), self._host, self._port, backlog=self._backlog
+        )
+
+
 def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
     """A uvloop loop when asked for and installed, else the default asyncio one."""
     if use_uvloop:
@@ -783,7 +869,7 @@ async def serve(
     runner = web.AppRunner(build_app(config), access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        site = _ArrivalClockSite(runner, config.host, config.port)
         await site.start()
         host, port = runner.addresses[0][:2]
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

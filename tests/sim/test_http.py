@@ -202,6 +202,33 @@ def test_intended_and_actual_times_agree_on_an_idle_machine(sim: Client) -> None
     assert sse.sent_at - 0.05 < record["received_at"] < sse.times[0]
 
 
+def test_a_steps_chunks_go_out_in_a_different_order_each_step(sim: Client) -> None:
+    """No stream is always written first (or last) in its step: the order is shuffled, seeded."""
+    sim.configure(decode_ms=5, max_batch=8)
+    sim.records(clear=True)
+
+    async def send_all() -> None:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> None:
+                body = {"prompt": "a b", "max_tokens": 30, "stream": True, "ignore_eos": True}
+                async with session.post(sim.url + "/v1/completions", json=body) as r:
+                    await r.read()
+
+            await asyncio.gather(*(one() for _ in range(4)))
+
+    asyncio.run(send_all())
+    writes: dict[float, list[tuple[float, str]]] = {}  # step end -> (actual write time, stream id)
+    for r in sim.records():
+        for intended, actual in zip(r["intended_chunk_times_ms"], r["actual_chunk_times_ms"], strict=True):
+            step_end = round(r["received_at"] + intended / 1000, 6)
+            writes.setdefault(step_end, []).append((r["received_at"] + actual / 1000, r["id"]))
+    shared = [sorted(w) for w in writes.values() if len(w) == 4]
+    assert len(shared) >= 10
+    assert len({w[0][1] for w in shared}) > 1
+    assert len({w[-1][1] for w in shared}) > 1
+
+
 def test_requests_history_clears(sim: Client) -> None:
     sim.completion(max_tokens=1)
     assert sim.records(clear=True)

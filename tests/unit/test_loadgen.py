@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 
 import httpx
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from pytest_llmperf import loadgen, metrics, tokenizer
 from pytest_llmperf.datasets import PromptContext, build_prompts
 from pytest_llmperf.runner import planned_prompts
-from pytest_llmperf.spec import Endpoint, RunRecords, Workload
+from pytest_llmperf.spec import Endpoint, RequestRecord, RunRecords, Workload
 
 
 def run(url: str, workload: Workload, *, reuse: bool = True) -> RunRecords:
@@ -41,6 +42,60 @@ def test_clean_run_has_exact_records(sim: str) -> None:
     assert {len(r.event_times_s) for r in records} == {6}
     assert all(r.start_s >= r.arrival_s and r.event_times_s[0] > r.start_s for r in records)
     assert {r.finish_reason for r in records} == {"length"}
+
+
+def test_a_request_starts_when_its_bytes_are_written() -> None:
+    record = RequestRecord(index=0, arrival_s=0.0, input_len=1, output_len=1)
+
+    class Writer:
+        async def write(self, chunk: bytes) -> None:
+            self.at, self.chunk = time.perf_counter(), chunk
+
+    writer = Writer()
+    before = time.perf_counter()
+    asyncio.run(loadgen._StampedBody(b'{"prompt": [1]}', record).write_with_length(writer, None))
+    assert before <= record.start_s <= writer.at
+    assert writer.chunk == b'{"prompt": [1]}'
+
+
+def test_times_agree_with_the_servers_clock_and_events_are_stamped_on_arrival(
+    sim: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One host, one monotonic clock: a request starts before the simulator has received it, and each event
+    carries the time its bytes came off the socket (noted in the protocol's data_received, before any task
+    ran), not the later time at which its parsing task happened to run."""
+    reads: list[float] = []
+    data_received = loadgen._FeedClock.data_received
+
+    def noting(self: loadgen._FeedClock, data: bytes) -> None:
+        count = len(self.feeds)
+        data_received(self, data)
+        if len(self.feeds) > count:
+            reads.append(self.feeds[-1][2])
+
+    monkeypatch.setattr(loadgen._FeedClock, "data_received", noting)
+    records = run(sim, W).records
+    seen = {e["id"]: e for e in httpx.get(f"{sim}/sim/requests", timeout=10).json()["requests"]}
+    stamps = set(reads)
+    for r in records:
+        assert r.arrival_s <= r.start_s < seen[r.response_id]["received_at"] < r.event_times_s[0]
+        assert all(t in stamps for t in r.event_times_s)
+
+
+def test_read_arrivals_are_matched_by_body_offset() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        clock = loadgen._FeedClock(loop=loop)
+    finally:
+        loop.close()
+    body, old_body = object(), object()
+    clock.feeds.extend([(old_body, 40, 0.5), (body, 10, 1.0), (body, 25, 2.0)])
+    assert clock.arrival(body, 5, 9.0) == 1.0  # a line ending inside the first read
+    assert clock.arrival(body, 10, 9.0) == 1.0
+    assert clock.arrival(body, 20, 9.0) == 2.0  # completed by the second read
+    assert clock.arrival(body, 30, 9.0) == 9.0  # not recorded: the parsing task's own time
+    clock.feeds.append((body, 40, 12.0))
+    assert clock.arrival(body, 40, 11.0) == 11.0  # never later than the task saw it
 
 
 @pytest.mark.parametrize(
