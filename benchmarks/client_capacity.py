@@ -53,7 +53,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no-uvloop": ("uvloop",),
     "no-orjson": ("orjson",),
     "no-uvloop+no-orjson": ("uvloop", "orjson"),
+    # Not ours: the way `vllm bench serve` reads a stream (see reference_run), on the same machine and run.
+    "vllm-style": ("orjson",),
 }
+REFERENCE = "vllm-style"
 # "No falling behind" (scenario a): the client receives the intended events at the intended rate, its ITL
 # median matches the intended step, and 99% of events arrive before the next step is due.
 KEEP_UP_RATE = 0.99
@@ -300,7 +303,10 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     server_cpu0 = process_cpu_s(spec["server_pid"])
     busy0 = core_busy_ticks(spec["client_core"]), core_busy_ticks(spec["server_core"])
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    run = loadgen.run(workload, endpoint, prompts, warmup_prompts=warmup)
+    if spec["variant"] == REFERENCE:
+        run = reference_run(workload, endpoint, prompts, warmup)
+    else:
+        run = loadgen.run(workload, endpoint, prompts, warmup_prompts=warmup)
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     busy1 = core_busy_ticks(spec["client_core"]), core_busy_ticks(spec["server_core"])
     server_cpu1 = process_cpu_s(spec["server_pid"])
@@ -385,6 +391,81 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     result["foreign_client_core"] = foreign_load(result["client_core_busy"], check.client_cpu_fraction)
     result["foreign_server_core"] = foreign_load(result["server_core_busy"], result["server_cpu_fraction"])
     return result
+
+
+def reference_run(workload: Any, endpoint: Any, prompts: Sequence[Any], warmup: Sequence[Any]) -> Any:
+    """The stream handling of `vllm bench serve`'s client, rewritten here to compare CPU per event.
+
+    As vLLM's benchmark does it: one aiohttp session, ``st`` before ``session.post``, the body iterated line by
+    line (``async for line in response.content``), each non-empty line stripped of ``data: ``, ``[DONE]`` ends
+    it, every other payload goes through ``json.loads`` and is stamped with ``perf_counter()`` when its
+    line is handled. uvloop when installed, stdlib json (vLLM's choice). Records come back in the load
+    generator's shape so that the rest of the worker measures both alike.
+    """
+    import asyncio
+
+    import aiohttp
+
+    from pytest_llmperf.loadgen import _loop_factory, request_body
+    from pytest_llmperf.spec import ClientCheck, RequestRecord, RunRecords
+
+    async def one(session: aiohttp.ClientSession, url: str, record: RequestRecord, body: bytes) -> None:
+        record.start_s = time.perf_counter()
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+            record.status = response.status
+            async for raw in response.content:
+                line = raw.strip()
+                if not line:
+                    continue
+                data = line.removeprefix(b"data: ")
+                if data == b"[DONE]":
+                    break
+                chunk = json.loads(data)
+                now = time.perf_counter()
+                if chunk.get("choices"):
+                    record.event_times_s.append(now)
+                    record.response_id = record.response_id or chunk.get("id")
+                if chunk.get("usage"):
+                    record.completion_tokens = chunk["usage"].get("completion_tokens")
+
+    async def main() -> RunRecords:
+        url = endpoint.base_url + "/v1/completions"
+        limit = workload.concurrency
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as session:
+            semaphore = asyncio.Semaphore(limit)
+
+            async def bounded(record: RequestRecord, body: bytes) -> None:
+                async with semaphore:
+                    await one(session, url, record, body)
+
+            def records(batch: Sequence[Any]) -> list[RequestRecord]:
+                now = time.perf_counter()
+                return [RequestRecord(i, now, p.input_len, p.output_len) for i, p in enumerate(batch)]
+
+            warm = records(warmup)
+            warm_bodies = [request_body(workload, endpoint, p) for p in warmup]
+            await asyncio.gather(*(bounded(r, b) for r, b in zip(warm, warm_bodies, strict=True)))
+            measured = records(prompts)
+            bodies = [request_body(workload, endpoint, p) for p in prompts]
+            cpu0, start = time.process_time(), time.perf_counter()
+            await asyncio.gather(*(bounded(r, b) for r, b in zip(measured, bodies, strict=True)))
+            end, cpu = time.perf_counter(), time.process_time() - cpu0
+        check = ClientCheck(
+            loop_lag_p50_ms=math.nan,
+            loop_lag_p99_ms=math.nan,
+            loop_lag_max_ms=math.nan,
+            client_cpu_s=cpu,
+            wall_s=end - start,
+            dispatch_lag_p99_ms=0.0,
+            client_bound=False,
+        )
+        return RunRecords(workload=workload, records=measured, bench_start_s=start, bench_end_s=end, client=check)
+
+    loop = _loop_factory()()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
 
 
 def run_child(spec: dict[str, Any], core: int | None, timeout_s: float) -> dict[str, Any]:

@@ -13,8 +13,9 @@ CLOCK_MONOTONIC (``time.perf_counter()``), so the offset is split per request in
 send → server receipt), the server's own lateness on the first chunk (actual − intended write) and the
 response path (server write → client stamp), and reported next to the errors instead of being subtracted.
 
-    python benchmarks/fidelity.py           # concurrency 1..256, a few minutes; writes results/fidelity.md
-    python benchmarks/fidelity.py --quick   # smoke run, seconds; writes no results file
+    python benchmarks/fidelity.py               # concurrency 1..256, a few minutes; writes results/fidelity.md
+    python benchmarks/fidelity.py --busy-poll   # the same with --llmperf-busy-poll; results/fidelity-busy-poll.md
+    python benchmarks/fidelity.py --quick       # smoke run, seconds; writes no results file
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from client_capacity import (
     wait_until_quiet,
 )
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "fidelity.md"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TABLE_HEADER = (
     "| conc | metric | n | meas p50 | intended p50 | err p50 ms | err p50 % | meas p99 | intended p99 | err p99 ms "
     "| err p99 % | target (p50 ≤ 2 % and ≤ 1 ms, conc ≤ 64) |"
@@ -104,7 +105,9 @@ def pct(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else math.nan
 
 
-def measure(url: str, server_pid: int, cores: tuple[int | None, int | None], concurrency: int, quick: bool) -> Level:
+def measure(
+    url: str, server_pid: int, cores: tuple[int | None, int | None], concurrency: int, quick: bool, busy_poll: bool
+) -> Level:
     from pytest_llmperf import loadgen
     from pytest_llmperf.datasets import PromptContext, build_prompts
     from pytest_llmperf.metrics import per_request, summarize
@@ -127,7 +130,8 @@ def measure(url: str, server_pid: int, cores: tuple[int | None, int | None], con
     http_json(url + "/sim/requests?clear=1")
     slips0 = http_json(url + "/sim/stats")["slips"]
     busy0, server_cpu0 = [core_busy_ticks(c) for c in cores], process_cpu_s(server_pid)
-    run = loadgen.run(workload, Endpoint(url=url, model="llmperf-sim"), prompts, warmup_prompts=warmup)
+    endpoint = Endpoint(url=url, model="llmperf-sim")
+    run = loadgen.run(workload, endpoint, prompts, warmup_prompts=warmup, busy_poll=busy_poll)
     busy1, server_cpu1 = [core_busy_ticks(c) for c in cores], process_cpu_s(server_pid)
     slips = http_json(url + "/sim/stats")["slips"] - slips0
     entries = {e["id"]: e for e in http_json(url + "/sim/requests")["requests"]}
@@ -305,7 +309,8 @@ def attribution_lines(levels: Sequence[Level]) -> list[str]:
         f"(client send → server receipt) {over(lambda lv: pct(lv.request_path_ms, 50))}, the simulator's own "
         f"lateness on the first chunk {over(lambda lv: pct(lv.server_late_ms, 50))} and the response path "
         f"(server write → client stamp) {over(lambda lv: pct(lv.response_path_ms, 50))}. Intended TTFT starts at "
-        "the server's receipt, so the request path is in every measured TTFT and in none of the intended ones.",
+        "the server's receipt (its last request byte), so the request path (the client's write → that byte's "
+        "arrival: loopback and waking the simulator) is in every measured TTFT and in none of the intended ones.",
         "- ITL p50 error: client part (measured − the simulator's actual write gaps) "
         f"{over(lambda lv: pct(lv.measured['itl'], 50) - pct(lv.itl_written_ms, 50))}, simulator part (actual − "
         f"intended) {over(lambda lv: pct(lv.itl_written_ms, 50) - pct(lv.intended['itl'], 50))}; gap by gap the "
@@ -316,7 +321,9 @@ def attribution_lines(levels: Sequence[Level]) -> list[str]:
     ]
 
 
-def write_results(path: Path, machine: dict[str, Any], levels: Sequence[Level], quick: bool, retries: int) -> None:
+def write_results(
+    path: Path, machine: dict[str, Any], levels: Sequence[Level], quick: bool, retries: int, busy_poll: bool
+) -> None:
     load = machine["loadavg_start"]
     checks = [f"concurrency {lv.concurrency}: {lv.summary_check}" for lv in levels if lv.summary_check != "equal"]
     lines = [
@@ -324,6 +331,7 @@ def write_results(path: Path, machine: dict[str, Any], levels: Sequence[Level], 
         "",
         "Written by `python benchmarks/fidelity.py`"
         + (" --quick" if quick else "")
+        + (" --busy-poll" if busy_poll else "")
         + ". Measured (the load generator + `metrics.per_request`) vs simulator-intended TTFT, TPOT and ITL, "
         "joined per request by stream id; see the script's docstring for the method.",
         "",
@@ -332,7 +340,12 @@ def write_results(path: Path, machine: dict[str, Any], levels: Sequence[Level], 
         f"- CPU: {machine['cpu']}; `nproc` = {machine['nproc']}; kernel {machine['kernel']}",
         f"- Python {machine['python']}; aiohttp {machine['aiohttp']}; uvloop {machine['uvloop']}; "
         f"orjson {machine['orjson']} (the load generator uses uvloop and orjson when installed)",
-        f"- client pinned to core {machine['client_core']}, simulator to core {machine['server_core']}",
+        f"- client pinned to core {machine['client_core']}, simulator to core {machine['server_core']}; the "
+        + (
+            "client's event loop polls during each run (`--llmperf-busy-poll=on`)"
+            if busy_poll
+            else "client's event loop sleeps in the kernel between reads (the default)"
+        ),
         f"- commit {machine['commit']}, {machine['date']}; load average at start "
         + (", ".join(f"{x:.2f}" for x in load) if load else "unknown"),
         f"- simulator: `{' '.join(SIM_ARGS)}`",
@@ -384,6 +397,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-core", type=int, default=None, help="core for the simulator (default: second)")
     parser.add_argument("--results", type=Path, default=None, help="results file (default: results/ on full runs)")
     parser.add_argument("--no-results", action="store_true", help="print only")
+    parser.add_argument("--busy-poll", action="store_true", help="measure with the load generator's busy polling")
     parser.add_argument(
         "--wait-quiet",
         type=float,
@@ -428,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = time.perf_counter()
             for attempt in range(args.retries + 1):
                 wait_until_quiet((client_core, server_core), QUIET_LIMIT, args.wait_quiet)
-                level = measure(url, server_pid, (client_core, server_core), c, args.quick)
+                level = measure(url, server_pid, (client_core, server_core), c, args.quick, args.busy_poll)
                 level.attempts = attempt + 1
                 if not any(x is not None and x >= QUIET_LIMIT for x in level.other_load):
                     break
@@ -450,9 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for line in summary_lines(levels):
         print(line.replace("**", ""))
-    path = args.results or (None if args.quick or args.no_results else RESULTS_PATH)
+    default_path = RESULTS_DIR / ("fidelity-busy-poll.md" if args.busy_poll else "fidelity.md")
+    path = args.results or (None if args.quick or args.no_results else default_path)
     if path is not None and not args.no_results:
-        write_results(path, machine, levels, args.quick, args.retries)
+        write_results(path, machine, levels, args.quick, args.retries, args.busy_poll)
         print(f"\nwrote {path.name}")
     return 0
 

@@ -232,7 +232,9 @@ class LLMPerf:
             before = servermetrics.scrape(endpoint)
             progress = self._progress(label)
             try:
-                result = runner.measure(spec.workload, endpoint, context, progress=progress)
+                result = runner.measure(
+                    spec.workload, endpoint, context, progress=progress, busy_poll=self._session.settings.busy_poll
+                )
             except RunInterrupted as interrupted:
                 # Ctrl-C skips the call report, so hand the partial result to the session directly.
                 partial = runner.summarize(interrupted.partial, endpoint)

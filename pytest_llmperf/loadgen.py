@@ -31,6 +31,7 @@ from aiohttp.client_proto import ResponseHandler
 from pytest_llmperf.errors import RunInterrupted
 from pytest_llmperf.selfcheck import LoopMonitor
 from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, RunRecords, Workload
+from pytest_llmperf.timing import poll_until, sleep_until
 
 _json_loads: Callable[[bytes], Any]
 try:  # orjson parses SSE payloads ~3x faster; optional (extra "fast").
@@ -47,6 +48,7 @@ _READ_BUFSIZE = 2**20  # aiohttp's 64 KiB default throttles long-context streams
 _MAX_CONNECTION_RETRIES = 4
 _CLOSE_HEADERS = {"Connection": "close"}
 _DRAIN_TIMEOUT_S = 1.0
+_DISPATCH_SPIN_S = 0.002  # with busy_poll: the last stretch before an open-loop arrival is spun, not timed
 _CHAT_OUTPUT_KEYS = ("content", "reasoning", "reasoning_content", "tool_calls", "function_call")
 
 
@@ -148,6 +150,9 @@ class _FeedClock(ResponseHandler):
         self.feeds: deque[tuple[object, int, float]] = deque()
 
     def data_received(self, data: bytes) -> None:
+        if not data:  # aiohttp resuming its parser after a pause: nothing arrived
+            super().data_received(data)
+            return
         now = time.perf_counter()
         before = getattr(self, "_payload", None)  # the body being read; None once its end was parsed
         super().data_received(data)
@@ -358,6 +363,7 @@ async def _run(
     warmup_prompts: Sequence[Prompt],
     progress: Progress | None,
     state: dict[str, Any],
+    busy_poll: bool,
 ) -> RunRecords:
     limit = workload.concurrency or 0
     connector = _Connector(
@@ -421,6 +427,8 @@ async def _run(
         monitor = LoopMonitor()
         gc.collect()
         gc.freeze()  # fewer, shorter GC pauses during the measured window
+        stop_polling = asyncio.Event()
+        poller = asyncio.ensure_future(poll_until(stop_polling)) if busy_poll else None
         monitor.start()
         bench_start = time.perf_counter()
         state["bench_start"] = bench_start
@@ -445,9 +453,8 @@ async def _run(
             else:
                 for i, offset in enumerate(offsets):
                     due = bench_start + offset
-                    # Loop timers may fire a little early (uvloop's resolution is 1 ms): sleep until due.
-                    while (delay := due - time.perf_counter()) > 0:
-                        await asyncio.sleep(delay)
+                    # Loop timers count milliseconds; a polling loop can afford to spin the last one.
+                    await sleep_until(due, _DISPATCH_SPIN_S if busy_poll else 0.0)
                     if out_of_time():
                         break
                     dispatch_lags.append(max(0.0, time.perf_counter() - due))
@@ -458,6 +465,9 @@ async def _run(
         finally:
             bench_end = time.perf_counter()
             monitor.stop()
+            stop_polling.set()
+            if poller is not None:
+                await poller
             gc.unfreeze()
         notes = []
         if client.close_connections and endpoint.reuse_connections:
@@ -471,7 +481,7 @@ async def _run(
             bench_start_s=bench_start,
             bench_end_s=bench_end,
             warmup_records=state.get("warmup", []),
-            client=monitor.check(dispatch_lags, wall_s=bench_end - bench_start),
+            client=monitor.check(dispatch_lags, wall_s=bench_end - bench_start, busy_poll=busy_poll),
             notes=notes,
         )
 
@@ -492,15 +502,21 @@ def run(
     *,
     warmup_prompts: Sequence[Prompt] = (),
     progress: Progress | None = None,
+    busy_poll: bool = False,
 ) -> RunRecords:
     """Run one load episode and return every request's record.
+
+    ``busy_poll``: keep the event loop polling during the measured window instead of sleeping in the kernel
+    (see :func:`pytest_llmperf.timing.poll_until`), at the cost of a full core.
 
     Ctrl-C stops the run promptly: in-flight requests are cancelled and recorded as such, and
     :class:`RunInterrupted` carries the partial :class:`RunRecords` so nothing measured is lost.
     """
     state: dict[str, Any] = {}
     loop = _loop_factory()()
-    coro: Coroutine[Any, Any, RunRecords] = _run(workload, endpoint, prompts, warmup_prompts, progress, state)
+    coro: Coroutine[Any, Any, RunRecords] = _run(
+        workload, endpoint, prompts, warmup_prompts, progress, state, busy_poll
+    )
     main = loop.create_task(coro)
     try:
         return loop.run_until_complete(main)

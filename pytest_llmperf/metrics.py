@@ -415,6 +415,7 @@ def summarize(
         s["client_cpu_s"] = float(c.client_cpu_s)
         s["client_cpu_fraction"] = float(c.client_cpu_fraction)
         s["client_reasons"] = list(c.reasons)
+        s["client_busy_poll"] = bool(c.busy_poll)
     s["interrupted"] = bool(run.interrupted)
     s["notes"] = list(run.notes)
     return s

@@ -83,6 +83,7 @@ def measure(
     *,
     goodput_slos_ms: Mapping[str, float] | None = None,
     progress: Progress | None = None,
+    busy_poll: bool = False,
 ) -> Result:
     """Build the prompts, run the load episode and summarize it."""
     from pytest_llmperf import loadgen
@@ -93,7 +94,7 @@ def measure(
         if workload.warmup
         else []
     )
-    records = loadgen.run(workload, endpoint, prompts, warmup_prompts=warmup, progress=progress)
+    records = loadgen.run(workload, endpoint, prompts, warmup_prompts=warmup, progress=progress, busy_poll=busy_poll)
     return summarize(records, endpoint, goodput_slos_ms=goodput_slos_ms)
 
 

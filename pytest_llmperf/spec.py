@@ -226,6 +226,7 @@ class ClientCheck:
     dispatch_lag_p99_ms: float
     client_bound: bool
     reasons: tuple[str, ...] = ()
+    busy_poll: bool = False  # the loop polled instead of sleeping: its CPU fraction is ~1 by design
 
     @property
     def client_cpu_fraction(self) -> float:

@@ -56,6 +56,7 @@ from pytest_llmperf.sim.model import (
     output_text,
     text_token_ids,
 )
+from pytest_llmperf.timing import sleep_until
 
 log = logging.getLogger("pytest_llmperf.sim")
 
@@ -355,7 +356,7 @@ class Sim:
             batch = self._plan(step)
             spin_s = min(self.config.spin_ms / 1000.0, SPIN_SHARE * (step.end - start))
             write_from = step.end - self.write_s * (len(batch) - 1) / 2
-            await _sleep_until(write_from, spin_s)
+            await sleep_until(write_from, spin_s)
             self.lateness.add(perf_counter() - write_from)
             self._deliver(batch)
             counters = self.counters
@@ -431,22 +432,6 @@ class Sim:
         self.engine.config = new
         self.wake.set()
         return new
-
-
-async def _sleep_until(deadline: float, spin_s: float = 0.0) -> None:
-    """Sleep until ``deadline`` (perf_counter seconds), never return early, always yield once.
-
-    Event-loop timers count whole milliseconds (epoll's timeout, libuv's clock), so a timer alone wakes
-    0.3–1 ms late, and every chunk of the step with it. The last ``spin_s`` are instead waited by yielding to
-    the loop until the deadline: ``sleep(0)`` still polls the sockets, so requests keep arriving meanwhile.
-    """
-    remaining = deadline - perf_counter()
-    while remaining > spin_s:
-        await asyncio.sleep(remaining - spin_s)
-        remaining = deadline - perf_counter()
-    await asyncio.sleep(0)
-    while perf_counter() < deadline:
-        await asyncio.sleep(0)
 
 
 # --- request parsing -------------------------------------------------------------------------------------

@@ -202,6 +202,20 @@ def test_live_progress_on_request_and_quiet_otherwise(pytester: pytest.Pytester,
     assert "requests ·" not in quiet.stdout.str()
 
 
+def test_busy_poll_is_recorded_and_not_taken_for_a_client_bound_run(pytester: pytest.Pytester, sim_url: str) -> None:
+    pytester.makepyfile(USER_TEST)
+    out = pytester.path / "r.json"
+    result = pytester.runpytest(f"--llmperf-endpoint={sim_url}", "--llmperf-busy-poll=on", f"--llmperf-json={out}")
+    result.assert_outcomes(passed=2)
+    for r in json.loads(out.read_text())["results"]:
+        summary = r["summary"]
+        assert summary["client_busy_poll"] is True
+        assert not any("of a core" in reason for reason in summary["client_reasons"])
+    bad = pytester.runpytest(f"--llmperf-endpoint={sim_url}", "--llmperf-busy-poll=yes")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--llmperf-busy-poll='yes': expected on or off*"])
+
+
 def test_html_report_is_written(pytester: pytest.Pytester, sim_url: str) -> None:
     pytester.makepyfile(USER_TEST)
     report = pytester.path / "out" / "r.html"

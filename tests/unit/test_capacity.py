@@ -4,10 +4,14 @@ per-GPU ratio between two pairs, checked against the published GB200-vs-H200 Dee
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_llmperf import pairs
 from pytest_llmperf.capacity import (
     base_nodeid,
     capacity_at_slo,
@@ -349,3 +353,55 @@ def test_baseline_values_and_point_along() -> None:
     assert point_along([(1, 10.0), (4, None)], 2.5) is None
     assert point_along([(1, 10.0), (4, 40.0)], 4) == 40.0
     assert point_along([(1, 10.0), (4, 40.0)], 8) is None
+
+
+# -- the command line: python -m pytest_llmperf.pairs A.json B.json ------------------------------------------------
+
+
+def write_documents(tmp_path: Path) -> tuple[Path, Path]:
+    gb200, h200 = tmp_path / "gb200.json", tmp_path / "h200.json"
+    gb200.write_text(json.dumps(document("gb200-fp4", GB200_E2E, 4)))
+    h200.write_text(json.dumps(document("h200-fp8", H200_E2E, 8)))
+    return gb200, h200
+
+
+def test_pairs_command_prints_the_published_16x(tmp_path: Path) -> None:
+    gb200, h200 = write_documents(tmp_path)
+    out = tmp_path / "cmp.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_llmperf.pairs", str(gb200), str(h200), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "capacity at SLO, gb200-fp4 vs h200-fp8"
+    assert "perf/test_dsv32.py::test_interactive (input_len=2400, output_len=1600)" in lines
+    assert any(line.startswith("  gb200-fp4: e2e_p50_ms ≤ 15000: up to c≈12") for line in lines)
+    assert "  measured: gb200-fp4 serves 16× the users per GPU of h200-fp8" in lines
+    assert "  interpolated: gb200-fp4 serves 16× the users per GPU of h200-fp8" in lines
+    (row,) = json.loads(out.read_text())["comparisons"]
+    assert row["ratio_measured"]["ratio"] == pytest.approx(16.0)
+    assert row["first"]["measured_concurrency"] == 8
+    assert row["second"]["measured_concurrency"] == 1
+
+
+def test_pairs_command_says_what_is_wrong_with_its_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gb200, h200 = write_documents(tmp_path)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"pair": "x", "results": [')
+    assert pairs.main([str(gb200), str(broken)]) == 2
+    assert "broken.json: not JSON" in capsys.readouterr().err
+    assert pairs.main([str(gb200), str(tmp_path / "missing.json")]) == 2
+    assert "missing.json: cannot read it" in capsys.readouterr().err
+    other = document("h200-fp8", H200_E2E, 8)
+    for r in other["results"]:
+        r["workload"]["input_len"] = 8192
+    h200.write_text(json.dumps(other))
+    assert pairs.main([str(gb200), str(h200)]) == 1
+    assert "can be compared" in capsys.readouterr().err
+    h200.write_text(json.dumps({"results": "no"}))
+    assert pairs.main([str(gb200), str(h200)]) == 2
+    assert "no 'results' list" in capsys.readouterr().err

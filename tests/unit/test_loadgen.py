@@ -82,6 +82,20 @@ def test_times_agree_with_the_servers_clock_and_events_are_stamped_on_arrival(
         assert all(t in stamps for t in r.event_times_s)
 
 
+def test_busy_poll_keeps_the_loop_polling_and_records_it(sim: str) -> None:
+    endpoint = Endpoint(url=sim, model="llmperf-sim")
+    workload = W.replace(request_rate=200.0, concurrency=None)
+    prompts = build_prompts(workload, planned_prompts(workload), PromptContext(token_pool=list(range(100, 200))))
+    polled = loadgen.run(workload, endpoint, prompts, busy_poll=True)
+    assert all(r.ok for r in polled.records)
+    assert polled.client is not None
+    assert polled.client.busy_poll
+    assert not any("of a core" in reason for reason in polled.client.reasons)  # a full core is by design here
+    plain = loadgen.run(workload, endpoint, prompts)
+    assert plain.client is not None
+    assert not plain.client.busy_poll
+
+
 def test_read_arrivals_are_matched_by_body_offset() -> None:
     loop = asyncio.new_event_loop()
     try:
