@@ -95,9 +95,12 @@ REAL_SLOWDOWN_PCT = 5.0
 # from being dominated by which step boundary a request happens to land on.
 SIM_ARGS = ("--decode-ms", "2", "--jitter", "0.05", "--ttft-add-ms", "20", "--prefill-tok-s", "100000")
 # Open loop at a fixed, seeded schedule (the same arrival times on A and B in a block): about 0.5 s per run.
+# TTFT gets δ = 5 %: where a request lands in the 2 ms step moves its TTFT by up to ±4 %, and the per-token
+# slowdown under test does not touch it (the README's advice: δ ≈ 2.5 × the metric's run-to-run noise).
+REAL_TTFT_TOLERANCE = 0.05
 REAL_WORKLOAD: dict[str, Any] = {
     "input_len": 32, "output_len": 64, "num_prompts": 12, "request_rate": 50.0, "concurrency": 8,
-    "request_timeout_s": 30.0,
+    "request_timeout_s": 30.0, "tolerance": {"ttft_p50": REAL_TTFT_TOLERANCE},
 }  # fmt: skip
 IDLE_TIMEOUT_S = 10.0
 REAL_CASES = (("identical", 0.0), ("B +5% per token", REAL_SLOWDOWN_PCT))
@@ -554,7 +557,7 @@ def render(
     )
     w(
         f"a new workload seed per trial. {ORDER.upper()} blocks, budget {BUDGET} (so {AB_BLOCKS} blocks), "
-        f"tolerance {REAL_TOLERANCE:.0%}, "
+        f"tolerance {REAL_TOLERANCE:.0%} (median TTFT {REAL_TTFT_TOLERANCE:.0%}), "
         "before each run `servermetrics.wait_idle` on the other server."
     )
     w("")
@@ -581,7 +584,7 @@ def render(
         )
         reg = tally.get(verdict.REGRESSION, 0)
         if case.slowdown_pct == 0:
-            real_ok["identical"] = n > 0 and reg == 0
+            real_ok["identical"] = n > 0 and reg == 0 and tally.get(verdict.PASS, 0) / n >= 0.8
         else:
             real_ok["slow"] = n > 0 and reg / n >= 0.8
         # Which metrics kept a trial open or decided it, for the reading below.
@@ -599,7 +602,7 @@ def render(
             parts = [f"{key.replace(':', ' ')} {metric_tally[key]}" for key in sorted(metric_tally)]
             w(f"Per-metric verdicts, {case.name}: " + ", ".join(parts) + ".")
             w("")
-    met["real simulators, identical B: no REGRESSION"] = real_ok["identical"]
+    met["real simulators, identical B: no REGRESSION, and PASS in ≥ 80 % of trials"] = real_ok["identical"]
     met[f"real simulators, B +5 % per token at δ = {REAL_TOLERANCE:.0%}: REGRESSION in ≥ 80 % of trials"] = real_ok[
         "slow"
     ]
@@ -735,7 +738,8 @@ def conclusion(by: Mapping[tuple[Cell, float], dict[str, Any]], cases: Sequence[
                         _tally(open_metrics, name)
         ratios = [t.tpot_ratio for t in case.trials if t.tpot_ratio is not None]
         text = (
-            f"**Real simulators, {case.name}** (δ = {REAL_TOLERANCE:.0%}): {counts} of {n} trials, "
+            f"**Real simulators, {case.name}** (δ = {REAL_TOLERANCE:.0%}, TTFT {REAL_TTFT_TOLERANCE:.0%}): "
+            f"{counts} of {n} trials, "
             f"{statistics.mean(t.blocks for t in case.trials):.1f} blocks on average"
         )
         if ratios:
