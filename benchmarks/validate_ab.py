@@ -57,7 +57,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from client_capacity import cpu_model, git_commit
-from validate_verdicts import CONCURRENCY, N_REQUESTS, OUT_TOKENS, RHO, calibrate, generate
+from validate_verdicts import CONCURRENCY, N_REQUESTS, OUT_TOKENS, RHO, calibrate, cp, generate, table
 
 from pytest_llmperf import judging, stats, verdict
 from pytest_llmperf.markers import PerfSpec, build_spec
@@ -357,17 +357,6 @@ def _measure(spec: PerfSpec, servers: Mapping[str, Any], context: Any, server: s
 
 def pct(x: float, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f}%"
-
-
-def cp(x: int, n: int) -> str:
-    lo, hi = stats.clopper_pearson(x, n)
-    return f"{pct(x / n, 2)} [{pct(lo, 2)}, {pct(hi, 2)}]"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def ab_needed(blocks: int) -> float:
