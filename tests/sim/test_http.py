@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
@@ -202,22 +202,27 @@ def test_intended_and_actual_times_agree_on_an_idle_machine(sim: Client) -> None
     assert sse.sent_at - 0.05 < record["received_at"] < sse.times[0]
 
 
-def test_a_steps_chunks_go_out_in_a_different_order_each_step(sim: Client) -> None:
-    """No stream is always written first (or last) in its step: the order is shuffled, seeded."""
-    sim.configure(decode_ms=5, max_batch=8)
-    sim.records(clear=True)
+def send_at_once(url: str, count: int, body: dict[str, Any]) -> None:
+    """``count`` streaming completions sent together, each read to its end."""
 
     async def send_all() -> None:
         async with aiohttp.ClientSession() as session:
 
             async def one() -> None:
-                body = {"prompt": "a b", "max_tokens": 30, "stream": True, "ignore_eos": True}
-                async with session.post(sim.url + "/v1/completions", json=body) as r:
+                async with session.post(url + "/v1/completions", json=body) as r:
                     await r.read()
 
-            await asyncio.gather(*(one() for _ in range(4)))
+            await asyncio.gather(*(one() for _ in range(count)))
 
     asyncio.run(send_all())
+
+
+def test_a_steps_chunks_go_out_in_a_different_order_each_step(sim: Client) -> None:
+    """No stream is always written first (or last) in its step: the order is shuffled, seeded."""
+    sim.configure(decode_ms=5, max_batch=8)
+    sim.records(clear=True)
+
+    send_at_once(sim.url, 4, {"prompt": "a b", "max_tokens": 30, "stream": True, "ignore_eos": True})
     writes: dict[float, list[tuple[float, str]]] = {}  # step end -> (actual write time, stream id)
     for r in sim.records():
         for intended, actual in zip(r["intended_chunk_times_ms"], r["actual_chunk_times_ms"], strict=True):
@@ -239,17 +244,7 @@ def test_queueing_beyond_max_batch(sim: Client) -> None:
     sim.configure(max_batch=2, decode_ms=10)
     sim.records(clear=True)
 
-    async def send_all() -> None:
-        async with aiohttp.ClientSession() as session:
-
-            async def one() -> None:
-                body = {"prompt": "a", "max_tokens": 4, "stream": True}
-                async with session.post(sim.url + "/v1/completions", json=body) as r:
-                    await r.read()
-
-            await asyncio.gather(*(one() for _ in range(4)))
-
-    asyncio.run(send_all())
+    send_at_once(sim.url, 4, {"prompt": "a", "max_tokens": 4, "stream": True})
     starts = sorted(r["received_at"] + r["intended_ttft_ms"] / 1000 for r in sim.records())
     ends = sorted(r["received_at"] + r["intended_chunk_times_ms"][-1] / 1000 for r in sim.records())
     # Two requests run at once; the other two wait for their slots.
