@@ -403,14 +403,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=0.0,
         metavar="S",
-        help=f"before each level, wait up to S seconds for both cores to be < {QUIET_LIMIT:.0%} busy (default 0)",
+        help=f"before each level, wait up to S seconds for both cores to be "
+        f"< {QUIET_LIMIT * 100:.0f} %% busy (default 0)",
     )
     parser.add_argument(
         "--retries",
         type=int,
         default=None,
         metavar="N",
-        help=f"repeat a level up to N times while other processes load the pinned cores by >= {QUIET_LIMIT:.0%} "
+        help=f"repeat a level up to N times while other processes load the pinned cores "
+        f"by >= {QUIET_LIMIT * 100:.0f} %% "
         "(default 3; quick 0)",
     )
     return parser.parse_args(argv)

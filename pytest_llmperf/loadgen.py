@@ -31,25 +31,18 @@ from aiohttp.client_proto import ResponseHandler
 from pytest_llmperf.errors import RunInterrupted
 from pytest_llmperf.selfcheck import LoopMonitor
 from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, RunRecords, Workload
+from pytest_llmperf.sse import StreamError, StreamParser, excerpt
 from pytest_llmperf.timing import poll_until, sleep_until
-
-_json_loads: Callable[[bytes], Any]
-try:  # orjson parses SSE payloads ~3x faster; optional (extra "fast").
-    from orjson import loads as _json_loads
-except ImportError:  # pragma: no cover - depends on the environment
-    _json_loads = json.loads
 
 Progress = Callable[[int, "int | None", int], None]
 """Called after each measured request: (requests done, requests planned or None, output events so far)."""
 
-_EXCERPT_CHARS = 300
 _CONNECT_TIMEOUT_S = 30.0
 _READ_BUFSIZE = 2**20  # aiohttp's 64 KiB default throttles long-context streams (see llm-benchmarks.md §1.5)
 _MAX_CONNECTION_RETRIES = 4
 _CLOSE_HEADERS = {"Connection": "close"}
 _DRAIN_TIMEOUT_S = 1.0
 _DISPATCH_SPIN_S = 0.002  # with busy_poll: the last stretch before an open-loop arrival is spun, not timed
-_CHAT_OUTPUT_KEYS = ("content", "reasoning", "reasoning_content", "tool_calls", "function_call")
 
 
 def arrival_offsets(workload: Workload, count: int, rng: random.Random) -> list[float]:
@@ -91,31 +84,6 @@ def request_body(workload: Workload, endpoint: Endpoint, prompt: Prompt) -> byte
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-class _StreamError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def _cumulative_tokens(chunk: dict[str, Any], usage: Any) -> int | None:
-    """Completion tokens so far, when the server says so per chunk.
-
-    vLLM and SGLang send ``usage`` on every chunk with ``continuous_usage_stats``; llama.cpp ignores that
-    option but reports ``timings.predicted_n`` per chunk with ``timings_per_token``.
-    """
-    if usage and isinstance(usage.get("completion_tokens"), int):
-        return int(usage["completion_tokens"])
-    timings = chunk.get("timings")
-    if isinstance(timings, dict) and isinstance(timings.get("predicted_n"), int):
-        return int(timings["predicted_n"])
-    return None
-
-
-def _excerpt(data: bytes | str) -> str:
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    return text[:_EXCERPT_CHARS] + ("…" if len(text) > _EXCERPT_CHARS else "")
-
-
 async def _drain(response: aiohttp.ClientResponse) -> None:
     """Read what follows ``[DONE]`` (the chunked body's end) so the connection goes back to the pool.
 
@@ -135,38 +103,121 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
         response.close()
 
 
-class _FeedClock(ResponseHandler):
-    """aiohttp's connection protocol, noting when each read of a response body arrived from the socket.
+def _expire(ended: asyncio.Future[None]) -> None:
+    if not ended.done():
+        ended.set_exception(asyncio.TimeoutError())
 
-    The task that parses a stream runs only after every stream that became readable in the same loop turn has
-    been read, and after the tasks woken before it: at concurrency 64 that is up to a millisecond or two after
-    its bytes arrived. Stamping here, in ``data_received`` before any task runs, keeps that queueing inside the
-    client out of TTFT and ITL. (Where aiohttp's internals differ, :meth:`of` finds no clock and the parsing
-    task's own time is used, as before.)
+
+class _BodyListener:
+    """Feeds one response body to its parser from inside the connection's ``data_received``."""
+
+    __slots__ = ("_taking", "content", "ended", "parser")
+
+    def __init__(self, content: aiohttp.StreamReader, parser: StreamParser, ended: asyncio.Future[None]) -> None:
+        self.content = content
+        self.parser = parser
+        self.ended = ended  # settled at [DONE], at the body's end, or with the error that broke it
+        self._taking = False
+
+    def take(self, now: float) -> None:
+        """Parse what the body reader holds (it arrived at ``now``); settle ``ended`` once the stream is over."""
+        # Reading can resume aiohttp's paused parser, which feeds the reader again and calls back in here:
+        # the outer call keeps reading until the reader is empty, so the inner one leaves it alone.
+        if self._taking or self.ended.done():
+            return
+        self._taking = True
+        content = self.content
+        try:
+            while data := content.read_nowait():  # raises the reader's own error: a cut-off body, a timeout
+                if self.parser.feed(data, now):
+                    self.ended.set_result(None)
+                    return
+            if content.is_eof():
+                self.ended.set_result(None)
+        except Exception as exc:  # also a malformed stream, from the parser
+            self.ended.set_exception(exc)
+        finally:
+            self._taking = False
+
+
+class _FeedClock(ResponseHandler):
+    """aiohttp's connection protocol, extended to parse a streamed body as each read comes off the socket.
+
+    Read by the request's task, an event would be stamped only after every stream that became readable in the
+    same loop turn had been read and after the tasks woken before it: at concurrency 64, up to a millisecond
+    or two after its bytes arrived. Parsing here, in ``data_received``, stamps each read before any task runs
+    and wakes no task per event (about a third of the client's CPU per event). The request's task waits
+    once, for the stream's end (:meth:`stream_into`). Reads that arrive before the task has attached its
+    parser (the first chunk often comes with the headers) are noted in ``feeds`` and replayed with their
+    own arrival times. Where aiohttp's internals differ, :meth:`of` finds no clock and the task reads the
+    body itself, as ``vllm bench serve`` does.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # (body reader, its bytes so far, perf_counter) after each read; consumed in order by arrival().
+        # (body reader, its bytes so far, perf_counter) after each read while no parser is attached.
         self.feeds: deque[tuple[object, int, float]] = deque()
+        self.listener: _BodyListener | None = None
 
     def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        listener = self.listener
+        if listener is not None:
+            super().data_received(data)
+            listener.take(now)
+            return
         if not data:  # aiohttp resuming its parser after a pause: nothing arrived
             super().data_received(data)
             return
-        now = time.perf_counter()
         before = getattr(self, "_payload", None)  # the body being read; None once its end was parsed
         super().data_received(data)
         payload = getattr(self, "_payload", None) or before
         if isinstance(payload, aiohttp.StreamReader):
             self.feeds.append((payload, payload.total_bytes, now))
 
-    def arrival(self, reader: aiohttp.StreamReader, end: int, default: float) -> float:
-        """When the body's first ``end`` bytes had all arrived (``default`` when no read recorded it)."""
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        # aiohttp calls this after every read from a body's buffer. With nothing paused there is nothing to
+        # resume (its parser pauses only together with the transport), and the empty parser pass it would
+        # run costs about a tenth of the client's CPU per event.
+        if getattr(self, "_reading_paused", True) or getattr(self, "_buffer_paused", False):
+            super().resume_reading(resume_parser)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self.listener is not None:  # the reader now holds the error (or its end): settle the stream
+            self.listener.take(time.perf_counter())
+
+    async def stream_into(self, content: aiohttp.StreamReader, parser: StreamParser, timeout_s: float) -> None:
+        """Parse ``content`` into ``parser`` as it arrives, until it ends; raises what broke it."""
+        self.replay(content, parser)
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        listener = _BodyListener(content, parser, ended)
+        listener.take(time.perf_counter())  # settles at once when the body had already ended
+        if ended.done():
+            ended.result()  # raises what broke the body
+            return
+        self.listener = listener
+        expiry = asyncio.get_running_loop().call_later(timeout_s, _expire, ended)
+        try:
+            await ended
+        finally:
+            self.listener = None
+            expiry.cancel()
+
+    def replay(self, content: aiohttp.StreamReader, parser: StreamParser) -> None:
+        """Feed the bytes ``content`` holds to ``parser``, each read with the time it arrived."""
         feeds = self.feeds
-        while feeds and (feeds[0][0] is not reader or feeds[0][1] < end):
-            feeds.popleft()
-        return min(feeds[0][2], default) if feeds else default
+        if content.exception() is None:
+            buffered = content.read_nowait()
+            position = content.total_bytes - len(buffered)  # the body offset of buffered[0]
+            while buffered:
+                while feeds and (feeds[0][0] is not content or feeds[0][1] <= position):
+                    feeds.popleft()
+                end, at = (feeds[0][1], feeds[0][2]) if feeds else (content.total_bytes, time.perf_counter())
+                size = end - position
+                parser.feed(buffered[:size], at)
+                buffered, position = buffered[size:], end
+        feeds.clear()
 
     @staticmethod
     def of(response: aiohttp.ClientResponse) -> _FeedClock | None:
@@ -237,7 +288,7 @@ class _Client:
                     continue
                 kind = "disconnected" if record.status is not None else "connection"
                 self._fail(record, kind, f"{type(exc).__name__}: {exc}")
-            except _StreamError as exc:
+            except StreamError as exc:
                 self._fail(record, exc.kind, str(exc))
             except aiohttp.ClientPayloadError as exc:
                 self._fail(record, "truncated", f"stream ended early: {exc}")
@@ -252,6 +303,12 @@ class _Client:
             return
 
     @staticmethod
+    async def _read_in_task(content: aiohttp.StreamReader, parser: StreamParser) -> None:
+        async for data in content.iter_any():
+            if parser.feed(data, time.perf_counter()):
+                return
+
+    @staticmethod
     def _fail(record: RequestRecord, kind: str, message: str) -> None:
         record.error_kind = kind
         record.error = message
@@ -262,99 +319,19 @@ class _Client:
             record.status = response.status
             if response.status != 200:
                 text = await response.read()
-                raise _StreamError(f"http_{response.status}", f"HTTP {response.status}: {_excerpt(text)}")
-            done = False
-            buffer = b""
-            content = response.content
-            clock = _FeedClock.of(response)
-            received = 0  # body bytes read so far: where each line ends, to find the read that brought it
-            async for data in content.iter_any():
-                now = time.perf_counter()
-                received += len(data)
-                buffer += data
-                if b"\n" not in data:
-                    continue
-                *lines, buffer = buffer.split(b"\n")
-                end = received - len(buffer) - sum(map(len, lines)) - len(lines)
-                arrived = now
-                for line in lines:
-                    end += len(line) + 1
-                    if clock is not None:
-                        arrived = clock.arrival(content, end, now)
-                    if self._line(record, line, arrived):
-                        done = True
-                record.last_line_s = arrived
-                if done:
-                    break
-            if not done and buffer.strip():
-                # A last line without its newline: accept it, the server may close right after.
-                done = self._line(record, buffer, time.perf_counter())
-            if not done:
-                if not record.event_times_s:
-                    raise _StreamError("empty", "stream closed with no output and no [DONE]")
-                raise _StreamError("truncated", "stream closed before [DONE]")
-            if not record.event_times_s:
-                raise _StreamError("empty", "stream finished without any output event")
+                raise StreamError(f"http_{response.status}", f"HTTP {response.status}: {excerpt(text)}")
+            parser = StreamParser(record, self.chat)
+            try:
+                clock = _FeedClock.of(response)
+                if clock is not None:
+                    time_left = self.workload.request_timeout_s - (time.perf_counter() - record.start_s)
+                    await clock.stream_into(response.content, parser, max(0.0, time_left))
+                else:
+                    await self._read_in_task(response.content, parser)
+                parser.finish(time.perf_counter())
+            finally:
+                self.events_seen += parser.events
             await _drain(response)
-
-    def _line(self, record: RequestRecord, line: bytes, now: float) -> bool:
-        """Handle one SSE line; True at ``[DONE]``."""
-        line = line.strip()
-        if not line.startswith(b"data:"):
-            return False  # blank separators, comments, "event:" and "id:" fields carry nothing we need
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            return True
-        try:
-            chunk = _json_loads(payload)
-        except ValueError:
-            raise _StreamError("malformed", f"invalid JSON in stream: {_excerpt(payload)}") from None
-        if not isinstance(chunk, dict):
-            raise _StreamError("malformed", f"stream chunk is not a JSON object: {_excerpt(payload)}")
-        if "error" in chunk:
-            raise _StreamError("stream_error", f"server reported an error mid-stream: {_excerpt(payload)}")
-        usage = chunk.get("usage")
-        choices = chunk.get("choices")
-        if choices:
-            choice = choices[0]
-            has_text = self._chat_output(choice) if self.chat else True
-            if has_text is not None:
-                record.event_times_s.append(now)
-                text = choice.get("delta", {}).get("content") if self.chat else choice.get("text")
-                record.event_has_text.append(bool(text) or (self.chat and has_text))
-                if text:
-                    record.output_chars += len(text)
-                cumulative = _cumulative_tokens(chunk, usage)
-                if cumulative is not None:
-                    record.event_cum_tokens.append(cumulative)
-                self.events_seen += 1
-            reason = choice.get("finish_reason")
-            if reason:
-                record.finish_reason = reason
-        if usage:
-            record.prompt_tokens = usage.get("prompt_tokens", record.prompt_tokens)
-            record.completion_tokens = usage.get("completion_tokens", record.completion_tokens)
-            details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict) and details.get("cached_tokens") is not None:
-                record.cached_tokens = details["cached_tokens"]
-        if record.response_id is None:
-            record.response_id = chunk.get("id")
-        return False
-
-    @staticmethod
-    def _chat_output(choice: dict[str, Any]) -> bool | None:
-        """True/False when the delta is an output event (with/without text); None when it is not one.
-
-        The role-only opening delta is not output; an empty ``content`` without ``role`` is (a special token
-        decoded to nothing), as in vLLM.
-        """
-        delta = choice.get("delta") or {}
-        for key in _CHAT_OUTPUT_KEYS:
-            if delta.get(key):
-                return True
-        if delta.get("content") == "" and "role" not in delta:
-            return False
-        return None
 
 
 async def _run(
@@ -373,7 +350,7 @@ async def _run(
     timeout = aiohttp.ClientTimeout(
         total=workload.request_timeout_s,
         sock_connect=_CONNECT_TIMEOUT_S,
-        sock_read=workload.request_timeout_s,
+        sock_read=None,
     )
     headers = {"Content-Type": "application/json"}
     if endpoint.api_key:

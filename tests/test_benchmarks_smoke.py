@@ -37,3 +37,17 @@ def test_quick_run_prints_its_table(script: str, header: str, tmp_path: Path) ->
     # A quick run must leave the committed figures alone.
     assert [p.stat().st_mtime_ns for p in results] == before
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py")))
+def test_help_describes_the_options(script: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--help"],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "usage:" in proc.stdout
+    assert "--quick" in proc.stdout or "--check" in proc.stdout

@@ -7,6 +7,7 @@ import contextlib
 import threading
 import time
 
+import aiohttp
 import httpx
 import pytest
 
@@ -14,6 +15,7 @@ from pytest_llmperf import loadgen, metrics, tokenizer
 from pytest_llmperf.datasets import PromptContext, build_prompts
 from pytest_llmperf.runner import planned_prompts
 from pytest_llmperf.spec import Endpoint, RequestRecord, RunRecords, Workload
+from pytest_llmperf.sse import StreamParser
 
 
 def run(url: str, workload: Workload, *, reuse: bool = True) -> RunRecords:
@@ -62,24 +64,26 @@ def test_times_agree_with_the_servers_clock_and_events_are_stamped_on_arrival(
     sim: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One host, one monotonic clock: a request starts before the simulator has received it, and each event
-    carries the time its bytes came off the socket (noted in the protocol's data_received, before any task
-    ran), not the later time at which its parsing task happened to run."""
-    reads: list[float] = []
+    carries a time taken while its bytes came off the socket (inside the protocol's data_received, before
+    any task ran), not the later time at which a task happened to run."""
+    reads: list[tuple[float, float]] = []
     data_received = loadgen._FeedClock.data_received
 
     def noting(self: loadgen._FeedClock, data: bytes) -> None:
-        count = len(self.feeds)
+        entered = time.perf_counter()
         data_received(self, data)
-        if len(self.feeds) > count:
-            reads.append(self.feeds[-1][2])
+        reads.append((entered, time.perf_counter()))
 
     monkeypatch.setattr(loadgen._FeedClock, "data_received", noting)
     records = run(sim, W).records
     seen = {e["id"]: e for e in httpx.get(f"{sim}/sim/requests", timeout=10).json()["requests"]}
-    stamps = set(reads)
+
+    def during_a_read(t: float) -> bool:
+        return any(entered <= t <= left for entered, left in reads)
+
     for r in records:
         assert r.arrival_s <= r.start_s < seen[r.response_id]["received_at"] < r.event_times_s[0]
-        assert all(t in stamps for t in r.event_times_s)
+        assert all(during_a_read(t) for t in r.event_times_s)
 
 
 def test_busy_poll_keeps_the_loop_polling_and_records_it(sim: str) -> None:
@@ -96,20 +100,36 @@ def test_busy_poll_keeps_the_loop_polling_and_records_it(sim: str) -> None:
     assert not plain.client.busy_poll
 
 
-def test_read_arrivals_are_matched_by_body_offset() -> None:
+def test_reads_from_before_the_parser_was_attached_keep_their_arrival_times() -> None:
+    """The first chunk often comes with the headers, before the request's task attaches its parser: each
+    line is replayed with the time of the read that completed it, matched by body offset."""
+
+    class Reader(aiohttp.StreamReader):
+        def __init__(self) -> None:  # only what replay() touches: buffered bytes and their count
+            self.chunks = [b'data: {"choices":[{"text":"a"}]}\n\ndata: {"ch', b'oices":[{"text":"b"}]}\n\n']
+            self.total_bytes = 40 + sum(map(len, self.chunks))  # 40 bytes were read before: an earlier line
+
+        def exception(self) -> BaseException | None:
+            return None
+
+        def read_nowait(self, n: int = -1) -> bytes:
+            data, self.chunks = b"".join(self.chunks), []
+            return data
+
     loop = asyncio.new_event_loop()
     try:
         clock = loadgen._FeedClock(loop=loop)
     finally:
         loop.close()
-    body, old_body = object(), object()
-    clock.feeds.extend([(old_body, 40, 0.5), (body, 10, 1.0), (body, 25, 2.0)])
-    assert clock.arrival(body, 5, 9.0) == 1.0  # a line ending inside the first read
-    assert clock.arrival(body, 10, 9.0) == 1.0
-    assert clock.arrival(body, 20, 9.0) == 2.0  # completed by the second read
-    assert clock.arrival(body, 30, 9.0) == 9.0  # not recorded: the parsing task's own time
-    clock.feeds.append((body, 40, 12.0))
-    assert clock.arrival(body, 40, 11.0) == 11.0  # never later than the task saw it
+    reader, other = Reader(), object()
+    first, second = 40 + len(reader.chunks[0]), reader.total_bytes
+    clock.feeds.extend([(other, 99, 0.5), (reader, 40, 0.75), (reader, first, 1.0), (reader, second, 2.0)])
+    record = RequestRecord(index=0, arrival_s=0.0, input_len=1, output_len=2)
+    parser = StreamParser(record, chat=False)
+    clock.replay(reader, parser)
+    assert record.event_times_s == [1.0, 2.0]  # "b" was completed by the second read
+    assert record.output_chars == 2
+    assert not clock.feeds
 
 
 @pytest.mark.parametrize(
