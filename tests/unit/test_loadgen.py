@@ -157,6 +157,27 @@ def test_each_fault_is_a_failed_request_with_a_reason(sim: str, fault: str, kind
     assert summary["errors"] == {kind: 5}
 
 
+@pytest.mark.parametrize("fault", ["", "malformed:every=2,after=1", "disconnect:every=2,after=2"])
+def test_without_the_protocol_hook_the_task_reads_the_body_to_the_same_records(
+    sim: str, fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where aiohttp's internals differ, the request's task parses the stream itself: same events, same
+    failures."""
+    if fault:
+        set_faults(sim, fault)
+    hooked = run(sim, W).records
+    monkeypatch.setattr(loadgen._FeedClock, "of", staticmethod(lambda response: None))
+    plain = run(sim, W).records
+
+    def outcomes(records: list[RequestRecord]) -> list[tuple[bool, str, int, int | None]]:
+        # Sorted: the simulator counts "every 2nd" over all requests it has served, so the faulty ones
+        # are not at the same positions in both runs.
+        return sorted((r.ok, r.error_kind, len(r.event_times_s), r.completion_tokens) for r in records)
+
+    assert outcomes(plain) == outcomes(hooked)
+    assert any(r.ok for r in plain)
+
+
 def test_http_error_keeps_an_excerpt_of_the_body(sim: str) -> None:
     set_faults(sim, "http_503:every=1")
     (record, *_) = run(sim, W.replace(num_prompts=1)).records
