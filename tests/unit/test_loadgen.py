@@ -132,6 +132,35 @@ def test_reads_from_before_the_parser_was_attached_keep_their_arrival_times() ->
     assert not clock.feeds
 
 
+def test_a_body_that_came_whole_with_its_headers_gets_the_time_of_that_read() -> None:
+    """Headers and the whole (short) body in one read: the protocol cannot tell which reader that read fed,
+    so the bytes no noted read accounts for take the time of the last read."""
+
+    class Reader(aiohttp.StreamReader):
+        def __init__(self) -> None:
+            self.chunks = [b'data: {"choices":[{"text":"a"}]}\n\ndata: [DONE]\n\n']
+            self.total_bytes = len(self.chunks[0])
+
+        def exception(self) -> BaseException | None:
+            return None
+
+        def read_nowait(self, n: int = -1) -> bytes:
+            data, self.chunks = b"".join(self.chunks), []
+            return data
+
+    loop = asyncio.new_event_loop()
+    try:
+        clock = loadgen._FeedClock(loop=loop)
+    finally:
+        loop.close()
+    clock.feeds.extend([(object(), 10, 0.5), (None, 0, 3.0)])
+    record = RequestRecord(index=0, arrival_s=0.0, input_len=1, output_len=1)
+    parser = StreamParser(record, chat=False)
+    clock.replay(Reader(), parser)
+    assert record.event_times_s == [3.0]
+    assert parser.done
+
+
 @pytest.mark.parametrize(
     ("fault", "kind", "text"),
     [
