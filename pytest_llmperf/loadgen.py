@@ -206,11 +206,11 @@ class _FeedClock(ResponseHandler):
     Read by the request's task, an event would be stamped only after every stream that became readable in the
     same loop turn had been read and after the tasks woken before it: at concurrency 64, up to a millisecond
     or two after its bytes arrived. Parsing here, in ``data_received``, stamps each read before any task runs
-    and wakes no task per event (about a third of the client's CPU per event). The request's task waits
-    once, for the stream's end (:meth:`stream_into`). Reads that arrive before the task has attached its
-    parser (the first chunk often comes with the headers) are noted in ``feeds`` and replayed with their
-    own arrival times. Where aiohttp's internals differ, :meth:`of` finds no clock and the task reads the
-    body itself, as ``vllm bench serve`` does.
+    and wakes no task per event (with aiohttp's per-read timer off: 40 → 32 µs per event on the README's VM).
+    The request's task waits once, for the stream's end (:meth:`stream_into`). Reads that arrive before the
+    task has attached its parser (the first chunk often comes with the headers) are noted in ``feeds`` and
+    replayed with their own arrival times. Where aiohttp's internals differ, :meth:`of` finds no clock and the
+    task reads the body itself, as ``vllm bench serve`` does.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

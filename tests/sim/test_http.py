@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 import time
@@ -174,14 +175,17 @@ def test_model_name_may_be_given_or_omitted(sim: Client) -> None:
 
 
 def test_config_changes_timing_at_run_time(sim: Client) -> None:
-    before = sim.completion(max_tokens=3).chunks[0]["id"]
+    before = sim.completion(max_tokens=5).chunks[0]["id"]
     new = sim.configure(decode_ms=25)
     assert new["decode_ms"] == 25.0
     assert sim.http.get("/sim/config").json()["decode_ms"] == 25.0
     after = sim.completion(max_tokens=3).chunks[0]["id"]
     gaps = sim.record(after)["intended_chunk_times_ms"]
     assert gaps[1] - gaps[0] == pytest.approx(25.0, rel=1e-6)
-    assert sim.record(before)["intended_chunk_times_ms"][0] < 5
+    # The earlier stream kept the old 2 ms step. Its smallest gap, not its first chunk: on a loaded machine
+    # the simulator may restart a late schedule, which moves later intended times but never shortens a step.
+    times = sim.record(before)["intended_chunk_times_ms"]
+    assert min(b - a for a, b in itertools.pairwise(times)) == pytest.approx(2.0, rel=1e-6)
     assert sim.configure(reset=True)["decode_ms"] == 2.0
 
 
