@@ -100,28 +100,36 @@ def test_busy_poll_keeps_the_loop_polling_and_records_it(sim: str) -> None:
     assert not plain.client.busy_poll
 
 
+class BufferedBody(aiohttp.StreamReader):
+    """Only what ``_FeedClock.replay`` touches: buffered bytes, and how many the body has had in all."""
+
+    def __init__(self, chunks: list[bytes], earlier_bytes: int = 0) -> None:
+        self.chunks = chunks
+        self.total_bytes = earlier_bytes + sum(map(len, chunks))
+
+    def exception(self) -> BaseException | None:
+        return None
+
+    def read_nowait(self, n: int = -1) -> bytes:
+        data, self.chunks = b"".join(self.chunks), []
+        return data
+
+
+def feed_clock() -> loadgen._FeedClock:
+    loop = asyncio.new_event_loop()
+    try:
+        return loadgen._FeedClock(loop=loop)
+    finally:
+        loop.close()
+
+
 def test_reads_from_before_the_parser_was_attached_keep_their_arrival_times() -> None:
     """The first chunk often comes with the headers, before the request's task attaches its parser: each
     line is replayed with the time of the read that completed it, matched by body offset."""
 
-    class Reader(aiohttp.StreamReader):
-        def __init__(self) -> None:  # only what replay() touches: buffered bytes and their count
-            self.chunks = [b'data: {"choices":[{"text":"a"}]}\n\ndata: {"ch', b'oices":[{"text":"b"}]}\n\n']
-            self.total_bytes = 40 + sum(map(len, self.chunks))  # 40 bytes were read before: an earlier line
-
-        def exception(self) -> BaseException | None:
-            return None
-
-        def read_nowait(self, n: int = -1) -> bytes:
-            data, self.chunks = b"".join(self.chunks), []
-            return data
-
-    loop = asyncio.new_event_loop()
-    try:
-        clock = loadgen._FeedClock(loop=loop)
-    finally:
-        loop.close()
-    reader, other = Reader(), object()
+    chunks = [b'data: {"choices":[{"text":"a"}]}\n\ndata: {"ch', b'oices":[{"text":"b"}]}\n\n']
+    clock = feed_clock()
+    reader, other = BufferedBody(chunks, earlier_bytes=40), object()  # 40 bytes: an earlier line
     first, second = 40 + len(reader.chunks[0]), reader.total_bytes
     clock.feeds.extend([(other, 99, 0.5), (reader, 40, 0.75), (reader, first, 1.0), (reader, second, 2.0)])
     record = RequestRecord(index=0, arrival_s=0.0, input_len=1, output_len=2)
@@ -136,27 +144,11 @@ def test_a_body_that_came_whole_with_its_headers_gets_the_time_of_that_read() ->
     """Headers and the whole (short) body in one read: the protocol cannot tell which reader that read fed,
     so the bytes no noted read accounts for take the time of the last read."""
 
-    class Reader(aiohttp.StreamReader):
-        def __init__(self) -> None:
-            self.chunks = [b'data: {"choices":[{"text":"a"}]}\n\ndata: [DONE]\n\n']
-            self.total_bytes = len(self.chunks[0])
-
-        def exception(self) -> BaseException | None:
-            return None
-
-        def read_nowait(self, n: int = -1) -> bytes:
-            data, self.chunks = b"".join(self.chunks), []
-            return data
-
-    loop = asyncio.new_event_loop()
-    try:
-        clock = loadgen._FeedClock(loop=loop)
-    finally:
-        loop.close()
+    clock = feed_clock()
     clock.feeds.extend([(object(), 10, 0.5), (None, 0, 3.0)])
     record = RequestRecord(index=0, arrival_s=0.0, input_len=1, output_len=1)
     parser = StreamParser(record, chat=False)
-    clock.replay(Reader(), parser)
+    clock.replay(BufferedBody([b'data: {"choices":[{"text":"a"}]}\n\ndata: [DONE]\n\n']), parser)
     assert record.event_times_s == [3.0]
     assert parser.done
 
