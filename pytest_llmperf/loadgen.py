@@ -288,7 +288,9 @@ class _FeedClock(ResponseHandler):
     @staticmethod
     def of(response: aiohttp.ClientResponse) -> _FeedClock | None:
         connection = response.connection
-        protocol = connection.protocol if connection is not None else None
+        # A body that ended in the read that brought its headers has already given its connection back (no
+        # await since, so no other request can be on it yet): its protocol still holds that read's time.
+        protocol = connection.protocol if connection is not None else getattr(response, "_protocol", None)
         return protocol if isinstance(protocol, _FeedClock) else None
 
 

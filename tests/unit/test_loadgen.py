@@ -86,6 +86,51 @@ def test_times_agree_with_the_servers_clock_and_events_are_stamped_on_arrival(
         assert all(during_a_read(t) for t in r.event_times_s)
 
 
+def test_a_stream_that_ended_before_its_task_ran_is_stamped_with_its_reads(
+    start_sim: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One-token streams from a server with no decode delay often end in the read that brought their headers,
+    and aiohttp has given the connection back before the request's task runs: the events still carry the
+    time of that read, never the later time at which the task got to them."""
+    url = start_sim("--decode-ms", "0", "--decode-ms-per-seq", "0", "--jitter", "0").url
+    reads: list[tuple[float, float]] = []
+    data_received = loadgen._FeedClock.data_received
+
+    def noting(self: loadgen._FeedClock, data: bytes) -> None:
+        entered = time.perf_counter()
+        data_received(self, data)
+        reads.append((entered, time.perf_counter()))
+
+    released: list[bool] = []
+    of = loadgen._FeedClock.of
+
+    def finding(response: aiohttp.ClientResponse) -> loadgen._FeedClock | None:
+        released.append(response.connection is None)
+        return of(response)
+
+    monkeypatch.setattr(loadgen._FeedClock, "data_received", noting)
+    monkeypatch.setattr(loadgen._FeedClock, "of", staticmethod(finding))
+    records = run(url, Workload(input_len=4, output_len=1, num_prompts=40, concurrency=4)).records
+    assert all(r.ok for r in records)
+    assert all(any(a <= t <= b for a, b in reads) for r in records for t in r.event_times_s)
+    assert any(released), "no stream ended with its headers: the case under test did not occur"
+
+
+def test_the_clock_of_a_response_whose_connection_is_back_in_the_pool_is_still_found() -> None:
+    clock = feed_clock()
+
+    class Released:
+        connection = None
+        _protocol = clock
+
+    class Elsewhere:
+        connection = None
+        _protocol = object()
+
+    assert loadgen._FeedClock.of(Released()) is clock  # type: ignore[arg-type]
+    assert loadgen._FeedClock.of(Elsewhere()) is None  # type: ignore[arg-type]
+
+
 def test_busy_poll_keeps_the_loop_polling_and_records_it(sim: str) -> None:
     endpoint = Endpoint(url=sim, model="llmperf-sim")
     workload = W.replace(request_rate=200.0, concurrency=None)
