@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import json
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
-from aiohttp.client_proto import ResponseHandler
 
 from pytest_llmperf.errors import RunInterrupted
+from pytest_llmperf.feedclock import Connector, FeedClock
+from pytest_llmperf.pacing import SendPacer
 from pytest_llmperf.selfcheck import LoopMonitor
 from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, RunRecords, Workload
 from pytest_llmperf.sse import StreamError, StreamParser, excerpt
@@ -43,6 +42,7 @@ _MAX_CONNECTION_RETRIES = 4
 _CLOSE_HEADERS = {"Connection": "close"}
 _DRAIN_TIMEOUT_S = 1.0
 _DISPATCH_SPIN_S = 0.002  # with busy_poll: the last stretch before an open-loop arrival is spun, not timed
+_SENDS_PER_ITERATION = 4  # about half a millisecond of request building between two polls of the sockets
 
 
 def arrival_offsets(workload: Workload, count: int, rng: random.Random) -> list[float]:
@@ -105,204 +105,6 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
         response.close()
 
 
-def _expire(ended: asyncio.Future[None]) -> None:
-    if not ended.done():
-        ended.set_exception(asyncio.TimeoutError())
-
-
-class _BodyListener:
-    """Feeds one response body to its parser from inside the connection's ``data_received``.
-
-    Two ways, the same records: *direct* (the body's reader hands each decoded piece straight over, see
-    :class:`_DirectBody`), or else by draining the reader's buffer after each read.
-    """
-
-    __slots__ = ("_taking", "content", "direct", "ended", "now", "parser")
-
-    def __init__(self, content: aiohttp.StreamReader, parser: StreamParser, ended: asyncio.Future[None]) -> None:
-        self.content = content
-        self.parser = parser
-        self.ended = ended  # settled at [DONE], at the body's end, or with the error that broke it
-        self.direct = False
-        self.now = 0.0  # when the read being parsed came off the socket
-        self._taking = False
-
-    def piece(self, data: bytes) -> None:
-        """A decoded piece of the body, in the direct way; it never raises into aiohttp's parser."""
-        if self.ended.done():
-            return
-        try:
-            if self.parser.feed(data, self.now):
-                self.ended.set_result(None)
-        except Exception as exc:  # a malformed stream
-            self.ended.set_exception(exc)
-
-    def take(self, now: float) -> None:
-        """After a read (it arrived at ``now``): parse what the reader holds; settle once the stream is over."""
-        # Reading can resume aiohttp's paused parser, which feeds the reader again and calls back in here:
-        # the outer call keeps reading until the reader is empty, so the inner one leaves it alone.
-        if self._taking or self.ended.done():
-            return
-        self._taking = True
-        content = self.content
-        try:
-            if self.direct:
-                if (error := content.exception()) is not None:
-                    raise error
-            else:
-                while data := content.read_nowait():  # raises the reader's own error: a cut-off body, a timeout
-                    if self.parser.feed(data, now):
-                        self.ended.set_result(None)
-                        return
-            if content.is_eof():
-                self.ended.set_result(None)
-        except Exception as exc:  # also a malformed stream, from the parser
-            self.ended.set_exception(exc)
-        finally:
-            self._taking = False
-
-
-class _DirectBody(aiohttp.StreamReader):
-    """aiohttp's body reader, made to hand each decoded piece to the attached parser instead of buffering it.
-
-    A body reader's instance gets this class (same layout, no new slots) once its parser is attached: the
-    buffering, chunk bookkeeping and read-back that nothing here needs cost about a sixth of the client's
-    CPU per event. Without an attached listener it is aiohttp's reader, unchanged.
-    """
-
-    __slots__ = ()
-
-    def _listener(self) -> _BodyListener | None:
-        listener = getattr(self._protocol, "listener", None)
-        return listener if isinstance(listener, _BodyListener) and listener.content is self else None
-
-    def feed_data(self, data: bytes, size: int = 0) -> bool:
-        listener = self._listener()
-        if listener is None or not data:
-            return super().feed_data(data, size)
-        self.total_bytes += len(data)
-        listener.piece(data)
-        return False
-
-    def end_http_chunk_receiving(self) -> None:
-        if self._listener() is None:  # with a listener, no chunk boundaries are kept for a later read
-            super().end_http_chunk_receiving()
-
-
-def _make_direct(content: aiohttp.StreamReader) -> bool:
-    """Give ``content`` the :class:`_DirectBody` behaviour; False where this aiohttp's reader differs."""
-    if type(content) is not aiohttp.StreamReader or not hasattr(content, "_protocol"):
-        return False
-    try:
-        content.__class__ = _DirectBody
-    except TypeError:
-        return False
-    return True
-
-
-class _FeedClock(ResponseHandler):
-    """aiohttp's connection protocol, extended to parse a streamed body as each read comes off the socket.
-
-    Read by the request's task, an event would be stamped only after every stream that became readable in the
-    same loop turn had been read and after the tasks woken before it: at concurrency 64, up to a millisecond
-    or two after its bytes arrived. Parsing here, in ``data_received``, stamps each read before any task runs
-    and wakes no task per event (with aiohttp's per-read timer off: 40 → 32 µs per event on the README's VM).
-    The request's task waits once, for the stream's end (:meth:`stream_into`). Reads that arrive before the
-    task has attached its parser (the first chunk often comes with the headers) are noted in ``feeds`` and
-    replayed with their own arrival times. Where aiohttp's internals differ, :meth:`of` finds no clock and the
-    task reads the body itself, as ``vllm bench serve`` does.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # (body reader or None, its bytes so far, perf_counter) after each read while no parser is attached.
-        self.feeds: deque[tuple[object, int, float]] = deque()
-        self.listener: _BodyListener | None = None
-
-    def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
-        listener = self.listener
-        if listener is not None:
-            listener.now = now
-            super().data_received(data)
-            listener.take(now)
-            return
-        if not data:  # aiohttp resuming its parser after a pause: nothing arrived
-            super().data_received(data)
-            return
-        before = getattr(self, "_payload", None)  # the body being read; None once its end was parsed
-        super().data_received(data)
-        payload = getattr(self, "_payload", None) or before
-        if isinstance(payload, aiohttp.StreamReader):
-            self.feeds.append((payload, payload.total_bytes, now))
-        else:  # headers and a whole body in this one read: its reader is already out of reach
-            self.feeds.append((None, 0, now))
-
-    def resume_reading(self, resume_parser: bool = True) -> None:
-        # aiohttp calls this after every read from a body's buffer. With nothing paused there is nothing to
-        # resume (its parser pauses only together with the transport), and the empty parser pass it would
-        # run costs about a tenth of the client's CPU per event.
-        if getattr(self, "_reading_paused", True) or getattr(self, "_buffer_paused", False):
-            super().resume_reading(resume_parser)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        super().connection_lost(exc)
-        if self.listener is not None:  # the reader now holds the error (or its end): settle the stream
-            self.listener.take(time.perf_counter())
-
-    async def stream_into(self, content: aiohttp.StreamReader, parser: StreamParser, timeout_s: float) -> None:
-        """Parse ``content`` into ``parser`` as it arrives, until it ends; raises what broke it."""
-        self.replay(content, parser)
-        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        listener = _BodyListener(content, parser, ended)
-        listener.take(time.perf_counter())  # settles at once when the body had already ended
-        if ended.done():
-            ended.result()  # raises what broke the body
-            return
-        listener.direct = _make_direct(content)
-        self.listener = listener
-        expiry = asyncio.get_running_loop().call_later(timeout_s, _expire, ended)
-        try:
-            await ended
-        finally:
-            self.listener = None
-            expiry.cancel()
-
-    def replay(self, content: aiohttp.StreamReader, parser: StreamParser) -> None:
-        """Feed the bytes ``content`` holds to ``parser``, each read with the time it arrived."""
-        feeds = self.feeds
-        if content.exception() is None:
-            # Bytes no read of this body accounts for came in the last read (with the headers, all at once).
-            last_read = feeds[-1][2] if feeds else time.perf_counter()
-            buffered = content.read_nowait()
-            position = content.total_bytes - len(buffered)  # the body offset of buffered[0]
-            while buffered:
-                while feeds and (feeds[0][0] is not content or feeds[0][1] <= position):
-                    feeds.popleft()
-                end, at = (feeds[0][1], feeds[0][2]) if feeds else (content.total_bytes, last_read)
-                size = end - position
-                parser.feed(buffered[:size], at)
-                buffered, position = buffered[size:], end
-        feeds.clear()
-
-    @staticmethod
-    def of(response: aiohttp.ClientResponse) -> _FeedClock | None:
-        connection = response.connection
-        # A body that ended in the read that brought its headers has already given its connection back (no
-        # await since, so no other request can be on it yet): its protocol still holds that read's time.
-        protocol = connection.protocol if connection is not None else getattr(response, "_protocol", None)
-        return protocol if isinstance(protocol, _FeedClock) else None
-
-
-class _Connector(aiohttp.TCPConnector):
-    """A TCP connector whose connections use :class:`_FeedClock` as their protocol."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if isinstance(getattr(self, "_factory", None), functools.partial):
-            self._factory = cast("functools.partial[ResponseHandler]", functools.partial(_FeedClock, loop=self._loop))
-
-
 class _StampedBody(aiohttp.BytesPayload):
     """A request body that sets its record's ``start_s`` the moment aiohttp writes it to the socket.
 
@@ -333,11 +135,13 @@ class _Client:
         path = "/v1/chat/completions" if self.chat else "/v1/completions"
         self.url = endpoint.base_url + path
         self.events_seen = 0
+        self.pacer = SendPacer(_SENDS_PER_ITERATION)
         # Set once the server has dropped a kept-alive connection (llama.cpp does after every stream while
         # advertising keep-alive): from then on every request asks for a connection of its own.
         self.close_connections = not endpoint.reuse_connections
 
     async def send(self, record: RequestRecord, body: bytes) -> None:
+        await self.pacer.wait()
         for attempt in range(_MAX_CONNECTION_RETRIES + 1):
             # Until the body is written (a connection error may come first), the attempt starts now.
             record.start_s = time.perf_counter()
@@ -390,7 +194,7 @@ class _Client:
                 raise StreamError(f"http_{response.status}", f"HTTP {response.status}: {excerpt(text)}")
             parser = StreamParser(record, self.chat)
             try:
-                clock = _FeedClock.of(response)
+                clock = FeedClock.of(response)
                 if clock is not None:
                     time_left = self.workload.request_timeout_s - (time.perf_counter() - record.start_s)
                     await clock.stream_into(response.content, parser, max(0.0, time_left))
@@ -412,7 +216,7 @@ async def _run(
     busy_poll: bool,
 ) -> RunRecords:
     limit = workload.concurrency or 0
-    connector = _Connector(
+    connector = Connector(
         limit=limit, limit_per_host=limit, enable_cleanup_closed=True, force_close=not endpoint.reuse_connections
     )
     timeout = aiohttp.ClientTimeout(

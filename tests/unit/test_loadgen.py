@@ -13,6 +13,7 @@ import pytest
 
 from pytest_llmperf import loadgen, metrics, tokenizer
 from pytest_llmperf.datasets import PromptContext, build_prompts
+from pytest_llmperf.feedclock import FeedClock
 from pytest_llmperf.runner import planned_prompts
 from pytest_llmperf.spec import Endpoint, RequestRecord, RunRecords, Workload
 from pytest_llmperf.sse import StreamParser
@@ -67,14 +68,14 @@ def test_times_agree_with_the_servers_clock_and_events_are_stamped_on_arrival(
     carries a time taken while its bytes came off the socket (inside the protocol's data_received, before
     any task ran), not the later time at which a task happened to run."""
     reads: list[tuple[float, float]] = []
-    data_received = loadgen._FeedClock.data_received
+    data_received = FeedClock.data_received
 
-    def noting(self: loadgen._FeedClock, data: bytes) -> None:
+    def noting(self: FeedClock, data: bytes) -> None:
         entered = time.perf_counter()
         data_received(self, data)
         reads.append((entered, time.perf_counter()))
 
-    monkeypatch.setattr(loadgen._FeedClock, "data_received", noting)
+    monkeypatch.setattr(FeedClock, "data_received", noting)
     records = run(sim, W).records
     seen = {e["id"]: e for e in httpx.get(f"{sim}/sim/requests", timeout=10).json()["requests"]}
 
@@ -94,22 +95,22 @@ def test_a_stream_that_ended_before_its_task_ran_is_stamped_with_its_reads(
     time of that read, never the later time at which the task got to them."""
     url = start_sim("--decode-ms", "0", "--decode-ms-per-seq", "0", "--jitter", "0").url
     reads: list[tuple[float, float]] = []
-    data_received = loadgen._FeedClock.data_received
+    data_received = FeedClock.data_received
 
-    def noting(self: loadgen._FeedClock, data: bytes) -> None:
+    def noting(self: FeedClock, data: bytes) -> None:
         entered = time.perf_counter()
         data_received(self, data)
         reads.append((entered, time.perf_counter()))
 
     released: list[bool] = []
-    of = loadgen._FeedClock.of
+    of = FeedClock.of
 
-    def finding(response: aiohttp.ClientResponse) -> loadgen._FeedClock | None:
+    def finding(response: aiohttp.ClientResponse) -> FeedClock | None:
         released.append(response.connection is None)
         return of(response)
 
-    monkeypatch.setattr(loadgen._FeedClock, "data_received", noting)
-    monkeypatch.setattr(loadgen._FeedClock, "of", staticmethod(finding))
+    monkeypatch.setattr(FeedClock, "data_received", noting)
+    monkeypatch.setattr(FeedClock, "of", staticmethod(finding))
     records = run(url, Workload(input_len=4, output_len=1, num_prompts=40, concurrency=4)).records
     assert all(r.ok for r in records)
     assert all(any(a <= t <= b for a, b in reads) for r in records for t in r.event_times_s)
@@ -127,8 +128,8 @@ def test_the_clock_of_a_response_whose_connection_is_back_in_the_pool_is_still_f
         connection = None
         _protocol = object()
 
-    assert loadgen._FeedClock.of(Released()) is clock  # type: ignore[arg-type]
-    assert loadgen._FeedClock.of(Elsewhere()) is None  # type: ignore[arg-type]
+    assert FeedClock.of(Released()) is clock  # type: ignore[arg-type]
+    assert FeedClock.of(Elsewhere()) is None  # type: ignore[arg-type]
 
 
 def test_busy_poll_keeps_the_loop_polling_and_records_it(sim: str) -> None:
@@ -146,7 +147,7 @@ def test_busy_poll_keeps_the_loop_polling_and_records_it(sim: str) -> None:
 
 
 class BufferedBody(aiohttp.StreamReader):
-    """Only what ``_FeedClock.replay`` touches: buffered bytes, and how many the body has had in all."""
+    """Only what ``FeedClock.replay`` touches: buffered bytes, and how many the body has had in all."""
 
     def __init__(self, chunks: list[bytes], earlier_bytes: int = 0) -> None:
         self.chunks = chunks
@@ -160,10 +161,10 @@ class BufferedBody(aiohttp.StreamReader):
         return data
 
 
-def feed_clock() -> loadgen._FeedClock:
+def feed_clock() -> FeedClock:
     loop = asyncio.new_event_loop()
     try:
-        return loadgen._FeedClock(loop=loop)
+        return FeedClock(loop=loop)
     finally:
         loop.close()
 
@@ -232,7 +233,7 @@ def test_without_the_protocol_hook_the_task_reads_the_body_to_the_same_records(
     if fault:
         set_faults(sim, fault)
     hooked = run(sim, W).records
-    monkeypatch.setattr(loadgen._FeedClock, "of", staticmethod(lambda response: None))
+    monkeypatch.setattr(FeedClock, "of", staticmethod(lambda response: None))
     plain = run(sim, W).records
 
     def outcomes(records: list[RequestRecord]) -> list[tuple[bool, str, int, int | None]]:
