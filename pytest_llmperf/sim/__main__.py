@@ -1,8 +1,9 @@
 """``python -m pytest_llmperf.sim``: run the simulator until SIGTERM/SIGINT.
 
 Every :class:`SimConfig` field is a flag (``decode_ms`` → ``--decode-ms``), except ``faults`` (repeat
-``--fault KIND:...``) and ``uvloop`` (``--no-uvloop``). On readiness one line ``LLMPERF_SIM_READY <url>``
-goes to stdout; ``--port-file`` also gets the port, written atomically.
+``--fault KIND:...``), ``uvloop`` (``--no-uvloop``) and ``busy_poll`` (``--busy-poll``, a switch). On
+readiness one line ``LLMPERF_SIM_READY <url>`` goes to stdout; ``--port-file`` also gets the port, written
+atomically.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
             )  # fmt: skip
         elif f.name == "uvloop":
             parser.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="use asyncio's loop")
+        elif f.name == "busy_poll":
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
         elif f.name == "usage_style":
             parser.add_argument(flag, default=f.default, choices=USAGE_STYLES, help=help_text)
         else:

@@ -56,7 +56,7 @@ from pytest_llmperf.sim.model import (
     output_text,
     text_token_ids,
 )
-from pytest_llmperf.timing import sleep_until
+from pytest_llmperf.timing import poll_until, sleep_until
 
 log = logging.getLogger("pytest_llmperf.sim")
 
@@ -853,6 +853,8 @@ async def serve(
     """Serve until ``stop`` is set (forever without one); ``on_ready(base_url)`` runs once it listens."""
     runner = web.AppRunner(build_app(config), access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
+    stopped = stop or asyncio.Event()
+    poller = asyncio.ensure_future(poll_until(stopped)) if config.busy_poll else None
     try:
         site = _ArrivalClockSite(runner, config.host, config.port)
         await site.start()
@@ -860,8 +862,10 @@ async def serve(
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         if on_ready is not None:
             on_ready(url)
-        await (stop or asyncio.Event()).wait()
+        await stopped.wait()
     finally:
+        if poller is not None:
+            poller.cancel()
         await runner.cleanup()
 
 

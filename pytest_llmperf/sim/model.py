@@ -57,7 +57,7 @@ CHAT_TOKENS_PER_MESSAGE = 4
 CHAT_TOKENS_REPLY = 3
 USAGE_STYLES: tuple[str, ...] = ("vllm", "llamacpp")
 # Fields that only take effect at start-up, so POST /sim/config refuses to change them.
-STARTUP_ONLY: tuple[str, ...] = ("host", "port", "uvloop")
+STARTUP_ONLY: tuple[str, ...] = ("host", "port", "uvloop", "busy_poll")
 
 # Fixed ids of the chat template's tokens (message start, role/content separator, message end).
 _MSG_START, _MSG_SEP, _MSG_END = 1, 2, 3
@@ -101,6 +101,11 @@ class SimConfig:
         "trusting its timers, which fire up to 1 ms late; 0 saves the CPU",
     )
     uvloop: bool = _opt(True, "use uvloop when installed")
+    busy_poll: bool = _opt(
+        False,
+        "keep the event loop polling instead of sleeping in the kernel, so arrivals are stamped and steps begin "
+        "without the CPU's wake-up delay (up to a millisecond on some VMs); costs a full core",
+    )
 
     def __post_init__(self) -> None:
         problems = config_problems(self)

@@ -74,3 +74,33 @@ def test_every_config_field_has_a_flag() -> None:
     from pytest_llmperf.sim import SimConfig
 
     assert set(SimConfig().as_dict()) <= flags
+
+
+def idle_cpu_s(*args: str) -> float:
+    """CPU seconds a simulator started with ``args`` burns in about a second with no request to serve."""
+    import os
+    import time
+
+    proc, url = start("--decode-ms", "1", *args)
+    try:
+        assert httpx.get(url + "/sim/config").json()["busy_poll"] is ("--busy-poll" in args)
+        ticks = os.sysconf("SC_CLK_TCK")
+
+        def cpu() -> float:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+        before = cpu()
+        time.sleep(1.0)
+        return cpu() - before
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads CPU time from /proc")
+def test_busy_poll_keeps_the_idle_loop_polling() -> None:
+    """The switch is for benchmark rigs: an idle simulator then spins (a core's worth of CPU, less when the
+    test machine is busy) instead of sleeping until a request wakes it."""
+    assert idle_cpu_s() < 0.1
+    assert idle_cpu_s("--busy-poll") > 0.25
