@@ -13,7 +13,7 @@ import pytest
 
 from pytest_llmperf import loadgen, metrics, tokenizer
 from pytest_llmperf.datasets import PromptContext, build_prompts
-from pytest_llmperf.feedclock import FeedClock
+from pytest_llmperf.feedclock import Connector, FeedClock, ReadyClock
 from pytest_llmperf.runner import planned_prompts
 from pytest_llmperf.spec import Endpoint, RequestRecord, RunRecords, Workload
 from pytest_llmperf.sse import StreamParser
@@ -85,6 +85,9 @@ def test_times_agree_with_the_servers_clock_and_events_are_stamped_on_arrival(
     for r in records:
         assert r.arrival_s <= r.start_s < seen[r.response_id]["received_at"] < r.event_times_s[0]
         assert all(during_a_read(t) for t in r.event_times_s)
+        # Reads in one pass over the ready sockets share its first stamp; a stamp kept past its pass would
+        # give the chunks of a stream, written a decode step apart, one time.
+        assert len(set(r.event_times_s)) > 1
 
 
 def test_a_stream_that_ended_before_its_task_ran_is_stamped_with_its_reads(
@@ -130,6 +133,33 @@ def test_the_clock_of_a_response_whose_connection_is_back_in_the_pool_is_still_f
 
     assert FeedClock.of(Released()) is clock  # type: ignore[arg-type]
     assert FeedClock.of(Elsewhere()) is None  # type: ignore[arg-type]
+
+
+def test_reads_in_one_pass_over_the_ready_sockets_share_its_first_stamp() -> None:
+    async def passes() -> list[float]:
+        clock = ReadyClock(asyncio.get_running_loop())
+        first = [clock.now(), clock.now()]  # two reads in one pass
+        await asyncio.sleep(0.001)  # the loop polls again
+        return [*first, clock.now()]
+
+    a, b, c = asyncio.run(passes())
+    assert a == b
+    assert c > b
+
+
+def test_all_connections_of_a_run_share_one_ready_clock() -> None:
+    async def two_protocols() -> tuple[object, object]:
+        connector = Connector()
+        try:
+            return connector._factory(), connector._factory()  # what each new connection gets
+        finally:
+            await connector.close()
+
+    first, second = asyncio.run(two_protocols())
+    assert isinstance(first, FeedClock)
+    assert isinstance(second, FeedClock)
+    assert isinstance(first._now.__self__, ReadyClock)  # type: ignore[attr-defined]
+    assert first._now.__self__ is second._now.__self__  # type: ignore[attr-defined]
 
 
 def test_busy_poll_keeps_the_loop_polling_and_records_it(sim: str) -> None:
