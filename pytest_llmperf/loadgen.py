@@ -5,7 +5,8 @@ reports its own latency, not the server's (figures in the README's performance s
 computes statistics; it records what the client saw, per request, as :class:`RequestRecord` values.
 
 Timing follows ``vllm bench serve``: ``start_s`` is taken after the concurrency slot is acquired, just before
-the request is sent; every output event is stamped with ``time.perf_counter()`` when its read arrives.
+the request is sent; every output event is stamped with ``time.perf_counter()`` when its read arrives
+(the first read of the loop's pass over its ready sockets, :class:`~pytest_llmperf.feedclock.ReadyClock`).
 "Just before" is taken literally: ``start_s`` is stamped when aiohttp hands the built request to the socket
 (:class:`_StampedBody`), not before aiohttp builds it. vLLM stamps before ``session.post``, so its TTFT and
 E2E also hold the client's own request-building time (0.1–0.3 ms here, more when many requests start at once).
