@@ -3,7 +3,8 @@
 Read by the request's task, an event would be stamped only after every stream that became readable in the same
 loop turn had been read and after the tasks woken before it: at concurrency 64, up to a millisecond or two
 after its bytes arrived. Here each read is parsed, and its events stamped, as it comes off the socket, before
-any task runs, and no task wakes per event. The request's task waits once, for the stream's end
+any task runs, and no task wakes per event; reads the loop handles in one pass share the time of its first
+(:class:`ReadyClock`). The request's task waits once, for the stream's end
 (:meth:`FeedClock.stream_into`). These hooks lean on aiohttp internals; where those differ,
 :meth:`FeedClock.of` finds no clock and the load generator falls back to reading the body in its task.
 """
