@@ -120,19 +120,23 @@ def _make_direct(content: aiohttp.StreamReader) -> bool:
 
 
 class ReadyClock:
-    """One timestamp for every read the event loop handles in the same pass over its ready sockets.
+    """One timestamp for the reads the event loop handles in the same pass over its ready sockets.
 
     The loop learns from one poll which sockets hold data, then reads them one after another. A read stamped
     when the loop gets to it is late by the time spent on the reads before it in that pass: at concurrency 64,
-    where a decode step's chunks all arrive together, up to about a millisecond on the README's VM. Every
-    socket in the pass already held its data when the pass began, so the time of its first read is the better
-    stamp for all of them. The stamp is dropped by a callback that runs after the pass and before the next poll.
+    where a decode step's chunks all arrive together, up to about a millisecond on the README's VM. The data
+    that made each of those sockets readable was there when the pass began, so the time of the pass's first
+    read is the better stamp for all of them. A read can also return bytes that arrived while the pass went on;
+    those get a stamp up to the pass's length early, so a stamp is never older than ``max_age_s``: a long pass
+    (an overloaded client) is restamped as it goes. The stamp is dropped by a callback that runs after the pass,
+    before the next pass's reads.
     """
 
-    __slots__ = ("_loop", "_stamp")
+    __slots__ = ("_loop", "_max_age_s", "_stamp")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_age_s: float = 0.001) -> None:
         self._loop = loop
+        self._max_age_s = max_age_s
         self._stamp: float | None = None
 
     def now(self) -> float:
@@ -140,6 +144,8 @@ class ReadyClock:
         if stamp is None:
             stamp = self._stamp = time.perf_counter()
             self._loop.call_soon(self._forget)
+        elif self._max_age_s < (now := time.perf_counter()) - stamp:
+            stamp = self._stamp = now  # the callback already scheduled still clears it after the pass
         return stamp
 
     def _forget(self) -> None:
@@ -162,7 +168,8 @@ class FeedClock(ResponseHandler):
         self._now: Callable[[], float] = ready_clock.now if ready_clock is not None else time.perf_counter
 
     def data_received(self, data: bytes) -> None:
-        now = self._now()
+        # An empty call is aiohttp resuming its paused parser from a task, not a read of a pass: own stamp.
+        now = self._now() if data else time.perf_counter()
         listener = self.listener
         if listener is not None:
             listener.now = now
@@ -231,7 +238,8 @@ class FeedClock(ResponseHandler):
     def of(response: aiohttp.ClientResponse) -> FeedClock | None:
         connection = response.connection
         # A body that ended in the read that brought its headers has already given its connection back (no
-        # await since, so no other request can be on it yet): its protocol still holds that read's time.
+        # await since, so no other request can be on it yet: that holds while the session has no trace
+        # configs, middlewares or async raise_for_status): its protocol still holds that read's time.
         protocol = connection.protocol if connection is not None else getattr(response, "_protocol", None)
         return protocol if isinstance(protocol, FeedClock) else None
 

@@ -15,7 +15,12 @@ from collections import deque
 
 
 class SendPacer:
-    """At most ``per_iteration`` callers of :meth:`wait` go on per event-loop iteration, first come first served."""
+    """About ``per_iteration`` callers of :meth:`wait` go on per event-loop iteration, first come first served.
+
+    A waiter released by one iteration's refill runs in the next one, and the refill itself runs somewhere among
+    that iteration's callbacks, so the bound is loose: never more than ``2 * per_iteration`` in one iteration.
+    That is enough to cut a wave of hundreds of sends into batches with socket reads in between.
+    """
 
     def __init__(self, per_iteration: int) -> None:
         if per_iteration < 1:
@@ -23,11 +28,13 @@ class SendPacer:
         self._per_iteration = per_iteration
         self._left = per_iteration
         self._waiting: deque[asyncio.Future[None]] = deque()
+        self._released = 0  # waiters released by the last refill, going on in the next iteration
         self._refill_due = False
         self.held_back = 0  # waits that had to wait for a later iteration
 
     async def wait(self) -> None:
-        if self._left > 0 and not self._waiting:
+        # Nobody may pass ahead of a waiter, queued or released but not yet resumed.
+        if self._left > 0 and not self._waiting and not self._released:
             self._left -= 1
             self._schedule_refill()
             return
@@ -45,11 +52,14 @@ class SendPacer:
 
     def _refill(self) -> None:
         self._refill_due = False
-        self._left = self._per_iteration
-        while self._left > 0 and self._waiting:
+        # The waiters released last time were woken before this callback (both via call_soon, in order): they
+        # have gone on in this iteration and count against it.
+        went_on, self._released = self._released, 0
+        self._left = max(0, self._per_iteration - went_on)
+        while self._released < self._per_iteration and self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():  # a waiter cancelled meanwhile (Ctrl-C) gives its place up
                 waiter.set_result(None)
-                self._left -= 1
-        if self._waiting:
+                self._released += 1
+        if self._waiting or self._released or self._left < self._per_iteration:
             self._schedule_refill()
