@@ -62,21 +62,27 @@ def test_a_request_starts_when_its_bytes_are_written() -> None:
     assert writer.chunk == b'{"prompt": [1]}'
 
 
-def test_times_agree_with_the_servers_clock_and_events_are_stamped_on_arrival(
-    sim: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One host, one monotonic clock: a request starts before the simulator has received it, and each event
-    carries a time taken while its bytes came off the socket (inside the protocol's data_received, before
-    any task ran), not the later time at which a task happened to run."""
-    reads: list[tuple[float, float]] = []
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float]]:
+    """(entered, left) of every ``FeedClock.data_received`` call the test makes: when each read was handled."""
+    noted: list[tuple[float, float]] = []
     data_received = FeedClock.data_received
 
     def noting(self: FeedClock, data: bytes) -> None:
         entered = time.perf_counter()
         data_received(self, data)
-        reads.append((entered, time.perf_counter()))
+        noted.append((entered, time.perf_counter()))
 
     monkeypatch.setattr(FeedClock, "data_received", noting)
+    return noted
+
+
+def test_times_agree_with_the_servers_clock_and_events_are_stamped_on_arrival(
+    sim: str, reads: list[tuple[float, float]]
+) -> None:
+    """One host, one monotonic clock: a request starts before the simulator has received it, and each event
+    carries a time taken while its bytes came off the socket (inside the protocol's data_received, before
+    any task ran), not the later time at which a task happened to run."""
     records = run(sim, W).records
     seen = {e["id"]: e for e in httpx.get(f"{sim}/sim/requests", timeout=10).json()["requests"]}
 
@@ -92,20 +98,12 @@ def test_times_agree_with_the_servers_clock_and_events_are_stamped_on_arrival(
 
 
 def test_a_stream_that_ended_before_its_task_ran_is_stamped_with_its_reads(
-    start_sim: type, monkeypatch: pytest.MonkeyPatch
+    start_sim: type, reads: list[tuple[float, float]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One-token streams from a server with no decode delay often end in the read that brought their headers,
     and aiohttp has given the connection back before the request's task runs: the events still carry the
     time of that read, never the later time at which the task got to them."""
     url = start_sim("--decode-ms", "0", "--decode-ms-per-seq", "0", "--jitter", "0").url
-    reads: list[tuple[float, float]] = []
-    data_received = FeedClock.data_received
-
-    def noting(self: FeedClock, data: bytes) -> None:
-        entered = time.perf_counter()
-        data_received(self, data)
-        reads.append((entered, time.perf_counter()))
-
     released: list[bool] = []
     of = FeedClock.of
 
@@ -113,7 +111,6 @@ def test_a_stream_that_ended_before_its_task_ran_is_stamped_with_its_reads(
         released.append(response.connection is None)
         return of(response)
 
-    monkeypatch.setattr(FeedClock, "data_received", noting)
     monkeypatch.setattr(FeedClock, "of", staticmethod(finding))
     records = run(url, Workload(input_len=4, output_len=1, num_prompts=40, concurrency=4)).records
     assert all(r.ok for r in records)
