@@ -28,6 +28,7 @@ import aiohttp
 
 from pytest_llmperf.errors import RunInterrupted
 from pytest_llmperf.feedclock import Connector, FeedClock
+from pytest_llmperf.interrupts import cancel_on_interrupt
 from pytest_llmperf.pacing import SendPacer
 from pytest_llmperf.selfcheck import LoopMonitor
 from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, RunRecords, Workload
@@ -363,7 +364,8 @@ def run(
     ``busy_poll``: keep the event loop polling during the measured window instead of sleeping in the kernel
     (see :func:`pytest_llmperf.timing.poll_until`), at the cost of a full core.
 
-    Ctrl-C stops the run promptly: in-flight requests are cancelled and recorded as such, and
+    Ctrl-C (or SIGTERM mapped to it) stops the run promptly: the run is cancelled at its next ``await`` (see
+    :mod:`pytest_llmperf.interrupts`), in-flight requests are recorded as cancelled, and
     :class:`RunInterrupted` carries the partial :class:`RunRecords` so nothing measured is lost.
     """
     state: dict[str, Any] = {}
@@ -372,24 +374,34 @@ def run(
         workload, endpoint, prompts, warmup_prompts, progress, state, busy_poll
     )
     main = loop.create_task(coro)
-    try:
-        return loop.run_until_complete(main)
-    except KeyboardInterrupt:
-        partial = _cancel_and_collect(loop, main, workload, state)
-        raise RunInterrupted(partial) from None
-    finally:
-        with contextlib.suppress(Exception):
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+    with cancel_on_interrupt(loop, main) as interrupted:
+        try:
+            records = loop.run_until_complete(main)
+        except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not interrupted:
+                raise
+            partial = _cancel_and_collect(loop, main, workload, state)
+            raise RunInterrupted(partial) from None
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+    if interrupted:  # the run ended before the cancellation reached it: complete, but Ctrl-C still stops pytest
+        records.interrupted = True
+        records.notes.append("Ctrl-C came as the run ended: every request finished, but the session stops here")
+        raise RunInterrupted(records)
+    return records
 
 
 def _cancel_and_collect(
     loop: asyncio.AbstractEventLoop, main: asyncio.Task[RunRecords], workload: Workload, state: dict[str, Any]
 ) -> RunRecords:
-    for task in [*state.get("tasks", []), main]:
+    # Every task of this loop, not just the requests: the monitor and the poller must end before it closes.
+    pending = [main, *asyncio.all_tasks(loop)]
+    for task in pending:
         task.cancel()
     with contextlib.suppress(BaseException):
-        loop.run_until_complete(asyncio.gather(main, *state.get("tasks", []), return_exceptions=True))
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     end = time.perf_counter()
     records: list[RequestRecord] = state.get("records", [])
     for record in records:

@@ -558,10 +558,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt("SIGTERM")
-
-    signal.signal(signal.SIGTERM, interrupt)
+    # Python's own Ctrl-C handler, so that a run in progress treats SIGTERM exactly like Ctrl-C
+    # (pytest_llmperf.interrupts recognises it by identity).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         yield
     finally:

@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 # pytester's in-process runs drop modules first imported inside them; C extensions such as numpy cannot be
 # imported twice in one process, so load what the plugin imports lazily before any pytester run.
@@ -61,6 +62,32 @@ class SimProcess:
                 self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+@pytest.fixture
+def spawn_pytest() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``python -m pytest ARGS`` in a directory, unbuffered, output and errors on one pipe. Whatever the
+    test does, each child is killed if still running and its pipe closed, so a child that hangs fails its own
+    test and no other (pytest reports an unclosed pipe in whichever test the garbage collector finds it)."""
+    children: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        children.append(proc)
+        return proc
+
+    yield start
+    for proc in children:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -158,29 +158,15 @@ def test_plugin_import_stays_cheap() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_ctrl_c_stops_promptly_and_keeps_what_was_measured(tmp_path: Path, start_sim: type) -> None:
+def test_ctrl_c_stops_promptly_and_keeps_what_was_measured(
+    tmp_path: Path, start_sim: type, spawn_pytest: Callable[..., subprocess.Popen[str]]
+) -> None:
     sim = start_sim("--decode-ms", "50", "--jitter", "0")
     (tmp_path / "test_long.py").write_text(
         "def test_long(llmperf):\n    llmperf.run(input_len=8, output_len=400, num_prompts=40, concurrency=4)\n"
     )
     out = tmp_path / "r.json"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            f"--llmperf-endpoint={sim.url}",
-            f"--llmperf-json={out}",
-            "test_long.py",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = spawn_pytest(f"--llmperf-endpoint={sim.url}", f"--llmperf-json={out}", "test_long.py", cwd=tmp_path)
     time.sleep(6)  # startup, then several 50 ms tokens into the run
     proc.send_signal(signal.SIGINT)
     started = time.monotonic()

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -252,7 +251,9 @@ def test_result_hook_receives_each_run(pytester: pytest.Pytester, sim_url: str) 
     result.stdout.fnmatch_lines(["*SEEN [[]('test_small', 6)[]]*"])
 
 
-def test_ctrl_c_during_startup_leaves_no_server(tmp_path: Path) -> None:
+def test_ctrl_c_during_startup_leaves_no_server(
+    tmp_path: Path, spawn_pytest: Callable[..., subprocess.Popen[str]]
+) -> None:
     pidfile = tmp_path / "server.pid"
     sleeper = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
     (tmp_path / "profiles.yaml").write_text(
@@ -261,23 +262,7 @@ def test_ctrl_c_during_startup_leaves_no_server(tmp_path: Path) -> None:
         "    model: m\n    startup_timeout_s: 100\n"
     )
     (tmp_path / "test_x.py").write_text(SMALL_TEST)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--llmperf-server=slow",
-            "--llmperf-profiles=profiles.yaml",
-            "test_x.py",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = spawn_pytest("--llmperf-server=slow", "--llmperf-profiles=profiles.yaml", "test_x.py", cwd=tmp_path)
     deadline = time.monotonic() + 30
     while not pidfile.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -291,34 +276,22 @@ def test_ctrl_c_during_startup_leaves_no_server(tmp_path: Path) -> None:
     assert not alive(server_pid)
 
 
-def test_sigterm_during_a_run_leaves_no_server(tmp_path: Path) -> None:
+def test_sigterm_during_a_run_leaves_no_server(
+    tmp_path: Path, spawn_pytest: Callable[..., subprocess.Popen[str]]
+) -> None:
     profiles = recording_sim_profile(tmp_path)
     (tmp_path / "test_x.py").write_text(
         "def test_long(llmperf):\n    llmperf.run(input_len=8, output_len=500, num_prompts=40, concurrency=2)\n"
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--llmperf-server=recorded",
-            f"--llmperf-profiles={profiles}",
-            "test_x.py",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = spawn_pytest("--llmperf-server=recorded", f"--llmperf-profiles={profiles}", "test_x.py", cwd=tmp_path)
     deadline = time.monotonic() + 30
     while not (tmp_path / "starts.log").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(2)  # into the run
     ((server_pid, _),) = starts(tmp_path)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=30)
+    output, _ = proc.communicate(timeout=30)
+    assert "interrupted; partial results kept" in output  # SIGTERM stops the run as Ctrl-C does
     deadline = time.monotonic() + 10
     while alive(server_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
