@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 SECRET = "sk-test-0123456789abcdefghijklmnop"
@@ -167,7 +168,11 @@ def test_ctrl_c_stops_promptly_and_keeps_what_was_measured(
     )
     out = tmp_path / "r.json"
     proc = spawn_pytest(f"--llmperf-endpoint={sim.url}", f"--llmperf-json={out}", "test_long.py", cwd=tmp_path)
-    time.sleep(6)  # startup, then several 50 ms tokens into the run
+    # Wait until the run is under way (however slow the machine starts pytest), then a few 50 ms tokens more.
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{sim.url}/sim/stats", timeout=5).json()["running"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     started = time.monotonic()
     output, _ = proc.communicate(timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import signal
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 SMALL_TEST = """
@@ -47,6 +49,8 @@ def recording_sim_profile(tmp: Path, name: str = "recorded", extra: str = "") ->
             import os, sys
             with open({str(tmp / "starts.log")!r}, "a") as log:
                 log.write(f"{{os.getpid()}} {{os.environ.get('CUDA_VISIBLE_DEVICES', '-')}}\\n")
+            with open({str(tmp / "ports.log")!r}, "a") as log:
+                log.write(sys.argv[sys.argv.index("--port") + 1] + "\\n")
             os.execv(sys.executable, [sys.executable, "-m", "pytest_llmperf.sim", *sys.argv[1:]])
             """
         )
@@ -284,10 +288,17 @@ def test_sigterm_during_a_run_leaves_no_server(
         "def test_long(llmperf):\n    llmperf.run(input_len=8, output_len=500, num_prompts=40, concurrency=2)\n"
     )
     proc = spawn_pytest("--llmperf-server=recorded", f"--llmperf-profiles={profiles}", "test_x.py", cwd=tmp_path)
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "starts.log").exists() and time.monotonic() < deadline:
+    ports = tmp_path / "ports.log"  # written by the wrapper as it starts the simulator
+    deadline = time.monotonic() + 60
+    while not (ports.exists() and ports.read_text().endswith("\n")) and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(2)  # into the run
+    # Into the run, however slow the machine: both of its requests are in the simulator's batch.
+    stats = f"http://127.0.0.1:{ports.read_text().split()[-1]}/sim/stats"
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(stats, timeout=5).json()["running"] >= 2:
+                break
+        time.sleep(0.05)
     ((server_pid, _),) = starts(tmp_path)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=30)
