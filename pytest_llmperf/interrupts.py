@@ -1,11 +1,10 @@
 """Turning Ctrl-C during a run into a cancellation of the run, instead of an exception wherever the loop is.
 
 Python's default SIGINT handler raises ``KeyboardInterrupt`` at whatever line the main thread happens to run.
-During a load run that is most often inside aiohttp's C HTTP parser, which catches every exception its body
+During a load run that is often inside aiohttp's C HTTP parser, which catches every exception its body
 callback raises and turns it into a payload error on that one stream: one request fails as "truncated" and the
 run goes on as if nothing had happened. So while a run's loop runs, an interrupt only asks the loop to cancel
-the run's task; the loop delivers the cancellation at the next ``await``, where every coroutine expects it. A
-second interrupt raises ``KeyboardInterrupt`` at once, for a run that does not stop by itself.
+the run's task; the loop delivers the cancellation at the next ``await``, where every coroutine expects it.
 """
 
 from __future__ import annotations
@@ -29,14 +28,28 @@ class Interrupts:
     def __bool__(self) -> bool:
         return bool(self.received)
 
+    @property
+    def name(self) -> str:
+        """How the run was stopped, in words for its notes."""
+        if self.received and self.received[0] == signal.SIGTERM:
+            return "SIGTERM"
+        return "Ctrl-C"
+
+
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt
+
 
 @contextlib.contextmanager
 def cancel_on_interrupt(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> Iterator[Interrupts]:
     """Within the block, a signal whose handler is Python's default interrupt handler cancels ``task``.
 
     That covers SIGINT, and SIGTERM while the session maps it to Ctrl-C (see :mod:`pytest_llmperf.session`).
+    The second interrupt raises ``KeyboardInterrupt`` out of the loop, from a callback of its own, so that it too
+    cannot be caught inside a parser; it is for a run whose requests do not wind down. The third raises at once.
     Handlers anybody else installed are left alone, and every handler is put back on leaving. Signal handlers
-    can only be set from the main thread; elsewhere the block runs with the signals as they are.
+    can only be set from the main thread; elsewhere the block runs with the signals as they are. ``loop`` must
+    stay open until the block ends.
     """
     interrupts = Interrupts()
     if threading.current_thread() is not threading.main_thread():
@@ -45,17 +58,18 @@ def cancel_on_interrupt(loop: asyncio.AbstractEventLoop, task: asyncio.Future[An
 
     def on_interrupt(signum: int, frame: FrameType | None) -> None:
         interrupts.received.append(signum)
-        if len(interrupts.received) > 1:
+        count = len(interrupts.received)
+        if count > 2:
             raise KeyboardInterrupt
         # The handler runs between two bytecodes of whatever the loop is doing: leave the loop's state alone
-        # and let it cancel the task on its next pass (the thread-safe call also wakes a loop that is waiting).
-        loop.call_soon_threadsafe(task.cancel)
+        # and let it act on its next pass (the thread-safe call also wakes a loop that is waiting).
+        loop.call_soon_threadsafe(task.cancel if count == 1 else _raise_interrupt)
 
     replaced: dict[signal.Signals, Any] = {}
-    for which in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(which) is signal.default_int_handler:
-            replaced[which] = signal.signal(which, on_interrupt)
     try:
+        for which in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(which) is signal.default_int_handler:
+                replaced[which] = signal.signal(which, on_interrupt)
         yield interrupts
     finally:
         for which, handler in replaced.items():

@@ -28,7 +28,7 @@ import aiohttp
 
 from pytest_llmperf.errors import RunInterrupted
 from pytest_llmperf.feedclock import Connector, FeedClock
-from pytest_llmperf.interrupts import cancel_on_interrupt
+from pytest_llmperf.interrupts import Interrupts, cancel_on_interrupt
 from pytest_llmperf.pacing import SendPacer
 from pytest_llmperf.selfcheck import LoopMonitor
 from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, RunRecords, Workload
@@ -45,6 +45,7 @@ _CLOSE_HEADERS = {"Connection": "close"}
 _DRAIN_TIMEOUT_S = 1.0
 _DISPATCH_SPIN_S = 0.002  # with busy_poll: the last stretch before an open-loop arrival is spun, not timed
 _SENDS_PER_ITERATION = 4  # about half a millisecond of request building between two polls of the sockets
+_CANCEL_GRACE_S = 5.0  # how long the cancelled requests of an interrupted run get to wind down
 
 
 def arrival_offsets(workload: Workload, count: int, rng: random.Random) -> list[float]:
@@ -288,7 +289,11 @@ async def _run(
         state["bench_start"] = bench_start
         dispatch_lags: list[float] = []
 
-        def out_of_time() -> bool:
+        def should_stop() -> bool:
+            # An interrupt also cancels this task, but a cancellation can be lost on Python < 3.12 (wait_for
+            # returning a result that came in the same iteration), so no new request starts after one.
+            if state.get("interrupts"):
+                return True
             return workload.duration_s is not None and time.perf_counter() - bench_start >= workload.duration_s
 
         try:
@@ -298,7 +303,7 @@ async def _run(
 
                 async def worker() -> None:
                     for i in next_index:
-                        if out_of_time():
+                        if should_stop():
                             return
                         await client.send(new_record(i, bench_start), bodies[i])
                         finished()
@@ -309,7 +314,7 @@ async def _run(
                     due = bench_start + offset
                     # Loop timers count milliseconds; a polling loop can afford to spin the last one.
                     await sleep_until(due, _DISPATCH_SPIN_S if busy_poll else 0.0)
-                    if out_of_time():
+                    if should_stop():
                         break
                     dispatch_lags.append(max(0.0, time.perf_counter() - due))
                     task = asyncio.ensure_future(one(new_record(i, due), bodies[i]))
@@ -330,7 +335,8 @@ async def _run(
                 "(the connect happens before a request's clock starts, so TTFT excludes it; the server still "
                 "pays the new connection)"
             )
-        return RunRecords(
+        # Kept for an interrupt that lands while the session closes: the run itself is complete by now.
+        state["result"] = RunRecords(
             workload=workload,
             records=records,
             bench_start_s=bench_start,
@@ -339,6 +345,8 @@ async def _run(
             client=monitor.check(dispatch_lags, wall_s=bench_end - bench_start, busy_poll=busy_poll),
             notes=notes,
         )
+        result: RunRecords = state["result"]
+        return result
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -374,45 +382,61 @@ def run(
         workload, endpoint, prompts, warmup_prompts, progress, state, busy_poll
     )
     main = loop.create_task(coro)
-    with cancel_on_interrupt(loop, main) as interrupted:
-        try:
-            records = loop.run_until_complete(main)
-        except (KeyboardInterrupt, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not interrupted:
-                raise
-            partial = _cancel_and_collect(loop, main, workload, state)
-            raise RunInterrupted(partial) from None
-        finally:
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-    if interrupted:  # the run ended before the cancellation reached it: complete, but Ctrl-C still stops pytest
-        records.interrupted = True
-        records.notes.append("Ctrl-C came as the run ended: every request finished, but the session stops here")
-        raise RunInterrupted(records)
+    try:
+        with cancel_on_interrupt(loop, main) as interrupts:
+            state["interrupts"] = interrupts
+            try:
+                records = loop.run_until_complete(main)
+            except BaseException as exc:
+                # Once interrupted, whatever ended the run (the cancellation, a second interrupt raised out of
+                # the loop, or an error on the way out) ends it as an interrupted run with what it measured.
+                if not interrupts and not isinstance(exc, KeyboardInterrupt):
+                    raise
+                raise RunInterrupted(_cancel_and_collect(loop, main, workload, state)) from None
+            finally:
+                with contextlib.suppress(Exception):
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()  # after the handlers are back: an interrupt never finds the loop closed
+    if interrupts:  # it came as the run's task returned: nothing was cancelled
+        raise RunInterrupted(_ended_by(records, interrupts))
+    return records
+
+
+def _ended_by(records: RunRecords, interrupts: Interrupts) -> RunRecords:
+    """A complete run that an interrupt reached as it ended: kept whole, and the interrupt still stops pytest."""
+    records.interrupted = True
+    records.notes.append(f"{interrupts.name} came as the run ended: every request finished, but the session stops here")
     return records
 
 
 def _cancel_and_collect(
     loop: asyncio.AbstractEventLoop, main: asyncio.Task[RunRecords], workload: Workload, state: dict[str, Any]
 ) -> RunRecords:
-    # Every task of this loop, not just the requests: the monitor and the poller must end before it closes.
+    interrupts: Interrupts = state.get("interrupts") or Interrupts()
+    # Every task of this loop, not just main: in open-loop mode a cancel that lands between two dispatches never
+    # reaches the requests in flight, and the monitor and the poller must end before the loop closes too.
     pending = [main, *asyncio.all_tasks(loop)]
     for task in pending:
         task.cancel()
-    with contextlib.suppress(BaseException):
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    with contextlib.suppress(BaseException):  # a further interrupt only cuts this short
+        loop.run_until_complete(asyncio.wait(pending, timeout=_CANCEL_GRACE_S))
+    finished: RunRecords | None = state.get("result")
+    if finished is not None:  # the run was complete; the interrupt landed while the session closed
+        return _ended_by(finished, interrupts)
+    name = interrupts.name
     end = time.perf_counter()
     records: list[RequestRecord] = state.get("records", [])
-    for record in records:
+    warmup: list[RequestRecord] = state.get("warmup", [])
+    for record in [*warmup, *records]:
         if not record.error and record.finish_reason is None and record.status in (None, 200):
-            record.error_kind, record.error = "cancelled", "cancelled by Ctrl-C before it finished"
+            record.error_kind, record.error = "cancelled", f"cancelled by {name} before it finished"
     return RunRecords(
         workload=workload,
         records=records,
         bench_start_s=state.get("bench_start", end),
         bench_end_s=end,
-        warmup_records=state.get("warmup", []),
+        warmup_records=warmup,
         interrupted=True,
-        notes=["the run was interrupted by Ctrl-C; figures cover the requests finished before it"],
+        notes=[f"the run was interrupted by {name}; figures cover the requests finished before it"],
     )

@@ -67,8 +67,9 @@ class SimProcess:
 @pytest.fixture
 def spawn_pytest() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """Start ``python -m pytest ARGS`` in a directory, unbuffered, output and errors on one pipe. Whatever the
-    test does, each child is killed if still running and its pipe closed, so a child that hangs fails its own
-    test and no other (pytest reports an unclosed pipe in whichever test the garbage collector finds it)."""
+    test does, each child still running is stopped (SIGTERM, then SIGKILL) and its pipe closed, so a child that
+    hangs fails its own test and no other (pytest reports an unclosed pipe in whichever test the garbage
+    collector finds it)."""
     children: list[subprocess.Popen[str]] = []
 
     def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
@@ -86,7 +87,11 @@ def spawn_pytest() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     yield start
     for proc in children:
         if proc.poll() is None:
-            proc.kill()
+            proc.terminate()  # lets the child stop a server it spawned (its own process group)
+            try:
+                proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         proc.communicate()
 
 

@@ -170,7 +170,9 @@ def test_ctrl_c_stops_promptly_and_keeps_what_was_measured(
     proc = spawn_pytest(f"--llmperf-endpoint={sim.url}", f"--llmperf-json={out}", "test_long.py", cwd=tmp_path)
     # Wait until the run is under way (however slow the machine starts pytest), then a few 50 ms tokens more.
     deadline = time.monotonic() + 60
-    while httpx.get(f"{sim.url}/sim/stats", timeout=5).json()["running"] < 4 and time.monotonic() < deadline:
+    while httpx.get(f"{sim.url}/sim/stats", timeout=5).json()["running"] < 4:
+        assert proc.poll() is None, "pytest ended: the run never started"
+        assert time.monotonic() < deadline, "the run never started"
         time.sleep(0.05)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)

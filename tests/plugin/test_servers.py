@@ -290,15 +290,20 @@ def test_sigterm_during_a_run_leaves_no_server(
     proc = spawn_pytest("--llmperf-server=recorded", f"--llmperf-profiles={profiles}", "test_x.py", cwd=tmp_path)
     ports = tmp_path / "ports.log"  # written by the wrapper as it starts the simulator
     deadline = time.monotonic() + 60
-    while not (ports.exists() and ports.read_text().endswith("\n")) and time.monotonic() < deadline:
+    while not (ports.exists() and ports.read_text().endswith("\n")):
+        assert proc.poll() is None, "pytest ended: the server was never started"
+        assert time.monotonic() < deadline, "the server was never started"
         time.sleep(0.1)
-    # Into the run, however slow the machine: both of its requests are in the simulator's batch.
+    # Into the run, however slow the machine: both of its requests are in the simulator's batch (the last port
+    # written is the one in use, should a port have been taken).
     stats = f"http://127.0.0.1:{ports.read_text().split()[-1]}/sim/stats"
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(stats, timeout=5).json()["running"] >= 2:
-                break
+    running = 0
+    while running < 2:
+        assert proc.poll() is None, "pytest ended: the run never started"
+        assert time.monotonic() < deadline, "the run never started"
         time.sleep(0.05)
+        with contextlib.suppress(httpx.HTTPError):
+            running = httpx.get(stats, timeout=5).json()["running"]
     ((server_pid, _),) = starts(tmp_path)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=30)
