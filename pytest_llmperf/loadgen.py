@@ -335,8 +335,7 @@ async def _run(
                 "(the connect happens before a request's clock starts, so TTFT excludes it; the server still "
                 "pays the new connection)"
             )
-        # Kept for an interrupt that lands while the session closes: the run itself is complete by now.
-        state["result"] = RunRecords(
+        result = RunRecords(
             workload=workload,
             records=records,
             bench_start_s=bench_start,
@@ -345,7 +344,7 @@ async def _run(
             client=monitor.check(dispatch_lags, wall_s=bench_end - bench_start, busy_poll=busy_poll),
             notes=notes,
         )
-        result: RunRecords = state["result"]
+        state["result"] = result  # for an interrupt that lands while the session closes: the run is complete
         return result
 
 
@@ -392,7 +391,7 @@ def run(
                 # the loop, or an error on the way out) ends it as an interrupted run with what it measured.
                 if not interrupts and not isinstance(exc, KeyboardInterrupt):
                     raise
-                raise RunInterrupted(_cancel_and_collect(loop, main, workload, state)) from None
+                raise RunInterrupted(_cancel_and_collect(loop, main, workload, state, interrupts)) from None
             finally:
                 with contextlib.suppress(Exception):
                     loop.run_until_complete(loop.shutdown_asyncgens())
@@ -411,9 +410,12 @@ def _ended_by(records: RunRecords, interrupts: Interrupts) -> RunRecords:
 
 
 def _cancel_and_collect(
-    loop: asyncio.AbstractEventLoop, main: asyncio.Task[RunRecords], workload: Workload, state: dict[str, Any]
+    loop: asyncio.AbstractEventLoop,
+    main: asyncio.Task[RunRecords],
+    workload: Workload,
+    state: dict[str, Any],
+    interrupts: Interrupts,
 ) -> RunRecords:
-    interrupts: Interrupts = state.get("interrupts") or Interrupts()
     # Every task of this loop, not just main: in open-loop mode a cancel that lands between two dispatches never
     # reaches the requests in flight, and the monitor and the poller must end before the loop closes too.
     pending = [main, *asyncio.all_tasks(loop)]

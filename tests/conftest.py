@@ -95,6 +95,24 @@ def spawn_pytest() -> Iterator[Callable[..., subprocess.Popen[str]]]:
         proc.communicate()
 
 
+@pytest.fixture
+def wait_for_run() -> Callable[..., None]:
+    """Wait until a child pytest's run is under way: ``running`` requests in the simulator's batch, however slowly
+    the machine starts pytest. Fails at once when the child ends first, and after ``timeout_s``."""
+
+    def wait(proc: subprocess.Popen[str], sim_url: str, running: int, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{sim_url}/sim/stats", timeout=5).json()["running"] >= running:
+                    return
+            assert proc.poll() is None, "pytest ended: the run never started"
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+
+    return wait
+
+
 @pytest.fixture(scope="session")
 def sim_url() -> Iterator[str]:
     """A fast simulator shared by the session: 2 ms decode steps, no jitter."""

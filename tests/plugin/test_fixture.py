@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 SECRET = "sk-test-0123456789abcdefghijklmnop"
@@ -160,7 +159,10 @@ def test_plugin_import_stays_cheap() -> None:
 
 
 def test_ctrl_c_stops_promptly_and_keeps_what_was_measured(
-    tmp_path: Path, start_sim: type, spawn_pytest: Callable[..., subprocess.Popen[str]]
+    tmp_path: Path,
+    start_sim: type,
+    spawn_pytest: Callable[..., subprocess.Popen[str]],
+    wait_for_run: Callable[..., None],
 ) -> None:
     sim = start_sim("--decode-ms", "50", "--jitter", "0")
     (tmp_path / "test_long.py").write_text(
@@ -168,13 +170,8 @@ def test_ctrl_c_stops_promptly_and_keeps_what_was_measured(
     )
     out = tmp_path / "r.json"
     proc = spawn_pytest(f"--llmperf-endpoint={sim.url}", f"--llmperf-json={out}", "test_long.py", cwd=tmp_path)
-    # Wait until the run is under way (however slow the machine starts pytest), then a few 50 ms tokens more.
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{sim.url}/sim/stats", timeout=5).json()["running"] < 4:
-        assert proc.poll() is None, "pytest ended: the run never started"
-        assert time.monotonic() < deadline, "the run never started"
-        time.sleep(0.05)
-    time.sleep(0.5)
+    wait_for_run(proc, sim.url, running=4)
+    time.sleep(0.5)  # a few 50 ms tokens into the run
     proc.send_signal(signal.SIGINT)
     started = time.monotonic()
     output, _ = proc.communicate(timeout=30)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import signal
@@ -12,7 +11,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 SMALL_TEST = """
@@ -281,7 +279,7 @@ def test_ctrl_c_during_startup_leaves_no_server(
 
 
 def test_sigterm_during_a_run_leaves_no_server(
-    tmp_path: Path, spawn_pytest: Callable[..., subprocess.Popen[str]]
+    tmp_path: Path, spawn_pytest: Callable[..., subprocess.Popen[str]], wait_for_run: Callable[..., None]
 ) -> None:
     profiles = recording_sim_profile(tmp_path)
     (tmp_path / "test_x.py").write_text(
@@ -294,16 +292,8 @@ def test_sigterm_during_a_run_leaves_no_server(
         assert proc.poll() is None, "pytest ended: the server was never started"
         assert time.monotonic() < deadline, "the server was never started"
         time.sleep(0.1)
-    # Into the run, however slow the machine: both of its requests are in the simulator's batch (the last port
-    # written is the one in use, should a port have been taken).
-    stats = f"http://127.0.0.1:{ports.read_text().split()[-1]}/sim/stats"
-    running = 0
-    while running < 2:
-        assert proc.poll() is None, "pytest ended: the run never started"
-        assert time.monotonic() < deadline, "the run never started"
-        time.sleep(0.05)
-        with contextlib.suppress(httpx.HTTPError):
-            running = httpx.get(stats, timeout=5).json()["running"]
+    # The last port written is the one in use, should a port have been taken.
+    wait_for_run(proc, f"http://127.0.0.1:{ports.read_text().split()[-1]}", running=2)
     ((server_pid, _),) = starts(tmp_path)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=30)
