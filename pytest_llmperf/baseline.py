@@ -87,6 +87,8 @@ _STAT_KEY = re.compile(r"^(mean|median|std|p\d+(\.\d+)?)_(ttft|tpot|itl|itl_toke
 _RUN_SCALARS = frozenset(
     {
         "completed",
+        "cached_prompt_tokens",
+        "cached_prompt_fraction",
         "failed",
         "error_rate",
         "duration",
@@ -134,9 +136,16 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 
 
+# Workload fields added after baselines were first recorded, with their defaults: a field at its default is left
+# out of the hash, so entries recorded before it existed stay comparable; any other value counts as usual.
+_LATER_FIELD_DEFAULTS: dict[str, Any] = {"prefix_reuse": False}
+
+
 def workload_hash(workload: Mapping[str, Any]) -> str:
-    """Stable hash of a workload dict (e.g. ``Workload.as_dict()``): every field counts."""
-    return stable_hash(workload)
+    """Stable hash of a workload dict (e.g. ``Workload.as_dict()``): every field counts (later fields only when
+    they differ from their default)."""
+    kept = {k: v for k, v in workload.items() if k not in _LATER_FIELD_DEFAULTS or v != _LATER_FIELD_DEFAULTS[k]}
+    return stable_hash(kept)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -7,6 +7,14 @@ Exact input lengths come from token-id prompts on ``/v1/completions`` (a list of
 or, for chat and for servers without a token pool, from text trimmed until the server's tokenizer agrees.
 Random prompts differ per request (token ids drawn independently per position) so a prefix cache cannot serve
 them, except the shared ``prefix_len`` tokens when a test asks for them.
+
+Fresh contents per run. Lengths (and the dataset rows chosen) come from ``workload.seed`` alone, so every run of
+a test asks for the same work; the *contents* come from a second stream keyed by ``contents`` (the caller passes
+the session's nonce, the test and the run index), so no run repeats an earlier run's prompts and no engine's
+prefix cache can serve them. Shared prefixes (``prefix_len``) stay shared within a run and are new per run,
+unless ``prefix_reuse`` asks for one prefix across runs and sessions. Dataset files cannot have new contents, so
+each run prepends its own short salt to every prompt: sharing inside the file stays sharing inside the run, and
+nothing is shared across runs.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ COMMON_WORDS = tuple(
 )
 
 _MAX_CALIBRATION_ROUNDS = 8
+# Words of the per-run salt before dataset-file prompts: (1/100)^4 odds that two runs share one.
+_SALT_WORDS = 4
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -65,11 +75,22 @@ def sample_lengths(workload: Workload, count: int, rng: random.Random) -> list[t
     return [(one(workload.input_len), one(workload.output_len)) for _ in range(count)]
 
 
-def build_prompts(workload: Workload, count: int, context: PromptContext) -> list[Prompt]:
-    """``count`` prompts for ``workload`` (seeded: the same workload gives the same prompts)."""
+def asks_for_sharing(workload: Workload) -> bool:
+    """Whether the workload's prompts share prefixes on purpose (a prefix cache may then serve them)."""
+    return workload.prefix_len > 0 or workload.prefix_reuse or workload.dataset != "random"
+
+
+def build_prompts(workload: Workload, count: int, context: PromptContext, *, contents: str = "") -> list[Prompt]:
+    """``count`` prompts for ``workload``.
+
+    Lengths are reproducible from ``workload.seed``; token contents from ``seed`` and ``contents`` together, so
+    each distinct ``contents`` key (one per run) gives prompts no earlier run sent. ``contents=""`` draws
+    everything from the seed alone (the same workload then gives the same prompts).
+    """
     rng = random.Random(workload.seed)
+    content_rng = random.Random(f"{workload.seed}|{contents}") if contents else rng
     if workload.dataset == "random":
-        return _random_prompts(workload, count, context, rng)
+        return _random_prompts(workload, count, context, rng, content_rng)
     path = Path(workload.dataset)
     if not path.is_file():
         raise SpecError(
@@ -85,9 +106,14 @@ def build_prompts(workload: Workload, count: int, context: PromptContext) -> lis
     def count_tokens(text: str) -> int:
         return len(tokenize(text)) if tokenize else _estimate_tokens(text)
 
+    salt = ""
+    if contents and not workload.prefix_reuse:
+        vocabulary = context.words or COMMON_WORDS
+        salt = " ".join(content_rng.choice(vocabulary) for _ in range(_SALT_WORDS)) + " "
     prompts: list[Prompt] = []
     for i in range(count):
         text, wanted_out = rows[i % len(rows)]
+        text = salt + text
         # A ShareGPT reply's length stands in for the wanted output length, as in vLLM's sampler.
         n_out = count_tokens(wanted_out) if isinstance(wanted_out, str) else (wanted_out or workload.output_len)
         prompts.append(
@@ -100,29 +126,34 @@ def _overhead(workload: Workload, context: PromptContext) -> int:
     return context.chat_overhead_tokens if workload.api == "chat" else 0
 
 
-def _random_prompts(workload: Workload, count: int, context: PromptContext, rng: random.Random) -> list[Prompt]:
+def _random_prompts(
+    workload: Workload, count: int, context: PromptContext, rng: random.Random, content_rng: random.Random
+) -> list[Prompt]:
     lengths = sample_lengths(workload, count, rng)
     use_ids = workload.api == "completions" and len(context.token_pool) > 0
     prefix_len = min(workload.prefix_len, workload.input_len)
+    # One prefix for every run and session when asked for; otherwise the run's own (shared within the run).
+    prefix_rng = random.Random(f"{workload.seed}|prefix") if workload.prefix_reuse else content_rng
+    draw = content_rng
     if use_ids:
         pool = list(context.token_pool)
-        prefix_ids = [rng.choice(pool) for _ in range(prefix_len)]
+        prefix_ids = [prefix_rng.choice(pool) for _ in range(prefix_len)]
         return [
             Prompt(
                 prompt=prefix_ids[: min(prefix_len, n_in)]
-                + [rng.choice(pool) for _ in range(max(0, n_in - prefix_len))],
+                + [draw.choice(pool) for _ in range(max(0, n_in - prefix_len))],
                 input_len=n_in,
                 output_len=n_out,
             )
             for n_in, n_out in lengths
         ]
     vocabulary = context.words or COMMON_WORDS
-    prefix_words = [rng.choice(vocabulary) for _ in range(prefix_len)]
+    prefix_words = [prefix_rng.choice(vocabulary) for _ in range(prefix_len)]
     counter = _text_counter(workload, context)
     prompts = []
     for n_in, n_out in lengths:
-        words = prefix_words[:n_in] + [rng.choice(vocabulary) for _ in range(max(0, n_in - prefix_len))]
-        text = _fit_text(words, n_in, counter, vocabulary, rng)
+        words = prefix_words[:n_in] + [draw.choice(vocabulary) for _ in range(max(0, n_in - prefix_len))]
+        text = _fit_text(words, n_in, counter, vocabulary, draw)
         prompts.append(Prompt(prompt=text, input_len=counter(text) if counter else n_in, output_len=n_out))
     return prompts
 

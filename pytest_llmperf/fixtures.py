@@ -70,6 +70,8 @@ class LLMPerf:
         self.compare = compare
         self._marker_kwargs = merge(marker.kwargs for marker in item.iter_markers("perf"))
         self._calls = 0
+        # Runs measured per server in the current run() call: the key of each run's prompt contents.
+        self._runs_measured: dict[str, int] = {}
 
     def run(self, **overrides: Any) -> Result:
         """Run the marker's workload (``overrides`` win), check its SLOs and judge it against the baseline.
@@ -88,6 +90,7 @@ class LLMPerf:
         module_path, _, test_name = self._item.nodeid.partition("::")
         test_name += f"#{self._calls}" if self._calls else ""
         self._calls += 1
+        self._runs_measured = {}
         try:
             spec = scale_spec(
                 build_spec({"compat": session.settings.compat, **self._marker_kwargs}, overrides), session.scale
@@ -139,6 +142,7 @@ class LLMPerf:
         test_name += f"#{self._calls}" if self._calls else ""
         self._calls += 1
         servers = {"A": self.endpoint, "B": compare}
+        self._runs_measured = {}
 
         try:
             spec = scale_spec(
@@ -227,13 +231,22 @@ class LLMPerf:
         from pytest_llmperf import runner, servermetrics
 
         endpoint = endpoint or self.endpoint
+        # New prompt contents every run (A and B of one block share theirs), so no prefix cache serves a repeat.
+        number = self._runs_measured.get(label, 0)
+        self._runs_measured[label] = number + 1
+        contents = f"{self._session.prompt_nonce}/{self._item.nodeid}#{self._calls - 1}/run{number}"
         with self._session.measurement_slot() as slot:
             settled = self._session.settle(endpoint, other) if other is not None else {}
             before = servermetrics.scrape(endpoint)
             progress = self._progress(label)
             try:
                 result = runner.measure(
-                    spec.workload, endpoint, context, progress=progress, busy_poll=self._session.settings.busy_poll
+                    spec.workload,
+                    endpoint,
+                    context,
+                    progress=progress,
+                    busy_poll=self._session.settings.busy_poll,
+                    contents=contents,
                 )
             except RunInterrupted as interrupted:
                 # Ctrl-C skips the call report, so hand the partial result to the session directly.
@@ -253,8 +266,10 @@ class LLMPerf:
                 f"the other A/B server still reported busy requests after {IDLE_TIMEOUT_S:g} s: this run may "
                 "overlap its tail"
             )
-        if before is not None and after is not None:
-            result.summary["server_metrics"] = servermetrics.deltas(before, after)
+        deltas = servermetrics.deltas(before, after) if before is not None and after is not None else None
+        if deltas is not None:
+            result.summary["server_metrics"] = deltas
+        _account_prompt_cache(result, deltas)
         return result
 
     def _progress(self, label: str = "") -> LiveProgress | None:
@@ -294,14 +309,22 @@ class LLMPerf:
             "baseline": baseline.as_dict(),
         }
         if updating:
-            document["update"] = {
-                "module_path": module_path,
-                "test_name": test_name,
-                "fingerprint": self._session.fingerprint(spec.workload, self.endpoint).as_dict(),
-                "runs": [reduce_summary(r.summary) for r in judgement.results],
-                "raw": [_raw_arrays(metrics.detailed(r.run)) for r in judgement.results],
-                "workload": spec.workload.as_dict(),
-            }
+            # Only runs that describe the test's work go into a baseline: no invalid (cached) or disturbed run.
+            kept = [r for r in judgement.results if not _unfit_for_baseline(r)]
+            refused = [
+                f"run {i + 1}: {why}" for i, r in enumerate(judgement.results) if (why := _unfit_for_baseline(r))
+            ]
+            if refused:
+                document["update_refused"] = refused
+            if kept:
+                document["update"] = {
+                    "module_path": module_path,
+                    "test_name": test_name,
+                    "fingerprint": self._session.fingerprint(spec.workload, self.endpoint).as_dict(),
+                    "runs": [reduce_summary(r.summary) for r in kept],
+                    "raw": [_raw_arrays(metrics.detailed(r.run)) for r in kept],
+                    "workload": spec.workload.as_dict(),
+                }
         self._item.stash.setdefault(RESULTS_KEY, []).append(document)
         prefix = f"call{self._calls - 1}." if self._calls > 1 else ""
         self._item.user_properties.extend(
@@ -342,12 +365,34 @@ class LLMPerfInconclusive(UserWarning):
     """A perf test whose verdict stayed open within its run budget (``--llmperf-inconclusive=warn``)."""
 
 
+def _account_prompt_cache(result: Result, deltas: dict[str, Any] | None) -> None:
+    """Cached prompt tokens of the run into its summary; an unrequested cache hit makes the run invalid."""
+    from pytest_llmperf import prefixcache
+
+    use = prefixcache.measure(
+        result.run.records, deltas["counters"] if deltas else None, metrics_known=deltas is not None
+    )
+    result.summary.update(prefixcache.summary_fields(use))
+    reason = prefixcache.invalid_reason(use, sharing_asked=bool(result.summary.get("prefix_sharing")))
+    if reason:
+        result.summary.setdefault("invalid_reasons", []).append(reason)
+
+
 def _failed_requests(summary: dict[str, Any]) -> str:
     """Failed requests by kind, with the first message of each, so a breach says what went wrong."""
     errors = summary.get("errors") or {}
     examples = summary.get("error_examples") or {}
     lines = [f"  {kind}: {count} (first: {examples.get(kind, '')})" for kind, count in sorted(errors.items())]
     return "\nfailed requests:\n" + "\n".join(lines) if lines else ""
+
+
+def _unfit_for_baseline(result: Result) -> str:
+    """Why a run may not be recorded into a baseline ("" when it may)."""
+    reasons = list(result.summary.get("invalid_reasons") or ())
+    disturbance = result.summary.get("disturbance") or {}
+    if disturbance.get("disturbed"):
+        reasons.append("environment disturbed: " + "; ".join(disturbance.get("reasons") or ()))
+    return "; ".join(reasons)
 
 
 def _raw_arrays(detail: dict[str, Any]) -> dict[str, Any]:

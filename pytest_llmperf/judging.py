@@ -20,7 +20,17 @@ from pytest_llmperf.markers import PerfSpec
 from pytest_llmperf.runner import Result
 from pytest_llmperf.slo import SloResult, check_slos
 from pytest_llmperf.spec import AB_ORDERS
-from pytest_llmperf.verdict import Verdict, judge, judge_paired, needs_more_runs, planned_looks, resolve_tolerances
+from pytest_llmperf.verdict import (
+    NO_BASELINE,
+    NOT_COMPARABLE,
+    Verdict,
+    judge,
+    judge_paired,
+    needs_more_runs,
+    planned_looks,
+    resolve_tolerances,
+    without_runs,
+)
 
 MIN_BLOCKS = 2
 
@@ -78,8 +88,10 @@ def run_until_decided(
         result = measure_once()
         results.append(result)
         slo_results.append(check_slos(spec.slos, result.summary))
+        # An invalid run (e.g. served from the prefix cache) describes other work than the test's: left out.
+        valid = [r.summary for r in results if not invalid_reasons(r)] or [r.summary for r in results]
         verdict = judge(
-            [r.summary for r in results],
+            valid,
             list(baseline.runs) or None,
             tolerances=tolerances,
             family_size=family_size,
@@ -88,6 +100,8 @@ def run_until_decided(
             soft_diffs=baseline.soft_diffs,
             where=baseline.where,
         )
+        if all(invalid_reasons(r) for r in results) and verdict.status not in (NO_BASELINE, NOT_COMPARABLE):
+            verdict = without_runs(_left_out(results), len(results))
         if spec.slo_gating and any(not r.passed for r in slo_results[-1]):
             if len(results) < budget:
                 notes.append(f"stopped after run {len(results)} of at most {budget}: an SLO was breached")
@@ -98,6 +112,7 @@ def run_until_decided(
             continue
         if not needs_more_runs(verdict, len(results), budget):
             break
+    notes.extend(f"{why} (left out of the verdict)" for why in _left_out(results))
     return Judgement(
         results=results,
         slo_results=slo_results,
@@ -106,6 +121,15 @@ def run_until_decided(
         slo_gating=spec.slo_gating,
         notes=notes,
     )
+
+
+def invalid_reasons(result: Result) -> list[str]:
+    """Why a run does not describe the work the test asked for (empty for a valid run)."""
+    return list(result.summary.get("invalid_reasons") or ())
+
+
+def _left_out(results: Sequence[Result], side: str = "") -> list[str]:
+    return [f"{side}run {i + 1}: {'; '.join(invalid_reasons(r))}" for i, r in enumerate(results) if invalid_reasons(r)]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -179,9 +203,18 @@ def run_ab_until_decided(
 
     def judged() -> Verdict:
         complete = min(len(runs["A"]), len(runs["B"]))
+        # A block with an invalid run on either side is left out whole: the pair no longer compares like work.
+        blocks = [
+            (a, b)
+            for a, b in zip(runs["A"][:complete], runs["B"][:complete], strict=True)
+            if not invalid_reasons(a) and not invalid_reasons(b)
+        ]
+        if len(blocks) < MIN_BLOCKS:
+            reasons = _left_out(runs["A"], "A ") + _left_out(runs["B"], "B ")
+            return without_runs([*reasons, f"fewer than {MIN_BLOCKS} valid A/B blocks"], complete, reference="A")
         return judge_paired(
-            [r.summary for r in runs["A"][:complete]],
-            [r.summary for r in runs["B"][:complete]],
+            [a.summary for a, _ in blocks],
+            [b.summary for _, b in blocks],
             tolerances=tolerances,
             family_size=family_size,
             looks=len(looks_at),
@@ -214,6 +247,8 @@ def run_ab_until_decided(
             runs_baseline=min(len(runs["A"]), len(runs["B"])),
             reference="A",
         )
+    notes.extend(f"{why} (its block is left out of the verdict)" for why in _left_out(runs["A"], "A "))
+    notes.extend(f"{why} (its block is left out of the verdict)" for why in _left_out(runs["B"], "B "))
     return ABJudgement(
         a_results=runs["A"],
         b_results=runs["B"],

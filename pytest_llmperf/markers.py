@@ -92,17 +92,25 @@ def scale_spec(spec: PerfSpec, factor: float) -> PerfSpec:
     """``spec`` shrunk for a small engine: lengths and prompt counts × ``factor``, and the TTFT/E2E limits too.
 
     Prompt counts keep at least two requests per concurrency slot, so a closed loop still reaches steady
-    batching. Throughput, TPOT, ITL and error-rate SLOs are per token or per request and are not scaled.
+    batching, and at least :data:`~pytest_llmperf.verdict.MIN_REQUESTS_PER_RUN` requests, the fewest from
+    which a run can support a regression (never more than the test asked for). Throughput, TPOT, ITL and
+    error-rate SLOs are per token or per request and are not scaled.
     """
+    from pytest_llmperf.verdict import MIN_REQUESTS_PER_RUN
+
     if factor == 1.0:
         return spec
     w = spec.workload
     slots = w.concurrency or 1
+
+    def prompts(asked: int) -> int:
+        return min(asked, max(MIN_REQUESTS_PER_RUN, 2 * slots, round(asked * factor)))
+
     workload = w.replace(
         input_len=max(1, round(w.input_len * factor)),
         output_len=max(2, round(w.output_len * factor)),
         prefix_len=round(w.prefix_len * factor),
-        num_prompts=None if w.num_prompts is None else max(2 * slots, round(w.num_prompts * factor)),
+        num_prompts=None if w.num_prompts is None else prompts(w.num_prompts),
         duration_s=None if w.duration_s is None else w.duration_s * factor,
     )
     slos = tuple(

@@ -6,12 +6,13 @@ its own beyond choosing how many prompts a workload needs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from pytest_llmperf.datasets import PromptContext, build_prompts
+from pytest_llmperf.datasets import PromptContext, asks_for_sharing, build_prompts
 from pytest_llmperf.loadgen import Progress
 from pytest_llmperf.spec import Endpoint, RunRecords, Workload
 
@@ -84,18 +85,44 @@ def measure(
     goodput_slos_ms: Mapping[str, float] | None = None,
     progress: Progress | None = None,
     busy_poll: bool = False,
+    contents: str = "",
 ) -> Result:
-    """Build the prompts, run the load episode and summarize it."""
+    """Build the prompts, run the load episode and summarize it.
+
+    ``contents`` keys the prompts' token contents (see :func:`pytest_llmperf.datasets.build_prompts`): the
+    fixture passes one key per run, so no run resends an earlier run's prompts. Warmup prompts come from their
+    own key and seed, so they share no prefix with the measured ones.
+    """
     from pytest_llmperf import loadgen
 
-    prompts = build_prompts(workload, planned_prompts(workload), context)
+    prompts = build_prompts(workload, planned_prompts(workload), context, contents=contents)
     warmup = (
-        build_prompts(workload.replace(seed=workload.seed + 1_000_003), workload.warmup, context)
+        build_prompts(
+            workload.replace(seed=workload.seed + 1_000_003),
+            workload.warmup,
+            context,
+            contents=f"{contents}/warmup" if contents else "",
+        )
         if workload.warmup
         else []
     )
+    endpoint = with_prompt_cache(endpoint, asks_for_sharing(workload))
     records = loadgen.run(workload, endpoint, prompts, warmup_prompts=warmup, progress=progress, busy_poll=busy_poll)
-    return summarize(records, endpoint, goodput_slos_ms=goodput_slos_ms)
+    result = summarize(records, endpoint, goodput_slos_ms=goodput_slos_ms)
+    result.summary["prompt_contents"] = contents or None
+    result.summary["prefix_sharing"] = asks_for_sharing(workload)
+    return result
+
+
+def with_prompt_cache(endpoint: Endpoint, sharing: bool) -> Endpoint:
+    """``endpoint`` as this workload needs it: llama.cpp gets ``cache_prompt: false`` (its prompt cache is on by
+    default) unless the workload shares prefixes on purpose, which is then what is measured."""
+    if endpoint.engine != "llama.cpp" and "cache_prompt" not in endpoint.extra_body:
+        return endpoint
+    wanted = {**endpoint.extra_body, "cache_prompt": sharing}
+    if wanted == endpoint.extra_body:
+        return endpoint
+    return dataclasses.replace(endpoint, extra_body=wanted)
 
 
 def summarize(records: RunRecords, endpoint: Endpoint, *, goodput_slos_ms: Mapping[str, float] | None = None) -> Result:
@@ -106,4 +133,6 @@ def summarize(records: RunRecords, endpoint: Endpoint, *, goodput_slos_ms: Mappi
     offset = time.time() - time.perf_counter()
     summary["started_at_unix"] = records.bench_start_s + offset
     summary["ended_at_unix"] = records.bench_end_s + offset
+    # Reasons the run does not describe the test's work (filled by the fixture, e.g. an unrequested cache hit).
+    summary["invalid_reasons"] = []
     return Result(workload=records.workload, summary=summary, run=records)

@@ -66,7 +66,13 @@ def describe(url: str, choice: ServerChoice, *, model: str | None = None, **know
         chosen = models[0]
     info = server.engine_info(url, choice.api_key)
     engine = str(known.pop("engine", None) or info.get("engine") or "unknown")
+    extra_body = known.pop("extra_body", None)
+    if extra_body is None and engine == "llama.cpp":
+        # As the embedded profile does: per-chunk token counts (per-token ITL) and no prompt cache unless a
+        # workload shares prefixes on purpose (the runner turns it back on for those).
+        extra_body = {"cache_prompt": False, "timings_per_token": True}
     return Endpoint(
+        extra_body=extra_body or {},
         url=url,
         model=chosen,
         api_key=choice.api_key,

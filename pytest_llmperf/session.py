@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -80,6 +81,9 @@ class LLMPerfSession:
         self._compare_spawned: Spawned | None = None
         self._pinned: set[int] = set()  # cores of spawned servers (A's, and B's in A/B mode): the client stays off
         self._last_measured: str | None = None  # URL of this process's last A/B run, for the pause rule
+        # New per session (and per xdist worker): with the test and the run index it keys each run's prompt
+        # contents, so a long-lived server has never seen them (recorded in every summary as prompt_contents).
+        self.prompt_nonce = secrets.token_hex(6)
 
     # -- process roles and the run directory shared with xdist workers ---------------------------------
 
@@ -434,7 +438,12 @@ class LLMPerfSession:
 
         ok = True
         for result in self.results:
+            refused = result.get("update_refused") or ()
             update = result.get("update")
+            for why in refused:
+                self.update_lines.append(self.relative(f"NOT RECORDED {result['nodeid']} {why}"))
+            if refused and not update:
+                ok = False  # nothing of this test could be recorded: the update it asked for did not happen
             if not update:
                 continue
             try:

@@ -10,7 +10,6 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pytest_llmperf.errors import SpecError
 
@@ -27,14 +26,16 @@ def is_url(target: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """``url`` without any ``user:password@`` part, fit for messages and reports."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    """``url`` without any ``user:password@`` part, fit for messages and reports.
+
+    Plain string work, as :func:`urllib.parse.urlsplit` draws the authority (up to the first ``/``, ``?`` or
+    ``#``): it never raises, so a URL with a bad port or bracket is redacted too, and the host is kept as written.
+    """
+    scheme, sep, rest = url.partition("://")
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    if not sep or "@" not in rest[:end]:
         return url
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return f"{scheme}://{rest[:end].rpartition('@')[2]}{rest[end:]}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -51,6 +52,9 @@ class Workload:
     output_len: int = 64
     range_ratio: float = 0.0
     prefix_len: int = 0
+    # True: the shared prefix is the same in every run and session (measures serving from a warm prefix cache);
+    # False: each run draws its own, so only requests of one run share it.
+    prefix_reuse: bool = False
     num_prompts: int | None = 32
     duration_s: float | None = None
     concurrency: int | None = None
@@ -82,7 +86,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("num_prompts", "concurrency"), (int, type(None))),
     **dict.fromkeys(("range_ratio", "request_rate", "burstiness", "request_timeout_s"), (int, float)),
     **dict.fromkeys(("duration_s", "temperature"), (int, float, type(None))),
-    **dict.fromkeys(("ignore_eos", "per_token_usage"), (bool,)),
+    **dict.fromkeys(("ignore_eos", "per_token_usage", "prefix_reuse"), (bool,)),
     **dict.fromkeys(("api", "dataset", "compat"), (str,)),
 }
 
@@ -158,6 +162,9 @@ class Endpoint:
     def base_url(self) -> str:
         return self.url.rstrip("/")
 
+    def __repr__(self) -> str:  # as the dataclass's, but its URL could show credentials in an assertion message
+        return "Endpoint(" + ", ".join(f"{k}={v!r}" for k, v in self.public_dict().items()) + ")"
+
     def public_dict(self) -> dict[str, Any]:
         """Everything fit for logs and reports: no API key, no credentials in the URL."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -227,6 +234,12 @@ class ClientCheck:
     client_bound: bool
     reasons: tuple[str, ...] = ()
     busy_poll: bool = False  # the loop polled instead of sleeping: its CPU fraction is ~1 by design
+    # Streamed bytes that waited unread in the kernel's socket buffers (None: not sampled): the mean wait of a
+    # byte (time-averaged unread bytes / bytes read per second), the p99 over samples of the unread bytes of all
+    # open connections, and the most connections open at a sample.
+    unread_wait_mean_ms: float | None = None
+    unread_p99_kib: float | None = None
+    unread_sockets: int | None = None
 
     @property
     def client_cpu_fraction(self) -> float:
@@ -267,3 +280,7 @@ class Launch:
     argv: tuple[str, ...]
     url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # no URL credentials, and env names only: values may be tokens
+        url = None if self.url is None else redact_url(self.url)
+        return f"Launch(argv={self.argv!r}, url={url!r}, env=<{', '.join(sorted(self.env))}>)"

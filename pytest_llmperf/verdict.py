@@ -27,6 +27,10 @@ The rules (DESIGN.md §5; anchors/regression-statistics.md §14 for the evidence
   request cannot be worse than its baseline and passes outright.
 - Tail metrics (p99) are advisory by default: judged at unadjusted α, reported, never failing the test
   unless named in ``gating``.
+- Guards (:func:`run_guards`): a ratio metric is never called a REGRESSION from runs that completed fewer
+  than ``MIN_REQUESTS_PER_RUN`` (8) requests (a median of two requests is one request's luck), nor from a
+  candidate run during which something else used the server's cores or GPUs (``summary["disturbance"]``):
+  such a metric is INCONCLUSIVE with the guard's reason, also after the session-wide Holm step.
 
 Multiplicity. ``judge()`` adjusts the gating regression claims with Holm within its own verdict when
 ``family_size`` is None. When the caller knows the size N of the session's whole family (e.g. number of
@@ -69,6 +73,7 @@ __all__ = [
     "DEFAULT_TOLERANCES",
     "GROSS_FACTOR",
     "IMPROVEMENT",
+    "MIN_REQUESTS_PER_RUN",
     "INCONCLUSIVE",
     "METRICS",
     "NOT_COMPARABLE",
@@ -87,7 +92,9 @@ __all__ = [
     "not_comparable",
     "planned_looks",
     "resolve_tolerances",
+    "run_guards",
     "run_keys",
+    "without_runs",
 ]
 
 Status = Literal["REGRESSION", "PASS", "INCONCLUSIVE", "IMPROVEMENT"]
@@ -105,6 +112,7 @@ PASS_ALPHA = 0.05  # PASS uses the one-sided 95 % upper bound; the reported inte
 POWER = 0.8  # for "≈N more runs needed"
 BUDGET = 5  # default maximum candidate runs per test with sequential stopping
 GROSS_FACTOR = 3.0  # with < 3 baseline runs, only an effect ≥ 3·L (log scale) may be called a regression
+MIN_REQUESTS_PER_RUN = 8  # fewer completed requests in a run, and its medians cannot support a regression
 UPDATE_HINT = "re-record the baseline with --llmperf-update (then review and commit it)"
 
 
@@ -228,6 +236,8 @@ class MetricVerdict:
     requests_candidate: int | None = None
     requests_baseline: int | None = None
     reference: Reference = "baseline"
+    # Why this metric may not be called a REGRESSION from these runs (see run_guards); "" when nothing stops it.
+    guard: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -344,6 +354,8 @@ def judge(
 ) -> Verdict:
     """Judge ``candidate_runs`` against ``baseline_runs`` (both: run summaries, one dict per run).
 
+    The :func:`run_guards` of both sides keep every ratio metric from being called a REGRESSION when they apply.
+
     ``tolerances``: δ per metric name (missing names use :data:`DEFAULT_TOLERANCES`; build it with
     :func:`resolve_tolerances`). ``gating``: metric names that can fail the test (default
     :data:`DEFAULT_GATING`). ``family_size``: the number of gating claims in the session's Holm family, if
@@ -370,8 +382,9 @@ def judge(
     if unknown:
         raise SpecError(f"unknown gating metric(s) {sorted(unknown)}; valid names: {', '.join(METRICS)}")
 
+    guard = "; ".join(run_guards(candidate_runs, baseline_runs))
     raw = [
-        _measure(d, tol[d.name], d.name in gating_names, candidate_runs, baseline_runs, mode, noise_floor)
+        _guarded(_measure(d, tol[d.name], d.name in gating_names, candidate_runs, baseline_runs, mode, noise_floor), guard)
         for d in METRICS.values()
     ]
     n_claims = sum(1 for r in raw if r.gating and r.p_value is not None)
@@ -415,8 +428,12 @@ def judge_paired(
     unknown = gating_names - set(METRICS)
     if unknown:
         raise SpecError(f"unknown gating metric(s) {sorted(unknown)}; valid names: {', '.join(METRICS)}")
+    guard = "; ".join(run_guards(b_runs, a_runs, candidate="B", reference="A"))
     raw = [
-        _measure(d, tol[d.name], d.name in gating_names, b_runs, a_runs, mode, stats.DEFAULT_NOISE_FLOOR, paired=True)
+        _guarded(
+            _measure(d, tol[d.name], d.name in gating_names, b_runs, a_runs, mode, stats.DEFAULT_NOISE_FLOOR, paired=True),
+            guard,
+        )
         for d in METRICS.values()
     ]
     n_claims = sum(1 for r in raw if r.gating and r.p_value is not None)
@@ -426,6 +443,53 @@ def judge_paired(
     adjusted = _adjust(raw, family, holm_within=family_size is None)
     metrics = tuple(_classify(r, alpha / looks, family) for r in adjusted)
     return _assemble(metrics, n, n, alpha, family, (), looks, reference="A")
+
+
+def run_guards(
+    candidate_runs: Sequence[Mapping[str, Any]],
+    reference_runs: Sequence[Mapping[str, Any]] = (),
+    *,
+    candidate: str = "candidate",
+    reference: str = "baseline",
+) -> tuple[str, ...]:
+    """Reasons why these runs cannot support a REGRESSION of a ratio metric (empty when none applies).
+
+    Too few requests: a run with fewer than :data:`MIN_REQUESTS_PER_RUN` completed requests, on either side.
+    Disturbance: a candidate run (either side in A/B mode, where both are measured now) whose
+    ``summary["disturbance"]`` says another process used the server's cores or GPUs, or the server served load
+    the plugin did not send; the figures are in that summary.
+    """
+    reasons: list[str] = []
+    sides = ((candidate, candidate_runs), (reference, reference_runs))
+    for side, runs in sides:
+        small = [(i, r["completed"]) for i, r in enumerate(runs) if _is_count(r.get("completed"))]
+        small = [(i, n) for i, n in small if n < MIN_REQUESTS_PER_RUN]
+        if small:
+            i, n = small[0]
+            reasons.append(
+                f"{side} run {i + 1} completed only {n} request(s), and a regression needs at least "
+                f"{MIN_REQUESTS_PER_RUN} per run (raise num_prompts)"
+            )
+    measured_now = sides if reference == "A" else sides[:1]
+    for side, runs in measured_now:
+        for i, run in enumerate(runs):
+            found = run.get("disturbance")
+            if isinstance(found, Mapping) and found.get("disturbed"):
+                why = "; ".join(str(x) for x in found.get("reasons") or ()) or "no reason recorded"
+                reasons.append(f"environment disturbed during {side} run {i + 1}: {why}; rerun on a quiet machine")
+                break
+    return tuple(reasons)
+
+
+def without_runs(reasons: Sequence[str], runs_candidate: int, *, reference: Reference = "baseline") -> Verdict:
+    """INCONCLUSIVE: every candidate run was left out of the verdict (each reason says why)."""
+    return Verdict(
+        status=INCONCLUSIVE,
+        reason="no run could be judged: " + "; ".join(reasons),
+        runs_candidate=runs_candidate,
+        hint="rerun once the cause is gone",
+        reference=reference,
+    )
 
 
 def planned_looks(budget: int = BUDGET, first_runs: int = 1) -> int:
@@ -486,6 +550,11 @@ def apply_holm(verdicts: Sequence[Verdict], alpha: float = DEFAULT_ALPHA) -> tup
 
 def _p(p: float | None) -> float:
     return 1.0 if p is None else p
+
+
+def _guarded(r: MetricVerdict, guard: str) -> MetricVerdict:
+    # The error rate pools requests with exact tests, so few requests already widen its interval.
+    return dataclasses.replace(r, guard=guard) if guard and r.scale == "ratio" else r
 
 
 def _is_claim(v: Verdict, m: MetricVerdict) -> bool:
@@ -691,7 +760,11 @@ def _classify(r: MetricVerdict, alpha: float, family: int) -> MetricVerdict:
     more: int | None = None
     futile = False
     hint = ""
-    if p_w <= alpha and r.effect >= r.min_effect:
+    if p_w <= alpha and r.effect >= r.min_effect and r.guard:
+        status = INCONCLUSIVE
+        futile = True
+        reason = f"{est}, {p_txt} ≤ α={alpha:g}: {worse_word} beyond the {tol}, but not a regression: {r.guard}"
+    elif p_w <= alpha and r.effect >= r.min_effect:
         status = REGRESSION
         reason = f"{est}, {p_txt} ≤ α={alpha:g}: {worse_word} beyond the {tol}{gross_txt}"
     elif p_b <= alpha and -r.effect >= r.min_effect:

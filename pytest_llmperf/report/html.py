@@ -736,6 +736,15 @@ def _notes(result: Mapping[str, Any]) -> str:
     if summary.get("client_bound"):
         items.append("client-bound run: " + "; ".join(str(r) for r in summary.get("client_reasons") or ()))
     items += [f"warning: {w}" for w in (summary.get("validity") or {}).get("warnings") or ()]
+    if summary.get("cached_prompt_fraction") is not None:
+        items.append(
+            f"prefix cache: {summary.get('cached_prompt_tokens')} prompt tokens cached "
+            f"({summary['cached_prompt_fraction']:.1%}, from {summary.get('cached_prompt_source')}) in the last run"
+        )
+    for k, run in enumerate(result.get("runs") or ()):
+        disturbance = run.get("disturbance") or {}
+        if disturbance.get("disturbed"):
+            items.append(f"run {k + 1} disturbed: " + "; ".join(str(x) for x in disturbance.get("reasons") or ()))
     items += [str(n) for n in result.get("notes") or ()]
     if not items:
         return ""

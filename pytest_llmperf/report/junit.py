@@ -46,6 +46,20 @@ def properties(document: Mapping[str, Any]) -> list[tuple[str, Any]]:
         value = summary.get(key)
         if value is not None:
             out.append((f"llmperf.{name}", round(float(value), 4)))
+    for key in ("cached_prompt_tokens", "cached_prompt_fraction"):
+        if summary.get(key) is not None:
+            out.append((f"llmperf.{key}", round(float(summary[key]), 4)))
+    runs = document.get("runs") or [summary]
+    invalid = [f"run {k + 1}: {why}" for k, run in enumerate(runs) for why in run.get("invalid_reasons") or ()]
+    if invalid:
+        out.append(("llmperf.invalid", " | ".join(invalid)))
+    disturbed = [
+        f"run {k + 1}: " + "; ".join((run.get("disturbance") or {}).get("reasons") or ())
+        for k, run in enumerate(runs)
+        if (run.get("disturbance") or {}).get("disturbed")
+    ]
+    if disturbed:
+        out.append(("llmperf.disturbed", " | ".join(disturbed)))
     verdict = document.get("verdict") or {}
     ab = document.get("ab")
     # A/B mode: the verdict is B vs A, under llmperf.ab.* (the metrics above are B's).

@@ -67,6 +67,16 @@ def render(
         )
         colour = _COLOURS.get(status(r))
         lines.append((text, {colour: True} if colour else {}))
+        scale = r.get("scale")
+        if isinstance(scale, (int, float)) and scale != 1:
+            lines.append((f"    scaled ×{scale:g} (--llmperf-scale=1 to run as written)", {}))
+        for k, run in enumerate(r.get("runs") or [s]):
+            for why in run.get("invalid_reasons") or ():
+                lines.append((f"    invalid run {k + 1}: {why}", {"yellow": True}))
+            disturbance = run.get("disturbance") or {}
+            if disturbance.get("disturbed"):
+                why = "; ".join(disturbance.get("reasons") or ())
+                lines.append((f"    disturbed run {k + 1}: {why}", {"yellow": True}))
         if s.get("client_bound"):
             lines.append((f"    warning: client-bound run: {'; '.join(s.get('client_reasons', []))}", {"yellow": True}))
         for warning in (s.get("validity") or {}).get("warnings", []):

@@ -1,9 +1,9 @@
 """``python -m pytest_llmperf.sim``: run the simulator until SIGTERM/SIGINT.
 
 Every :class:`SimConfig` field is a flag (``decode_ms`` → ``--decode-ms``), except ``faults`` (repeat
-``--fault KIND:...``), ``uvloop`` (``--no-uvloop``) and ``busy_poll`` (``--busy-poll``, a switch). On
-readiness one line ``LLMPERF_SIM_READY <url>`` goes to stdout; ``--port-file`` also gets the port, written
-atomically.
+``--fault KIND:...``), ``busy_poll`` (``--busy-poll``, a switch) and the fields on by default, which a
+``--no-...`` switch turns off (``--no-uvloop``, ``--no-prefix-cache``). On readiness one line
+``LLMPERF_SIM_READY <url>`` goes to stdout; ``--port-file`` also gets the port, written atomically.
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="use asyncio's loop")
         elif f.name == "busy_poll":
             parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+        elif f.default is True:
+            off = "--no-" + f.name.replace("_", "-")
+            parser.add_argument(
+                off, dest=f.name, action="store_false", help=f"{f.metadata['help']} (on; this turns it off)"
+            )
         elif f.name == "usage_style":
             parser.add_argument(flag, default=f.default, choices=USAGE_STYLES, help=help_text)
         else:

@@ -10,6 +10,12 @@ must not stall the engine: the transport buffers its bytes up to ``SLOW_CLIENT_B
 Non-streaming requests run through the engine too and get one JSON body when their last token is due; of the
 faults, only the HTTP ones apply to them.
 
+Prefix cache (see :mod:`.model`): the engine looks a request up when it admits it, so every ``usage`` sent from
+its first token on carries ``prompt_tokens_details.cached_tokens``, as vLLM's does; the chat role chunk, sent
+at receipt, cannot know it yet, and with the cache off no usage has ``prompt_tokens_details`` (unknown, not 0).
+``GET /sim/requests`` records ``cached_tokens`` (null when off); ``sim:prefix_cache_queries_total`` and
+``sim:prefix_cache_hits_total`` count prompt tokens looked up and found, like vLLM's counters.
+
 Steps keep to the model's absolute schedule; only when the loop falls more than ``max_lag_ms`` behind it
 (CPU-bound, or ``decode_ms=0`` bursts) does the next step start at "now" instead (``sim:engine_slips_total``).
 The intended times kept for ``GET /sim/requests`` are always the schedule actually used.
@@ -96,6 +102,8 @@ class Stream:
         "_close",
         "_head",
         "_usage_head",
+        "_usage_prompt",
+        "_usage_tail",
         "actual",
         "api",
         "continuous",
@@ -143,10 +151,18 @@ class Stream:
             self._head = common + ',"choices":[{"index":0,"delta":{"content":"'
             self._close = '"},"logprobs":null,"finish_reason":'
         self._usage_head = common + ',"choices":[],"usage":'
+        self._usage_prompt = f'{{"prompt_tokens":{prompt_tokens},"total_tokens":'
+        # Until admission the cached tokens are unknown (so a chat role chunk's usage has no details), and they
+        # stay so with the prefix cache off: no prompt_tokens_details then, never a made-up 0.
+        self._usage_tail = "}"
+
+    def admitted(self, cached_tokens: int) -> None:
+        """The engine admitted the request and found ``cached_tokens`` in its prefix cache."""
+        self._usage_tail = f',"prompt_tokens_details":{{"cached_tokens":{cached_tokens}}}}}'
 
     def usage(self, completion_tokens: int) -> str:
-        p = self.prompt_tokens
-        return f'{{"prompt_tokens":{p},"total_tokens":{p + completion_tokens},"completion_tokens":{completion_tokens}}}'
+        total = self.prompt_tokens + completion_tokens
+        return f'{self._usage_prompt}{total},"completion_tokens":{completion_tokens}{self._usage_tail}'
 
     def role_chunk(self) -> str:
         usage = f',"usage":{self.usage(0)}' if self.continuous else ""
@@ -192,6 +208,7 @@ class Stream:
             "api": self.api,
             "received_at": t0,
             "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": seq.cached_tokens if seq else None,
             "max_tokens": self.max_tokens,
             "completion_tokens": sum(tokens),
             "finish_reason": seq.finish_reason if seq else None,
@@ -237,6 +254,8 @@ class Sim:
                 "requests",
                 "prompt_tokens",
                 "generation_tokens",
+                "prefix_cache_queries",
+                "prefix_cache_hits",
                 "spec_decode_num_draft_tokens",
                 "spec_decode_num_accepted_tokens",
                 "engine_steps",
@@ -300,13 +319,14 @@ class Sim:
         self.history.append(stream)
         return stream
 
-    def submit(self, stream: Stream, *, ignore_eos: bool) -> asyncio.Future[None]:
+    def submit(self, stream: Stream, token_ids: list[int], *, ignore_eos: bool) -> asyncio.Future[None]:
         seq = Sequence(
             number=stream.number,
             received_at=stream.received_at,
             prompt_tokens=stream.prompt_tokens,
             max_tokens=stream.max_tokens,
             ignore_eos=ignore_eos,
+            token_ids=token_ids,
         )
         stream.seq = seq
         stream.done = asyncio.get_running_loop().create_future()
@@ -353,6 +373,7 @@ class Sim:
                 start = now
                 self.counters["engine_slips"] += 1
             step = engine.step(start)
+            self._admitted(step)
             batch = self._plan(step)
             spin_s = min(self.config.spin_ms / 1000.0, SPIN_SHARE * (step.end - start))
             write_from = step.end - self.write_s * (len(batch) - 1) / 2
@@ -363,6 +384,15 @@ class Sim:
             counters["engine_steps"] += 1
             counters["spec_decode_num_draft_tokens"] += step.draft_tokens
             counters["spec_decode_num_accepted_tokens"] += step.accepted_tokens
+
+    def _admitted(self, step: Step) -> None:
+        counters, active = self.counters, self.active
+        for seq in step.admitted:
+            cached = seq.cached_tokens
+            if cached is not None:  # None: the prefix cache is off
+                counters["prefix_cache_queries"] += seq.prompt_tokens
+                counters["prefix_cache_hits"] += cached
+                active[seq.number].admitted(cached)
 
     def _plan(self, step: Step) -> list[tuple[Stream, bytes, int, int]]:
         active = self.active
@@ -540,11 +570,12 @@ class Handlers:
         if api == "completions":
             if "prompt" not in body:
                 raise ApiError(400, "prompt is required")
-            prompt_tokens = len(_prompt_ids(body["prompt"]))
+            prompt_ids = _prompt_ids(body["prompt"])
             max_tokens = _int_field(body, "max_tokens")
         else:
-            prompt_tokens = len(chat_token_ids(_messages(body.get("messages"))))
+            prompt_ids = chat_token_ids(_messages(body.get("messages")))
             max_tokens = _int_field(body, "max_completion_tokens") or _int_field(body, "max_tokens")
+        prompt_tokens = len(prompt_ids)
         if prompt_tokens == 0:
             raise ApiError(400, "the prompt is empty; send at least one token")
         max_tokens = max_tokens or cfg.default_max_tokens
@@ -575,12 +606,12 @@ class Handlers:
             return response
         if not stream_flag:
             stream.fault = None  # stream faults do not apply to a single JSON body
-            await self._wait(stream, ignore_eos)
+            await self._wait(stream, prompt_ids, ignore_eos)
             return self._full_body(stream, api)
-        return await self._stream(request, stream, options, ignore_eos)
+        return await self._stream(request, stream, options, prompt_ids, ignore_eos)
 
     async def _stream(
-        self, request: web.Request, stream: Stream, options: dict[str, Any], ignore_eos: bool
+        self, request: web.Request, stream: Stream, options: dict[str, Any], prompt_ids: list[int], ignore_eos: bool
     ) -> web.StreamResponse:
         sim = self.sim
         # vLLM sends per-chunk usage only when include_usage is also set; the same here.
@@ -604,7 +635,7 @@ class Handlers:
         stream.transport = transport
         if stream.api == "chat":
             transport.write(_frame(stream.role_chunk()))
-        await self._wait(stream, ignore_eos)
+        await self._wait(stream, prompt_ids, ignore_eos)
         if stream.outcome == "hang":
             assert stream.fault is not None
             await self._hang(transport, stream.fault.seconds)
@@ -613,8 +644,8 @@ class Handlers:
             await response.write_eof()
         return response
 
-    async def _wait(self, stream: Stream, ignore_eos: bool) -> None:
-        done = self.sim.submit(stream, ignore_eos=ignore_eos)
+    async def _wait(self, stream: Stream, prompt_ids: list[int], ignore_eos: bool) -> None:
+        done = self.sim.submit(stream, prompt_ids, ignore_eos=ignore_eos)
         try:
             await done
         finally:
@@ -690,6 +721,8 @@ _COUNTER_HELP = {
     "requests": "Generation requests accepted (including those given a fault)",
     "prompt_tokens": "Prompt tokens of requests that entered the engine",
     "generation_tokens": "Output tokens sent",
+    "prefix_cache_queries": "Prompt tokens looked up in the prefix cache (requests admitted while it is on)",
+    "prefix_cache_hits": "Prompt tokens found in the prefix cache, whose prefill was skipped",
     "preemptions": "Preemptions (the model never preempts)",
     "spec_decode_num_draft_tokens": "Draft tokens proposed (tokens_per_chunk - 1 per sequence per decode step)",
     "spec_decode_num_accepted_tokens": "Draft tokens accepted",

@@ -10,9 +10,20 @@ The engine runs *steps* one after another.
 
 - A request becomes *ready* ``ttft_add_ms`` after its receipt and waits in a FIFO queue. At the start of a
   step, ready requests at the head of the queue are admitted while fewer than ``max_batch`` sequences run
-  (beyond that they keep waiting: queueing). An admitted request pays its whole prompt in the step that
-  admits it (no chunked prefill, no prefix cache, no preemption).
-- Step time, with ``n`` = sequences in the step after admission and ``P`` = prompt tokens admitted::
+  (beyond that they keep waiting: queueing). An admitted request pays its whole uncached prompt in the step
+  that admits it (no chunked prefill, no preemption).
+- Prefix cache (``prefix_cache``, on by default like vLLM's automatic prefix caching): the prompt is cut into
+  full blocks of ``B = prefix_cache_block`` token ids, block ``i`` keyed by a hash chained over blocks
+  ``0..i``, so a block matches only when everything before it matches too. On admission (not receipt: a
+  request queued behind an identical one sees the blocks that one inserted when it was admitted, even in the
+  same step) the request's ``cached_tokens`` are its leading run of cached blocks, capped at
+  ``B * floor((p - 1) / B)`` for a ``p``-token prompt because, as in vLLM, the last prompt token is always
+  computed; then all its full blocks are inserted. Only prompt blocks are cached, at most
+  ``prefix_cache_blocks``, the least recently used evicted first (a prompt's tail blocks before its head). The
+  cache is independent of the batch (no block is pinned by a running request); turning it off or changing
+  the block size empties it. Off, ``cached_tokens`` is ``None`` (unknown) and the whole prompt is prefilled.
+- Step time, with ``n`` = sequences in the step after admission and ``P`` = uncached prompt tokens admitted
+  (``prompt_tokens - cached_tokens`` summed)::
 
       t = (decode_ms + decode_ms_per_seq * n) * tpot_scale * (1 + slowdown_per_token_pct / 100)
           + P / prefill_tok_s
@@ -27,10 +38,13 @@ The engine runs *steps* one after another.
 - A step starts when the previous one ends (absolute deadlines, so timer lateness does not accumulate). An
   idle engine starts a step at the ready time of the request at the head of the queue.
 
-Known answers that follow: a lone request with ``p`` prompt tokens on an idle engine, with
-``f = tpot_scale * (1 + slowdown_per_token_pct / 100)``, gets its first token after
-``ttft_add_ms + (decode_ms + decode_ms_per_seq) * f + 1000 * p / prefill_tok_s`` ms and every later chunk
-``(decode_ms + decode_ms_per_seq) * f`` ms after the previous one.
+Known answers that follow: a lone request with ``p`` prompt tokens, ``c`` of them cached, on an idle engine,
+with ``f = tpot_scale * (1 + slowdown_per_token_pct / 100)``, gets its first token after
+``ttft_add_ms + (decode_ms + decode_ms_per_seq) * f + 1000 * (p - c) / prefill_tok_s`` ms and every later
+chunk ``(decode_ms + decode_ms_per_seq) * f`` ms after the previous one. A new prompt has ``c = 0``; the exact
+repeat of a prompt still in the cache has ``c = B * floor((p - 1) / B)`` (100 tokens, ``B = 16``: 96; 64
+tokens: 48; under 17 tokens: 0); a prompt sharing its first ``s`` tokens with a cached one has
+``c = B * floor(min(s, p - 1) / B)``.
 
 Tokenizer: a word (whitespace-separated) is one token, id ``crc32(word) % VOCAB_SIZE``. A chat prompt costs
 ``CHAT_TOKENS_PER_MESSAGE`` template tokens per message plus ``CHAT_TOKENS_REPLY`` for the reply header.
@@ -44,7 +58,7 @@ import math
 import random
 import zlib
 from array import array
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +105,13 @@ class SimConfig:
     stall_every_steps: int = _opt(0, "add stall_ms to every N-th step (0: never)")
     stall_ms: float = _opt(0.0, "length of a periodic stall, ms")
     eos_prob: float = _opt(0.0, "probability that a token ends a request that did not set ignore_eos")
+    prefix_cache: bool = _opt(
+        True,
+        "prefix cache, like vLLM's automatic prefix caching: the full blocks of a prompt that an earlier prompt "
+        "began with cost no prefill; reported as usage.prompt_tokens_details.cached_tokens",
+    )
+    prefix_cache_block: int = _opt(16, "prefix cache block size in tokens: only whole blocks are cached")
+    prefix_cache_blocks: int = _opt(8192, "prefix cache capacity in blocks, least recently used evicted first")
     usage_style: str = _opt("vllm", "vllm: usage in a final chunk with no choices; llamacpp: in the last chunk")
     faults: tuple[FaultSpec, ...] = _opt((), "injected faults, see faults.py")
     history: int = _opt(10000, "requests kept for GET /sim/requests (about 20 bytes per chunk each)")
@@ -183,7 +204,8 @@ def config_problems(c: SimConfig) -> list[str]:
     check(bool(c.model), "model", "a non-empty name")
     for name, low in (("max_model_len", 2), ("default_max_tokens", 1), ("max_batch", 1), ("tokens_per_chunk", 1)):
         check(whole(name, low), name, f"an int >= {low}")
-    for name in ("stall_every_steps", "history"):
+    check(whole("prefix_cache_block", 1), "prefix_cache_block", "an int >= 1")
+    for name in ("stall_every_steps", "history", "prefix_cache_blocks"):
         check(whole(name, 0), name, "an int >= 0")
     check(whole("seed", -(2**63)), "seed", "an int")
     check(number("prefill_tok_s") > 0, "prefill_tok_s", "a number > 0")
@@ -234,6 +256,75 @@ def output_text(start: int, count: int) -> str:
 # --- engine ----------------------------------------------------------------------------------------------
 
 
+class PrefixCache:
+    """Full blocks of prompt token ids, each keyed by a hash chained over its own and every earlier block's
+    tokens (vLLM's automatic prefix caching), at most ``capacity`` of them, least recently used evicted first."""
+
+    def __init__(self, block: int, capacity: int) -> None:
+        self.block = block
+        self.capacity = capacity
+        self._lru: OrderedDict[int, None] = OrderedDict()  # block keys, least recently used first
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def block_keys(self, token_ids: Iterable[int]) -> list[int]:
+        """One key per full block; key ``i`` depends on every token of blocks ``0..i``. Python's 64-bit tuple
+        hash: a collision between different prompts (about 2**-64 a pair) is not worth guarding against."""
+        ids, b = tuple(token_ids), self.block
+        keys: list[int] = []
+        key = 0
+        for end in range(b, len(ids) + 1, b):
+            key = hash((key, ids[end - b : end]))
+            keys.append(key)
+        return keys
+
+    def lookup(self, token_ids: Iterable[int]) -> int:
+        """Leading prompt tokens covered by cached blocks, leaving at least the last token to compute."""
+        ids = tuple(token_ids)
+        return self._hits(self.block_keys(ids), len(ids))
+
+    def insert(self, token_ids: Iterable[int]) -> None:
+        """Cache (or mark as just used) every full block of the prompt."""
+        self._insert(self.block_keys(token_ids))
+
+    def admit(self, token_ids: Iterable[int]) -> int:
+        """:meth:`lookup` then :meth:`insert`, hashing the prompt once: what admitting a request does."""
+        ids = tuple(token_ids)
+        keys = self.block_keys(ids)
+        cached = self._hits(keys, len(ids))
+        self._insert(keys)
+        return cached
+
+    def resize(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._evict()
+
+    def _hits(self, keys: list[int], length: int) -> int:
+        # As in vLLM, a fully cached prompt still computes its last token (it yields the first output token),
+        # so at most the whole blocks before that token count.
+        hits = 0
+        for key in keys[: max(0, length - 1) // self.block]:
+            if key not in self._lru:
+                break
+            hits += 1
+        return hits * self.block
+
+    def _insert(self, keys: list[int]) -> None:
+        lru = self._lru
+        # Head blocks end most recently used, so eviction takes a prompt's tail first: a block is useless
+        # without those before it. Blocks beyond the capacity would be evicted at once.
+        for key in reversed(keys[: self.capacity]):
+            lru[key] = None
+            lru.move_to_end(key)
+        self._evict()
+
+    def _evict(self) -> None:
+        lru = self._lru
+        while len(lru) > self.capacity:
+            lru.popitem(last=False)
+
+
 @dataclass(slots=True, eq=False)
 class Sequence:
     """One request inside the engine, with its intended schedule (absolute times of each chunk)."""
@@ -243,6 +334,11 @@ class Sequence:
     prompt_tokens: int
     max_tokens: int
     ignore_eos: bool = True
+    # Prompt token ids for the prefix cache; dropped once admitted (the server keeps thousands of sequences).
+    # None: a prompt no other shares, never cached.
+    token_ids: list[int] | None = None
+    # Prompt tokens found in the prefix cache at admission; None while waiting or when the cache is off.
+    cached_tokens: int | None = None
     ready_at: float = 0.0
     generated: int = 0
     finish_reason: str | None = None
@@ -271,6 +367,7 @@ class Engine:
     def __init__(self, config: SimConfig) -> None:
         self._config = config
         self._jitter_rng = random.Random(config.seed)
+        self.prefix_cache = PrefixCache(config.prefix_cache_block, config.prefix_cache_blocks)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.steps = 0
@@ -282,8 +379,14 @@ class Engine:
 
     @config.setter
     def config(self, config: SimConfig) -> None:
-        if config.seed != self._config.seed:
+        old = self._config
+        if config.seed != old.seed:
             self._jitter_rng = random.Random(config.seed)
+        if (config.prefix_cache, config.prefix_cache_block) != (old.prefix_cache, old.prefix_cache_block):
+            # Keys depend on the block size; and off then on starts empty, a way to clear the cache.
+            self.prefix_cache = PrefixCache(config.prefix_cache_block, config.prefix_cache_blocks)
+        elif config.prefix_cache_blocks != old.prefix_cache_blocks:
+            self.prefix_cache.resize(config.prefix_cache_blocks)
         self._config = config
 
     @property
@@ -317,11 +420,12 @@ class Engine:
         waiting, running = self.waiting, self.running
         while waiting and len(running) < cfg.max_batch and waiting[0].ready_at <= start:
             seq = waiting.popleft()
+            self._look_up(seq, cfg.prefix_cache)
             running.append(seq)
             admitted.append(seq)
         seconds = (cfg.decode_ms + cfg.decode_ms_per_seq * len(running)) * cfg.decode_factor / 1000.0
         if admitted:
-            seconds += sum(s.prompt_tokens for s in admitted) / cfg.prefill_tok_s
+            seconds += sum(s.prompt_tokens - (s.cached_tokens or 0) for s in admitted) / cfg.prefill_tok_s
         if cfg.jitter > 0:
             seconds *= math.exp(self._jitter_rng.gauss(0.0, cfg.jitter))
         self.steps += 1
@@ -354,6 +458,13 @@ class Engine:
         self.prev_end = end
         return Step(self.steps, start, end, admitted, emitted, finished, drafts, accepted)
 
+    def _look_up(self, seq: Sequence, enabled: bool) -> None:
+        # At admission, in admission order: a request sees the blocks of every request admitted before it,
+        # including earlier ones in the same step (computed in the same forward pass, as in vLLM).
+        ids, seq.token_ids = seq.token_ids, None
+        if enabled:
+            seq.cached_tokens = self.prefix_cache.admit(ids) if ids is not None else 0
+
     def _rng(self, seq: Sequence) -> random.Random:
         if seq.rng is None:
             # Per-request generator: the draws of one request do not depend on what else is running.
@@ -375,14 +486,12 @@ class Engine:
         return n
 
 
-def simulate(config: SimConfig, requests: Iterable[tuple[float, int, int]]) -> list[Sequence]:
-    """Run the model to completion for ``(received_at, prompt_tokens, max_tokens)`` requests, as the server
-    would on an infinitely fast machine. Returns the sequences (numbered from 1 in receipt order) with their
-    intended ``chunk_times`` and ``chunk_tokens``."""
-    pending = deque(
-        Sequence(number=i, received_at=t, prompt_tokens=p, max_tokens=m)
-        for i, (t, p, m) in enumerate(sorted(requests, key=lambda r: r[0]), start=1)
-    )
+def simulate(config: SimConfig, requests: Iterable[tuple[float, int | Iterable[int], int]]) -> list[Sequence]:
+    """Run the model to completion for ``(received_at, prompt, max_tokens)`` requests, as the server would on
+    an infinitely fast machine; ``prompt`` is the prompt's token ids, or its length for a prompt that shares
+    nothing with the others (never cached). Returns the sequences (numbered from 1 in receipt order) with
+    their intended ``chunk_times`` and ``chunk_tokens`` and their ``cached_tokens``."""
+    pending = deque(_sequence(i, t, p, m) for i, (t, p, m) in enumerate(sorted(requests, key=lambda r: r[0]), start=1))
     done = list(pending)
     engine = Engine(config)
     while pending or not engine.idle:
@@ -397,3 +506,12 @@ def simulate(config: SimConfig, requests: Iterable[tuple[float, int, int]]) -> l
         assert start is not None
         engine.step(start)
     return done
+
+
+def _sequence(number: int, received_at: float, prompt: int | Iterable[int], max_tokens: int) -> Sequence:
+    if isinstance(prompt, int):
+        return Sequence(number=number, received_at=received_at, prompt_tokens=prompt, max_tokens=max_tokens)
+    ids = list(prompt)
+    return Sequence(
+        number=number, received_at=received_at, prompt_tokens=len(ids), max_tokens=max_tokens, token_ids=ids
+    )

@@ -59,7 +59,12 @@ def test_completions_stream_format(sim: Client) -> None:
     assert [c["choices"][0]["finish_reason"] for c in sse.output] == [None, None, "length"]
     usage_chunk = sse.chunks[-1]
     assert usage_chunk["choices"] == []
-    assert usage_chunk["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert usage_chunk["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 3,
+        "total_tokens": 6,
+        "prompt_tokens_details": {"cached_tokens": 0},  # the prefix cache is on; 3 tokens fill no block
+    }
     assert "usage" not in sse.output[0]
     record = sim.record(rid)
     assert record["chunk_tokens"] == [1, 1, 1]
@@ -74,7 +79,12 @@ def test_chat_stream_opens_with_a_role_chunk(sim: Client) -> None:
     assert first["id"].startswith("chatcmpl-")
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert sse.text == " tok0 tok1"  # max_completion_tokens wins over max_tokens
-    assert sse.chunks[-1]["usage"] == {"prompt_tokens": 3 + 4 + 3, "completion_tokens": 2, "total_tokens": 12}
+    assert sse.chunks[-1]["usage"] == {
+        "prompt_tokens": 3 + 4 + 3,
+        "completion_tokens": 2,
+        "total_tokens": 12,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 def test_chat_prompt_tokens_match_tokenize(sim: Client) -> None:

@@ -353,3 +353,85 @@ def test_sequential_looks_split_alpha() -> None:
         verdict.planned_looks(1, 2)
     with pytest.raises(ValueError, match="looks"):
         judge(cand, base, looks=0)
+
+
+# --- guards: too few requests, a disturbed environment --------------------------------------------------------
+
+
+def test_too_few_requests_per_run_cannot_make_a_regression() -> None:
+    v = judge(runs(3, scale=1.20, seed=2, completed=2), BASE)
+    assert v.status == INCONCLUSIVE
+    tpot = v.metric("tpot_p50")
+    assert tpot.status == INCONCLUSIVE
+    assert "completed only 2 request(s)" in tpot.reason
+    assert f"at least {verdict.MIN_REQUESTS_PER_RUN}" in tpot.reason
+    assert tpot.estimate == pytest.approx(1.20, rel=0.03)  # the figures are still shown
+    assert not needs_more_runs(v, runs_done=3, budget=5)  # more such runs cannot help
+
+
+def test_enough_requests_keep_the_regression() -> None:
+    v = judge(runs(3, scale=1.20, seed=2, completed=verdict.MIN_REQUESTS_PER_RUN), BASE)
+    assert v.status == REGRESSION
+
+
+def test_a_small_baseline_run_also_guards() -> None:
+    base = runs(10, seed=1)
+    base[4]["completed"] = 3
+    v = judge(runs(3, scale=1.20, seed=2), base)
+    assert v.status == INCONCLUSIVE
+    assert "baseline run 5 completed only 3" in v.reason
+
+
+def test_disturbed_run_turns_a_regression_into_inconclusive() -> None:
+    candidate = runs(3, scale=1.20, seed=2)
+    candidate[1]["disturbance"] = {
+        "disturbed": True,
+        "reasons": ["other processes used 38% of the server's cores (limit 10%)"],
+    }
+    v = judge(candidate, BASE)
+    assert v.status == INCONCLUSIVE
+    assert "environment disturbed during candidate run 2" in v.reason
+    assert "38%" in v.reason
+    assert "rerun" in v.reason
+
+
+def test_undisturbed_regression_still_fails() -> None:
+    candidate = runs(3, scale=1.20, seed=2)
+    for run in candidate:
+        run["disturbance"] = {"disturbed": False, "reasons": []}
+    assert judge(candidate, BASE).status == REGRESSION
+
+
+def test_disturbance_does_not_block_a_pass() -> None:
+    candidate = runs(3, seed=3)
+    candidate[0]["disturbance"] = {"disturbed": True, "reasons": ["steal 9% (limit 5%)"]}
+    assert judge(candidate, BASE).status == PASS
+
+
+def test_guard_survives_the_session_holm_step_and_the_round_trip() -> None:
+    family = 2 * len(verdict.DEFAULT_GATING)
+    guarded = judge(runs(3, scale=1.20, seed=2, completed=4), BASE, family_size=family)
+    clear = judge(runs(3, scale=1.20, seed=5), BASE, family_size=family)
+    rebuilt = Verdict.from_dict(json.loads(json.dumps(guarded.as_dict())))
+    after = apply_holm([rebuilt, clear])
+    assert after[0].status == INCONCLUSIVE
+    assert all(m.status != REGRESSION for m in after[0].metrics)
+    assert after[1].status == REGRESSION
+
+
+def test_guards_in_ab_mode_cover_both_sides() -> None:
+    a = runs(4, seed=40)
+    b = runs(4, scale=1.20, seed=41)
+    assert verdict.judge_paired(a, b).status == REGRESSION
+    a[2]["disturbance"] = {"disturbed": True, "reasons": ["foreign GPU process 123 python"]}
+    v = verdict.judge_paired(a, b)
+    assert v.status == INCONCLUSIVE
+    assert "during A run 3" in v.reason
+
+
+def test_without_runs_is_inconclusive_with_every_reason() -> None:
+    v = verdict.without_runs(["run 1: cached", "run 2: cached too"], 2)
+    assert v.status == INCONCLUSIVE
+    assert "run 1: cached" in v.reason
+    assert "run 2: cached too" in v.reason
+    assert not needs_more_runs(v, runs_done=2, budget=5)

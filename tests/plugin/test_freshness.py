@@ -1,0 +1,149 @@
+"""Fresh prompts per run and prefix-cache accounting, end to end with the simulator's prefix cache (on by
+default, like vLLM's): repeats and update budgets see no cached tokens, a repeated prompt set is flagged and
+left out of the verdict and of baselines, and sharing that a test asks for is measured as sharing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+# A slow prefill, so that a cache hit would show as a large TTFT drop.
+SIM_ARGS = ("--decode-ms", "2", "--decode-ms-per-seq", "0", "--prefill-tok-s", "20000", "--jitter", "0")
+
+REPEATS = """
+import pytest
+
+@pytest.mark.perf(input_len=64, output_len=8, num_prompts=16, concurrency=4, repeats=3, warmup=2)
+def test_repeat(llmperf):
+    llmperf.run()
+"""
+
+# What the plugin did before fresh prompts: every run sends the same contents.
+SAME_PROMPTS_CONFTEST = """
+import pytest_llmperf.runner as runner
+
+_build = runner.build_prompts
+
+def _same(workload, count, context, *, contents=""):
+    return _build(workload, count, context, contents="same/warmup" if contents.endswith("/warmup") else "same")
+
+runner.build_prompts = _same
+"""
+
+
+@pytest.fixture
+def sim(start_sim: type) -> str:
+    return str(start_sim(*SIM_ARGS).url)
+
+
+def run(pytester: pytest.Pytester, sim: str, *args: str) -> tuple[pytest.RunResult, dict[str, Any]]:
+    out = pytester.path / "r.json"
+    result = pytester.runpytest(f"--llmperf-endpoint={sim}", f"--llmperf-json={out}", "--junitxml=j.xml", *args)
+    return result, json.loads(out.read_text()) if out.exists() else {}
+
+
+def runs_of(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [run for result in document["results"] for run in result["runs"]]
+
+
+def test_repeats_and_an_update_budget_see_no_cached_tokens(pytester: pytest.Pytester, sim: str) -> None:
+    pytester.makepyfile(REPEATS)
+    for session in range(2):  # two sessions against one long-lived server
+        result, document = run(pytester, sim, "--llmperf-update")
+        result.assert_outcomes(passed=1)
+        runs = runs_of(document)
+        assert len(runs) == 3
+        for summary in runs:
+            assert summary["cached_prompt_tokens"] == 0, summary["cached_prompt_source"]
+            assert summary["cached_prompt_fraction"] == 0.0
+            assert summary["cached_prompt_source"] == "usage"
+            assert summary["invalid_reasons"] == []
+        contents = {summary["prompt_contents"] for summary in runs}
+        assert len(contents) == 3, contents  # one key per run, each with this session's nonce
+    assert "NOT RECORDED" not in result.stdout.str()
+
+
+def test_a_repeated_prompt_set_is_flagged_left_out_and_not_recorded(pytester: pytest.Pytester, sim: str) -> None:
+    pytester.makepyfile(REPEATS)
+    pytester.makeconftest(SAME_PROMPTS_CONFTEST)
+    result, document = run(pytester, sim, "--llmperf-update")
+    runs = runs_of(document)
+    assert runs[0]["invalid_reasons"] == []  # the first run met a cold cache
+    for summary in runs[1:]:
+        assert summary["cached_prompt_fraction"] > 0.5
+        assert summary["invalid_reasons"], summary
+        assert "prefix cache" in summary["invalid_reasons"][0]
+    output = result.stdout.str()
+    assert "invalid run 2:" in output
+    assert "NOT RECORDED" in output
+    junit = (pytester.path / "j.xml").read_text()
+    assert 'name="llmperf.invalid"' in junit
+    entry = (pytester.path / "baselines" / "cpu-default" / "test_a_repeated_prompt_set_is_flagged_left_out_and_not_recorded.yaml")
+    text = entry.read_text() if entry.exists() else ""
+    assert text.count("median_ttft_ms") <= 1  # only the cold first run could be recorded
+
+
+def test_cached_runs_are_inconclusive_against_a_baseline(pytester: pytest.Pytester, sim: str) -> None:
+    pytester.makepyfile(REPEATS.replace("repeats=3", "repeats=2"))
+    result, _ = run(pytester, sim, "--llmperf-update")
+    result.assert_outcomes(passed=1)
+    pytester.makeconftest(SAME_PROMPTS_CONFTEST)
+    # First session with the same prompts warms the cache; the next one is served from it.
+    run(pytester, sim)
+    result, document = run(pytester, sim, "-W", "ignore::pytest_llmperf.fixtures.LLMPerfInconclusive")
+    verdict = document["results"][0]["verdict"]
+    assert verdict["status"] == "INCONCLUSIVE", verdict
+    assert "prefix cache" in verdict["reason"]
+    assert any("left out of the verdict" in note for note in document["results"][0]["notes"])
+
+
+def test_a_shared_prefix_is_measured_as_sharing(pytester: pytest.Pytester, sim: str) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.perf(input_len=96, output_len=8, prefix_len=64, num_prompts=16, concurrency=2, repeats=2)
+        def test_shared(llmperf):
+            llmperf.run()
+        """
+    )
+    result, document = run(pytester, sim, "--llmperf-update")
+    result.assert_outcomes(passed=1)
+    first, second = runs_of(document)
+    for summary in (first, second):
+        assert summary["prefix_sharing"] is True
+        assert summary["invalid_reasons"] == []
+        # Every prompt after the first of a run finds the 64 shared tokens (4 blocks of 16) in the cache.
+        assert summary["cached_prompt_tokens"] >= 64 * 14, summary["cached_prompt_tokens"]
+    # A new prefix per run: the second run's first prompts did not find the first run's prefix.
+    assert second["cached_prompt_tokens"] <= 64 * 15
+
+
+def test_unknown_cache_use_is_none_not_zero(pytester: pytest.Pytester, start_sim: type) -> None:
+    url = start_sim(*SIM_ARGS, "--no-prefix-cache").url
+    pytester.makepyfile(REPEATS.replace("repeats=3", "repeats=1"))
+    result, document = run(pytester, url)
+    summary = runs_of(document)[0]
+    assert summary["cached_prompt_tokens"] is None
+    assert summary["cached_prompt_fraction"] is None
+    assert summary["cached_prompt_source"].startswith("unknown")
+
+
+def test_scaled_runs_say_so_in_the_table(pytester: pytest.Pytester, sim: str) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.perf(input_len=640, output_len=40, num_prompts=40, concurrency=1, repeats=1)
+        def test_scaled(llmperf):
+            result = llmperf.run()
+            assert result.workload.num_prompts == 8  # at least 8 requests per run, however small the scale
+            assert result.workload.input_len == 32
+        """
+    )
+    result, _ = run(pytester, sim, "--llmperf-scale=0.05")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*scaled ×0.05 (--llmperf-scale=1 to run as written)*"])
+
