@@ -85,6 +85,7 @@ class RunRow:
     source: str
     median_ttft_ms: float | None
     invalid: bool
+    foreign_cpu: float | None  # share of the server's cores that other processes used during the run
 
 
 @contextlib.contextmanager
@@ -126,7 +127,9 @@ def run_session(url: str, mode: str, runs: int, workdir: Path, session: int) -> 
     argv += [f"--llmperf-baselines={workdir / 'baselines'}", f"--llmperf-json={out}", "--llmperf-scale=1"]
     done = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=900)
     if not out.is_file():
-        raise SystemExit(f"pytest wrote no JSON (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
+        raise SystemExit(
+            f"pytest wrote no JSON (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}"
+        )
     document = json.loads(out.read_text())
     runs_found: list[dict[str, Any]] = document["results"][0]["runs"]
     return runs_found
@@ -149,6 +152,7 @@ def measure(target: str, mode: str, sessions: int, runs: int) -> list[RunRow]:
                         source=str(summary.get("cached_prompt_source")),
                         median_ttft_ms=summary.get("median_ttft_ms"),
                         invalid=bool(summary.get("invalid_reasons")),
+                        foreign_cpu=(summary.get("disturbance") or {}).get("foreign_cpu_fraction"),
                     )
                 )
     return rows
@@ -166,8 +170,9 @@ def report(rows: list[RunRow], args: argparse.Namespace) -> str:
         f"{args.runs} runs against a server attached by URL. TTFT ratio: median TTFT / that of the first run of "
         "session 1 (same target and mode).",
         "",
-        "| target | mode | session | run | cached prompt tokens | fraction | source | median TTFT ms | ratio | flagged |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| target | mode | session | run | cached prompt tokens | fraction | source | median TTFT ms | ratio "
+        "| flagged | other processes on the server's cores |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     first: dict[tuple[str, str], float | None] = {}
     for r in rows:
@@ -176,9 +181,10 @@ def report(rows: list[RunRow], args: argparse.Namespace) -> str:
         ratio = f"{r.median_ttft_ms / base:.2f}" if r.median_ttft_ms and base else "—"
         fraction = "—" if r.cached_fraction is None else f"{r.cached_fraction:.1%}"
         ttft = "—" if r.median_ttft_ms is None else f"{r.median_ttft_ms:.1f}"
+        foreign = "—" if r.foreign_cpu is None else f"{r.foreign_cpu:.0%}"
         lines.append(
             f"| {r.target} | {r.mode} | {r.session} | {r.run} | {r.cached_tokens} | {fraction} | {r.source} | "
-            f"{ttft} | {ratio} | {'invalid' if r.invalid else ''} |"
+            f"{ttft} | {ratio} | {'invalid' if r.invalid else ''} | {foreign} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -239,6 +239,7 @@ class LLMPerf:
             settled = self._session.settle(endpoint, other) if other is not None else {}
             before = servermetrics.scrape(endpoint)
             progress = self._progress(label)
+            monitor = self._disturbance_monitor(endpoint)
             try:
                 result = runner.measure(
                     spec.workload,
@@ -259,6 +260,9 @@ class LLMPerf:
                 if progress is not None:
                     progress.close()
             after = servermetrics.scrape(endpoint) if before is not None else None
+            deltas = servermetrics.deltas(before, after) if before is not None and after is not None else None
+            if monitor is not None:
+                result.summary["disturbance"] = _stop_monitor(monitor, result, deltas)
         result.summary["measurement_lock_wait_s"] = slot["wait_s"]
         result.summary.update(settled)
         if (settled.get("ab_idle_wait_s") or 0.0) >= IDLE_TIMEOUT_S:
@@ -266,11 +270,21 @@ class LLMPerf:
                 f"the other A/B server still reported busy requests after {IDLE_TIMEOUT_S:g} s: this run may "
                 "overlap its tail"
             )
-        deltas = servermetrics.deltas(before, after) if before is not None and after is not None else None
         if deltas is not None:
             result.summary["server_metrics"] = deltas
         _account_prompt_cache(result, deltas)
         return result
+
+    def _disturbance_monitor(self, endpoint: Endpoint) -> Any:
+        """A started monitor of what else uses the server's resources during the run (None when switched off)."""
+        if not self._session.settings.environment_guard:
+            return None
+        from pytest_llmperf.disturbance import DisturbanceMonitor
+
+        pid, cores, gpus = self._session.server_watch(endpoint)
+        monitor = DisturbanceMonitor(server_pid=pid, server_cpus=cores, gpu_indices=gpus)
+        monitor.start()
+        return monitor
 
     def _progress(self, label: str = "") -> LiveProgress | None:
         """Live progress on a terminal (never on xdist workers, whose output goes to the controller)."""
@@ -363,6 +377,17 @@ class LLMPerf:
 
 class LLMPerfInconclusive(UserWarning):
     """A perf test whose verdict stayed open within its run budget (``--llmperf-inconclusive=warn``)."""
+
+
+def _stop_monitor(monitor: Any, result: Result, deltas: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's disturbance figures, with what this run sent so the server's counters can show foreign load."""
+    sent = [r for r in (*result.run.warmup_records, *result.run.records) if r.status is not None]
+    prompt_tokens = sum(r.prompt_tokens if r.prompt_tokens else r.input_len for r in sent)
+    found = monitor.stop(
+        counter_deltas=deltas["counters"] if deltas else None, sent_requests=len(sent), sent_prompt_tokens=prompt_tokens
+    )
+    data: dict[str, Any] = found.as_dict()
+    return data
 
 
 def _account_prompt_cache(result: Result, deltas: dict[str, Any] | None) -> None:

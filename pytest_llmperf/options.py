@@ -8,15 +8,28 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from pytest_llmperf.spec import AB_ORDERS, COMPAT_MODES
+from pytest_llmperf.spec import AB_ORDERS, COMPAT_MODES, is_url, redact_url
 
 API_KEY_ENV = "LLMPERF_API_KEY"
+# One directory-name component, as baseline.py's _PAIR_PART: the pair is "<hardware>-<precision>", so "-"
+# is the joint and neither part may hold it (nor "/" or "..", which would leave the baseline root).
+_PAIR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+]*")
+_URL_EXAMPLE = "http://127.0.0.1:8000"
+
+
+class LLMPerfConfigWarning(UserWarning):
+    """An option that does not stop the run but probably does not do what was meant (an unset key variable)."""
+
+
+HEADER_WARNINGS = pytest.StashKey[list[str]]()  # warnings the user's filters made errors, shown in the header
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -46,9 +59,14 @@ class Settings:
     compare_order: str
     compare_pause_s: float
     busy_poll: bool
+    environment_guard: bool = True  # a REGRESSION seen while something disturbed the server is INCONCLUSIVE
 
-    def __repr__(self) -> str:  # never show the key
-        return f"Settings(endpoint={self.endpoint!r}, server={self.server!r}, model={self.model!r}, ...)"
+    def __repr__(self) -> str:  # never show the key, nor credentials in a URL
+        endpoint = None if self.endpoint is None else redact_url(self.endpoint)
+        compare = None if self.compare is None else redact_url(self.compare)
+        return (
+            f"Settings(endpoint={endpoint!r}, server={self.server!r}, model={self.model!r}, compare={compare!r}, ...)"
+        )
 
 
 _OPTIONS: tuple[tuple[str, str, str], ...] = (
@@ -58,8 +76,8 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("compat", "MODE", "Metric semantics: vllm (default) or sglang"),
     ("tokenizer", "PATH", "Local tokenizer.json for exact prompt lengths. Default: the server's /tokenize"),
     ("ready-timeout", "SECONDS", "How long to wait for an attached server to answer. Default: 30"),
-    ("hardware", "ID", "Hardware id of the baseline pair, e.g. h200x8. Default: detected"),
-    ("precision", "ID", "Precision id of the baseline pair, e.g. fp8"),
+    ("hardware", "ID", "Hardware id of the baseline pair, e.g. h200x8 (letters, digits, . _ +). Default: detected"),
+    ("precision", "ID", "Precision id of the baseline pair, e.g. fp8 or fp8_mtp (letters, digits, . _ +)"),
     ("json", "PATH", "Write the session's results as JSON to PATH"),
     ("report", "PATH", "Write a self-contained HTML report with plots to PATH"),
     ("gpus", "N", "GPUs behind the endpoint, for per-GPU throughput. Default: the profile's, else unknown"),
@@ -69,6 +87,12 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("tolerance", "FRACTION", "Tolerance of every gating metric, e.g. 0.05 for five percent. Default: per metric"),
     ("repeats", "N", "Most runs per perf test while its verdict is open. Default: 5"),
     ("progress", "auto|on|off", "Live progress of each run. Default: auto, on a terminal only"),
+    (
+        "environment-guard",
+        "on|off",
+        "Watch what else uses the server's cores and GPUs (and, remotely, its request counters) during each run; "
+        "a regression seen while they were disturbed is inconclusive, never a failure. Default: on",
+    ),
     (
         "busy-poll",
         "on|off",
@@ -140,9 +164,13 @@ def resolve(config: pytest.Config) -> Settings:
     if compat not in COMPAT_MODES:
         raise pytest.UsageError(f"--llmperf-compat={compat!r}: expected one of {', '.join(COMPAT_MODES)}")
     endpoint = _get(config, "endpoint")
-    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+    if endpoint is not None:
+        _check_url("endpoint", endpoint)
+    server = _get(config, "server")
+    if endpoint is not None and server is not None:
         raise pytest.UsageError(
-            f"--llmperf-endpoint={endpoint!r}: expected an http(s) URL such as http://127.0.0.1:8000"
+            f"--llmperf-endpoint={redact_url(endpoint)} and --llmperf-server={server} cannot be combined: attach "
+            "to a running server or spawn one from a profile, not both (clear an ini value with -o llmperf_server=)"
         )
     timeout_text = _get(config, "ready-timeout") or "30"
     try:
@@ -151,6 +179,7 @@ def resolve(config: pytest.Config) -> Settings:
         ready_timeout_s = -1.0
     if not ready_timeout_s > 0:
         raise pytest.UsageError(f"--llmperf-ready-timeout={timeout_text!r}: expected a number of seconds > 0")
+    hardware, precision = _pair_id(config, "hardware"), _pair_id(config, "precision")
     key_env = config.getoption("llmperf_api_key_env") or API_KEY_ENV
     json_path = _get(config, "json")
     gpus_text = _get(config, "gpus")
@@ -159,7 +188,10 @@ def resolve(config: pytest.Config) -> Settings:
         if not gpus_text.isdigit() or int(gpus_text) < 1:
             raise pytest.UsageError(f"--llmperf-gpus={gpus_text!r}: expected a whole number of GPUs >= 1")
         gpus = int(gpus_text)
-    profiles_path = _get(config, "profiles")
+    profiles_text = _get(config, "profiles")
+    profiles_path = config.rootpath / profiles_text if profiles_text else None
+    if server is not None:
+        _check_profile(server, profiles_text, profiles_path)
     inconclusive = _get(config, "inconclusive") or "warn"
     if inconclusive not in INCONCLUSIVE_CHOICES:
         raise pytest.UsageError(
@@ -173,6 +205,9 @@ def resolve(config: pytest.Config) -> Settings:
     progress = _get(config, "progress") or "auto"
     if progress not in ("auto", "on", "off"):
         raise pytest.UsageError(f"--llmperf-progress={progress!r}: expected auto, on or off")
+    guard_text = _get(config, "environment-guard") or "on"
+    if guard_text not in ("on", "off"):
+        raise pytest.UsageError(f"--llmperf-environment-guard={guard_text!r}: expected on or off")
     busy_poll_text = _get(config, "busy-poll") or "off"
     if busy_poll_text not in ("on", "off"):
         raise pytest.UsageError(f"--llmperf-busy-poll={busy_poll_text!r}: expected on or off")
@@ -181,6 +216,8 @@ def resolve(config: pytest.Config) -> Settings:
     if scale_text != "auto":
         scale = _number(config, "scale", low=0.0, high=1.0 + 1e-9)
     compare = _get(config, "compare")
+    if compare is not None and is_url(compare):
+        _check_url("compare", compare)
     if compare is not None and config.getoption("llmperf_update") is not None:
         raise pytest.UsageError(
             "--llmperf-update cannot be combined with --llmperf-compare: an A/B session judges B against A, "
@@ -196,20 +233,22 @@ def resolve(config: pytest.Config) -> Settings:
         compare_pause_s = math.nan
     if not 0 <= compare_pause_s <= 600:
         raise pytest.UsageError(f"--llmperf-compare-pause={pause_text!r}: expected seconds between 0 and 600")
+    json_out, report_out = _writable(config, "json", json_path), _writable(config, "report", _get(config, "report"))
+    api_key = _api_key(config, "api-key-env", key_env)  # after every usage error: it may warn
     return Settings(
         endpoint=endpoint,
-        server=_get(config, "server"),
+        server=server,
         model=_get(config, "model"),
         compat=compat,
-        api_key=os.environ.get(key_env) or None,
+        api_key=api_key,
         tokenizer=_get(config, "tokenizer"),
         ready_timeout_s=ready_timeout_s,
-        hardware=_get(config, "hardware"),
-        precision=_get(config, "precision"),
-        json_path=_writable(config, "json", json_path),
-        report_path=_writable(config, "report", _get(config, "report")),
+        hardware=hardware,
+        precision=precision,
+        json_path=json_out,
+        report_path=report_out,
         gpus=gpus,
-        profiles_path=config.rootpath / profiles_path if profiles_path else None,
+        profiles_path=profiles_path,
         baselines=config.rootpath / baselines,
         update=config.getoption("llmperf_update"),
         inconclusive=inconclusive,
@@ -218,16 +257,103 @@ def resolve(config: pytest.Config) -> Settings:
         scale=scale,
         progress=progress,
         compare=compare,
-        compare_api_key=_compare_key(config, os.environ.get(key_env) or None),
+        compare_api_key=_compare_key(config, api_key),
         compare_order=compare_order,
         compare_pause_s=compare_pause_s,
         busy_poll=busy_poll_text == "on",
+        environment_guard=guard_text == "on",
     )
 
 
 def _compare_key(config: pytest.Config, a_key: str | None) -> str | None:
     variable = config.getoption("llmperf_compare_api_key_env")
-    return a_key if variable is None else os.environ.get(variable) or None
+    return a_key if variable is None else _api_key(config, "compare-api-key-env", variable)
+
+
+def _api_key(config: pytest.Config, option: str, variable: str) -> str | None:
+    """The key in ``variable``; a variable named on purpose but unset is warned about (the default may be unset)."""
+    key = os.environ.get(variable) or None
+    named = config.getoption("llmperf_" + option.replace("-", "_")) is not None
+    if key is None and named and not hasattr(config, "workerinput"):  # the controller warns once
+        _warn(config, f"--llmperf-{option}={variable}: {variable} is not set (or empty), so requests carry no API key")
+    return key
+
+
+def _warn(config: pytest.Config, message: str) -> None:
+    """A start-up warning in pytest's warnings summary. Where ``filterwarnings = error`` would turn it into a
+    crash of the whole session, it becomes a line of the report header instead: it never stops a run."""
+    try:
+        config.issue_config_time_warning(LLMPerfConfigWarning(message), stacklevel=2)
+    except LLMPerfConfigWarning:
+        config.stash.setdefault(HEADER_WARNINGS, []).append(message)
+
+
+def _check_url(option: str, url: str) -> None:
+    problem = _url_problem(url)
+    if problem is not None:
+        raise pytest.UsageError(
+            f"--llmperf-{option}={redact_url(url)!r}: {problem}; expected an http(s) URL such as {_URL_EXAMPLE}"
+        )
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a server's root URL, or None. Checked at start-up, before any load: the HTTP
+    clients would raise much later, and without naming the option."""
+    if not is_url(url):
+        return "not an http:// or https:// URL"
+    if any(c.isspace() or not c.isprintable() for c in url):  # httpx would quote a space, even in the host
+        return "it contains a space or a control character"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 address
+        return str(exc)
+    authority = parts.netloc.rpartition("@")[2]
+    if not parts.hostname:
+        return "no host name"
+    # The port as written: urlsplit's own check raises with a message that names neither URL nor option.
+    port = authority.rpartition("]")[2] if authority.startswith("[") else authority
+    port = port.partition(":")[2]
+    if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return f"the port {port!r} is not a number from 1 to 65535"
+    import httpx  # only with a URL to check; the plugin's import stays cheap
+
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:  # anything else httpx would refuse at the first request
+        return str(exc)
+    return None
+
+
+def _pair_id(config: pytest.Config, name: str) -> str | None:
+    """A hardware or precision id, which names a baseline directory: refused now, not by every test later."""
+    text = _get(config, name)
+    if text is not None and not _PAIR_ID.fullmatch(text):
+        raise pytest.UsageError(
+            f"--llmperf-{name}={text!r}: use letters, digits, '.', '_' and '+' only, starting with a letter or "
+            "digit (it names the baseline directory <hardware>-<precision>, where '-' joins the two), "
+            "e.g. h200x8 and fp8 or fp8_mtp"
+        )
+    return text
+
+
+def _check_profile(server: str, profiles_text: str | None, profiles_path: Path | None) -> None:
+    """An unknown ``--llmperf-server`` profile is a usage error now, not an error in every perf test."""
+    from pytest_llmperf import profiles
+    from pytest_llmperf.errors import SpecError
+
+    user = None
+    if profiles_path is not None:
+        try:
+            user = profiles.load_profiles(profiles_path)
+        except SpecError as exc:
+            raise pytest.UsageError(f"--llmperf-profiles={profiles_text!r}: {exc}") from None
+    try:
+        profiles.get_profile(server, user)
+    except SpecError as exc:
+        raise pytest.UsageError(
+            f"--llmperf-server={server!r}: {exc} Name that file with --llmperf-profiles=PATH"
+            + (f" (now {profiles_text})." if profiles_text else ".")
+        ) from None
 
 
 def _writable(config: pytest.Config, name: str, text: str | None) -> Path | None:

@@ -39,12 +39,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    warnings = [f"llmperf: warning: {w}" for w in config.stash.get(options.HEADER_WARNINGS, [])]
+    return [*warnings, *_target_lines(config)] or None
+
+
+def _target_lines(config: pytest.Config) -> list[str]:
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
-        return None
+        return []
     s = session.settings
     if s.endpoint is None and s.server is None and s.compare is None:
-        return None
+        return []
     from pytest_llmperf.spec import is_url, redact_url
 
     target = redact_url(s.endpoint) if s.endpoint else f"profile {s.server or 'llamacpp-tiny (embedded default)'}"

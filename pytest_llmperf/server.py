@@ -466,12 +466,20 @@ def _scrub(text: str, api_key: str | None) -> str:
     return text.replace(api_key, "***") if api_key else text
 
 
+def _host_port(url: str) -> str:
+    """``host:port`` of ``url`` for a message; as written when the URL cannot be parsed (a port of 99999)."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    except ValueError:
+        return redact_url(url).partition("://")[2].split("/", 1)[0] or url
+
+
 def _describe_transport_error(exc: Exception, url: str, timeout_s: float) -> str:
     import httpx
 
     shown = redact_url(url)
-    parts = urlsplit(url)
-    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    where = _host_port(url)
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
         return (

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ class ServerChoice:
     """What the user asked for, resolved from options."""
 
     model: str | None
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     ready_timeout_s: float
     gpu_count: int | None
 

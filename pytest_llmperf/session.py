@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -84,6 +85,10 @@ class LLMPerfSession:
         # New per session (and per xdist worker): with the test and the run index it keys each run's prompt
         # contents, so a long-lived server has never seen them (recorded in every summary as prompt_contents).
         self.prompt_nonce = secrets.token_hex(6)
+        # What the disturbance monitor watches per server URL: (pid, cores, GPU indices); see server_watch.
+        self._watch: dict[str, tuple[int | None, list[int] | None, list[int] | None]] = {}
+        self._cores_by_url: dict[str, list[int]] = {}
+        self._devices_by_url: dict[str, str] = {}
 
     # -- process roles and the run directory shared with xdist workers ---------------------------------
 
@@ -228,6 +233,7 @@ class LLMPerfSession:
                 self._spawned = start()
                 endpoint, pinned = self._spawned.endpoint, self._spawned.pinned_cpus
             self._pinned |= set(pinned or ())
+            self._remember_resources(endpoint, pinned, devices)
             self._own_cores()
             self._handle_sigterm()
         self.endpoint_info = endpoint.public_dict()
@@ -271,6 +277,7 @@ class LLMPerfSession:
                     self._compare_spawned = start()
                     endpoint, pinned = self._compare_spawned.endpoint, self._compare_spawned.pinned_cpus
                 self._pinned |= set(pinned or ())
+                self._remember_resources(endpoint, pinned, devices)
             finally:
                 self._own_cores()
         self.compare_info = endpoint.public_dict()
@@ -281,6 +288,32 @@ class LLMPerfSession:
                 "pass --llmperf-model=NAME"
             )
         return endpoint
+
+    def _remember_resources(self, endpoint: Endpoint, cores: list[int] | None, devices: str | None) -> None:
+        if cores:
+            self._cores_by_url[endpoint.url] = list(cores)
+        if devices is not None:
+            self._devices_by_url[endpoint.url] = devices
+
+    def server_watch(self, endpoint: Endpoint) -> tuple[int | None, list[int] | None, list[int] | None]:
+        """What the disturbance monitor can watch of ``endpoint``'s server: its pid (spawned, or found listening
+        on a loopback port), its cores (pinned, else its affinity) and its GPU indices (None: every GPU). A
+        remote server gives (None, None, None): only its /metrics can show foreign load."""
+        if endpoint.url not in self._watch:
+            from pytest_llmperf import disturbance
+
+            pid = endpoint.pid
+            if pid is None and _is_loopback(endpoint.url):
+                port = urlsplit(endpoint.url).port
+                pid = disturbance.find_listening_pid(port) if port else None
+            cores = self._cores_by_url.get(endpoint.url)
+            if cores is None and pid is not None:
+                with contextlib.suppress(OSError):
+                    cores = sorted(os.sched_getaffinity(pid))
+            devices = self._devices_by_url.get(endpoint.url)
+            gpus = [int(d) for d in devices.split(",") if d.strip().isdigit()] if devices else None
+            self._watch[endpoint.url] = (pid, cores, gpus)
+        return self._watch[endpoint.url]
 
     def _own_cores(self) -> None:
         """Keep the load generator off every spawned server's cores (A's, and B's in A/B mode)."""
@@ -554,6 +587,11 @@ class LLMPerfSession:
 
             with open(step_summary, "a", encoding="utf-8") as handle:
                 handle.write(render_step_summary(self.results, pair=self.pair, endpoint=self.endpoint_info))
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 @contextlib.contextmanager

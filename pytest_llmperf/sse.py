@@ -20,11 +20,22 @@ except ImportError:  # pragma: no cover - depends on the environment
     _json_loads = json.loads
 
 EXCERPT_CHARS = 300
-_CHAT_OUTPUT_KEYS = ("content", "reasoning", "reasoning_content", "tool_calls", "function_call")
+_SSE_FIELDS = (b":", b"event:", b"id:", b"retry:")  # lines of an SSE stream that carry no data
+_NDJSON = frozenset({"application/x-ndjson", "application/jsonl", "application/json-seq"})
+# What a non-SSE answer to a streamed request is -> what to check.
+_NOT_SSE_HINTS = {
+    "a JSON body": "it ignored stream=true (a non-streamed completion, or an error sent with status 200); "
+    "check that the endpoint serves OpenAI-compatible streaming",
+    "newline-delimited JSON": "that is a native streaming API, not OpenAI's; point the plugin at the server's "
+    "OpenAI-compatible API",
+    "an HTML page": "a web page, e.g. from a proxy or a login page, stands in front of the server; check the URL",
+}
+_CHAT_OTHER_OUTPUT = ("reasoning", "reasoning_content", "tool_calls", "function_call")  # output besides content
 
 
 class StreamError(Exception):
-    """The stream itself is wrong (malformed, an error chunk, empty, cut short); ``kind`` names the failure."""
+    """The stream itself is wrong (malformed, an error chunk, empty, cut short, not SSE at all); ``kind`` names
+    the failure."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -36,31 +47,63 @@ def excerpt(data: bytes | str) -> str:
     return text[:EXCERPT_CHARS] + ("…" if len(text) > EXCERPT_CHARS else "")
 
 
-def _cumulative_tokens(chunk: dict[str, Any], usage: Any) -> int | None:
-    """Completion tokens so far, when the server says so per chunk.
-
-    vLLM and SGLang send ``usage`` on every chunk with ``continuous_usage_stats``; llama.cpp ignores that
-    option but reports ``timings.predicted_n`` per chunk with ``timings_per_token``.
-    """
-    if usage and isinstance(usage.get("completion_tokens"), int):
-        return int(usage["completion_tokens"])
-    timings = chunk.get("timings")
-    if isinstance(timings, dict) and isinstance(timings.get("predicted_n"), int):
-        return int(timings["predicted_n"])
+def not_sse(media_type: str) -> str | None:
+    """What the answer to a streamed request is when its media type (lower case, no parameters) cannot be an
+    SSE stream, else None. Types that may be a mislabelled stream (text/plain, none) are left to the parser."""
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return "a JSON body"
+    if media_type in _NDJSON:
+        return "newline-delimited JSON"
+    if media_type == "text/html":
+        return "an HTML page"
     return None
 
 
-def _chat_output(choice: dict[str, Any]) -> bool | None:
+def not_sse_error(media_type: str, body: bytes) -> StreamError:
+    """The failure of a streamed request answered with ``body`` of a type :func:`not_sse` refuses."""
+    what = not_sse(media_type) or f"a {media_type} body"
+    hint = _NOT_SSE_HINTS.get(what, "check that the endpoint serves OpenAI-compatible streaming")
+    return StreamError(
+        "not_sse",
+        f"the server answered with {what} (Content-Type: {media_type}), not an SSE stream: {hint}. "
+        f"Body: {excerpt(body.strip())}",
+    )
+
+
+class _Shape(TypeError):
+    """A known key of a chunk holds a value of the wrong type (turned into a ``malformed`` stream)."""
+
+
+def _count(value: Any, name: str) -> int | None:
+    """A token count as the server sent it; None when absent. Anything but an int >= 0 would skew the numbers."""
+    if value is None or (value.__class__ is int and value >= 0):
+        return value
+    raise _Shape(f"{name}={_short(value)} is not a token count")
+
+
+def _string(value: Any, name: str) -> str | None:
+    if value is None or value.__class__ is str:
+        return value
+    raise _Shape(f"{name}={_short(value)} is not a string")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def _chat_output(delta: Any, text: str | None) -> bool | None:
     """True/False when the delta is an output event (with/without text); None when it is not one.
 
     The role-only opening delta is not output; an empty ``content`` without ``role`` is (a special token
     decoded to nothing), as in vLLM.
     """
-    delta = choice.get("delta") or {}
-    for key in _CHAT_OUTPUT_KEYS:
+    if text:
+        return True
+    for key in _CHAT_OTHER_OUTPUT:
         if delta.get(key):
             return True
-    if delta.get("content") == "" and "role" not in delta:
+    if text == "" and "role" not in delta:
         return False
     return None
 
@@ -68,7 +111,7 @@ def _chat_output(choice: dict[str, Any]) -> bool | None:
 class StreamParser:
     """One response body: :meth:`feed` each read, then :meth:`finish` once the body has ended."""
 
-    __slots__ = ("_buffer", "chat", "done", "events", "record")
+    __slots__ = ("_buffer", "_foreign", "chat", "done", "events", "record")
 
     def __init__(self, record: RequestRecord, chat: bool) -> None:
         self.record = record
@@ -76,6 +119,7 @@ class StreamParser:
         self.done = False  # ``data: [DONE]`` seen
         self.events = 0  # output events recorded
         self._buffer = b""  # the unfinished last line
+        self._foreign = b""  # the start of any lines that are not SSE at all, for the message if nothing else came
 
     def feed(self, data: bytes, now: float) -> bool:
         """Take one read that arrived at ``now``; True once ``[DONE]`` has been seen (later bytes are ignored)."""
@@ -102,6 +146,13 @@ class StreamParser:
             self._buffer = b""
         if not self.done:
             if not self.record.event_times_s:
+                if self._foreign:
+                    raise StreamError(
+                        "not_sse",
+                        "the body is not an SSE stream (no 'data:' line): the server ignored stream=true or is not "
+                        "OpenAI-compatible; check that the endpoint serves OpenAI-compatible streaming. Body: "
+                        + excerpt(self._foreign.strip()),
+                    )
                 raise StreamError("empty", "stream closed with no output and no [DONE]")
             raise StreamError("truncated", "stream closed before [DONE]")
         if not self.record.event_times_s:
@@ -112,44 +163,81 @@ class StreamParser:
         if not line.startswith(b"data:"):
             line = line.lstrip()  # rare: indented lines; comments, "event:" and "id:" fields carry nothing
             if not line.startswith(b"data:"):
+                if line.rstrip() and not line.startswith(_SSE_FIELDS) and len(self._foreign) < EXCERPT_CHARS:
+                    self._foreign += line + b"\n"  # e.g. a JSON body: kept for the message
                 return False
         payload = line[5:]  # the JSON parser skips the space after the colon and a CR at the end itself
         if len(payload) < 16 and payload.strip() == b"[DONE]":
             return True
         try:
             chunk = _json_loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON (the stdlib parser)
             raise StreamError("malformed", f"invalid JSON in stream: {excerpt(payload.strip())}") from None
         if not isinstance(chunk, dict):
             raise StreamError("malformed", f"stream chunk is not a JSON object: {excerpt(payload.strip())}")
         if "error" in chunk:
             raise StreamError("stream_error", f"server reported an error mid-stream: {excerpt(payload.strip())}")
-        record = self.record
+        try:
+            self._chunk(chunk, now)
+        except (TypeError, AttributeError, KeyError, IndexError) as exc:
+            # Valid JSON of another shape ({"choices": [null]}, "usage": "lots", ...): this request fails, the
+            # run goes on. Checking every type up front would cost every event; a wrong shape raises by itself.
+            why = str(exc) if isinstance(exc, _Shape) else f"{type(exc).__name__}: {exc}"
+            raise StreamError(
+                "malformed", f"stream chunk of an unexpected shape ({why}): {excerpt(payload.strip())}"
+            ) from None
+        return False
+
+    def _chunk(self, chunk: dict[str, Any], now: float) -> None:
+        """Record one chunk. Everything is read and checked before the record changes, so a chunk that raises
+        (see :meth:`_line`) leaves no partial event behind."""
         usage = chunk.get("usage")
+        prompt_tokens = completion_tokens = cached_tokens = None
+        if usage is not None:
+            prompt_tokens = _count(usage.get("prompt_tokens"), "usage.prompt_tokens")
+            completion_tokens = _count(usage.get("completion_tokens"), "usage.completion_tokens")
+            details = usage.get("prompt_tokens_details")
+            if details is not None:
+                cached_tokens = _count(details.get("cached_tokens"), "usage.prompt_tokens_details.cached_tokens")
+        # vLLM and SGLang send usage on every chunk with continuous_usage_stats; llama.cpp ignores that option
+        # but reports timings.predicted_n per chunk with timings_per_token.
+        cumulative = completion_tokens
+        timings = chunk.get("timings")
+        if timings is not None:
+            predicted = _count(timings.get("predicted_n"), "timings.predicted_n")
+            cumulative = predicted if cumulative is None else cumulative
+        record = self.record
+        response_id = _string(chunk.get("id"), "id") if record.response_id is None else None
         choices = chunk.get("choices")
         if choices:
             choice = choices[0]
-            has_text = _chat_output(choice) if self.chat else True
+            if self.chat:
+                delta = choice.get("delta")
+                text = None if delta is None else delta.get("content")
+            else:
+                delta, text = None, choice.get("text")
+            # Inline, not _string(): this runs for every event.
+            if text is not None and text.__class__ is not str:
+                raise _Shape(f"{'delta.content' if self.chat else 'text'}={_short(text)} is not a string")
+            has_text = True if not self.chat else None if delta is None else _chat_output(delta, text)
+            reason = choice.get("finish_reason")
+            if reason is not None and reason.__class__ is not str:
+                raise _Shape(f"finish_reason={_short(reason)} is not a string")
             if has_text is not None:
                 record.event_times_s.append(now)
-                text = choice.get("delta", {}).get("content") if self.chat else choice.get("text")
                 record.event_has_text.append(bool(text) or (self.chat and has_text))
                 if text:
                     record.output_chars += len(text)
-                if usage or "timings" in chunk:
-                    cumulative = _cumulative_tokens(chunk, usage)
-                    if cumulative is not None:
-                        record.event_cum_tokens.append(cumulative)
+                if cumulative is not None:
+                    record.event_cum_tokens.append(cumulative)
                 self.events += 1
-            reason = choice.get("finish_reason")
             if reason:
                 record.finish_reason = reason
-        if usage:
-            record.prompt_tokens = usage.get("prompt_tokens", record.prompt_tokens)
-            record.completion_tokens = usage.get("completion_tokens", record.completion_tokens)
-            details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict) and details.get("cached_tokens") is not None:
-                record.cached_tokens = details["cached_tokens"]
+        if prompt_tokens is not None:
+            record.prompt_tokens = prompt_tokens
+        if completion_tokens is not None:
+            record.completion_tokens = completion_tokens
+        if cached_tokens is not None:
+            record.cached_tokens = cached_tokens
         if record.response_id is None:
-            record.response_id = chunk.get("id")
-        return False
+            record.response_id = response_id

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf.datasets import COMMON_WORDS, PromptContext, Tokenize
-from pytest_llmperf.errors import SpecError
-from pytest_llmperf.spec import Endpoint, Workload
+from pytest_llmperf.errors import EndpointError, SpecError
+from pytest_llmperf.spec import Endpoint, Workload, redact_url
 
 if TYPE_CHECKING:
     import httpx
@@ -25,7 +25,8 @@ _POOL_TEXT = (
     "weighed every sack before he wrote the number in a heavy book. In winter the wheel froze and the town "
     "waited for spring, telling stories about floods, harvests, weddings and the long road to the city."
 )
-_TIMEOUT_S = 30.0
+_TIMEOUT_S = 30.0  # control-plane calls (/tokenize, /apply-template): quick whatever the model
+_PROBE = "calibrating chat prompt lengths (a 1-token chat request measures what the chat template adds)"
 
 
 def control_client(endpoint: Endpoint) -> httpx.Client:
@@ -88,11 +89,18 @@ def single_token_words(tokenize: Tokenize) -> tuple[str, ...]:
     return whole if len(whole) >= 8 else ()
 
 
-def chat_overhead_tokens(endpoint: Endpoint, tokenize: Tokenize, client: httpx.Client) -> int:
-    """Tokens the chat template adds around one user message, measured with one tiny request."""
+def chat_overhead_tokens(endpoint: Endpoint, tokenize: Tokenize, client: httpx.Client, *, timeout_s: float) -> int:
+    """Tokens the chat template adds around one user message, measured with one tiny request.
+
+    That request is a generation like the workload's own, so the workload's ``request_timeout_s`` bounds it
+    (``timeout_s``, for each wait of the request), not the control plane's 30 s: a slow server still gets
+    measured, and a test that allows each request 5 s never waits 30 s here. A server that cannot answer it
+    fails the test, naming this probe; one that answers without usage counts gets no correction (0).
+    """
     import httpx
 
     content = "hello there"
+    where = f"POST {redact_url(endpoint.base_url)}/v1/chat/completions"
     body = {
         "model": endpoint.model,
         "messages": [{"role": "user", "content": content}],
@@ -103,14 +111,23 @@ def chat_overhead_tokens(endpoint: Endpoint, tokenize: Tokenize, client: httpx.C
     }
     prompt_tokens = None
     try:
-        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        with client.stream("POST", "/v1/chat/completions", json=body, timeout=timeout_s) as response:
             if response.status_code != 200:
                 return 0
             for line in response.iter_lines():
                 if line.startswith("data:") and "usage" in line and line[5:].strip() != "[DONE]":
-                    usage = json.loads(line[5:]).get("usage") or {}
-                    prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
-    except (httpx.HTTPError, ValueError):
+                    chunk = json.loads(line[5:])
+                    usage = chunk.get("usage") if isinstance(chunk, dict) else None
+                    if isinstance(usage, dict):
+                        prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
+    except httpx.TimeoutException:
+        raise EndpointError(
+            f"{_PROBE}: {where} did not answer within the workload's request_timeout_s={timeout_s:g} s; raise "
+            "request_timeout_s if the server is only slow, else check that it is serving"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise EndpointError(f"{_PROBE}: {where} failed: {type(exc).__name__}: {exc}") from None
+    except ValueError:  # an answer that is not the JSON it should be: no correction
         return 0
     if not isinstance(prompt_tokens, int):
         return 0
@@ -168,7 +185,8 @@ def prompt_context(
     if workload.api != "chat":
         return PromptContext(token_pool=pool, tokenize=tokenize, words=words)
     count_chat = None if tokenizer_path else server_chat_counter(endpoint, tokenize, client)
-    overhead = 0 if count_chat else chat_overhead_tokens(endpoint, tokenize, client)
+    timeout_s = workload.request_timeout_s
+    overhead = 0 if count_chat else chat_overhead_tokens(endpoint, tokenize, client, timeout_s=timeout_s)
     return PromptContext(
         token_pool=pool, tokenize=tokenize, chat_overhead_tokens=overhead, count_chat=count_chat, words=words
     )

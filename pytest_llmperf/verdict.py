@@ -73,9 +73,9 @@ __all__ = [
     "DEFAULT_TOLERANCES",
     "GROSS_FACTOR",
     "IMPROVEMENT",
-    "MIN_REQUESTS_PER_RUN",
     "INCONCLUSIVE",
     "METRICS",
+    "MIN_REQUESTS_PER_RUN",
     "NOT_COMPARABLE",
     "NO_BASELINE",
     "PASS",
@@ -384,7 +384,9 @@ def judge(
 
     guard = "; ".join(run_guards(candidate_runs, baseline_runs))
     raw = [
-        _guarded(_measure(d, tol[d.name], d.name in gating_names, candidate_runs, baseline_runs, mode, noise_floor), guard)
+        _guarded(
+            _measure(d, tol[d.name], d.name in gating_names, candidate_runs, baseline_runs, mode, noise_floor), guard
+        )
         for d in METRICS.values()
     ]
     n_claims = sum(1 for r in raw if r.gating and r.p_value is not None)
@@ -431,7 +433,9 @@ def judge_paired(
     guard = "; ".join(run_guards(b_runs, a_runs, candidate="B", reference="A"))
     raw = [
         _guarded(
-            _measure(d, tol[d.name], d.name in gating_names, b_runs, a_runs, mode, stats.DEFAULT_NOISE_FLOOR, paired=True),
+            _measure(
+                d, tol[d.name], d.name in gating_names, b_runs, a_runs, mode, stats.DEFAULT_NOISE_FLOOR, paired=True
+            ),
             guard,
         )
         for d in METRICS.values()

@@ -17,6 +17,7 @@ import gguf  # noqa: F401
 import httpx
 import numpy  # noqa: F401
 import prometheus_client.parser  # noqa: F401
+import psutil  # noqa: F401
 import pytest
 import scipy.stats  # noqa: F401
 import yaml  # noqa: F401
@@ -62,6 +63,18 @@ class SimProcess:
                 self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
+    """pytester with the environment guard off by default (``llmperf_environment_guard = off`` in its ini).
+
+    Under ``-n 2`` the other xdist worker's tests are a real neighbour of every server these tests start, so
+    with the guard on an injected regression would (rightly) read INCONCLUSIVE whenever that worker is busy.
+    Tests of the guard itself pass ``--llmperf-environment-guard=on``, which wins over the ini.
+    """
+    pytester.makeini("[pytest]\nllmperf_environment_guard = off\n")
+    return pytester
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
     [
         ("client_capacity.py", "| scenario | variant | runs | events | client µs/event |"),
         ("fidelity.py", "| conc | metric | n | meas p50 | intended p50 |"),
+        ("prefix_cache.py", "| target | mode | session | run | cached prompt tokens |"),
     ],
-    ids=["client_capacity", "fidelity"],
+    ids=["client_capacity", "fidelity", "prefix_cache"],
 )
 def test_quick_run_prints_its_table(script: str, header: str, tmp_path: Path) -> None:
     results = sorted((BENCHMARKS / "results").glob("*.md"))
@@ -28,7 +29,7 @@ def test_quick_run_prints_its_table(script: str, header: str, tmp_path: Path) ->
         capture_output=True,
         text=True,
         encoding="utf-8",
-        timeout=60,
+        timeout=120,
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 SECRET = "sk-test-0123456789abcdefghijklmnop"
 
@@ -225,3 +228,84 @@ def test_unwritable_output_path_fails_at_start_up(pytester: pytest.Pytester, opt
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{option}='a-file/r.out': cannot write there*"])
     assert "collected" not in result.stdout.str()  # before collection, so before any load
+
+
+def test_url_credentials_stay_out_of_assertion_messages_and_junit(pytester: pytest.Pytester, sim_url: str) -> None:
+    pytester.makepyfile("def test_shows_the_endpoint(llmperf):\n    assert llmperf.endpoint is None\n")
+    junit = pytester.path / "j.xml"
+    secret_url = sim_url.replace("http://", "http://user:pw-s3cret@")
+    result = pytester.runpytest(f"--llmperf-endpoint={secret_url}", f"--junitxml={junit}")
+    result.assert_outcomes(failed=1)
+    assert f"Endpoint(url='{sim_url}'" in result.stdout.str()  # the repr is there, without the credentials
+    for text in (result.stdout.str(), result.stderr.str(), junit.read_text()):
+        assert "s3cret" not in text
+
+
+class _SlowChatServer:
+    """An OpenAI-compatible server whose chat completions take ``delay_s`` and whose ``/tokenize`` ignores
+    ``messages``, so the chat calibration has to probe with a real request. Runs in a thread of its own."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.release = asyncio.Event()
+        app = web.Application()
+
+        async def models(request: web.Request) -> web.Response:
+            return web.json_response({"object": "list", "data": [{"id": "m", "owned_by": "fake"}]})
+
+        async def tokenize(request: web.Request) -> web.Response:
+            body = await request.json()
+            if "messages" in body:
+                raise web.HTTPNotFound()
+            words = str(body.get("prompt") or body.get("content") or "").split()
+            return web.json_response({"tokens": list(range(100, 100 + len(words)))})
+
+        async def chat(request: web.Request) -> web.Response:
+            await request.read()
+            # Released at exit: aiohttp keeps running a handler whose client has gone.
+            await asyncio.wait_for(self.release.wait(), delay_s)
+            return web.json_response({"error": "too late"}, status=503)
+
+        app.router.add_get("/v1/models", models)
+        app.router.add_post("/tokenize", tokenize)
+        app.router.add_post("/v1/chat/completions", chat)
+        self.runner = web.AppRunner(app)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def _start(self) -> str:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        host, port = self.runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.release.set)
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_chat_calibration_waits_no_longer_than_the_workload_allows(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_chat(llmperf):
+            llmperf.run(api="chat", input_len=8, output_len=2, num_prompts=2, request_timeout_s=1)
+        """
+    )
+    with _SlowChatServer(delay_s=25) as url:
+        started = time.monotonic()
+        result = pytester.runpytest(f"--llmperf-endpoint={url}")
+        elapsed = time.monotonic() - started
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*calibrating chat prompt lengths*POST http://127.0.0.1:*/v1/chat/completions did not answer within "
+            "the workload's request_timeout_s=1 s*"
+        ]
+    )
+    assert elapsed < 15  # the control plane's 30 s (before: 30 s, then silently on) is not waited for

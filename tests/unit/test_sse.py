@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import itertools
+import json
 import re
+import threading
+from collections.abc import Awaitable, Callable
 
 import pytest
+from aiohttp import web
 
-from pytest_llmperf.spec import RequestRecord
-from pytest_llmperf.sse import StreamError, StreamParser
+from pytest_llmperf import loadgen
+from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, Workload
+from pytest_llmperf.sse import StreamError, StreamParser, not_sse, not_sse_error
 
 
 def parser(chat: bool = False) -> StreamParser:
@@ -106,3 +114,170 @@ def test_bad_chunks_fail_at_once_with_an_excerpt(line: bytes, kind: str) -> None
         p.feed(line, 1.0)
     assert caught.value.kind == kind
     assert line[6:].strip().decode() in str(caught.value)
+
+
+# Valid JSON of an unexpected shape: each fails its request as malformed instead of raising out of the run.
+ODD_CHUNKS = [
+    '{"choices":[null]}',
+    '{"choices":"x"}',
+    '{"choices":{"0":{"text":"a"}}}',
+    '{"choices":5}',
+    '{"choices":[["a"]]}',
+    '{"choices":[{"text":"a"}],"usage":"lots"}',
+    '{"choices":[{"text":"a"}],"usage":[1]}',
+    '{"choices":[{"text":5}]}',
+    '{"choices":[{"text":["a","b"]}]}',
+    '{"choices":[{"text":"a","finish_reason":3}]}',
+    '{"choices":[{"text":"a"}],"usage":{"prompt_tokens_details":"x"}}',
+    '{"choices":[{"text":"a"}],"usage":{"prompt_tokens_details":{"cached_tokens":"2"}}}',
+    '{"choices":[{"text":"a"}],"usage":{"completion_tokens":"7"}}',
+    '{"choices":[{"text":"a"}],"usage":{"completion_tokens":true}}',
+    '{"choices":[{"text":"a"}],"usage":{"completion_tokens":-1}}',
+    '{"choices":[{"text":"a"}],"usage":{"prompt_tokens":1.5}}',
+    '{"choices":[{"text":"a"}],"timings":"x"}',
+    '{"choices":[{"text":"a"}],"timings":{"predicted_n":"3"}}',
+    '{"id":7,"choices":[{"text":"a"}]}',
+]
+ODD_CHAT_CHUNKS = [
+    '{"choices":[{"delta":[]}]}',
+    '{"choices":[{"delta":"hi"}]}',
+    '{"choices":[{"delta":{"content":5}}]}',
+    '{"choices":[{"delta":{"content":["hi"]}}]}',
+    '{"choices":[{"delta":{"content":"hi"},"finish_reason":{"why":"stop"}}]}',
+]
+
+
+@pytest.mark.parametrize(
+    ("chunk", "chat"), [(c, False) for c in ODD_CHUNKS] + [(c, True) for c in ODD_CHAT_CHUNKS], ids=str
+)
+def test_chunks_of_an_unexpected_shape_fail_the_request_as_malformed(chunk: str, chat: bool) -> None:
+    p = parser(chat)
+    good = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n' if chat else b'data: {"choices":[{"text":"a"}]}\n\n'
+    p.feed(good, 1.0)
+    before = copy.deepcopy(p.record)
+    with pytest.raises(StreamError) as caught:
+        p.feed(f"data: {chunk}\n\n".encode(), 2.0)
+    assert caught.value.kind == "malformed"
+    assert chunk in str(caught.value)  # the excerpt of the chunk
+    # Nothing of the odd chunk was recorded (no half-written event).
+    assert (p.record.event_times_s, p.record.completion_tokens) == (before.event_times_s, before.completion_tokens)
+
+
+def test_a_null_count_keeps_the_one_already_reported() -> None:
+    p = parser()
+    p.feed(text_event("a", usage='{"prompt_tokens":5,"completion_tokens":1}'), 1.0)
+    p.feed(b'data: {"choices":[],"usage":{"prompt_tokens":null,"completion_tokens":null}}\n\n', 2.0)
+    assert (p.record.prompt_tokens, p.record.completion_tokens) == (5, 1)
+
+
+def test_a_json_body_instead_of_a_stream_says_what_came_back() -> None:
+    p = parser()
+    body = b'{"id":"c1","object":"text_completion","choices":[{"text":"hello","finish_reason":"length"}]}'
+    p.feed(body, 1.0)
+    with pytest.raises(StreamError) as caught:
+        p.finish(2.0)
+    assert caught.value.kind == "not_sse"
+    assert "not an SSE stream" in str(caught.value)
+    assert '"text":"hello"' in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("media_type", "what"),
+    [
+        ("application/json", "a JSON body"),
+        ("application/problem+json", "a JSON body"),
+        ("application/x-ndjson", "newline-delimited JSON"),
+        ("text/html", "an HTML page"),
+        ("text/event-stream", None),
+        ("text/plain", None),  # may be a mislabelled stream: left to the parser
+        ("application/octet-stream", None),
+    ],
+)
+def test_media_types_that_cannot_be_a_stream(media_type: str, what: str | None) -> None:
+    assert not_sse(media_type) == what
+
+
+def test_the_not_sse_message_names_the_type_the_body_and_what_to_check() -> None:
+    error = not_sse_error("application/json", b'{"choices":[{"text":"hi"}]}')
+    assert error.kind == "not_sse"
+    assert "Content-Type: application/json" in str(error)
+    assert "ignored stream=true" in str(error)
+    assert '{"choices":[{"text":"hi"}]}' in str(error)
+
+
+# --- through the load generator: a tiny server in a thread of its own (the load generator runs its own loop) ---
+
+Handler = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
+
+
+class _WebServer:
+    """An aiohttp.web server on loopback; ``handler`` gets each request and its number (0-based)."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.count = itertools.count()
+        app = web.Application()
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            await request.read()
+            return await handler(request, next(self.count))
+
+        app.router.add_post("/v1/completions", handle)
+        self.runner = web.AppRunner(app)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def _start(self) -> str:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        host, port = self.runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def run_against(handler: Handler, num_prompts: int = 6) -> list[RequestRecord]:
+    workload = Workload(input_len=4, output_len=3, num_prompts=num_prompts, concurrency=2, per_token_usage=False)
+    prompts = [Prompt(prompt=[1, 2, 3, 4], input_len=4, output_len=3)] * num_prompts
+    with _WebServer(handler) as url:
+        return loadgen.run(workload, Endpoint(url=url, model="m"), prompts).records
+
+
+@pytest.mark.parametrize("odd", ['{"choices":[null]}', '{"choices":[{"text":"b"}],"usage":"lots"}'])
+def test_the_load_generator_fails_only_the_request_with_an_odd_chunk(odd: str) -> None:
+    async def stream(request: web.Request, number: int) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(3):
+            chunk = odd if number == 2 and i == 1 else json.dumps({"id": "r", "choices": [{"text": "a"}]})
+            await response.write(f"data: {chunk}\n\n".encode())
+        usage = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}}
+        await response.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+        await response.write_eof()
+        return response
+
+    records = run_against(stream)
+    assert len(records) == 6
+    failed = [r for r in records if not r.ok]
+    assert [r.error_kind for r in failed] == ["malformed"]
+    assert odd in failed[0].error
+    assert {r.completion_tokens for r in records if r.ok} == {3}
+
+
+def test_a_json_answer_to_a_stream_request_is_not_sse_with_what_came_back() -> None:
+    async def non_streamed(request: web.Request, number: int) -> web.StreamResponse:
+        return web.json_response({"id": "c1", "choices": [{"text": "all at once", "finish_reason": "length"}]})
+
+    records = run_against(non_streamed, num_prompts=2)
+    assert {r.error_kind for r in records} == {"not_sse"}
+    message = records[0].error
+    assert "Content-Type: application/json" in message
+    assert "ignored stream=true" in message
+    assert "all at once" in message
