@@ -62,9 +62,7 @@ def _summary(scale: float, invalid: list[str] | None = None) -> dict[str, Any]:
     }
 
 
-BASELINE = judging.BaselineView(
-    runs=[_summary(f) for f in (0.99, 1.0, 1.01, 1.0, 0.995)], where="b.yaml::t"
-)
+BASELINE = judging.BaselineView(runs=[_summary(f) for f in (0.99, 1.0, 1.01, 1.0, 0.995)], where="b.yaml::t")
 
 
 def _judge(summaries: list[dict[str, Any]]) -> judging.Judgement:

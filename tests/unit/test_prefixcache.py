@@ -70,7 +70,8 @@ def test_unknown_is_none_never_zero() -> None:
 
 def test_usage_wins_over_metrics() -> None:
     use = prefixcache.measure(
-        [record(0, cached=0)], {"vllm:prefix_cache_hits_total": 9.0, "vllm:prefix_cache_queries_total": 10.0},
+        [record(0, cached=0)],
+        {"vllm:prefix_cache_hits_total": 9.0, "vllm:prefix_cache_queries_total": 10.0},
         metrics_known=True,
     )
     assert use.source == "usage"
