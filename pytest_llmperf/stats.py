@@ -29,6 +29,19 @@ Three ways to get the standard error of ``Δ = mean(y_candidate) − mean(y_base
     input is the blocks' log ratios ``d_i = ln(B_i) − ln(A_i)``; ``se = s_d / sqrt(n)``, ``df = n − 1``
     (paired t). Whatever drifts more slowly than a block (the day, the node, a thermal state) cancels in
     ``d_i``, which a stored baseline cannot do.
+``sessions``
+    the baseline's runs carry the pytest session (server start, day) they came from (:func:`compare_sessions`).
+    Runs of one session agree more with each other than with the next session's (on the embedded llama.cpp
+    engine the between-session spread of log TPOT was 5–16 % against 3–11 % within a session), so the
+    candidate's own session offset is unknown and counts against it: a one-way random-effects model in log
+    space, runs nested in sessions. ``se² = σ_s²·(1 + 1/S) + σ_e²·(1/m + h/S)`` with S baseline sessions, m
+    candidate runs, h the mean of 1/runs over the baseline's sessions, σ_e² the within-session variance
+    (pooled over every session with two or more runs, the candidate's included) and σ_s² the between-session
+    variance. With fewer than ``MIN_SESSIONS`` (3) baseline sessions σ_s² cannot be estimated and the documented
+    prior ``SESSION_SD_PRIOR`` (3 % in log units, the top of the 1–3 % day-to-day offsets seen on GPU servers)
+    stands in for it, treated as known; from 3 sessions on the method-of-moments estimate from the spread of the
+    session means is shrunk towards the prior with ``PRIOR_SESSIONS`` (2) pseudo-sessions, so three lucky
+    sessions cannot make the interval narrow. df by Welch–Satterthwaite over the two parts.
 ``noise_floor``
     fewer than 3 baseline runs: one or two runs say nothing trustworthy about run-to-run spread, so the spread
     is ``max(s_pooled, noise_floor)`` (pooled over whatever both sides provide) with
@@ -50,28 +63,40 @@ import scipy.stats as sst  # type: ignore[import-untyped]
 __all__ = [
     "DEFAULT_NOISE_FLOOR",
     "MIN_BASELINE_RUNS",
+    "MIN_SESSIONS",
     "MIN_SIGMA",
+    "PRIOR_SESSIONS",
+    "SESSION_SD_PRIOR",
     "LogComparison",
+    "SessionSpread",
     "blocks_needed",
     "clopper_pearson",
     "compare_log",
     "compare_paired",
+    "compare_sessions",
     "fisher_one_sided",
     "holm",
     "log_values",
     "newcombe_difference",
     "normal_quantile",
     "runs_needed",
+    "session_runs_needed",
+    "sessions_needed",
     "t_quantile",
     "wilson_interval",
 ]
 
-Method = Literal["welch", "pooled", "prediction", "noise_floor", "paired"]
+Method = Literal["welch", "pooled", "prediction", "noise_floor", "paired", "sessions"]
 
 # Run-to-run spread assumed when the baseline has fewer than MIN_BASELINE_RUNS runs: 3 % in log units is the
 # middle of the 2–5 % seen on GPU servers (anchors §0), i.e. deliberately not optimistic.
 DEFAULT_NOISE_FLOOR = 0.03
 MIN_BASELINE_RUNS = 3
+# Between-session spread (log units) assumed while the baseline holds fewer than MIN_SESSIONS sessions, and the
+# weight (in sessions) of that prior once the spread can be estimated. See ``sessions`` in the module doc.
+SESSION_SD_PRIOR = 0.03
+MIN_SESSIONS = 3
+PRIOR_SESSIONS = 2
 # Identical run-level values (a deterministic test double, rounded storage) would make se = 0 and every
 # difference infinitely significant. 1e-4 in log units (0.01 %) is far below any real run-to-run noise.
 MIN_SIGMA = 1e-4
@@ -186,6 +211,78 @@ def compare_log(
     return LogComparison(delta, se, float(df), "welch", sigma, k, m)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionSpread:
+    """The variance components behind a :func:`compare_sessions` comparison (log units)."""
+
+    sessions: int  # baseline sessions
+    sigma_session: float  # between-session SD used (prior, or estimate shrunk towards it)
+    sigma_run: float  # within-session SD used
+    estimated: bool  # False: the prior stood in for the between-session SD
+    sigma_session_estimate: float | None  # the data's own estimate (None with fewer than MIN_SESSIONS)
+
+
+def session_spread(
+    candidate: Sequence[float],
+    baseline_sessions: Sequence[Sequence[float]],
+    *,
+    prior: float = SESSION_SD_PRIOR,
+    noise_floor: float = DEFAULT_NOISE_FLOOR,
+) -> tuple[SessionSpread, float, float]:
+    """(spread, df of σ_s², df of σ_e²) for :func:`compare_sessions`; ``math.inf`` df marks a value taken as known."""
+    groups = [list(g) for g in baseline_sessions if len(g) > 0]
+    within_ss = math.fsum(_mean_var(g)[1] * (len(g) - 1) for g in [*groups, list(candidate)] if len(g) > 1)
+    within_df = sum(len(g) - 1 for g in [*groups, list(candidate)] if len(g) > 1)
+    if within_df > 0:
+        sigma_e, df_e = max(math.sqrt(within_ss / within_df), MIN_SIGMA), float(within_df)
+    else:  # every session has one run: no run-to-run spread to be seen, the noise floor stands in
+        sigma_e, df_e = max(noise_floor, MIN_SIGMA), math.inf
+    if sum(len(g) for g in groups) < MIN_BASELINE_RUNS and sigma_e < noise_floor:
+        # One or two baseline runs say nothing trustworthy about run-to-run spread (as in compare_log).
+        sigma_e, df_e = noise_floor, math.inf
+    s = len(groups)
+    if s < MIN_SESSIONS:
+        spread = SessionSpread(s, max(prior, MIN_SIGMA), sigma_e, False, None)
+        return spread, math.inf, df_e
+    means = [math.fsum(g) / len(g) for g in groups]
+    _, var_means = _mean_var(means)
+    h = math.fsum(1 / len(g) for g in groups) / s
+    estimate = max(0.0, var_means - sigma_e**2 * h)
+    shrunk = (PRIOR_SESSIONS * prior**2 + (s - 1) * estimate) / (PRIOR_SESSIONS + s - 1)
+    spread = SessionSpread(s, max(math.sqrt(shrunk), MIN_SIGMA), sigma_e, True, math.sqrt(estimate))
+    return spread, float(PRIOR_SESSIONS + s - 1), df_e
+
+
+def compare_sessions(
+    candidate: Sequence[float],
+    baseline_sessions: Sequence[Sequence[float]],
+    *,
+    prior: float = SESSION_SD_PRIOR,
+    noise_floor: float = DEFAULT_NOISE_FLOOR,
+) -> tuple[LogComparison, SessionSpread]:
+    """Candidate runs of one (new) session against baseline runs grouped by their session; see ``sessions`` in
+    the module doc. The baseline mean is the mean of its session means, so a session with many runs does not
+    outweigh the others."""
+    groups = [list(g) for g in baseline_sessions if len(g) > 0]
+    m = len(candidate)
+    if m < 1 or not groups:
+        raise ValueError(f"need at least one candidate run and one baseline session (got m={m}, S={len(groups)})")
+    spread, df_s, df_e = session_spread(candidate, groups, prior=prior, noise_floor=noise_floor)
+    s = len(groups)
+    h = math.fsum(1 / len(g) for g in groups) / s
+    mean_b = math.fsum(math.fsum(g) / len(g) for g in groups) / s
+    delta = math.fsum(candidate) / m - mean_b
+    part_s = spread.sigma_session**2 * (1 + 1 / s)
+    part_e = spread.sigma_run**2 * (1 / m + h / s)
+    se = math.sqrt(part_s + part_e)
+    denominator = (part_s**2 / df_s if math.isfinite(df_s) else 0.0) + (
+        part_e**2 / df_e if math.isfinite(df_e) else 0.0
+    )
+    df = (part_s + part_e) ** 2 / denominator if denominator > 0 else math.inf
+    k = sum(len(g) for g in groups)
+    return LogComparison(delta, se, df, "sessions", spread.sigma_run, k, m), spread
+
+
 def compare_paired(log_ratios: Sequence[float]) -> LogComparison:
     """Paired comparison of B with A from per-block log ratios ``ln(B_i / A_i)`` (n ≥ 2 blocks): paired t.
 
@@ -248,6 +345,44 @@ def runs_needed(sigma: float, k: int, margin: float, *, alpha: float, power: flo
     z = normal_quantile(1.0 - alpha) + normal_quantile(power)
     bracket = (margin / (z * max(sigma, MIN_SIGMA))) ** 2 - 1.0 / k
     return 1.0 / bracket if bracket > 0 else math.inf
+
+
+def session_runs_needed(
+    sigma_run: float,
+    sigma_session: float,
+    sessions: int,
+    baseline_runs: int,
+    margin: float,
+    *,
+    alpha: float,
+    power: float = 0.8,
+) -> float:
+    """Candidate runs m (in total) of one new session so that ``margin`` gets decided under the session model.
+
+    ``(z_{1−α} + z_{power})² · (σ_s²(1 + 1/S) + σ_e²(1/m + h/S)) ≤ margin²`` with h ≈ S / runs. More runs only
+    shrink the within-session part: ``math.inf`` when the between-session part alone is too wide, and then
+    only more baseline sessions (see :func:`sessions_needed`), a wider tolerance or A/B mode can decide.
+    """
+    if margin <= 0 or sessions < 1:
+        return math.inf
+    z = normal_quantile(1.0 - alpha) + normal_quantile(power)
+    h = sessions / max(baseline_runs, 1)
+    room = (margin / z) ** 2 - sigma_session**2 * (1 + 1 / sessions) - sigma_run**2 * h / sessions
+    return sigma_run**2 / room if room > 0 else math.inf
+
+
+def sessions_needed(
+    sigma_run: float, sigma_session: float, runs_per_session: float, margin: float, *, alpha: float, power: float = 0.8
+) -> float:
+    """Baseline sessions S (in total) so that a candidate session of ``runs_per_session`` runs could decide
+    ``margin``, if the between-session SD stays ``sigma_session``; ``math.inf`` when even infinitely many
+    cannot (the candidate's own session offset is then wider than the margin: use A/B mode)."""
+    if margin <= 0:
+        return math.inf
+    z = normal_quantile(1.0 - alpha) + normal_quantile(power)
+    per_session = sigma_session**2 + sigma_run**2 / max(runs_per_session, 1.0)
+    room = (margin / z) ** 2 - per_session
+    return per_session / room if room > 0 else math.inf
 
 
 def clopper_pearson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

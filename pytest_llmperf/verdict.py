@@ -232,6 +232,11 @@ class MetricVerdict:
     bound: float = 0.0
     min_effect: float = 0.0
     sigma: float | None = None
+    # Stored-baseline comparisons model runs nested in sessions (stats.compare_sessions): the baseline's session
+    # count and the between-session SD used; ``session_prior`` when the documented prior stood in for it.
+    sessions_baseline: int | None = None
+    sigma_session: float | None = None
+    session_prior: bool = False
     # Pooled request counts behind an error-rate comparison (None for ratio metrics).
     requests_candidate: int | None = None
     requests_baseline: int | None = None
@@ -348,6 +353,7 @@ def judge(
     looks: int = 1,
     compat: str | None = None,
     noise_floor: float = stats.DEFAULT_NOISE_FLOOR,
+    session_prior: float = stats.SESSION_SD_PRIOR,
     hard_diffs: Sequence[str] = (),
     soft_diffs: Sequence[str] = (),
     where: str = "",
@@ -385,7 +391,17 @@ def judge(
     guard = "; ".join(run_guards(candidate_runs, baseline_runs))
     raw = [
         _guarded(
-            _measure(d, tol[d.name], d.name in gating_names, candidate_runs, baseline_runs, mode, noise_floor), guard
+            _measure(
+                d,
+                tol[d.name],
+                d.name in gating_names,
+                candidate_runs,
+                baseline_runs,
+                mode,
+                noise_floor,
+                session_prior=session_prior,
+            ),
+            guard,
         )
         for d in METRICS.values()
     ]
@@ -590,6 +606,7 @@ def _measure(
     noise_floor: float,
     *,
     paired: bool = False,
+    session_prior: float = stats.SESSION_SD_PRIOR,
 ) -> MetricVerdict:
     """Everything but the status (which needs the family-adjusted p-values). ``paired``: ``cand[i]`` and
     ``base[i]`` are B and A of block i (A/B mode), compared by their per-block log ratios."""
@@ -626,17 +643,26 @@ def _measure(
         return MetricVerdict(status=INCONCLUSIVE, reason=f"{d.label} not measured: {side} {why}", futile=True, **common)
 
     sign = 1.0 if d.direction == "lower" else -1.0
+    session_fields: dict[str, Any] = {}
     if paired:
         ratios = [c - b for c, b in zip(stats.log_values(c_vals), stats.log_values(b_vals), strict=True)]
         cmp = stats.compare_paired(ratios)
     else:
-        cmp = stats.compare_log(stats.log_values(c_vals), stats.log_values(b_vals), noise_floor=noise_floor)
+        groups = _by_session(base, stats.log_values(b_vals))
+        cmp, spread = stats.compare_sessions(
+            stats.log_values(c_vals), groups, prior=session_prior, noise_floor=noise_floor
+        )
+        session_fields = {
+            "sessions_baseline": spread.sessions,
+            "sigma_session": spread.sigma_session,
+            "session_prior": not spread.estimated,
+        }
     effect = sign * cmp.delta
     up, lo = cmp.upper(PASS_ALPHA), cmp.lower(PASS_ALPHA)
     effect_upper, effect_lower = (up, lo) if sign > 0 else (-lo, -up)
     # Raw candidate/baseline ratio and its interval, whatever the direction.
     ratio_lo, ratio_hi = math.exp(lo), math.exp(up)
-    gross = cmp.method == "noise_floor"
+    gross = not paired and k < stats.MIN_BASELINE_RUNS
     return MetricVerdict(
         status=INCONCLUSIVE,
         reason="",
@@ -652,8 +678,18 @@ def _measure(
         effect_lower=effect_lower,
         effect_upper=effect_upper,
         sigma=cmp.sigma,
+        **session_fields,
         **{**common, "min_effect": bound * GROSS_FACTOR if gross else bound},
     )
+
+
+def _by_session(runs: Sequence[Mapping[str, Any]], values: Sequence[float]) -> list[list[float]]:
+    """``values`` (aligned with ``runs``) grouped by the runs' ``session``, in order of first appearance. Runs
+    recorded before sessions were kept carry none and form one group: nothing says they came from several."""
+    groups: dict[str, list[float]] = {}
+    for run, value in zip(runs, values, strict=True):
+        groups.setdefault(str(run.get("session") or ""), []).append(value)
+    return list(groups.values())
 
 
 def _counts(runs: Sequence[Mapping[str, Any]]) -> tuple[int, int] | str:
@@ -808,6 +844,8 @@ def _plan(r: MetricVerdict, alpha: float, family: int) -> tuple[int | None, bool
         total, note = _runs_needed(r, margin, level, 0.5), " for even odds"
     if math.isinf(total) and r.reference == "A":
         return None, True, "more A/B blocks cannot decide it: widen the tolerance"
+    if math.isinf(total) and r.method == "sessions":
+        return None, True, _sessions_plan(r, margin, level)
     if math.isinf(total):
         what = "baseline runs" if r.scale == "ratio" else "baseline requests"
         return None, True, f"more candidate runs cannot decide it: record more {what} or widen the tolerance"
@@ -816,10 +854,40 @@ def _plan(r: MetricVerdict, alpha: float, family: int) -> tuple[int | None, bool
     return more, False, f"≈{more} more {unit} needed{note}"
 
 
+def _sessions_plan(r: MetricVerdict, margin: float, level: float) -> str:
+    """Why more candidate runs cannot help under the session model, and what would."""
+    assert r.sigma is not None and r.sigma_session is not None and r.sessions_baseline
+    runs_per_session = max(r.runs_candidate, r.runs_baseline / r.sessions_baseline)
+    total = stats.sessions_needed(r.sigma, r.sigma_session, runs_per_session, margin, alpha=level, power=POWER)
+    spread = f"between-session spread {r.sigma_session:.1%}" + (" (prior)" if r.session_prior else "")
+    if r.session_prior:
+        more = stats.MIN_SESSIONS - r.sessions_baseline
+        return (
+            f"more candidate runs cannot decide it: the baseline holds {r.sessions_baseline} session(s), so a "
+            f"{spread} is assumed; ≈{more} more baseline session(s) would let it be measured (add one per day "
+            "with --llmperf-update), or use A/B mode (--llmperf-compare), which cancels it"
+        )
+    if math.isinf(total):
+        return (
+            f"more runs cannot decide it: the {spread} alone is wider than the tolerance allows, however many "
+            "sessions the baseline holds; widen the tolerance or use A/B mode (--llmperf-compare), which cancels it"
+        )
+    more = max(1, math.ceil(total) - r.sessions_baseline)
+    return (
+        f"more candidate runs cannot decide it ({spread}): ≈{more} more baseline session(s) would "
+        f"(it holds {r.sessions_baseline}; add one per day with --llmperf-update), or use A/B mode"
+    )
+
+
 def _runs_needed(r: MetricVerdict, margin: float, level: float, power: float) -> float:
     if r.method == "paired":
         assert r.sigma is not None
         return stats.blocks_needed(r.sigma, margin, alpha=level, power=power)
+    if r.method == "sessions":
+        assert r.sigma is not None and r.sigma_session is not None and r.sessions_baseline
+        return stats.session_runs_needed(
+            r.sigma, r.sigma_session, r.sessions_baseline, r.runs_baseline, margin, alpha=level, power=power
+        )
     if r.scale == "ratio":
         assert r.sigma is not None
         return stats.runs_needed(r.sigma, r.runs_baseline, margin, alpha=level, power=power)
@@ -875,6 +943,13 @@ def _assemble(
         reason = "; ".join(f"{x.status}: {x.reason}" for x in notable)
     if not ab and k < stats.MIN_BASELINE_RUNS:
         reason += f" [baseline has only {k} run(s): noise floor used; record more with --llmperf-update]"
+    sessions = next((x.sessions_baseline for x in gating if x.sessions_baseline), None)
+    if not ab and sessions is not None and sessions < stats.MIN_SESSIONS:
+        reason += (
+            f" [baseline from {sessions} session(s): the between-session spread cannot be estimated before "
+            f"{stats.MIN_SESSIONS}, so {stats.SESSION_SD_PRIOR:.0%} is assumed; a baseline grows strong by "
+            "--llmperf-update on several days]"
+        )
     hint = UPDATE_HINT if status == IMPROVEMENT and not ab else ""
     if status == INCONCLUSIVE:
         needs = [x.more_runs for x in gating if x.status == INCONCLUSIVE and x.more_runs is not None]
