@@ -13,10 +13,17 @@ e.g. ``test_sweep[8]`` or ``TestChat::test_long``) and a file-level ``schema_ver
                             soft keys (engine, engine_version, server_command_hash, plugin_version,
                             git_commit, date) are shown when they differ (date never: it always does)
     raw_sidecar:            file name of the .npz next to the YAML, or null
-    runs:                   up to k (default 10) run-level summaries, oldest first: run_id, recorded_at, n,
-                            request counts and the run-level statistics verdicts and reports use
-                            (6 significant digits)
-    schema_version:         the entry's format version
+    runs:                   the current epoch's runs of the newest ``keep_sessions`` (default 5) pytest
+                            sessions, at most ``keep`` (default 50), oldest first: run_id, recorded_at,
+                            session (the pytest session, i.e. server start, that measured it), n, request
+                            counts and the run-level statistics verdicts and reports use (6 significant digits)
+    epoch:                  which epoch ``runs`` belong to (1, 2, ...): a new one starts when the engine
+                            version, the server command (without its port) or the plugin version changes,
+                            or when an update's runs differ from the stored ones by the verdict
+    previous_epochs:        up to 3 earlier epochs, oldest first: epoch, ended_at, reason, fingerprint, runs
+                            (kept for reviewers and history; never compared with)
+    schema_version:         the entry's format version (2; version 1 files, without sessions and epochs, are
+                            read as one session of epoch 1 and rewritten as version 2 on the next update)
     workload:               the workload as recorded (for reviewers; the hash is what counts)
     workload_hash:          stable hash of the workload dict
 
@@ -59,20 +66,29 @@ from pytest_llmperf.errors import BaselineError
 
 __all__ = [
     "DEFAULT_KEEP",
+    "DEFAULT_KEEP_SESSIONS",
+    "EPOCH_KEYS",
     "HARD_KEYS",
     "SCHEMA_VERSION",
     "SOFT_KEYS",
     "BaselineEntry",
     "BaselineStore",
     "Fingerprint",
+    "command_hash",
     "compare_fingerprint",
     "reduce_summary",
     "stable_hash",
     "workload_hash",
 ]
 
-SCHEMA_VERSION = 1
-DEFAULT_KEEP = 10
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+DEFAULT_KEEP = 50
+DEFAULT_KEEP_SESSIONS = 5
+MAX_PREVIOUS_EPOCHS = 3
+# Soft keys whose change starts a new epoch: another engine build, server command or plugin measures another
+# thing, and pooling its runs with the old ones would mix two distributions (TPOT 8.8 and 3.0 ms in one pool).
+EPOCH_KEYS: tuple[str, ...] = ("engine_version", "server_command_hash", "plugin_version")
 HARD_KEYS: tuple[str, ...] = ("hardware", "precision", "model", "workload_hash")
 SOFT_KEYS: tuple[str, ...] = ("engine", "engine_version", "server_command_hash", "plugin_version", "git_commit", "date")
 LOCK_TIMEOUT_S = 120.0
@@ -113,8 +129,11 @@ _RUN_SCALARS = frozenset(
         "max_concurrent_requests",
     }
 )
-_RUN_TEXT = frozenset({"run_id", "recorded_at", "compat_mode"})
-_ENTRY_KEYS = frozenset({"fingerprint", "raw_sidecar", "runs", "schema_version", "workload", "workload_hash"})
+_RUN_TEXT = frozenset({"run_id", "recorded_at", "compat_mode", "session"})
+_ENTRY_KEYS = frozenset(
+    {"epoch", "fingerprint", "previous_epochs", "raw_sidecar", "runs", "schema_version", "workload", "workload_hash"}
+)
+_EPOCH_KEYS = frozenset({"epoch", "ended_at", "reason", "fingerprint", "runs"})
 _PAIR_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+]*$")
 _SIDECAR_NAME = re.compile(r"^[A-Za-z0-9_.+-]+\.npz$")
 
@@ -139,6 +158,15 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 # Workload fields added after baselines were first recorded, with their defaults: a field at its default is left
 # out of the hash, so entries recorded before it existed stay comparable; any other value counts as usual.
 _LATER_FIELD_DEFAULTS: dict[str, Any] = {"prefix_reuse": False}
+
+
+def command_hash(argv: Sequence[str], port: int | None) -> str:
+    """Hash of a server command with its port left out: a spawned server gets a free port each session, and a
+    port is no change of what is measured."""
+    if port is None:
+        return stable_hash(list(argv))
+    text = str(port)
+    return stable_hash([re.sub(rf"(?<![0-9]){text}(?![0-9])", "{port}", arg) for arg in argv])
 
 
 def workload_hash(workload: Mapping[str, Any]) -> str:
@@ -198,10 +226,17 @@ class BaselineEntry:
     runs: tuple[dict[str, Any], ...]
     workload: dict[str, Any] | None = None
     raw_sidecar: str | None = None
+    epoch: int = 1
+    previous_epochs: tuple[dict[str, Any], ...] = ()
 
     @property
     def k(self) -> int:
         return len(self.runs)
+
+    @property
+    def sessions(self) -> int:
+        """Sessions behind ``runs`` (runs of version-1 files, which carry none, count as one)."""
+        return len({str(r.get("session") or "") for r in self.runs})
 
     @property
     def where(self) -> str:
@@ -217,6 +252,8 @@ class BaselineEntry:
             "runs": [dict(r) for r in self.runs],
             "workload": self.workload,
             "raw_sidecar": self.raw_sidecar,
+            "epoch": self.epoch,
+            "previous_epochs": [dict(e) for e in self.previous_epochs],
         }
 
 
@@ -242,6 +279,8 @@ def reduce_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = value
         elif isinstance(value, float):
             out[key] = _round(value) if math.isfinite(value) else None
+    if isinstance(summary.get("session_id"), str):
+        out["session"] = summary["session_id"]
     completed, failed = summary.get("completed"), summary.get("failed")
     if isinstance(completed, int) and isinstance(failed, int):
         out["n"] = completed + failed
@@ -296,12 +335,19 @@ class BaselineStore:
     """
 
     def __init__(
-        self, root: Path | str, *, keep: int = DEFAULT_KEEP, force_hint: str = "--llmperf-update=force"
+        self,
+        root: Path | str,
+        *,
+        keep: int = DEFAULT_KEEP,
+        keep_sessions: int = DEFAULT_KEEP_SESSIONS,
+        force_hint: str = "--llmperf-update=force",
     ) -> None:
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep={keep!r} (expected an int >= 1)")
+        for name, value in (("keep", keep), ("keep_sessions", keep_sessions)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} (expected an int >= 1)")
         self.root = Path(root)
         self.keep = keep
+        self.keep_sessions = keep_sessions
         self.force_hint = force_hint
 
     compare_fingerprint = staticmethod(compare_fingerprint)
@@ -366,8 +412,14 @@ class BaselineStore:
         workload: Mapping[str, Any] | None = None,
         force: bool = False,
         recorded_at: str | None = None,
+        differs: str | None = None,
     ) -> str:
-        """Append ``runs`` (run summaries, oldest first) to the entry, keep the newest k; return what changed.
+        """Append ``runs`` (run summaries, oldest first) to the entry's epoch, keep the runs of its newest
+        ``keep_sessions`` sessions (at most ``keep`` runs); return what changed.
+
+        A new epoch starts instead, and the old runs move to ``previous_epochs``, when a soft key of
+        :data:`EPOCH_KEYS` changed or when ``differs`` (the caller's verdict of the new runs against the stored
+        ones, e.g. "REGRESSION: median TPOT 1.30×") says they differ.
 
         ``raw``: per-run mappings of per-request arrays, aligned with ``runs`` (optional). A hard-key change
         raises :class:`BaselineError` unless ``force``, which then replaces the old runs. An unreadable entry
@@ -386,7 +438,7 @@ class BaselineStore:
         lock = FileLock(str(_lock_path(path)), timeout=LOCK_TIMEOUT_S)
         try:
             with lock:
-                return self._update_locked(path, test_name, fingerprint, runs, raw, workload, force, stamp)
+                return self._update_locked(path, test_name, fingerprint, runs, raw, workload, force, stamp, differs)
         except Timeout as exc:
             raise BaselineError(
                 f"{path}: entry {test_name!r}: could not lock the file within {LOCK_TIMEOUT_S:.0f} s "
@@ -403,6 +455,7 @@ class BaselineStore:
         workload: Mapping[str, Any] | None,
         force: bool,
         stamp: str,
+        differs: str | None = None,
     ) -> str:
         where = f"{path}::{test_name}"
         notes: list[str] = []
@@ -426,6 +479,8 @@ class BaselineStore:
                 notes.append(f"replaced an unreadable entry ({exc.args[0].split(': ', 2)[-1]})")
 
         kept: list[dict[str, Any]] = []
+        epoch = 1
+        previous: list[dict[str, Any]] = []
         if old is not None:
             comparable, hard, soft = compare_fingerprint(old, fingerprint, workload)
             if not comparable and not force:
@@ -434,10 +489,20 @@ class BaselineStore:
                     f"({'; '.join(hard)}). Its {old.k} run(s) are not comparable with the new ones; pass the "
                     f"force option ({self.force_hint}) to replace them"
                 )
+            epoch, previous = old.epoch, [dict(e) for e in old.previous_epochs]
             if comparable:
-                kept = [dict(r) for r in old.runs]
-                if soft:
-                    notes.append("soft keys changed: " + "; ".join(soft))
+                why = _epoch_reason(old.fingerprint, fingerprint, differs)
+                if why:
+                    previous = [*previous, _closed_epoch(old, why, stamp)][-MAX_PREVIOUS_EPOCHS:]
+                    notes.append(
+                        f"new epoch {epoch + 1} ({why}); epoch {epoch}'s {old.k} run(s) kept under previous_epochs"
+                    )
+                    epoch += 1
+                else:
+                    kept = [dict(r) for r in old.runs]
+                soft_shown = [d for d in soft if not any(d.startswith(f"{k}:") for k in EPOCH_KEYS)]
+                if soft_shown:
+                    notes.append("soft keys changed: " + "; ".join(soft_shown))
             else:
                 notes.append(f"hard keys changed, {old.k} old run(s) replaced (forced): " + "; ".join(hard))
 
@@ -447,9 +512,9 @@ class BaselineStore:
             run["run_id"] = uuid.uuid4().hex[:12]
             run["recorded_at"] = stamp
             new_runs.append(run)
-        merged = kept + new_runs
-        dropped = max(0, len(merged) - self.keep)
-        merged = merged[dropped:]
+        merged = _newest_sessions(kept + new_runs, self.keep_sessions)
+        merged = merged[max(0, len(merged) - self.keep) :]
+        dropped = len(kept) + len(new_runs) - len(merged)
 
         sidecar = self._write_sidecar(path, test_name, old, merged, new_runs, raw, notes)
         entry = {
@@ -458,6 +523,8 @@ class BaselineStore:
             "fingerprint": fingerprint.as_dict(),
             "runs": merged,
             "raw_sidecar": sidecar,
+            "epoch": epoch,
+            "previous_epochs": previous,
         }
         if workload is not None:
             entry["workload"] = _plain(workload)
@@ -477,8 +544,13 @@ class BaselineStore:
             head = f"{where}: new entry with {len(merged)} run(s)"
         else:
             head = f"{where}: appended {len(new_runs)} run(s), {len(merged)} kept"
+        sessions = len({str(r.get("session") or "") for r in merged})
+        head += f" from {sessions} session(s)"
         if dropped:
-            head += f" ({dropped} oldest dropped, keeping the newest {self.keep})"
+            head += (
+                f" ({dropped} oldest dropped, keeping the runs of the newest {self.keep_sessions} sessions, "
+                f"at most {self.keep})"
+            )
         return "; ".join([head, *notes])
 
     def _write_sidecar(
@@ -518,6 +590,33 @@ class BaselineStore:
         savez: Any = np.savez_compressed  # its stubs type **kwds as flags, not as the arrays they are
         _atomic_write(path.parent / name, lambda f: savez(f, **arrays))
         return name
+
+
+def _epoch_reason(old: Fingerprint, new: Fingerprint, differs: str | None) -> str:
+    """Why the update's runs start a new epoch ("" when they join the current one)."""
+    before, after = old.as_dict(), new.as_dict()
+    changed = [f"{k}: {_show(before[k])} -> {_show(after[k])}" for k in EPOCH_KEYS if before[k] != after[k]]
+    if differs:
+        changed.append(f"the new runs differ from the stored ones ({differs})")
+    return "; ".join(changed)
+
+
+def _closed_epoch(old: BaselineEntry, reason: str, stamp: str) -> dict[str, Any]:
+    return {
+        "epoch": old.epoch,
+        "ended_at": stamp,
+        "reason": reason,
+        "fingerprint": old.fingerprint.as_dict(),
+        "runs": [dict(r) for r in old.runs],
+    }
+
+
+def _newest_sessions(runs: Sequence[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+    """The runs of the newest ``keep`` sessions (by each session's last run), in their order. Runs without a
+    session (version-1 files) count as one session."""
+    last_seen = {str(r.get("session") or ""): i for i, r in enumerate(runs)}
+    newest = set(sorted(last_seen, key=last_seen.__getitem__)[-keep:])
+    return [r for r in runs if str(r.get("session") or "") in newest]
 
 
 def _numeric_array(values: Sequence[Any]) -> np.ndarray[Any, Any] | None:
@@ -594,9 +693,10 @@ def _read_doc(path: Path, test_name: str) -> dict[str, Any] | None:
             f"{path}: 'schema_version' is missing (the file may be truncated) while reading entry "
             f"{test_name!r}; {_RECORD_HINT}"
         )
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise _SchemaMismatch(
-            f"{path}: schema_version is {version!r} but this pytest-llmperf reads version {SCHEMA_VERSION} "
+            f"{path}: schema_version is {version!r} but this pytest-llmperf reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} "
             f"(entry {test_name!r}): migrate the file, or delete it and re-record with --llmperf-update.",
             version,
         )
@@ -632,10 +732,10 @@ def _validate_entry(raw: Any, path: Path, test_name: str) -> BaselineEntry:
         if key not in raw:
             raise _Problem(f"missing key {key!r}")
     version = raw["schema_version"]
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise _Problem(
-            f"schema_version is {version!r} but this pytest-llmperf reads version {SCHEMA_VERSION} "
-            "(migrate the entry or re-record it)"
+            f"schema_version is {version!r} but this pytest-llmperf reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (migrate the entry or re-record it)"
         )
     whash = raw["workload_hash"]
     if not isinstance(whash, str) or not whash:
@@ -658,6 +758,12 @@ def _validate_entry(raw: Any, path: Path, test_name: str) -> BaselineEntry:
     if not isinstance(runs, list) or not runs:
         raise _Problem("runs must be a non-empty list of run summaries")
     parsed = tuple(_validate_run(i, run) for i, run in enumerate(runs))
+    epoch = raw.get("epoch", 1)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise _Problem(f"epoch is {epoch!r} (expected an int >= 1)")
+    previous = raw.get("previous_epochs") or []
+    if not isinstance(previous, list):
+        raise _Problem(f"previous_epochs is {type(previous).__name__} (expected a list)")
     return BaselineEntry(
         path=path,
         test_name=test_name,
@@ -667,7 +773,25 @@ def _validate_entry(raw: Any, path: Path, test_name: str) -> BaselineEntry:
         runs=parsed,
         workload=workload,
         raw_sidecar=sidecar,
+        epoch=epoch,
+        previous_epochs=tuple(_validate_epoch(i, e) for i, e in enumerate(previous)),
     )
+
+
+def _validate_epoch(i: int, raw: Any) -> dict[str, Any]:
+    where = f"previous_epochs[{i}]"
+    if not isinstance(raw, dict):
+        raise _Problem(f"{where} is {type(raw).__name__} (expected a mapping)")
+    unknown = sorted(str(k) for k in set(raw) - _EPOCH_KEYS)
+    if unknown:
+        raise _Problem(f"{where} has unknown key(s) {unknown}")
+    if isinstance(raw.get("epoch"), bool) or not isinstance(raw.get("epoch"), int):
+        raise _Problem(f"{where}.epoch is {raw.get('epoch')!r} (expected an int)")
+    if not isinstance(raw.get("runs"), list):
+        raise _Problem(f"{where}.runs must be a list of run summaries")
+    for j, run in enumerate(raw["runs"]):
+        _validate_run(j, run)
+    return dict(raw)
 
 
 def _validate_run(i: int, run: Any) -> dict[str, Any]:

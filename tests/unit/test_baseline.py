@@ -131,7 +131,7 @@ def test_keep_newest_k(tmp_path: Path) -> None:
     assert entry is not None
     assert [r["median_ttft_ms"] for r in entry.runs] == [3.0, 4.0, 5.0]
     many = store.update(HW, PREC, MODULE, "test_a", fingerprint=fingerprint(), runs=[summary(9.0)] * 4)
-    assert "appended 4 run(s), 3 kept (4 oldest dropped" in many
+    assert "appended 4 run(s), 3 kept from 1 session(s) (4 oldest dropped" in many
 
 
 def test_entries_of_one_module_share_a_file(store: BaselineStore) -> None:
@@ -171,12 +171,100 @@ def test_soft_key_change_appends_and_is_reported(store: BaselineStore) -> None:
         PREC,
         MODULE,
         "test_a",
-        fingerprint=fingerprint(engine_version="0.10.0", date="2025-07-01"),
+        fingerprint=fingerprint(git_commit="cafe", date="2025-07-01"),
         runs=[summary()],
     )
     assert "appended 1 run(s), 2 kept" in change
-    assert "engine_version: baseline '0.9.1', now '0.10.0'" in change
+    assert "git_commit: baseline 'deadbeef', now 'cafe'" in change
     assert "date" not in change  # the date always differs; it is not a difference in the setup
+    assert "epoch" not in change
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("engine_version", "0.10.0"), ("server_command_hash", "def"), ("plugin_version", "0.2.0")]
+)
+def test_a_changed_engine_command_or_plugin_starts_an_epoch(store: BaselineStore, key: str, value: str) -> None:
+    store.update(HW, PREC, MODULE, "test_a", fingerprint=fingerprint(), runs=[summary(8.8), summary(8.9)])
+    change = store.update(HW, PREC, MODULE, "test_a", fingerprint=fingerprint(**{key: value}), runs=[summary(3.0)])
+    assert f"new epoch 2 ({key}: " in change
+    assert "epoch 1's 2 run(s) kept under previous_epochs" in change
+    entry = store.load_entry(HW, PREC, MODULE, "test_a")
+    assert entry is not None
+    assert entry.epoch == 2
+    assert [r["median_ttft_ms"] for r in entry.runs] == [3.0]  # never 8.8 and 3.0 in one pool
+    (closed,) = entry.previous_epochs
+    assert closed["epoch"] == 1
+    assert [r["median_ttft_ms"] for r in closed["runs"]] == [8.8, 8.9]
+    assert key in closed["reason"]
+
+
+def test_runs_that_differ_by_the_verdict_start_an_epoch(store: BaselineStore) -> None:
+    store.update(HW, PREC, MODULE, "test_a", fingerprint=fingerprint(), runs=[summary(10.0)])
+    change = store.update(
+        HW, PREC, MODULE, "test_a", fingerprint=fingerprint(), runs=[summary(20.0)], differs="REGRESSION: TTFT 2.0×"
+    )
+    assert "new epoch 2 (the new runs differ from the stored ones (REGRESSION: TTFT 2.0×))" in change
+    entry = store.load_entry(HW, PREC, MODULE, "test_a")
+    assert entry is not None
+    assert [r["median_ttft_ms"] for r in entry.runs] == [20.0]
+
+
+def test_at_most_three_previous_epochs_are_kept(store: BaselineStore) -> None:
+    for version in range(6):
+        store.update(
+            HW, PREC, MODULE, "test_a", fingerprint=fingerprint(engine_version=f"v{version}"), runs=[summary()]
+        )
+    entry = store.load_entry(HW, PREC, MODULE, "test_a")
+    assert entry is not None
+    assert entry.epoch == 6
+    assert [e["epoch"] for e in entry.previous_epochs] == [3, 4, 5]
+
+
+def test_the_runs_of_the_newest_sessions_are_kept(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path, keep_sessions=3)
+    for day in range(5):
+        runs = [summary(float(day), session_id=f"day{day}") for _ in range(2)]
+        change = store.update(HW, PREC, MODULE, "test_a", fingerprint=fingerprint(), runs=runs)
+    assert "appended 2 run(s), 6 kept from 3 session(s) (2 oldest dropped" in change
+    entry = store.load_entry(HW, PREC, MODULE, "test_a")
+    assert entry is not None
+    assert [r["session"] for r in entry.runs] == ["day2", "day2", "day3", "day3", "day4", "day4"]
+    assert entry.sessions == 3
+
+
+def test_a_version_one_file_is_read_and_rewritten_as_version_two(store: BaselineStore) -> None:
+    store.update(HW, PREC, MODULE, "test_a", fingerprint=fingerprint(), runs=[summary(1.0)])
+    path = path_of(store)
+    data = yaml.safe_load(path.read_text())
+    data["schema_version"] = 1
+    entry = data["entries"]["test_a"]
+    entry["schema_version"] = 1
+    del entry["epoch"], entry["previous_epochs"]
+    path.write_text(yaml.safe_dump(data))
+    old = store.load_entry(HW, PREC, MODULE, "test_a")
+    assert old is not None
+    assert (old.epoch, old.sessions, old.previous_epochs) == (1, 1, ())
+    store.update(HW, PREC, MODULE, "test_a", fingerprint=fingerprint(), runs=[summary(2.0, session_id="new")])
+    rewritten = yaml.safe_load(path.read_text())
+    assert rewritten["schema_version"] == SCHEMA_VERSION == 2
+    again = store.load_entry(HW, PREC, MODULE, "test_a")
+    assert again is not None
+    assert again.sessions == 2  # the old runs (no session) and the new session
+
+
+def test_the_command_hash_leaves_the_port_out() -> None:
+    from pytest_llmperf.baseline import command_hash
+
+    one = command_hash(["llama-server", "--port", "41234", "--host", "127.0.0.1"], 41234)
+    other = command_hash(["llama-server", "--port", "39001", "--host", "127.0.0.1"], 39001)
+    assert one == other
+    assert command_hash(["srv", "--url", "http://127.0.0.1:41234/v1"], 41234) == command_hash(
+        ["srv", "--url", "http://127.0.0.1:5555/v1"], 5555
+    )
+    assert command_hash(["srv", "--threads", "4", "--port", "9"], 9) != command_hash(
+        ["srv", "--threads", "8", "--port", "9"], 9
+    )
+    assert command_hash(["srv", "--batch", "141234"], 41234) != command_hash(["srv", "--batch", "1{port}"], None)
 
 
 def test_compare_fingerprint(store: BaselineStore) -> None:
@@ -307,7 +395,7 @@ def test_other_schema_version(store: BaselineStore) -> None:
         store.load_entry(HW, PREC, MODULE, "test_a")
     message = str(info.value)
     assert "schema_version is 99" in message
-    assert f"reads version {SCHEMA_VERSION}" in message
+    assert "reads versions 1, 2" in message
     assert "migrate" in message
     assert "re-record with --llmperf-update" in message
     with pytest.raises(BaselineError, match="force"):
