@@ -279,8 +279,9 @@ def reduce_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = value
         elif isinstance(value, float):
             out[key] = _round(value) if math.isfinite(value) else None
-    if isinstance(summary.get("session_id"), str):
-        out["session"] = summary["session_id"]
+    session = summary.get("session_id", summary.get("session"))  # a full summary, or an already reduced one
+    if isinstance(session, str):
+        out["session"] = session
     completed, failed = summary.get("completed"), summary.get("failed")
     if isinstance(completed, int) and isinstance(failed, int):
         out["n"] = completed + failed

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from pytest_llmperf.errors import BaselineError, LLMPerfError, RunInterrupted
+from pytest_llmperf.errors import BaselineError, LLMPerfError, RunInterrupted, SpecError
 from pytest_llmperf.markers import build_spec, merge, scale_spec
 from pytest_llmperf.report.junit import properties
 from pytest_llmperf.report.progress import LiveProgress
@@ -32,7 +32,7 @@ def llmperf_server(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
         endpoint = session.open_server()
     except LLMPerfError as exc:
         session.close_server()
-        pytest.fail(str(exc), pytrace=False)
+        _fail(str(exc))
     try:
         yield endpoint
     finally:
@@ -47,11 +47,17 @@ def llmperf_compare_server(request: pytest.FixtureRequest, llmperf_server: Endpo
         endpoint = session.open_compare_server()
     except LLMPerfError as exc:
         session.close_compare_server()
-        pytest.fail(f"--llmperf-compare={redact_url(session.settings.compare or '')}: {exc}", pytrace=False)
+        _fail(f"--llmperf-compare={redact_url(session.settings.compare or '')}: {exc}")
     try:
         yield endpoint
     finally:
         session.close_compare_server()
+
+
+def _fail(message: str) -> NoReturn:
+    """Fail the test with ``message`` alone. Called inside an ``except`` block: without ``from None`` pytest would
+    print the caught error and then this one, the same message twice."""
+    raise pytest.fail.Exception(message, pytrace=False) from None
 
 
 class LLMPerf:
@@ -95,6 +101,7 @@ class LLMPerf:
             spec = scale_spec(
                 build_spec({"compat": session.settings.compat, **self._marker_kwargs}, overrides), session.scale
             )
+            self._check_limits(spec)
             updating = session.settings.update is not None
             baseline = self._baseline(module_path, test_name, spec.workload, updating)
             context = session.prompt_context(spec.workload, self.endpoint)
@@ -108,7 +115,7 @@ class LLMPerf:
                 record_all=updating,
             )
         except LLMPerfError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            _fail(str(exc))
         result = judgement.results[-1]
         result.runs = judgement.results
         result.verdict = judgement.verdict.as_dict()
@@ -116,6 +123,17 @@ class LLMPerf:
         self._record(module_path, test_name, spec, judgement, baseline, updating)
         self._decide(judgement, updating)
         return result
+
+    def _check_limits(self, spec: PerfSpec) -> None:
+        """Refuse a workload this machine cannot hold (memory, sockets) before any load; warn of one it may not."""
+        from pytest_llmperf import limits, runner
+
+        found = limits.check(spec.workload, runner.planned_prompts(spec.workload), limits.machine_limits())
+        scaled = f" (the workload as scaled ×{spec.scale:g} by --llmperf-scale)" if spec.scale != 1 else ""
+        if found.refusals:
+            raise SpecError("workload too large for this machine" + scaled + ": " + "; ".join(found.refusals))
+        for message in found.warnings:
+            warnings.warn(LLMPerfLimitWarning(message + scaled), stacklevel=3)
 
     def _baseline(self, module_path: str, test_name: str, workload: Any, updating: bool) -> Any:
         from pytest_llmperf.judging import BaselineView
@@ -148,6 +166,7 @@ class LLMPerf:
             spec = scale_spec(
                 build_spec({"compat": session.settings.compat, **self._marker_kwargs}, overrides), session.scale
             )
+            self._check_limits(spec)
             # A's calibration builds the prompts of both sides: the same prompts, seeds and lengths on A and B.
             context = session.prompt_context(spec.workload, self.endpoint)
             judgement = judging.run_ab_until_decided(
@@ -161,7 +180,7 @@ class LLMPerf:
                 family_size=session.family_size,
             )
         except LLMPerfError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            _fail(str(exc))
         result = judgement.b_results[-1]
         result.runs = judgement.b_results
         result.ab_runs = judgement.a_results
@@ -264,6 +283,7 @@ class LLMPerf:
             if monitor is not None:
                 result.summary["disturbance"] = _stop_monitor(monitor, result, deltas)
         result.summary["measurement_lock_wait_s"] = slot["wait_s"]
+        result.summary["session_id"] = self._session.session_id
         result.summary.update(settled)
         if (settled.get("ab_idle_wait_s") or 0.0) >= IDLE_TIMEOUT_S:
             result.summary.setdefault("validity", {}).setdefault("warnings", []).append(
@@ -338,6 +358,8 @@ class LLMPerf:
                     "runs": [reduce_summary(r.summary) for r in kept],
                     "raw": [_raw_arrays(metrics.detailed(r.run)) for r in kept],
                     "workload": spec.workload.as_dict(),
+                    # New runs that the verdict calls different from the stored ones start a new epoch.
+                    "differs": _differs(judgement.verdict),
                 }
         self._item.stash.setdefault(RESULTS_KEY, []).append(document)
         prefix = f"call{self._calls - 1}." if self._calls > 1 else ""
@@ -379,6 +401,10 @@ class LLMPerfInconclusive(UserWarning):
     """A perf test whose verdict stayed open within its run budget (``--llmperf-inconclusive=warn``)."""
 
 
+class LLMPerfLimitWarning(UserWarning):
+    """A workload that may exceed this machine's limits (e.g. more requests in flight than open files allowed)."""
+
+
 def _stop_monitor(monitor: Any, result: Result, deltas: dict[str, Any] | None) -> dict[str, Any]:
     """The run's disturbance figures, with what this run sent so the server's counters can show foreign load."""
     sent = [r for r in (*result.run.warmup_records, *result.run.records) if r.status is not None]
@@ -409,6 +435,15 @@ def _failed_requests(summary: dict[str, Any]) -> str:
     examples = summary.get("error_examples") or {}
     lines = [f"  {kind}: {count} (first: {examples.get(kind, '')})" for kind, count in sorted(errors.items())]
     return "\nfailed requests:\n" + "\n".join(lines) if lines else ""
+
+
+def _differs(verdict: Any) -> str | None:
+    """"REGRESSION: median TPOT 1.30× ..." when the update's runs differ from the stored ones, else None."""
+    if verdict.status not in ("REGRESSION", "IMPROVEMENT"):
+        return None
+    changed = [m for m in verdict.gating if m.status == verdict.status and m.estimate is not None]
+    figures = ", ".join(f"{m.label} {m.estimate:.3g}×" if m.scale == "ratio" else m.label for m in changed)
+    return f"{verdict.status}: {figures}" if figures else str(verdict.status)
 
 
 def _unfit_for_baseline(result: Result) -> str:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 RESULTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 RUN_DIR_KEY = "llmperf_run_dir"
+SESSION_ID_KEY = "llmperf_session_id"
 DEFAULT_PROFILE = "llamacpp-tiny"
 
 # The embedded engine is a tiny model on one CPU core: published GPU workloads shrink 20× to run in minutes.
@@ -85,10 +86,12 @@ class LLMPerfSession:
         # New per session (and per xdist worker): with the test and the run index it keys each run's prompt
         # contents, so a long-lived server has never seen them (recorded in every summary as prompt_contents).
         self.prompt_nonce = secrets.token_hex(6)
+        self._session_id: str | None = None
         # What the disturbance monitor watches per server URL: (pid, cores, GPU indices); see server_watch.
         self._watch: dict[str, tuple[int | None, list[int] | None, list[int] | None]] = {}
         self._cores_by_url: dict[str, list[int]] = {}
         self._devices_by_url: dict[str, str] = {}
+        self.written: list[str] = []  # "JSON results PATH" lines for the terminal summary, as JUnit's xml file
 
     # -- process roles and the run directory shared with xdist workers ---------------------------------
 
@@ -111,6 +114,19 @@ class LLMPerfSession:
             else:
                 self._run_dir = Path(tempfile.mkdtemp(prefix="pytest-llmperf-"))
         return self._run_dir
+
+    @property
+    def session_id(self) -> str:
+        """This pytest session's id (the controller's, shared by its xdist workers): the level of the verdict's
+        variance model, stored with every baseline run. A worker with a server of its own (GPU sets) is a
+        session of its own: its server started apart from the others."""
+        if self._session_id is None:
+            workerinput = getattr(self.config, "workerinput", None)
+            base = str(workerinput[SESSION_ID_KEY]) if workerinput and SESSION_ID_KEY in workerinput else None
+            self._session_id = base or time.strftime("%Y%m%dT%H%M%S-") + secrets.token_hex(3)
+        if self.is_worker and self._spawned is not None:
+            return f"{self._session_id}-{self.worker_id}"
+        return self._session_id
 
     @property
     def hardware_id(self) -> str:
@@ -426,9 +442,10 @@ class LLMPerfSession:
         import datetime
 
         from pytest_llmperf import __version__
-        from pytest_llmperf.baseline import Fingerprint, stable_hash, workload_hash
+        from pytest_llmperf.baseline import Fingerprint, command_hash, workload_hash
 
         argv = self._spawned.process.argv if self._spawned is not None else None
+        port = urlsplit(self._spawned.endpoint.url).port if self._spawned is not None else None
         return Fingerprint(
             hardware=self.hardware_id,
             precision=self.precision,
@@ -436,7 +453,7 @@ class LLMPerfSession:
             workload_hash=workload_hash(workload.as_dict()),
             engine=endpoint.engine,
             engine_version=endpoint.engine_version,
-            server_command_hash=stable_hash(argv) if argv else None,
+            server_command_hash=command_hash(argv, port) if argv else None,
             plugin_version=__version__,
             git_commit=self.git_commit,
             date=datetime.date.today().isoformat(),
@@ -490,12 +507,24 @@ class LLMPerfSession:
                     raw=update["raw"],
                     workload=update["workload"],
                     force=self.settings.update == "force",
+                    differs=update.get("differs"),
                 )
                 self.update_lines.append(self.relative(change))
             except (BaselineError, ValueError) as exc:
                 ok = False
                 self.update_lines.append(self.relative(f"NOT WRITTEN: {exc}"))
+            except OSError as exc:  # e.g. a read-only directory: say so, and let the reports still be written
+                ok = False
+                self.update_lines.append(self.relative(self._unwritten(update, exc)))
         return ok
+
+    def _unwritten(self, update: dict[str, Any], exc: OSError) -> str:
+        path = exc.filename or self.store.path_for(self.hardware_id, self.precision, update["module_path"])
+        return (
+            f"NOT WRITTEN: {path}: {exc.strerror or exc}; the runs of {update['test_name']} were not recorded. "
+            f"Make {self.settings.baselines} writable (or choose another directory with --llmperf-baselines=DIR) "
+            "and rerun with --llmperf-update"
+        )
 
     def _session_holm(self) -> bool:
         """Holm over every gating claim of the session; True if it found regressions the tests did not."""
@@ -536,11 +565,16 @@ class LLMPerfSession:
                 self.results.append({"nodeid": report.nodeid, "outcome": report.outcome, **result})
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.is_worker or not self.results:
+        if self.is_worker:
             return
+        if self.results:
+            self._results_summary(terminalreporter)
+        for what in self.written:
+            terminalreporter.write_sep("-", f"llmperf {what}")
+
+    def _results_summary(self, tr: Any) -> None:
         from pytest_llmperf.report import terminal
 
-        tr = terminalreporter
         tr.write_sep("=", "llmperf results")
         lines = terminal.render(
             self.results, pair=self.pair, endpoint=self.endpoint_info, verbose=self.config.get_verbosity()
@@ -552,7 +586,7 @@ class LLMPerfSession:
         if self.update_lines:
             tr.write_sep("-", f"llmperf baselines updated ({self.pair})")
             for line in self.update_lines:
-                tr.write_line(line)
+                tr.write_line(line, red=line.startswith("NOT "))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker:
@@ -577,10 +611,12 @@ class LLMPerfSession:
             document["compare"] = self.compare_info  # A/B mode: B (``endpoint`` is A)
         if self.settings.json_path is not None:
             write_json_atomic(self.settings.json_path, document)
+            self.written.append(f"JSON results written to {self.settings.json_path.absolute()}")
         if self.settings.report_path is not None:
             from pytest_llmperf.report.html import write_html
 
             write_html(self.settings.report_path, jsonable(document))
+            self.written.append(f"HTML report written to {self.settings.report_path.absolute()}")
         step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if step_summary and self.results:
             from pytest_llmperf.report.markdown import step_summary as render_step_summary
