@@ -809,20 +809,44 @@ def _classify(r: MetricVerdict, alpha: float, family: int) -> MetricVerdict:
         reason = f"{est}, {p_txt} ≤ α={alpha:g}: {worse_word} beyond the {tol}{gross_txt}"
     elif p_b <= alpha and -r.effect >= r.min_effect:
         status = IMPROVEMENT
-        reason = f"{est}, {p_txt}: better beyond the {tol}{gross_txt}"
+        p_better_txt = f"p(better)={_p(r.p_better):.2g} ({adj}{p_b:.2g})"
+        reason = f"{est}, {p_better_txt} ≤ α={alpha:g}: better beyond the {_improvement_limit(r)}{gross_txt}"
         hint = UPDATE_HINT if r.reference == "baseline" else ""
     elif zero_failures:
         status = PASS
         who = "B's" if r.reference == "A" else "the candidate"
         reason = f"{r.label}: no failed request in {who} runs ({r.reference} {_fmt_pp(r.baseline_value)[1:]})"
+        if r.effect_upper > r.bound:
+            # The status comes from "no failure can be worse", not from the interval: say what decides instead.
+            reason += (
+                f"; with {r.requests_candidate} request(s) the 90% interval [{_fmt_pp(r.lower)}, "
+                f"{_fmt_pp(r.upper)}] cannot rule out a {tol.split(' tolerance')[0]} rise, so the error_rate SLO "
+                "(a maximum checked on every run) governs the error rate"
+            )
     elif r.effect_upper <= r.bound:
         status = PASS
         reason = f"{est}: within the {tol}{floor_txt}"
+    elif not r.gating and r.effect_lower is not None and r.effect_lower > r.bound:
+        status = INCONCLUSIVE
+        more, futile, _ = _plan(r, alpha, family)
+        reason = (
+            f"{est}, {p_txt}: the whole 90% interval is beyond the {tol}, so {worse_word} at 90% confidence, "
+            f"though not at α={alpha:g}; advisory (not gating), it never fails the test"
+        )
     else:
         status = INCONCLUSIVE
         more, futile, why = _plan(r, alpha, family)
         reason = f"{est}, {p_txt}: a {change} beyond the {tol} is neither ruled out nor shown; {why}"
     return dataclasses.replace(r, status=status, reason=reason, hint=hint, more_runs=more, futile=futile)
+
+
+def _improvement_limit(r: MetricVerdict) -> str:
+    """The mirror of the tolerance: how much better an IMPROVEMENT must be (ratio, or points)."""
+    if r.scale != "ratio":
+        return f"{r.tolerance * 100:.2f}-point improvement limit"
+    if r.direction == "lower":
+        return f"{r.tolerance:.1%} improvement limit (≤ {math.exp(-r.min_effect):.3f}×)"
+    return f"{r.tolerance:.1%} improvement limit (≥ {math.exp(r.min_effect):.3f}×)"
 
 
 def _plan(r: MetricVerdict, alpha: float, family: int) -> tuple[int | None, bool, str]:

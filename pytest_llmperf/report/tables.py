@@ -63,6 +63,10 @@ def render_verdict_table(verdict: Mapping[str, Any]) -> str:
     for m in verdict.get("metrics", ()):
         unit = _unit(m)
         status = m["status"] + ("" if m.get("gating") else " (advisory)")
+        if _slo_governs(m):
+            status += " (SLO governs)"
+        elif _advisory_beyond(m):
+            status = "WORSE (advisory)"
         rows.append(
             (
                 str(m.get("label") or m["name"]),
@@ -84,7 +88,8 @@ def render_verdict_table(verdict: Mapping[str, Any]) -> str:
     if rows:
         lines += _table(header, rows)
     for m in verdict.get("metrics", ()):
-        if m.get("gating") and m["status"] != "PASS" and m.get("reason"):
+        explain = (m.get("gating") and m["status"] != "PASS") or _slo_governs(m) or _advisory_beyond(m)
+        if explain and m.get("reason"):
             lines.append(f"{m.get('label') or m['name']}: {m['reason']}")
     for diff in verdict.get("hard_diffs", ()):
         lines.append(f"not comparable: {diff}")
@@ -93,6 +98,23 @@ def render_verdict_table(verdict: Mapping[str, Any]) -> str:
     if verdict.get("hint"):
         lines.append(f"hint: {verdict['hint']}")
     return "\n".join(lines)
+
+
+def _slo_governs(m: Mapping[str, Any]) -> bool:
+    """A PASS of the error rate that its interval does not support (no failure, too few requests)."""
+    upper = m.get("upper")
+    return (
+        m.get("scale") == "difference"
+        and m.get("status") == "PASS"
+        and upper is not None
+        and upper > float(m.get("tolerance", 0.0))
+    )
+
+
+def _advisory_beyond(m: Mapping[str, Any]) -> bool:
+    """An advisory metric whose whole interval lies beyond its tolerance (worse at 90% confidence)."""
+    lower = m.get("effect_lower")
+    return not m.get("gating") and m.get("status") == "INCONCLUSIVE" and lower is not None and lower > m.get("bound", 0)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

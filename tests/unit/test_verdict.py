@@ -477,3 +477,54 @@ def test_without_runs_is_inconclusive_with_every_reason() -> None:
     assert "run 1: cached" in v.reason
     assert "run 2: cached too" in v.reason
     assert not needs_more_runs(v, runs_done=2, budget=5)
+
+
+# --- a status follows from the interval beside it, or the table says why --------------------------------------
+
+
+def test_no_failures_in_few_requests_says_the_slo_governs() -> None:
+    from pytest_llmperf.report.tables import render_verdict_table
+
+    few = runs(2, seed=50, completed=12)
+    v = judge(few, runs(10, seed=1, sessions=5, completed=12, failed=1))
+    m = v.metric("error_rate")
+    assert m.status == PASS
+    assert m.upper is not None
+    assert m.upper > m.tolerance  # the interval alone does not rule out a 0.5-point rise
+    assert "error_rate SLO" in m.reason
+    assert "24 request(s)" in m.reason
+    table = render_verdict_table(v.as_dict())
+    assert "PASS (SLO governs)" in table
+    assert "error rate: " in table  # the reason is printed under the table
+    many = judge(runs(3, seed=51, completed=5000), runs(10, seed=1, sessions=5, completed=5000))
+    assert "SLO governs" not in render_verdict_table(many.as_dict())
+
+
+def test_an_advisory_tail_wholly_beyond_its_tolerance_reads_so() -> None:
+    from pytest_llmperf.report.tables import render_verdict_table
+
+    # Two baseline runs: a regression would have to be gross (3 × the bound); p99 TPOT 30 % worse is not, but
+    # its whole interval lies beyond the 15 % tolerance, and the table says so instead of a bare INCONCLUSIVE.
+    v = judge(runs(3, seed=52, p99=1.3), runs(2, seed=9))
+    m = v.metric("tpot_p99")
+    assert not m.gating
+    assert m.status == INCONCLUSIVE
+    assert m.effect_lower is not None
+    assert m.effect_lower > m.bound
+    assert "the whole 90% interval is beyond" in m.reason
+    assert "advisory" in m.reason
+    table = render_verdict_table(v.as_dict())
+    assert "WORSE (advisory)" in table
+    assert "p99 TPOT: " in table
+    assert v.status != REGRESSION
+
+
+def test_improvement_shows_the_improvement_limit_and_its_p_value() -> None:
+    v = judge(runs(3, scale=0.80, seed=8), BASE)
+    m = v.metric("tpot_p50")
+    assert m.status == IMPROVEMENT
+    assert "improvement limit (≤ 0.952×)" in m.reason
+    assert "p(better)=" in m.reason
+    assert "p=1 " not in m.reason
+    thr = v.metric("output_tok_s")
+    assert "improvement limit (≥ 1.053×)" in thr.reason
