@@ -32,16 +32,29 @@ def _summary_key(metric: str, stat: str, compat: str) -> str:
     return f"{'median' if stat == 'p50' else stat}_{name}_ms"
 
 
+def _itl_per_token(summary: Mapping[str, Any], compat: str) -> bool:
+    """ITL properties are per token when chunks carried more than one token on average (MTP, speculative
+    decoding) and per-token figures exist; per chunk (as vLLM prints) otherwise. ``llmperf.itl_ms.source`` says
+    which."""
+    tokens_per_chunk = summary.get("mean_tokens_per_chunk")
+    if not isinstance(tokens_per_chunk, (int, float)) or tokens_per_chunk <= 1.0:
+        return False
+    return summary.get(_summary_key("itl_token", "p99", compat)) is not None
+
+
 def properties(document: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """``(name, value)`` pairs for one ``llmperf.run()`` (a result document); missing values are left out."""
     summary: Mapping[str, Any] = document.get("summary") or {}
     compat = str(summary.get("compat_mode") or "vllm")
     out: list[tuple[str, Any]] = [("llmperf.runs", len(document.get("runs") or [summary]))]
+    per_token = _itl_per_token(summary, compat)
     for metric in _LATENCY:
         for stat in _STATS:
-            value = summary.get(_summary_key(metric, stat, compat))
+            source = "itl_token" if metric == "itl" and per_token else metric
+            value = summary.get(_summary_key(source, stat, compat))
             if value is not None:
                 out.append((f"llmperf.{metric}_ms.{stat}", round(float(value), 4)))
+    out.append(("llmperf.itl_ms.source", "per_token" if per_token else "per_chunk"))
     for key, name in _SCALARS.items():
         value = summary.get(key)
         if value is not None:

@@ -528,3 +528,47 @@ def test_improvement_shows_the_improvement_limit_and_its_p_value() -> None:
     assert "p=1 " not in m.reason
     thr = v.metric("output_tok_s")
     assert "improvement limit (≥ 1.053×)" in thr.reason
+
+
+# --- per-token ITL under MTP / speculative decoding --------------------------------------------------------------
+
+
+def _with_chunks(summaries: list[dict[str, Any]], tokens_per_chunk: float, chunk_p99: float) -> list[dict[str, Any]]:
+    for s in summaries:
+        s["mean_tokens_per_chunk"] = tokens_per_chunk
+        s["p99_itl_token_ms"] = s["p99_itl_ms"] / 2.5  # per-token gaps: a chunk's gap split over its tokens
+        s["p99_itl_ms"] = s["p99_itl_ms"] * chunk_p99
+    return summaries
+
+
+def test_multi_token_chunks_are_judged_per_token() -> None:
+    # Better acceptance: more tokens per chunk, so per-chunk gaps grow 76 % while per-token latency is unchanged.
+    base = _with_chunks(runs(10, seed=1, sessions=5), 2.5, 1.0)
+    cand = _with_chunks(runs(3, seed=60), 2.5, 1.76)
+    m = verdict.judge(cand, base).metric("itl_p99")
+    assert m.key == "p99_itl_token_ms"
+    assert m.label == "p99 ITL (per token)"
+    assert m.status != REGRESSION
+    assert m.estimate == pytest.approx(1.0, abs=0.05)
+
+
+def test_one_token_chunks_stay_per_chunk_and_say_so() -> None:
+    m = verdict.judge(runs(3, seed=61), BASE).metric("itl_p99")
+    assert m.key == "p99_itl_ms"
+    assert m.label == "p99 ITL (per chunk)"
+    no_token_figures = [dict(r, mean_tokens_per_chunk=2.0) for r in runs(3, seed=62)]
+    fallback = verdict.judge(no_token_figures, BASE).metric("itl_p99")
+    assert fallback.key == "p99_itl_ms"
+    assert "lacks per-token ITL" in fallback.label
+
+
+def test_junit_itl_properties_follow_the_same_rule() -> None:
+    from pytest_llmperf.report.junit import properties
+
+    summary = {"compat_mode": "vllm", "p99_itl_ms": 80.0, "p99_itl_token_ms": 30.0, "mean_tokens_per_chunk": 2.4}
+    props = dict(properties({"summary": summary}))
+    assert props["llmperf.itl_ms.p99"] == 30.0
+    assert props["llmperf.itl_ms.source"] == "per_token"
+    props = dict(properties({"summary": {**summary, "mean_tokens_per_chunk": 1.0}}))
+    assert props["llmperf.itl_ms.p99"] == 80.0
+    assert props["llmperf.itl_ms.source"] == "per_chunk"
