@@ -33,11 +33,13 @@ if TYPE_CHECKING:
     from pytest_llmperf.baseline import BaselineStore, Fingerprint
     from pytest_llmperf.judging import BaselineView
     from pytest_llmperf.profiles import Profile
-    from pytest_llmperf.serving import Spawned
+    from pytest_llmperf.serving import ServerWatch, Spawned
     from pytest_llmperf.spec import Endpoint, Launch, Workload
 
 RESULTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 RUN_DIR_KEY = "llmperf_run_dir"
+CONTROLLER_PID_KEY = "llmperf_controller_pid"  # the owner on record of a server the workers share
+PARTIAL_DIR = "partial"  # in the run directory: interrupted runs of xdist workers, for the controller
 SESSION_ID_KEY = "llmperf_session_id"
 DEFAULT_PROFILE = "llamacpp-tiny"
 
@@ -91,6 +93,7 @@ class LLMPerfSession:
         self._watch: dict[str, tuple[int | None, list[int] | None, list[int] | None]] = {}
         self._cores_by_url: dict[str, list[int]] = {}
         self._devices_by_url: dict[str, str] = {}
+        self._server_watches: dict[str, ServerWatch] = {}  # spawned servers by URL: has one died?
         self.written: list[str] = []  # "JSON results PATH" lines for the terminal summary, as JUnit's xml file
 
     # -- process roles and the run directory shared with xdist workers ---------------------------------
@@ -133,8 +136,31 @@ class LLMPerfSession:
         if self._hardware_id is None:
             from pytest_llmperf.hardware import detect
 
-            self._hardware_id = self.settings.hardware or detect().id
+            self._hardware_id = self.settings.hardware or detect(self._server_cores()).id
         return self._hardware_id
+
+    def _server_cores(self) -> int | None:
+        """The cores a CPU engine gets: its profile's pinned cores, or the affinity of a server attached on a
+        loopback address; None when unknown (then every core this process may use counts)."""
+        from pytest_llmperf.errors import LLMPerfError
+
+        endpoint = self.settings.endpoint
+        if endpoint is not None:
+            port = urlsplit(endpoint).port if _is_loopback(endpoint) else None
+            if port is None:
+                return None
+            from pytest_llmperf.disturbance import find_listening_pid
+
+            pid = find_listening_pid(port)
+            with contextlib.suppress(OSError):
+                return len(os.sched_getaffinity(pid)) if pid is not None else None
+            return None
+        try:
+            profile = self.profile()
+        except LLMPerfError:
+            return None
+        pinned = profile.pinned_cpus() if profile is not None else None
+        return len(pinned) if pinned else None
 
     @property
     def scale(self) -> float:
@@ -238,20 +264,26 @@ class LLMPerfSession:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             log_path = default_cache_dir() / "logs" / f"{profile.name}-{stamp}-{os.getpid()}.log"
 
-            def start() -> Spawned:
-                return serving.spawn(profile, choice, log_path=log_path, cuda_devices=devices, launcher=self._launch)
+            started: list[Spawned] = []  # the server, if this process is the one that starts it
 
+            def start() -> Spawned:
+                started.append(
+                    serving.spawn(profile, choice, log_path=log_path, cuda_devices=devices, launcher=self._launch)
+                )
+                return started[-1]
+
+            self._handle_sigterm()  # from before the start: a SIGTERM while the server starts stops it too
             if self.is_worker and not profile.gpus_per_server:
                 self.shared_server = True
-                endpoint = serving.shared(self.run_dir, start, s.api_key)
+                endpoint = serving.shared(self.run_dir, start, s.api_key, controller_pid=self._controller_pid)
                 pinned = serving.shared_pinned_cpus(self.run_dir)
             else:
                 self._spawned = start()
                 endpoint, pinned = self._spawned.endpoint, self._spawned.pinned_cpus
             self._pinned |= set(pinned or ())
             self._remember_resources(endpoint, pinned, devices)
+            self._watch_server(profile.name, endpoint, started, serving.STATE_FILE)
             self._own_cores()
-            self._handle_sigterm()
         self.endpoint_info = endpoint.public_dict()
         return endpoint
 
@@ -276,8 +308,13 @@ class LLMPerfSession:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             log_path = default_cache_dir() / "logs" / f"{profile.name}-B-{stamp}-{os.getpid()}.log"
 
+            started: list[Spawned] = []
+
             def start() -> Spawned:
-                return serving.spawn(profile, choice, log_path=log_path, cuda_devices=devices, launcher=self._launch)
+                started.append(
+                    serving.spawn(profile, choice, log_path=log_path, cuda_devices=devices, launcher=self._launch)
+                )
+                return started[-1]
 
             # B's profile picks its cores from every core this process may use, exactly as A's did: with the
             # client's restriction (off A's cores) still in place, "auto" would find one core and not pin B.
@@ -287,13 +324,16 @@ class LLMPerfSession:
                 if self.is_worker and not profile.gpus_per_server:
                     self.shared_server = True
                     state = serving.COMPARE_STATE_FILE
-                    endpoint = serving.shared(self.run_dir, start, s.api_key, state_file=state)
+                    endpoint = serving.shared(
+                        self.run_dir, start, s.api_key, state_file=state, controller_pid=self._controller_pid
+                    )
                     pinned = serving.shared_pinned_cpus(self.run_dir, state_file=state)
                 else:
                     self._compare_spawned = start()
                     endpoint, pinned = self._compare_spawned.endpoint, self._compare_spawned.pinned_cpus
                 self._pinned |= set(pinned or ())
                 self._remember_resources(endpoint, pinned, devices)
+                self._watch_server(profile.name, endpoint, started, serving.COMPARE_STATE_FILE)
             finally:
                 self._own_cores()
         self.compare_info = endpoint.public_dict()
@@ -310,6 +350,42 @@ class LLMPerfSession:
             self._cores_by_url[endpoint.url] = list(cores)
         if devices is not None:
             self._devices_by_url[endpoint.url] = devices
+
+    @property
+    def _controller_pid(self) -> int | None:
+        workerinput = getattr(self.config, "workerinput", None)
+        return int(workerinput[CONTROLLER_PID_KEY]) if workerinput and CONTROLLER_PID_KEY in workerinput else None
+
+    def _watch_server(self, name: str, endpoint: Endpoint, started: list[Spawned], state_file: str) -> None:
+        """Keep watch on a spawned server so that a dead one is named (see :meth:`server_exited`)."""
+        from pytest_llmperf import serving
+
+        if endpoint.pid is None or endpoint.log_path is None:
+            return
+        exited_file = self.run_dir / Path(state_file).with_suffix(".exited").name if self.shared_server else None
+        self._server_watches[endpoint.url] = serving.ServerWatch(
+            name=name,
+            pid=endpoint.pid,
+            log_path=Path(endpoint.log_path),
+            process=started[-1].process if started else None,
+            exited_file=exited_file,
+        )
+
+    def server_exited(self, endpoint: Endpoint, when: str) -> str | None:
+        """Why ``endpoint``'s spawned server is gone ("the spawned server sim exited with code -9 during test X;
+        log tail ..."), or None while it runs (or is not ours to watch). The first answer sticks."""
+        watch = self._server_watches.get(endpoint.url)
+        return watch.check(when) if watch is not None else None
+
+    def keep_partial(self, document: dict[str, Any]) -> None:
+        """An interrupted run's entry. Its test gets no call report, so it goes into the results here; an xdist
+        worker leaves it in the run directory, where the controller collects it at the end (an interrupted
+        worker's messages to the controller are not reliable, a file is)."""
+        if not self.is_worker:
+            self.results.append(document)
+            return
+        name = f"{self.worker_id}-{time.time_ns()}.json"
+        write_text_atomic(self.run_dir / PARTIAL_DIR / name, json.dumps(document, default=str))
 
     def server_watch(self, endpoint: Endpoint) -> tuple[int | None, list[int] | None, list[int] | None]:
         """What the disturbance monitor can watch of ``endpoint``'s server: its pid (spawned, or found listening
@@ -394,9 +470,7 @@ class LLMPerfSession:
         if self._spawned is not None:
             self._spawned.process.stop()
             self._spawned = None
-        if self._sigterm is not None:  # last: a SIGTERM while stopping still tears down
-            self._sigterm.close()
-            self._sigterm = None
+        self.release_sigterm()  # last: a SIGTERM while stopping still tears down
 
     @contextlib.contextmanager
     def measurement_slot(self) -> Iterator[dict[str, float]]:
@@ -545,6 +619,49 @@ class LLMPerfSession:
 
     # -- hooks -----------------------------------------------------------------------------------------
 
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if self.is_worker:
+            return
+        self._stop_leftovers()
+        if self.config.pluginmanager.has_plugin("dsession") and self._may_spawn():
+            # The xdist controller stops the workers' shared server: a SIGTERM must reach that teardown too.
+            self._handle_sigterm()
+
+    def _may_spawn(self) -> bool:
+        return self.settings.endpoint is None or self.compare_profile() is not None
+
+    def _stop_leftovers(self) -> None:
+        """Stop the servers of earlier sessions killed with SIGKILL (their owner is gone), before any is spawned."""
+        from pytest_llmperf import registry
+
+        terminal = self.config.pluginmanager.getplugin("terminalreporter")
+        for finding in registry.sweep(registry.default_dir()):
+            if terminal is not None:
+                terminal.write_line(finding.message, yellow=finding.warning)
+
+    def _close_run_dir(self, session: pytest.Session) -> None:
+        """Controller, once the workers are down: collect the interrupted runs they left, stop the shared servers
+        and remove the run directory. An interrupt meanwhile waits: cut short, this would leave a server running."""
+        from pytest_llmperf import serving
+        from pytest_llmperf.interrupts import deferred
+
+        assert self._run_dir is not None
+        with deferred(reraise=False) as interrupts:
+            try:
+                self.results.extend(_load_partials(self._run_dir / PARTIAL_DIR))
+                serving.stop_shared(self._run_dir)
+                serving.stop_shared(self._run_dir, state_file=serving.COMPARE_STATE_FILE)
+            finally:
+                shutil.rmtree(self._run_dir, ignore_errors=True)
+        if interrupts:
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
+
+    def release_sigterm(self) -> None:
+        """SIGTERM back to its default (the controller's mapping lasts until pytest unconfigures)."""
+        if self._sigterm is not None:
+            self._sigterm.close()
+            self._sigterm = None
+
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         from pytest_llmperf.verdict import DEFAULT_GATING
 
@@ -577,7 +694,11 @@ class LLMPerfSession:
 
         tr.write_sep("=", "llmperf results")
         lines = terminal.render(
-            self.results, pair=self.pair, endpoint=self.endpoint_info, verbose=self.config.get_verbosity()
+            self.results,
+            pair=self.pair,
+            endpoint=self.endpoint_info,
+            verbose=self.config.get_verbosity(),
+            recording=self.settings.update is not None,
         )
         for text, markup in lines:
             tr.write_line(text, **markup)
@@ -592,11 +713,7 @@ class LLMPerfSession:
         if self.is_worker:
             return
         if self._run_dir is not None:
-            from pytest_llmperf import serving
-
-            serving.stop_shared(self._run_dir)
-            serving.stop_shared(self._run_dir, state_file=serving.COMPARE_STATE_FILE)
-            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._close_run_dir(session)
         failed = False
         if self.settings.update is not None:
             failed |= not self._apply_updates()
@@ -623,6 +740,17 @@ class LLMPerfSession:
 
             with open(step_summary, "a", encoding="utf-8") as handle:
                 handle.write(render_step_summary(self.results, pair=self.pair, endpoint=self.endpoint_info))
+
+
+def _load_partials(directory: Path) -> list[dict[str, Any]]:
+    """The interrupted runs xdist workers left (:meth:`LLMPerfSession.keep_partial`), oldest first."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.glob("*.json"), key=lambda p: p.stat().st_mtime_ns):
+        with contextlib.suppress(OSError, ValueError):
+            found.append(json.loads(path.read_text()))
+    return found
 
 
 def _is_loopback(url: str) -> bool:

@@ -67,13 +67,15 @@ class SimProcess:
 
 @pytest.fixture
 def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
-    """pytester with the environment guard off by default (``llmperf_environment_guard = off`` in its ini).
+    """pytester with the environment guard off and the hardware id fixed to ``cpu`` by default (in its ini).
 
     Under ``-n 2`` the other xdist worker's tests are a real neighbour of every server these tests start, so
     with the guard on an injected regression would (rightly) read INCONCLUSIVE whenever that worker is busy.
-    Tests of the guard itself pass ``--llmperf-environment-guard=on``, which wins over the ini.
+    Tests of the guard itself pass ``--llmperf-environment-guard=on``, which wins over the ini. The detected id
+    of a CPU engine names this machine's CPU model and the server's cores; tests that read baselines by path use
+    the fixed ``cpu-default`` pair, and the detection has tests of its own.
     """
-    pytester.makeini("[pytest]\nllmperf_environment_guard = off\n")
+    pytester.makeini("[pytest]\nllmperf_environment_guard = off\nllmperf_hardware = cpu\n")
     return pytester
 
 

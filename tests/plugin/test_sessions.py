@@ -96,3 +96,18 @@ def test_runs_that_differ_start_an_epoch(pytester: pytest.Pytester, start_sim: t
     stored = entry(pytester)
     assert stored["epoch"] == 2
     assert len(stored["runs"]) == 3
+
+
+def test_a_cpu_engine_pair_names_the_cpu_and_the_servers_cores(pytester: pytest.Pytester, sim_url: str) -> None:
+    import os
+
+    from pytest_llmperf.hardware import cpu_hardware_id
+
+    pytester.makeini("[pytest]\nllmperf_environment_guard = off\n")  # no fixed hardware id: detect it
+    pytester.makepyfile(PERF_TEST.replace("repeats=2", "repeats=1"))
+    result, document = run(pytester, f"--llmperf-endpoint={sim_url}")
+    result.assert_outcomes(passed=1)
+    # The simulator, found by its loopback port, may use every core this process may use.
+    expected = f"{cpu_hardware_id(len(os.sched_getaffinity(0)))}-default"
+    assert document["pair"] == expected
+    result.stdout.fnmatch_lines([f"*baseline pair {expected}*"])
