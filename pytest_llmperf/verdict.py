@@ -913,8 +913,8 @@ def _sessions_plan(r: MetricVerdict, margin: float, level: float) -> str:
         )
     if math.isinf(total):
         return (
-            f"more runs cannot decide it: the {spread} alone is wider than the tolerance allows, however many "
-            "sessions the baseline holds; widen the tolerance or use A/B mode (--llmperf-compare), which cancels it"
+            f"more runs cannot decide it: with a {spread}, no number of runs or baseline sessions tells this "
+            "estimate from the limit; widen the tolerance or use A/B mode (--llmperf-compare), which cancels it"
         )
     more = max(1, math.ceil(total) - r.sessions_baseline)
     return (

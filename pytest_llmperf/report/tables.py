@@ -90,7 +90,9 @@ def render_verdict_table(verdict: Mapping[str, Any]) -> str:
     for m in verdict.get("metrics", ()):
         explain = (m.get("gating") and m["status"] != "PASS") or _slo_governs(m) or _advisory_beyond(m)
         if explain and m.get("reason"):
-            lines.append(f"{m.get('label') or m['name']}: {m['reason']}")
+            label = str(m.get("label") or m["name"])
+            reason = str(m["reason"])
+            lines.append(reason if reason.startswith(f"{label}:") else f"{label}: {reason}")
     for diff in verdict.get("hard_diffs", ()):
         lines.append(f"not comparable: {diff}")
     for diff in verdict.get("soft_diffs", ()):

@@ -94,20 +94,32 @@ def test_update_then_clean_rerun_passes_then_slowdown_is_a_regression(pytester: 
     text = baseline_file(pytester).read_text()
     assert "test_decode" in text
     assert text.count("run_id") == 5  # the whole budget is recorded on update
+    # A baseline grows strong across sessions: three more updates, so the between-session spread is measured.
+    for _ in range(3):
+        run(pytester, sim, "--llmperf-update")[0].assert_outcomes(passed=1)
+    assert baseline_file(pytester).read_text().count("run_id") == 20
 
     result, document = run(pytester, sim)  # A/A: the same server again
     result.assert_outcomes(passed=1)
-    assert document["results"][0]["verdict"]["status"] == "PASS"
+    verdict = document["results"][0]["verdict"]
+    # Never a false alarm. A TTFT of a few milliseconds moves with whatever else the CI machine runs, and even
+    # TPOT, from the simulator's clock, may drift by a percent under load: either may honestly stay open.
+    assert verdict["status"] in ("PASS", "INCONCLUSIVE"), verdict["reason"]
+    tpot = next(m for m in verdict["metrics"] if m["name"] == "tpot_p50")
+    assert tpot["status"] in ("PASS", "INCONCLUSIVE")
+    assert tpot["sessions_baseline"] == 4
+    assert 0.97 < tpot["estimate"] < 1.03
 
-    # +10 % per-token time, injected into the running simulator.
-    httpx.post(f"{sim}/sim/config", json={"slowdown_per_token_pct": 10}, timeout=10).raise_for_status()
+    # +25 % per-token time, injected into the running simulator. (Against four sessions whose spread is shrunk
+    # towards the 3 % prior, +10 % is not yet beyond what another session could show at α = 0.01.)
+    httpx.post(f"{sim}/sim/config", json={"slowdown_per_token_pct": 25}, timeout=10).raise_for_status()
     result, document = run(pytester, sim)
     result.assert_outcomes(failed=1)
     verdict = document["results"][0]["verdict"]
     assert verdict["status"] == "REGRESSION"
     tpot = next(m for m in verdict["metrics"] if m["name"] == "tpot_p50")
     assert tpot["status"] == "REGRESSION"
-    assert 1.05 < tpot["estimate"] < 1.2
+    assert 1.15 < tpot["estimate"] < 1.35
     result.stdout.fnmatch_lines(["*performance regression*", "*metric*baseline*measured*ratio*verdict*"])
     junit = (pytester.path / "j.xml").read_text()
     assert "performance regression" in junit
@@ -194,3 +206,42 @@ def test_breach(llmperf):
     assert "| test | runs |" in text
     assert "`test_decode.py::test_breach` | 1 |" in text
     assert "**SLO BREACH**" in text
+
+
+def test_update_into_an_unwritable_baselines_directory_is_refused_at_start_up(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_decode=PERF_TEST)
+    (pytester.path / "a-file").write_text("")  # no directory can be made under a file, even by root
+    result = pytester.runpytest(
+        "--llmperf-endpoint=http://127.0.0.1:9", "--llmperf-update", "--llmperf-baselines=a-file/baselines"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--llmperf-update: cannot write baselines to *a-file/baselines*--llmperf-baselines=DIR*"]
+    )
+    assert "collected" not in result.stdout.str()  # before any load
+
+
+def test_a_failed_baseline_write_is_reported_and_the_reports_are_still_written(
+    pytester: pytest.Pytester, sim: str
+) -> None:
+    pytester.makepyfile(test_decode=PERF_TEST)
+    (pytester.path / "baselines").mkdir()
+    (pytester.path / "baselines" / "cpu-default").write_text("")  # the pair's directory cannot be made
+    report = pytester.path / "r.html"
+    result, document = run(
+        pytester, sim, "--llmperf-update", "--llmperf-repeats=1", "--llmperf-hardware=cpu", f"--llmperf-report={report}"
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*llmperf results*",
+            "*test_decode*",
+            "*NOT WRITTEN: baselines/cpu-default: File exists; the runs of test_decode were not recorded. Make *"
+            "baselines writable*--llmperf-update",
+            "*llmperf JSON results written to *r.json*",
+            "*llmperf HTML report written to *r.html*",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert document["results"][0]["nodeid"] == "test_decode.py::test_decode"
+    assert report.read_text().startswith("<!DOCTYPE html>")
