@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from pytest_llmperf.errors import BaselineError, LLMPerfError, RunInterrupted, SpecError
+from pytest_llmperf.errors import BaselineError, LLMPerfError, RunInterrupted, ServerExitedError, SpecError
 from pytest_llmperf.markers import build_spec, merge, scale_spec
 from pytest_llmperf.report.junit import properties
 from pytest_llmperf.report.progress import LiveProgress
@@ -78,6 +78,7 @@ class LLMPerf:
         self._calls = 0
         # Runs measured per server in the current run() call: the key of each run's prompt contents.
         self._runs_measured: dict[str, int] = {}
+        self._measured: list[tuple[str, dict[str, Any]]] = []  # (label, summary) of each run of this run() call
 
     def run(self, **overrides: Any) -> Result:
         """Run the marker's workload (``overrides`` win), check its SLOs and judge it against the baseline.
@@ -96,8 +97,9 @@ class LLMPerf:
         module_path, _, test_name = self._item.nodeid.partition("::")
         test_name += f"#{self._calls}" if self._calls else ""
         self._calls += 1
-        self._runs_measured = {}
+        self._runs_measured, self._measured = {}, []
         try:
+            self._check_server(self.endpoint, "before")
             spec = scale_spec(
                 build_spec({"compat": session.settings.compat, **self._marker_kwargs}, overrides), session.scale
             )
@@ -160,9 +162,11 @@ class LLMPerf:
         test_name += f"#{self._calls}" if self._calls else ""
         self._calls += 1
         servers = {"A": self.endpoint, "B": compare}
-        self._runs_measured = {}
+        self._runs_measured, self._measured = {}, []
 
         try:
+            for server in servers.values():
+                self._check_server(server, "before")
             spec = scale_spec(
                 build_spec({"compat": session.settings.compat, **self._marker_kwargs}, overrides), session.scale
             )
@@ -230,6 +234,10 @@ class LLMPerf:
                 "detail_a": metrics.detailed(last_a.run) if last_a is not None else {},
             },
         }
+        self._publish(document)
+
+    def _publish(self, document: dict[str, Any]) -> None:
+        """Attach a run's entry to the test (its report carries it to the session), JUnit and the result hook."""
         self._item.stash.setdefault(RESULTS_KEY, []).append(document)
         prefix = f"call{self._calls - 1}." if self._calls > 1 else ""
         self._item.user_properties.extend(
@@ -255,6 +263,7 @@ class LLMPerf:
         self._runs_measured[label] = number + 1
         contents = f"{self._session.prompt_nonce}/{self._item.nodeid}#{self._calls - 1}/run{number}"
         with self._session.measurement_slot() as slot:
+            self._check_server(endpoint, "before")
             settled = self._session.settle(endpoint, other) if other is not None else {}
             before = servermetrics.scrape(endpoint)
             progress = self._progress(label)
@@ -271,13 +280,17 @@ class LLMPerf:
             except RunInterrupted as interrupted:
                 # Ctrl-C skips the call report, so hand the partial result to the session directly.
                 partial = runner.summarize(interrupted.partial, endpoint)
-                self._session.results.append(
-                    {"nodeid": self._item.nodeid, "outcome": "interrupted", **self._document(partial, endpoint)}
-                )
+                reason = partial.run.notes[-1] if partial.run.notes else "interrupted"
+                document = {**self._partial_document(partial, endpoint, label, reason), "interruption": reason}
+                self._session.keep_partial({"nodeid": self._item.nodeid, "outcome": "interrupted", **document})
                 raise
             finally:
                 if progress is not None:
                     progress.close()
+            # Failed requests may mean the server died: checked inside the slot, so that under xdist the message
+            # names this test before another worker's run can find the server gone.
+            failed = bool(result.summary.get("failed"))
+            exited = self._session.server_exited(endpoint, f"during test {self._item.nodeid}") if failed else None
             after = servermetrics.scrape(endpoint) if before is not None else None
             deltas = servermetrics.deltas(before, after) if before is not None and after is not None else None
             if monitor is not None:
@@ -293,7 +306,30 @@ class LLMPerf:
         if deltas is not None:
             result.summary["server_metrics"] = deltas
         _account_prompt_cache(result, deltas)
+        if exited is not None:  # keep what was measured, then fail the test with the server's fate
+            self._publish({**self._partial_document(result, endpoint, label, exited), "server_exited": exited})
+            raise ServerExitedError(exited)
+        self._measured.append((label, result.summary))
         return result
+
+    def _check_server(self, endpoint: Endpoint, when: str) -> None:
+        """Fail at once, sending no load, when the spawned server of ``endpoint`` has died (in this test or before)."""
+        exited = self._session.server_exited(endpoint, f"{when} test {self._item.nodeid}")
+        if exited is not None:
+            raise ServerExitedError(exited)
+
+    def _partial_document(self, result: Result, endpoint: Endpoint, label: str, reason: str) -> dict[str, Any]:
+        """The entry of a run that ended its test early (an interrupt, its server's death): the run as measured,
+        with its per-request arrays, every run of this ``llmperf.run()`` call so far, and why it ended."""
+        from pytest_llmperf import metrics
+
+        earlier = [summary for side, summary in self._measured if side == label]
+        return {
+            **self._document(result, endpoint),
+            "runs": [*earlier, result.summary],
+            "detail": metrics.detailed(result.run),
+            "notes": [reason],
+        }
 
     def _disturbance_monitor(self, endpoint: Endpoint) -> Any:
         """A started monitor of what else uses the server's resources during the run (None when switched off)."""
@@ -361,12 +397,7 @@ class LLMPerf:
                     # New runs that the verdict calls different from the stored ones start a new epoch.
                     "differs": _differs(judgement.verdict),
                 }
-        self._item.stash.setdefault(RESULTS_KEY, []).append(document)
-        prefix = f"call{self._calls - 1}." if self._calls > 1 else ""
-        self._item.user_properties.extend(
-            (name.replace("llmperf.", f"llmperf.{prefix}", 1), value) for name, value in properties(document)
-        )
-        self._item.config.hook.pytest_llmperf_result(item=self._item, result=document)
+        self._publish(document)
 
     def _decide(self, judgement: Judgement | ABJudgement, updating: bool) -> None:
         from pytest_llmperf.report.tables import render_verdict_table
@@ -438,7 +469,7 @@ def _failed_requests(summary: dict[str, Any]) -> str:
 
 
 def _differs(verdict: Any) -> str | None:
-    """"REGRESSION: median TPOT 1.30× ..." when the update's runs differ from the stored ones, else None."""
+    """ "REGRESSION: median TPOT 1.30× ..." when the update's runs differ from the stored ones, else None."""
     if verdict.status not in ("REGRESSION", "IMPROVEMENT"):
         return None
     changed = [m for m in verdict.gating if m.status == verdict.status and m.estimate is not None]

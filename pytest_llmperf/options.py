@@ -249,7 +249,7 @@ def resolve(config: pytest.Config) -> Settings:
         report_path=report_out,
         gpus=gpus,
         profiles_path=profiles_path,
-        baselines=config.rootpath / baselines,
+        baselines=_baselines_root(config, baselines),
         update=config.getoption("llmperf_update"),
         inconclusive=inconclusive,
         tolerance=tolerance,
@@ -374,6 +374,30 @@ def _writable(config: pytest.Config, name: str, text: str | None) -> Path | None
     if path.is_dir():
         raise pytest.UsageError(f"--llmperf-{name}={text!r} is a directory; give a file name")
     return path
+
+
+def _baselines_root(config: pytest.Config, text: str) -> Path:
+    """The baseline root; with ``--llmperf-update`` it must take new files, checked now rather than when the
+    runs are written at the end of the session, after the whole budget was spent."""
+    root = config.rootpath / text
+    if config.getoption("llmperf_update") is None or hasattr(config, "workerinput"):
+        return root  # only the controller writes baselines
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # created on the first write: its nearest existing parent must take it
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".llmperf-check."):
+            pass
+        problem = None
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    if problem is not None:
+        where = "" if existing == root else f" (it does not exist yet; {existing} would hold it)"
+        raise pytest.UsageError(
+            f"--llmperf-update: cannot write baselines to {root}{where}: {problem}. Make it writable, or record "
+            "into another directory with --llmperf-baselines=DIR"
+        )
+    return root
 
 
 def _number(config: pytest.Config, name: str, *, low: float, high: float) -> float | None:

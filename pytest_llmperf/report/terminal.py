@@ -24,8 +24,39 @@ def status(result: Mapping[str, Any]) -> str:
     return str((result.get("verdict") or {}).get("status", "-"))
 
 
-def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1) :]
+# Shortest a file or function name gets before the parameters are cut to "[…]".
+_MIN_NAME = 10
+
+
+def _short(nodeid: str, width: int) -> str:
+    """``nodeid`` in ``width`` characters with its file and function readable: the directories go first, then
+    the middle of whichever of file name, function and parameters is longest, until it fits."""
+    if len(nodeid) <= width:
+        return nodeid
+    head, bracket, params = nodeid.partition("[")
+    path, sep, function = head.partition("::")
+    path = path.rpartition("/")[2]
+    inner = params[:-1] if params.endswith("]") else params
+    parts = [path, function, inner]
+    floors = [min(len(path), _MIN_NAME), min(len(function), _MIN_NAME), min(len(inner), 1)]
+    sizes = [len(part) for part in parts]
+    room = width - len(sep) - (2 if bracket else 0)
+    while sum(sizes) > room and any(size > floor for size, floor in zip(sizes, floors, strict=True)):
+        longest = max((i for i in range(3) if sizes[i] > floors[i]), key=lambda i: sizes[i])
+        sizes[longest] -= 1
+    path, function, inner = (_middle(part, size) for part, size in zip(parts, sizes, strict=True))
+    text = f"{path}{sep}{function}" + (f"[{inner}]" if bracket else "")
+    return _middle(text, width)
+
+
+def _middle(text: str, width: int) -> str:
+    """``text`` in ``width`` characters, its middle replaced by "…" when it is longer."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    left = width // 2
+    return text[:left] + "…" + text[len(text) - (width - 1 - left) :]
 
 
 def _ms(value: Any) -> str:
@@ -38,8 +69,15 @@ def _workload(w: Mapping[str, Any]) -> str:
 
 
 def render(
-    results: Sequence[Mapping[str, Any]], *, pair: str, endpoint: Mapping[str, Any] | None, verbose: int
+    results: Sequence[Mapping[str, Any]],
+    *,
+    pair: str,
+    endpoint: Mapping[str, Any] | None,
+    verbose: int,
+    recording: bool = False,
 ) -> list[Line]:
+    """The table, its notes and the lines that say what to do; ``recording``: a ``--llmperf-update`` session,
+    whose runs become the baselines (no hint to record them)."""
     endpoint = endpoint or {}
     lines: list[Line] = [
         (
@@ -81,11 +119,25 @@ def render(
             lines.append((f"    warning: client-bound run: {'; '.join(s.get('client_reasons', []))}", {"yellow": True}))
         for warning in (s.get("validity") or {}).get("warnings", []):
             lines.append((f"    warning: {warning}", {"yellow": True}))
+        if status(r) == "IMPROVEMENT" and not (r.get("ab") or recording or verbose > 0):  # -v: in the verdict table
+            hint = (r.get("verdict") or {}).get("hint") or "re-record the baseline with --llmperf-update"
+            lines.append((f"    better than its baseline: {hint}", {"green": True}))
         if verbose > 0 and r.get("verdict", {}).get("metrics"):
             lines.extend(("    " + line, {}) for line in render_verdict_table(r["verdict"]).splitlines())
     lines.append(("times in ms (p50 = median); tok/s = output tokens per second; -v shows every metric's verdict", {}))
+    if not recording:
+        lines.extend(_missing_baselines(results, pair))
     lines.extend(render_ab(ordered))
     return lines
+
+
+def _missing_baselines(results: Sequence[Mapping[str, Any]], pair: str) -> list[Line]:
+    """One line after the table: how many tests have no baseline, and how to record theirs."""
+    tests = {r["nodeid"] for r in results if (r.get("verdict") or {}).get("status") == "NO_BASELINE"}
+    if not tests:
+        return []
+    count = "1 test has" if len(tests) == 1 else f"{len(tests)} tests have"
+    return [(f"{count} no baseline for pair {pair}: record with --llmperf-update, then review and commit it", {})]
 
 
 _AB_METRICS = (("ttft_p50", "TTFT50"), ("tpot_p50", "TPOT50"), ("e2e_p50", "E2E50"), ("output_tok_s", "tok/s"))

@@ -309,3 +309,95 @@ def test_chat_calibration_waits_no_longer_than_the_workload_allows(pytester: pyt
         ]
     )
     assert elapsed < 15  # the control plane's 30 s (before: 30 s, then silently on) is not waited for
+
+
+ONE_TEST = """
+import pytest
+
+@pytest.mark.perf(input_len=16, output_len=4, num_prompts=4, concurrency=2)
+def test_one(llmperf):
+    llmperf.run()
+"""
+
+
+@pytest.mark.parametrize("case", ["unreachable endpoint", "broken baseline", "server exits at start"])
+def test_a_setup_or_baseline_error_is_printed_once(pytester: pytest.Pytester, sim_url: str, case: str) -> None:
+    pytester.makepyfile(test_one=ONE_TEST)
+    if case == "unreachable endpoint":
+        args, message = ["--llmperf-endpoint=http://127.0.0.1:9", "--llmperf-ready-timeout=1"], "nothing listens"
+    elif case == "broken baseline":
+        path = pytester.path / "baselines" / "cpu-default" / "test_one.yaml"
+        path.parent.mkdir(parents=True)
+        path.write_text("schema_version: [\n")
+        args, message = [f"--llmperf-endpoint={sim_url}", "--llmperf-hardware=cpu"], "not valid YAML"
+    else:
+        profiles = pytester.path / "profiles.yaml"
+        profiles.write_text(
+            "profiles:\n  crashing:\n    model: m\n"
+            """    command: ["{python}", "-c", "print('engine ' + 'crashed'); raise SystemExit(3)", "{port}"]\n"""
+        )  # the message is split in the command line, so only the log tail holds it whole
+        args, message = ["--llmperf-server=crashing", f"--llmperf-profiles={profiles}"], "engine crashed"
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(**({"failed": 1} if case == "broken baseline" else {"errors": 1}))
+    output = result.stdout.str()
+    assert "During handling of the above exception" not in output
+    assert output.count(message) == 1, output
+
+
+def test_a_workload_too_large_for_the_machine_fails_before_any_load(pytester: pytest.Pytester, sim_url: str) -> None:
+    pytester.makepyfile(
+        """
+        def test_huge_run(llmperf):
+            llmperf.run(num_prompts=10**7, input_len=100_000, concurrency=4)
+        """
+    )
+    started = time.monotonic()
+    result = pytester.runpytest(f"--llmperf-endpoint={sim_url}")
+    assert time.monotonic() - started < 30  # building the prompts alone would take hours
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*workload too large for this machine: num_prompts=10000000 with input_len=100000*would hold about *"
+            "more than 50% of the * available: lower num_prompts, or bound the run by time with duration_s*"
+        ]
+    )
+
+
+def test_a_concurrency_above_the_open_file_limit_fails_before_any_load(pytester: pytest.Pytester, sim_url: str) -> None:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        pytest.skip("no open-file limit to exceed")
+    pytester.makepyfile(
+        f"""
+        def test_huge_concurrency(llmperf):
+            llmperf.run(num_prompts={soft + 1}, concurrency={soft + 1}, input_len=1, output_len=1)
+        """
+    )
+    result = pytester.runpytest(f"--llmperf-endpoint={sim_url}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*workload too large for this machine: concurrency={soft + 1} keeps {soft + 1} requests in flight, one "
+            "socket each, but this process can open only * more files (ulimit -n is *)*ulimit -n 65536*"
+        ]
+    )
+
+
+def test_summary_says_where_the_reports_went_and_how_to_record_baselines(
+    pytester: pytest.Pytester, sim_url: str
+) -> None:
+    pytester.makepyfile(USER_TEST)
+    result = pytester.runpytest(
+        f"--llmperf-endpoint={sim_url}", "--llmperf-json=out/r.json", "--llmperf-report=out/r.html"
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*llmperf results*",
+            "2 tests have no baseline for pair *: record with --llmperf-update, then review and commit it",
+            f"*llmperf JSON results written to {pytester.path / 'out' / 'r.json'} *",
+            f"*llmperf HTML report written to {pytester.path / 'out' / 'r.html'} *",
+        ]
+    )

