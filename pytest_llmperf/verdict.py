@@ -900,7 +900,9 @@ def _plan(r: MetricVerdict, alpha: float, family: int) -> tuple[int | None, bool
 
 def _sessions_plan(r: MetricVerdict, margin: float, level: float) -> str:
     """Why more candidate runs cannot help under the session model, and what would."""
-    assert r.sigma is not None and r.sigma_session is not None and r.sessions_baseline
+    assert r.sigma is not None
+    assert r.sigma_session is not None
+    assert r.sessions_baseline
     runs_per_session = max(r.runs_candidate, r.runs_baseline / r.sessions_baseline)
     total = stats.sessions_needed(r.sigma, r.sigma_session, runs_per_session, margin, alpha=level, power=POWER)
     spread = f"between-session spread {r.sigma_session:.1%}" + (" (prior)" if r.session_prior else "")
@@ -928,7 +930,9 @@ def _runs_needed(r: MetricVerdict, margin: float, level: float, power: float) ->
         assert r.sigma is not None
         return stats.blocks_needed(r.sigma, margin, alpha=level, power=power)
     if r.method == "sessions":
-        assert r.sigma is not None and r.sigma_session is not None and r.sessions_baseline
+        assert r.sigma is not None
+    assert r.sigma_session is not None
+    assert r.sessions_baseline
         return stats.session_runs_needed(
             r.sigma, r.sigma_session, r.sessions_baseline, r.runs_baseline, margin, alpha=level, power=power
         )

@@ -147,7 +147,8 @@ def test_a_one_session_baseline_uses_the_prior_and_says_so() -> None:
     assert m.status == INCONCLUSIVE
     assert m.session_prior
     assert m.sigma_session == pytest.approx(0.03)
-    assert m.upper is not None and m.lower is not None
+    assert m.upper is not None
+    assert m.lower is not None
     assert m.upper / m.lower > 1.15  # ±7 %: no narrow interval from one session
     assert m.futile
     assert "≈2 more baseline session(s) would let it be measured" in m.reason
