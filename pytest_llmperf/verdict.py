@@ -931,8 +931,8 @@ def _runs_needed(r: MetricVerdict, margin: float, level: float, power: float) ->
         return stats.blocks_needed(r.sigma, margin, alpha=level, power=power)
     if r.method == "sessions":
         assert r.sigma is not None
-    assert r.sigma_session is not None
-    assert r.sessions_baseline
+        assert r.sigma_session is not None
+        assert r.sessions_baseline
         return stats.session_runs_needed(
             r.sigma, r.sigma_session, r.sessions_baseline, r.runs_baseline, margin, alpha=level, power=power
         )
