@@ -74,3 +74,34 @@ def cancel_on_interrupt(loop: asyncio.AbstractEventLoop, task: asyncio.Future[An
     finally:
         for which, handler in replaced.items():
             signal.signal(which, handler)
+
+
+@contextlib.contextmanager
+def deferred(*, reraise: bool = True) -> Iterator[Interrupts]:
+    """Within the block, an interrupt (SIGINT, and SIGTERM while mapped to Ctrl-C) waits for the block's end.
+
+    For steps that must not be cut in two: starting a server and putting it on record (cut after the start, the
+    server would run unknown to whatever stops servers), and stopping a shared server and removing the run
+    directory. On leaving, a held interrupt raises ``KeyboardInterrupt`` if ``reraise``; otherwise the caller
+    reads it from the yielded :class:`Interrupts`. Only Python's default interrupt handler is replaced, and only
+    in the main thread.
+    """
+    interrupts = Interrupts()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupts
+        return
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        interrupts.received.append(signum)
+
+    replaced: dict[signal.Signals, Any] = {}
+    try:
+        for which in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(which) is signal.default_int_handler:
+                replaced[which] = signal.signal(which, hold)
+        yield interrupts
+    finally:
+        for which, handler in replaced.items():
+            signal.signal(which, handler)
+    if interrupts and reraise:
+        raise KeyboardInterrupt

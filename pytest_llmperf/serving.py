@@ -3,8 +3,12 @@
 No pytest import: the fixture passes in what it resolved (settings, profile, hook-supplied launcher).
 
 Sharing under pytest-xdist: the first worker to take ``server.lock`` in the run directory starts the server,
-hands its ownership to the controller (``detach``) and writes ``server.json``; the others read that file.
+writes ``server.json`` and hands its ownership to the controller (``detach``); the others read that file.
 The controller stops the process group at session end. Measurements are serialized with ``measure.lock``.
+The first worker to find the server dead writes why to ``server.exited``, so that the others fail at once
+with the same message (:class:`ServerWatch`).
+
+Spawned servers are on record under the cache directory while they run (:mod:`pytest_llmperf.registry`).
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf import server
+from pytest_llmperf import registry, server
+from pytest_llmperf._files import write_text_atomic
 from pytest_llmperf.errors import EndpointError, LLMPerfError, ServerError
 from pytest_llmperf.profiles import Profile
 from pytest_llmperf.spec import Endpoint, Launch, redact_url
@@ -26,6 +32,7 @@ from pytest_llmperf.spec import Endpoint, Launch, redact_url
 STATE_FILE = "server.json"
 COMPARE_STATE_FILE = "compare.json"  # A/B mode's second server (B)
 _PROBE_PAUSE_S = 0.5
+_TAIL_LINES = 20  # of the server log, in the message of a server that died
 
 Launcher = Callable[[Profile, int, list[str]], "Launch | None"]
 
@@ -137,6 +144,7 @@ def spawn(
             health_url=launch.url.rstrip("/") + profile.health_path,
             startup_timeout_s=profile.startup_timeout_s,
             name=profile.name,
+            registry_dir=registry.default_dir(),
         ).start()
         url = launch.url.rstrip("/")
     else:
@@ -148,6 +156,7 @@ def spawn(
             log_path=log_path,
             startup_timeout_s=profile.startup_timeout_s,
             name=profile.name,
+            registry_dir=registry.default_dir(),
         )
         url = process.base_url
     try:
@@ -168,11 +177,17 @@ def spawn(
 
 
 def shared(
-    run_dir: Path, start: Callable[[], Spawned], api_key: str | None, *, state_file: str = STATE_FILE
+    run_dir: Path,
+    start: Callable[[], Spawned],
+    api_key: str | None,
+    *,
+    state_file: str = STATE_FILE,
+    controller_pid: int | None = None,
 ) -> Endpoint:
     """The one server all xdist workers share: started by the first worker to get here, else read back.
 
-    ``state_file`` names the server (:data:`STATE_FILE`, or :data:`COMPARE_STATE_FILE` for A/B mode's B)."""
+    ``state_file`` names the server (:data:`STATE_FILE`, or :data:`COMPARE_STATE_FILE` for A/B mode's B).
+    ``controller_pid`` becomes the server's owner on record."""
     from filelock import FileLock
 
     state_path = run_dir / state_file
@@ -187,14 +202,16 @@ def shared(
         except LLMPerfError as exc:
             state_path.write_text(json.dumps({"error": str(exc)}))
             raise
-        spawned.process.detach()  # the controller stops it once every worker is done
         state = {
             "endpoint": spawned.endpoint.public_dict(),
             "pgid": spawned.process.pgid,
             "pinned_cpus": spawned.pinned_cpus,
             "started_by": os.getpid(),
+            "record": str(spawned.process.record) if spawned.process.record is not None else None,
         }
-        state_path.write_text(json.dumps(state))
+        # In this order: until the controller can find the server in the state file, this process stops it.
+        write_text_atomic(state_path, json.dumps(state))
+        spawned.process.detach(controller_pid)  # the controller stops it once every worker is done
         return spawned.endpoint
 
 
@@ -214,8 +231,64 @@ def stop_shared(run_dir: Path, *, state_file: str = STATE_FILE) -> bool:
     pgid = state.get("pgid")
     if not isinstance(pgid, int):
         return False
-    server.stop_process_group(pgid)
+    if server.stop_process_group(pgid) and state.get("record"):
+        registry.forget(Path(state["record"]))
     return True
+
+
+@dataclass(slots=True)
+class ServerWatch:
+    """Whether a spawned server still runs, so that one that died is named, once, instead of showing up as
+    refused connections, and every later test fails at once with the same message.
+
+    ``process`` is set in the process that started the server (its exit code is known there); otherwise the
+    pid's start time tells the server from a process that reused its pid. ``exited_file`` (xdist-shared
+    servers) carries the message from the worker that found the server dead to the others.
+    """
+
+    name: str
+    pid: int
+    log_path: Path
+    process: server.ServerProcess | None = None
+    exited_file: Path | None = None
+    started: float | None = field(default=None)
+    message: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.process is None and self.started is None:
+            self.started = registry.start_time(self.pid)
+
+    def check(self, when: str) -> str | None:
+        """The message if the server has exited (``when``: "during test X" / "before test X"), else None."""
+        if self.message is None and self.exited_file is not None:
+            with contextlib.suppress(OSError):
+                self.message = self.exited_file.read_text() or None
+        if self.message is not None:
+            return self.message
+        exited, code = self._exited()
+        if not exited:
+            return None
+        how = f"exited with code {code}" if code is not None else "exited (its exit code is not known here)"
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                how += f" ({signal.Signals(-code).name})"
+        tail = server.read_log_tail(self.log_path, _TAIL_LINES).strip() or "(the log is empty)"
+        self.message = f"the spawned server {self.name} {how} {when}; log tail ({self.log_path}):\n{tail}"
+        # Not into a run directory the controller has removed: writing would make it anew, left behind.
+        if self.exited_file is not None and self.exited_file.parent.is_dir():
+            with contextlib.suppress(OSError):
+                write_text_atomic(self.exited_file, self.message)
+        return self.message
+
+    def _exited(self) -> tuple[bool, int | None]:
+        if self.process is not None:
+            code = self.process.exit_code()
+            return code is not None, code
+        code = server.zombie_exit_code(self.pid)
+        if code is not None:
+            return True, code
+        now = registry.start_time(self.pid)
+        return now is None or self.started is None or abs(now - self.started) > 0.1, None
 
 
 def worker_devices(

@@ -1,8 +1,11 @@
 """The run-state object of one pytest session, kept in ``config.stash`` and registered as a plugin.
 
 Workers attach each perf test's results to its report as builtins (``report.llmperf``); the controller
-collects them from ``pytest_runtest_logreport``, so the same code path works with and without xdist. The
-controller alone writes files and stops a server shared by workers.
+collects them from ``pytest_runtest_logreport``, so the same code path works with and without xdist. An
+interrupted run gets no report: a worker leaves it in the run directory, where the controller collects it at the
+end. The controller alone writes the output files and stops a server shared by workers; it handles SIGTERM as
+Ctrl-C, as does every process while it owns a spawned server. At its start it stops the servers that sessions
+killed with SIGKILL left running (:mod:`pytest_llmperf.registry`).
 """
 
 from __future__ import annotations
@@ -384,6 +387,9 @@ class LLMPerfSession:
         if not self.is_worker:
             self.results.append(document)
             return
+        if not self.run_dir.is_dir():
+            return  # the controller has finished (and would not read it): making the directory anew would leave it
+        (self.run_dir / PARTIAL_DIR).mkdir(exist_ok=True)
         name = f"{self.worker_id}-{time.time_ns()}.json"
         write_text_atomic(self.run_dir / PARTIAL_DIR / name, json.dumps(document, default=str))
 
@@ -639,13 +645,15 @@ class LLMPerfSession:
             if terminal is not None:
                 terminal.write_line(finding.message, yellow=finding.warning)
 
-    def _close_run_dir(self, session: pytest.Session) -> None:
+    def close_run_dir(self, session: pytest.Session) -> None:
         """Controller, once the workers are down: collect the interrupted runs they left, stop the shared servers
-        and remove the run directory. An interrupt meanwhile waits: cut short, this would leave a server running."""
+        and remove the run directory (again: nothing left to do). An interrupt meanwhile waits: cut short, this
+        would leave a server running."""
         from pytest_llmperf import serving
         from pytest_llmperf.interrupts import deferred
 
-        assert self._run_dir is not None
+        if self._run_dir is None:
+            return
         with deferred(reraise=False) as interrupts:
             try:
                 self.results.extend(_load_partials(self._run_dir / PARTIAL_DIR))
@@ -712,8 +720,7 @@ class LLMPerfSession:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker:
             return
-        if self._run_dir is not None:
-            self._close_run_dir(session)
+        self.close_run_dir(session)
         failed = False
         if self.settings.update is not None:
             failed |= not self._apply_updates()

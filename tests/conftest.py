@@ -87,7 +87,8 @@ def spawn_pytest() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     collector finds it)."""
     children: list[subprocess.Popen[str]] = []
 
-    def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    def start(*args: str, cwd: Path, new_session: bool = False) -> subprocess.Popen[str]:
+        # new_session: the child leads a process group of its own (with its xdist workers), to be signalled whole.
         proc = subprocess.Popen(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
             cwd=cwd,
@@ -95,6 +96,7 @@ def spawn_pytest() -> Iterator[Callable[..., subprocess.Popen[str]]]:
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=new_session,
         )
         children.append(proc)
         return proc

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import subprocess
 import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,25 +152,108 @@ def test_server_never_ready_names_the_health_url(pytester: pytest.Pytester) -> N
     result.stdout.fnmatch_lines(["*did not become ready within 2 s*http://127.0.0.1:*/health*"])
 
 
-def test_server_killed_during_a_run_fails_the_requests_without_hanging(pytester: pytest.Pytester) -> None:
+def junit_failures(path: Path) -> dict[str, str]:
+    """Test name -> failure message of a JUnit XML file."""
+    import xml.etree.ElementTree as ET
+
+    cases = ET.parse(path).getroot().iter("testcase")
+    return {
+        case.get("name", ""): failure.get("message", "").removeprefix("Failed: ")
+        for case in cases
+        if (failure := case.find("failure")) is not None
+    }
+
+
+# For a child test: SIGKILL the server once a run is under way (requests running), however slow the machine.
+KILL_WHEN_RUNNING = """
+import os, signal, threading, time
+import httpx
+
+def kill_when_running(endpoint):
+    def kill():
+        while httpx.get(endpoint.url + "/sim/stats").json()["running"] < 4:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        os.kill(endpoint.pid, signal.SIGKILL)
+
+    threading.Thread(target=kill, daemon=True).start()
+"""
+
+
+def test_server_killed_during_a_run_is_named_and_later_tests_fail_at_once(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(KILL_WHEN_RUNNING)
     pytester.makepyfile(
-        """
-        import os, signal, threading
+        test_dies="""
+        from conftest import kill_when_running
 
         def test_killed(llmperf):
-            pid = llmperf.endpoint.pid
-            threading.Timer(1.5, os.kill, (pid, signal.SIGKILL)).start()
+            kill_when_running(llmperf.endpoint)
             llmperf.run(input_len=8, output_len=100, num_prompts=40, concurrency=4)
+
+        def test_after(llmperf):
+            llmperf.run(input_len=8, output_len=4, num_prompts=2)
         """
     )
+    out = pytester.path / "r.json"
     started = time.monotonic()
-    result = pytester.runpytest("--llmperf-server=sim", "--junitxml=j.xml")
+    result = pytester.runpytest("--llmperf-server=sim", "--junitxml=j.xml", f"--llmperf-json={out}")
     assert time.monotonic() - started < 60
-    result.assert_outcomes(failed=1)  # the default error_rate <= 0 contract fails it, in the call phase
-    result.stdout.fnmatch_lines(["*SLO breached in run 1 of 1*", "*error_rate (default)*BREACH*"])
-    junit = (pytester.path / "j.xml").read_text()
-    assert "<failure" in junit
-    assert "error_rate" in junit
+    result.assert_outcomes(failed=2)
+    named = "the spawned server sim exited with code -9 (SIGKILL) during test test_dies.py::test_killed; log tail ("
+    failures = junit_failures(pytester.path / "j.xml")
+    assert failures["test_killed"].startswith(named)
+    assert "LLMPERF_SIM_READY" in failures["test_killed"]  # the log tail
+    assert failures["test_after"] == failures["test_killed"]  # at once, with the same message: no load sent
+    (entry,) = json.loads(out.read_text())["results"]  # what test_killed measured is kept; test_after ran nothing
+    assert entry["nodeid"] == "test_dies.py::test_killed"
+    assert entry["outcome"] == "failed"
+    assert entry["server_exited"].startswith(named)
+    assert entry["summary"]["failed"] >= 1
+    assert entry["summary"]["completed"] + entry["summary"]["failed"] == 40
+    assert len(entry["detail"]["ttfts"]) == 40
+    assert len(entry["runs"]) == 1
+
+
+def test_xdist_workers_learn_that_the_shared_server_died(pytester: pytest.Pytester) -> None:
+    profiles = recording_sim_profile(pytester.path)
+    died = pytester.path / "died"
+    pytester.makeconftest(KILL_WHEN_RUNNING)
+    pytester.makepyfile(
+        test_a=f"""
+        from conftest import kill_when_running
+
+        def test_killed(llmperf):
+            kill_when_running(llmperf.endpoint)
+            try:
+                llmperf.run(input_len=8, output_len=100, num_prompts=40, concurrency=4)
+            finally:
+                open({str(died)!r}, "w").close()
+        """,
+        test_b=f"""
+        import os, time
+        import pytest
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_later(llmperf, n):
+            while not os.path.exists({str(died)!r}):
+                time.sleep(0.05)
+            llmperf.run(input_len=8, output_len=4, num_prompts=2)
+        """,
+    )
+    result = pytester.runpytest(
+        "-n",
+        "2",
+        "--dist",
+        "loadfile",
+        "--llmperf-server=recorded",
+        f"--llmperf-profiles={profiles}",
+        "--junitxml=j.xml",
+    )
+    result.assert_outcomes(failed=4)
+    named = "the spawned server recorded exited with code -9 (SIGKILL) during test test_a.py::test_killed; log tail"
+    failures = junit_failures(pytester.path / "j.xml")
+    assert len(failures) == 4
+    assert all(message.startswith(named) for message in failures.values()), failures
 
 
 def test_xdist_shares_one_server_and_serializes_measurements(pytester: pytest.Pytester) -> None:
@@ -304,3 +389,200 @@ def test_sigterm_during_a_run_leaves_no_server(
     while alive(server_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(server_pid)
+
+
+def test_sigterm_during_startup_stops_the_server_and_keeps_the_json(
+    tmp_path: Path, spawn_pytest: Callable[..., subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pidfile = tmp_path / "server.pid"
+    slow = f"echo $$ > {pidfile}; sleep 6; exec {{python}} -m pytest_llmperf.sim --host {{host}} --port {{port}}"
+    write_profiles(
+        tmp_path,
+        f"""
+        profiles:
+          slowstart:
+            command: ["sh", "-c", {json.dumps(slow)}]
+            model: llmperf-sim
+            startup_timeout_s: 60
+        """,
+    )
+    (tmp_path / "test_x.py").write_text(SMALL_TEST)
+    out = tmp_path / "r.json"
+    proc = spawn_pytest(
+        "--llmperf-server=slowstart",
+        "--llmperf-profiles=profiles.yaml",
+        f"--llmperf-json={out}",
+        "test_x.py",
+        cwd=tmp_path,
+    )
+    deadline = time.monotonic() + 60
+    while not (pidfile.exists() and pidfile.read_text().endswith("\n")):
+        assert proc.poll() is None, "pytest ended: the server was never started"
+        assert time.monotonic() < deadline, "the server was never started"
+        time.sleep(0.02)
+    server_pid = int(pidfile.read_text())
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output  # handled like Ctrl-C, not killed by it
+    assert json.loads(out.read_text())["results"] == []
+    assert not group_alive(server_pid)  # the shell and its `sleep`
+    assert not list((tmp_path / "cache" / "pytest-llmperf" / "servers").glob("*.json"))  # and off the record
+
+
+def group_alive(pgid: int, wait_s: float = 10.0) -> bool:
+    """Whether process group ``pgid`` still has a live member after up to ``wait_s``."""
+    from pytest_llmperf.server import _group_alive
+
+    deadline = time.monotonic() + wait_s
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _group_alive(pgid)
+
+
+LONG_TESTS = """
+import pytest
+
+@pytest.mark.perf(input_len=8, output_len=500, num_prompts=40, concurrency=2)
+@pytest.mark.parametrize("n", range(4))
+def test_long(llmperf, n):
+    llmperf.run()
+"""
+
+
+@pytest.mark.parametrize(
+    ("target", "sig"),
+    [
+        pytest.param("controller", signal.SIGTERM, id="sigterm-controller"),
+        pytest.param("group", signal.SIGTERM, id="sigterm-group"),
+        pytest.param("group", signal.SIGINT, id="ctrl-c"),
+    ],
+)
+def test_xdist_interrupt_stops_the_shared_server_and_keeps_partial_results(
+    tmp_path: Path,
+    spawn_pytest: Callable[..., subprocess.Popen[str]],
+    wait_for_run: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+    target: str,
+    sig: signal.Signals,
+) -> None:
+    temp = tmp_path / "tmp"  # where the controller makes its run directory
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    profiles = recording_sim_profile(tmp_path)
+    (tmp_path / "test_x.py").write_text(LONG_TESTS)
+    out = tmp_path / "r.json"
+    args = ("-n", "2", "--llmperf-server=recorded", f"--llmperf-profiles={profiles}", f"--llmperf-json={out}")
+    proc = spawn_pytest(*args, "test_x.py", cwd=tmp_path, new_session=True)
+    wait_for_run(proc, f"http://127.0.0.1:{wait_for_port(tmp_path, proc)}", running=2)
+    ((server_pid, _),) = starts(tmp_path)
+    if target == "group":
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert "PluggyTeardownRaisedWarning" not in output
+    assert not group_alive(server_pid)
+    assert not list(temp.glob("pytest-llmperf-*"))  # the run directory is gone
+    assert not list((tmp_path / "cache" / "pytest-llmperf" / "servers").glob("*.json"))
+    interrupted = [r for r in json.loads(out.read_text())["results"] if r["outcome"] == "interrupted"]
+    assert interrupted, output  # the run in flight reached the controller's JSON
+    for entry in interrupted:
+        assert entry["nodeid"].startswith("test_x.py::test_long[")
+        assert "the run was interrupted by" in entry["interruption"]
+        assert len(entry["detail"]["ttfts"]) == entry["summary"]["completed"] + entry["summary"]["failed"]
+        assert entry["runs"][-1] == entry["summary"]
+
+
+def wait_for_port(tmp: Path, proc: subprocess.Popen[str]) -> int:
+    """The port of the server the recording wrapper started (the last one, should a port have been taken)."""
+    ports = tmp / "ports.log"
+    deadline = time.monotonic() + 60
+    while not (ports.exists() and ports.read_text().endswith("\n")):
+        assert proc.poll() is None, "pytest ended: the server was never started"
+        assert time.monotonic() < deadline, "the server was never started"
+        time.sleep(0.1)
+    return int(ports.read_text().split()[-1])
+
+
+def test_interrupted_entry_keeps_detail_runs_and_reason(
+    tmp_path: Path, spawn_pytest: Callable[..., subprocess.Popen[str]], start_sim: Any
+) -> None:
+    sim = start_sim("--decode-ms", "2", "--decode-ms-per-seq", "0", "--jitter", "0")
+    (tmp_path / "conftest.py").write_text(
+        textwrap.dedent(
+            """
+            import os, signal, threading, time
+            import httpx
+            from pytest_llmperf import runner
+
+            measure, calls = runner.measure, []
+
+            def interrupt_when_running(url):
+                while httpx.get(url + "/sim/stats").json()["running"] < 2:
+                    time.sleep(0.02)
+                os.kill(os.getpid(), signal.SIGINT)
+
+            def measure_then_interrupt(workload, endpoint, *args, **kwargs):
+                calls.append(1)
+                if len(calls) == 2:  # Ctrl-C in the second run of the test's llmperf.run() call
+                    threading.Thread(target=interrupt_when_running, args=(endpoint.url,), daemon=True).start()
+                return measure(workload, endpoint, *args, **kwargs)
+
+            runner.measure = measure_then_interrupt
+            """
+        )
+    )
+    (tmp_path / "test_x.py").write_text(
+        "def test_twice(llmperf):\n"
+        "    llmperf.run(input_len=8, output_len=300, num_prompts=8, concurrency=2, warmup=0)\n"
+    )
+    out = tmp_path / "r.json"
+    proc = spawn_pytest(
+        f"--llmperf-endpoint={sim.url}",
+        "--llmperf-update",  # every run of the budget is measured
+        "--llmperf-repeats=3",
+        f"--llmperf-baselines={tmp_path / 'baselines'}",
+        f"--llmperf-json={out}",
+        "test_x.py",
+        cwd=tmp_path,
+    )
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
+    (entry,) = json.loads(out.read_text())["results"]
+    assert entry["outcome"] == "interrupted"
+    assert entry["interruption"].startswith("the run was interrupted by Ctrl-C")
+    assert entry["notes"] == [entry["interruption"]]
+    first, second = entry["runs"]  # the complete first run and the interrupted one
+    assert first["completed"] == 8
+    assert second == entry["summary"]
+    assert second["interrupted"]
+    assert len(entry["detail"]["ttfts"]) == second["completed"] + second["failed"]  # cancelled ones included
+
+
+def test_a_server_left_by_a_killed_session_is_stopped_by_the_next(
+    tmp_path: Path,
+    spawn_pytest: Callable[..., subprocess.Popen[str]],
+    wait_for_run: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    records = tmp_path / "cache" / "pytest-llmperf" / "servers"
+    profiles = recording_sim_profile(tmp_path)
+    (tmp_path / "test_x.py").write_text(LONG_TESTS)
+    proc = spawn_pytest("--llmperf-server=recorded", f"--llmperf-profiles={profiles}", "test_x.py", cwd=tmp_path)
+    wait_for_run(proc, f"http://127.0.0.1:{wait_for_port(tmp_path, proc)}", running=2)
+    ((server_pid, _),) = starts(tmp_path)
+    (record,) = records.glob("*.json")
+    assert json.loads(record.read_text())["pid"] == server_pid
+    proc.kill()  # SIGKILL cannot be caught: the server outlives pytest
+    proc.communicate(timeout=30)
+    assert alive(server_pid)
+    (tmp_path / "test_y.py").write_text("def test_nothing():\n    pass\n")
+    output, _ = spawn_pytest("test_y.py", cwd=tmp_path).communicate(timeout=60)
+    assert f"llmperf: stopped a server an earlier session left running: recorded (pid {server_pid}," in output
+    assert not group_alive(server_pid)
+    assert not list(records.glob("*.json"))

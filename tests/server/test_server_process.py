@@ -20,6 +20,7 @@ from pytest_llmperf.server import (
     ServerProcessExited,
     _describe_transport_error,
     _group_alive,
+    _llamacpp_build,
     engine_info,
     fetch_models,
     free_port,
@@ -394,3 +395,16 @@ def test_transport_error_hints() -> None:
 def test_redact_url() -> None:
     assert redact_url("http://user:pw@host:8000/v1") == "http://host:8000/v1"
     assert redact_url("http://host:8000") == "http://host:8000"
+
+
+@pytest.mark.parametrize(
+    ("build_info", "url", "shown"),
+    [
+        ("b6700-1a2b3c4", "http://127.0.0.1:9", "b6700-1a2b3c4"),  # a build with git information, as it is
+        ("b0-1a2b3c4", "http://127.0.0.1:9", "commit 1a2b3c4"),
+        ("b0-unknown", "http://gpu-node:8000", "unknown"),  # a remote server: the local package says nothing
+        ("b0-unknown", f"http://127.0.0.1:{free_port()}", "unknown"),  # nothing of the package listens there
+    ],
+)
+def test_llamacpp_build_without_git_information_is_unknown(build_info: str, url: str, shown: str) -> None:
+    assert _llamacpp_build(build_info, url) == shown

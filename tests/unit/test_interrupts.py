@@ -13,7 +13,7 @@ import pytest
 from pytest_llmperf import loadgen
 from pytest_llmperf.datasets import PromptContext, build_prompts
 from pytest_llmperf.errors import RunInterrupted
-from pytest_llmperf.interrupts import cancel_on_interrupt
+from pytest_llmperf.interrupts import cancel_on_interrupt, deferred
 from pytest_llmperf.runner import planned_prompts
 from pytest_llmperf.selfcheck import LoopMonitor
 from pytest_llmperf.spec import Endpoint, RunRecords, Workload
@@ -208,3 +208,30 @@ def test_handlers_set_by_somebody_else_are_left_alone() -> None:
         loop.close()
         signal.signal(signal.SIGINT, before[0])
         signal.signal(signal.SIGTERM, before[1])
+
+
+@pytest.mark.usefixtures("python_handles_interrupts")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_deferred_holds_an_interrupt_until_the_step_is_done(signum: signal.Signals) -> None:
+    done: list[str] = []
+
+    def step() -> None:
+        with deferred():
+            os.kill(os.getpid(), signum)
+            for _ in range(1000):  # bytecodes enough for the handler to have run
+                pass
+            done.append("the step")
+
+    with pytest.raises(KeyboardInterrupt):
+        step()
+    assert done == ["the step"]
+    assert signal.getsignal(signum) is signal.default_int_handler  # put back
+
+
+@pytest.mark.usefixtures("python_handles_interrupts")
+def test_deferred_can_leave_the_interrupt_to_the_caller() -> None:
+    with deferred(reraise=False) as held:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):
+            pass
+    assert held.received == [signal.SIGINT]
