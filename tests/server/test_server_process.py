@@ -403,8 +403,9 @@ def test_redact_url() -> None:
         ("b6700-1a2b3c4", "http://127.0.0.1:9", "b6700-1a2b3c4"),  # a build with git information, as it is
         ("b0-1a2b3c4", "http://127.0.0.1:9", "commit 1a2b3c4"),
         ("b0-unknown", "http://gpu-node:8000", "unknown"),  # a remote server: the local package says nothing
-        ("b0-unknown", f"http://127.0.0.1:{free_port()}", "unknown"),  # nothing of the package listens there
+        ("b0-unknown", "http://127.0.0.1:{free}", "unknown"),  # nothing of the package listens there
     ],
 )
 def test_llamacpp_build_without_git_information_is_unknown(build_info: str, url: str, shown: str) -> None:
-    assert _llamacpp_build(build_info, url) == shown
+    # The free port is found here, not in the parameters: xdist workers must collect the same test ids.
+    assert _llamacpp_build(build_info, url.format(free=free_port())) == shown
