@@ -29,8 +29,10 @@ def test_validate_verdicts_quick(tmp_path: Path) -> None:
     text = proc.stdout
     assert "# Verdict validation" in text
     assert "| noise | δ | k | REGRESSION (family) |" in text
-    for section in ("## Noise calibration", "## Session family", "## Interval coverage", "## Power", "## Targets"):
+    sections = ("## Noise calibration", "## Session family", "## Session offsets", "## Interval coverage", "## Power")
+    for section in (*sections, "## Targets"):
         assert section in text
+    assert "| σ_run | σ_session | S (runs) | false REGRESSION | per-run model |" in text
     assert "QUICK" in text
     # A quick run leaves the committed report alone and writes nothing elsewhere.
     assert [p.stat().st_mtime_ns for p in results] == before
