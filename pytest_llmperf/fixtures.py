@@ -115,6 +115,7 @@ class LLMPerf:
                 global_tolerance=session.tolerance,
                 family_size=session.family_size,
                 record_all=updating,
+                session_prior=session.session_spread,
             )
         except LLMPerfError as exc:
             _fail(str(exc))

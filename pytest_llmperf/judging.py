@@ -20,6 +20,7 @@ from pytest_llmperf.markers import PerfSpec
 from pytest_llmperf.runner import Result
 from pytest_llmperf.slo import SloResult, check_slos
 from pytest_llmperf.spec import AB_ORDERS
+from pytest_llmperf.stats import SESSION_SD_PRIOR
 from pytest_llmperf.verdict import (
     NO_BASELINE,
     NOT_COMPARABLE,
@@ -77,6 +78,7 @@ def run_until_decided(
     global_tolerance: float | None,
     family_size: int | None,
     record_all: bool,
+    session_prior: float = SESSION_SD_PRIOR,
 ) -> Judgement:
     """Measure at least once and at most ``budget`` times. ``record_all`` (baseline update) runs the whole budget."""
     tolerances = resolve_tolerances(global_tolerance, spec.tolerance)
@@ -99,6 +101,7 @@ def run_until_decided(
             hard_diffs=baseline.hard_diffs,
             soft_diffs=baseline.soft_diffs,
             where=baseline.where,
+            session_prior=session_prior,
         )
         if all(invalid_reasons(r) for r in results) and verdict.status not in (NO_BASELINE, NOT_COMPARABLE):
             verdict = without_runs(_left_out(results), len(results))

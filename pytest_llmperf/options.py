@@ -51,6 +51,7 @@ class Settings:
     update: str | None  # None, "yes" or "force"
     inconclusive: str
     tolerance: float | None
+    session_spread: float | None = None  # the between-session SD assumed below 3 baseline sessions (None: auto)
     repeats: int | None
     scale: float | None  # None: auto
     progress: str
@@ -85,6 +86,12 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("baselines", "DIR", "Baseline root. Default: baselines/ under the rootdir"),
     ("inconclusive", "fail|warn|skip", "What an inconclusive verdict does to its test. Default: warn"),
     ("tolerance", "FRACTION", "Tolerance of every gating metric, e.g. 0.05 for five percent. Default: per metric"),
+    (
+        "session-spread",
+        "FRACTION",
+        "Between-session spread assumed while a baseline holds fewer than 3 sessions (and the prior its estimate "
+        "is shrunk towards). Default: 0.03, 0.10 on the embedded engine",
+    ),
     ("repeats", "N", "Most runs per perf test while its verdict is open. Default: 5"),
     ("progress", "auto|on|off", "Live progress of each run. Default: auto, on a terminal only"),
     (
@@ -198,6 +205,7 @@ def resolve(config: pytest.Config) -> Settings:
             f"--llmperf-inconclusive={inconclusive!r}: expected one of {', '.join(INCONCLUSIVE_CHOICES)}"
         )
     tolerance = _number(config, "tolerance", low=0.0, high=1.0)
+    session_spread = _number(config, "session-spread", low=0.0, high=1.0)
     repeats_text = _get(config, "repeats")
     if repeats_text is not None and (not repeats_text.isdigit() or int(repeats_text) < 1):
         raise pytest.UsageError(f"--llmperf-repeats={repeats_text!r}: expected a whole number >= 1")
@@ -253,6 +261,7 @@ def resolve(config: pytest.Config) -> Settings:
         update=config.getoption("llmperf_update"),
         inconclusive=inconclusive,
         tolerance=tolerance,
+        session_spread=session_spread,
         repeats=int(repeats_text) if repeats_text else None,
         scale=scale,
         progress=progress,

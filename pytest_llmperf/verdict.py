@@ -992,10 +992,11 @@ def _assemble(
     if not ab and k < stats.MIN_BASELINE_RUNS:
         reason += f" [baseline has only {k} run(s): noise floor used; record more with --llmperf-update]"
     sessions = next((x.sessions_baseline for x in gating if x.sessions_baseline), None)
+    prior = next((x.sigma_session for x in gating if x.session_prior and x.sigma_session), stats.SESSION_SD_PRIOR)
     if not ab and sessions is not None and sessions < stats.MIN_SESSIONS:
         reason += (
             f" [baseline from {sessions} session(s): the between-session spread cannot be estimated before "
-            f"{stats.MIN_SESSIONS}, so {stats.SESSION_SD_PRIOR:.0%} is assumed; a baseline grows strong by "
+            f"{stats.MIN_SESSIONS}, so {prior:.0%} is assumed; a baseline grows strong by "
             "--llmperf-update on several days]"
         )
     hint = UPDATE_HINT if status == IMPROVEMENT and not ab else ""

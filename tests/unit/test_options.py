@@ -38,6 +38,9 @@ BROKEN_PROFILES = "profiles:\n  mine: {command: 'x --port {port}', startup_timeo
         (["--llmperf-precision=../../etc"], "--llmperf-precision", "letters, digits"),
         (["--llmperf-hardware=h200x8/.."], "--llmperf-hardware", "letters, digits"),
         (["--llmperf-hardware=.hidden"], "--llmperf-hardware", "starting with a letter or digit"),
+        (["--llmperf-session-spread=wide"], "--llmperf-session-spread", "wide"),
+        (["--llmperf-session-spread=2"], "--llmperf-session-spread", "2"),
+        (["--llmperf-environment-guard=maybe"], "--llmperf-environment-guard", "expected on or off"),
     ],
 )
 def test_bad_values_are_usage_errors_naming_the_option(

@@ -573,3 +573,13 @@ def test_junit_itl_properties_follow_the_same_rule() -> None:
     props = dict(properties({"summary": {**summary, "mean_tokens_per_chunk": 1.0}}))
     assert props["llmperf.itl_ms.p99"] == 80.0
     assert props["llmperf.itl_ms.source"] == "per_chunk"
+
+
+def test_the_session_prior_can_be_set() -> None:
+    one_session = runs(10, seed=1)
+    wide = judge(runs(3, scale=1.2, seed=2), one_session, session_prior=0.10)
+    m = wide.metric("tpot_p50")
+    assert m.sigma_session == pytest.approx(0.10)
+    assert wide.status != REGRESSION  # +20 % is within what a 10 % between-session spread can show
+    assert "so 10% is assumed" in wide.reason
+    assert judge(runs(3, scale=1.2, seed=2), one_session).status == REGRESSION  # the 3 % default
