@@ -15,14 +15,24 @@ generator is imported); the child joins its records with the simulator's ``GET /
 compare what arrived with what the server intended. Both processes read ``time.perf_counter()``
 (CLOCK_MONOTONIC on Linux), so client and server times are directly comparable.
 
+The reference is `vllm bench serve`'s own request function (``async_request_openai_completions`` of
+``vllm/benchmarks/lib/endpoint_request_func.py``), timing and parsing its own way, driven as ``vllm bench serve``
+drives it (its session settings, a semaphore, a frozen GC heap, asyncio's loop). That module needs only aiohttp,
+tqdm and regex, so it is loaded by its path, without ``vllm/__init__`` (which needs torch): from a vLLM
+installed as a distribution (``pip install vllm --no-deps`` is enough), or from a wheel given with
+``--vllm-wheel`` (``pip download vllm --no-deps -d DIR``). Where neither is found, the ``vllm-style`` column,
+a rewrite in this script of an older vLLM stream loop, stands in, and the output says why.
+
     python benchmarks/client_capacity.py            # full run (a few minutes); writes results/client_capacity.md
     python benchmarks/client_capacity.py --quick    # smoke run, seconds; writes no results file
+    python benchmarks/client_capacity.py --vllm-wheel DIR/vllm-*.whl    # the real vLLM client from a wheel
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import itertools
 import json
 import math
@@ -34,10 +44,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
+import zipimport
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "client_capacity.md"
@@ -53,10 +66,23 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no-uvloop": ("uvloop",),
     "no-orjson": ("orjson",),
     "no-uvloop+no-orjson": ("uvloop", "orjson"),
-    # Not ours: the way `vllm bench serve` reads a stream (see reference_run), on the same machine and run.
+    # Not ours: `vllm bench serve`'s own request function (see vllm_run), on asyncio's loop as vLLM runs it.
+    "vllm": ("uvloop", "orjson"),
+    # Not ours either: a rewrite of an older vLLM stream loop (see reference_run), where the real one is missing.
     "vllm-style": ("orjson",),
 }
-REFERENCE = "vllm-style"
+CLIENTS = {
+    "installed": "pytest-llmperf's load generator (uvloop and orjson when installed)",
+    "no-uvloop": "pytest-llmperf's load generator on asyncio's loop",
+    "no-orjson": "pytest-llmperf's load generator with stdlib json",
+    "no-uvloop+no-orjson": "pytest-llmperf's load generator on asyncio's loop with stdlib json",
+    "vllm": "`vllm bench serve`'s own `async_request_openai_completions` (its timing, its parsing)",
+    "vllm-style": "a REWRITE in this script of an older `vllm bench serve` stream loop (line iteration), "
+    "not vLLM's code",
+}
+# Where vLLM keeps its request function, newest first; loaded by path, never through `import vllm`.
+VLLM_MODULES = ("vllm/benchmarks/lib/endpoint_request_func.py", "vllm/benchmarks/endpoint_request_func.py")
+VLLM_FUNCTION = "async_request_openai_completions"
 # `vllm bench serve`'s own client on the machine where the targets were set (issue #2), µs per event.
 DESIGN_REFERENCE_US = {"a": 33.0, "b": 14.0}
 # "No falling behind" (scenario a): the client receives the intended events at the intended rate, its ITL
@@ -305,15 +331,19 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     server_cpu0 = process_cpu_s(spec["server_pid"])
     busy0 = core_busy_ticks(spec["client_core"]), core_busy_ticks(spec["server_core"])
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    if spec["variant"] == REFERENCE:
+    if spec["variant"] == "vllm-style":
         run = reference_run(workload, endpoint, prompts, warmup)
+    elif spec["variant"] == "vllm":
+        run = vllm_run(VllmClient(**spec["vllm"]), workload, endpoint, prompts, warmup)
     else:
         run = loadgen.run(workload, endpoint, prompts, warmup_prompts=warmup)
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     busy1 = core_busy_ticks(spec["client_core"]), core_busy_ticks(spec["server_core"])
     server_cpu1 = process_cpu_s(spec["server_pid"])
 
-    entries = {e["id"]: e for e in http_json(url + "/sim/requests")["requests"]}
+    received = http_json(url + "/sim/requests")["requests"]
+    join_in_send_order(run.records, received, since=run.bench_start_s)
+    entries = {e["id"]: e for e in received}
     check = run.client
     assert check is not None
     ok = [r for r in run.records if r.ok]
@@ -386,6 +416,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "cpu_fraction": check.client_cpu_fraction,
         "client_bound": check.client_bound,
         "client_reasons": list(check.reasons),
+        "unread_wait_mean_ms": check.unread_wait_mean_ms,
+        "unread_p99_kib": check.unread_p99_kib,
         "client_core_busy": busy_fraction(busy0[0], busy1[0]),
         "server_core_busy": busy_fraction(busy0[1], busy1[1]),
         "server_cpu_fraction": None if server_cpu is None else server_cpu / run.duration_s,
@@ -396,9 +428,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def reference_run(workload: Any, endpoint: Any, prompts: Sequence[Any], warmup: Sequence[Any]) -> Any:
-    """The stream handling of `vllm bench serve`'s client, rewritten here to compare CPU per event.
+    """A rewrite, in this script, of an older `vllm bench serve` stream loop: the stand-in where the real
+    one (:func:`vllm_run`) cannot be loaded. Not vLLM's code, and not its current loop (which reads with
+    ``iter_any()`` and splits messages itself).
 
-    As vLLM's benchmark does it: one aiohttp session, ``st`` before ``session.post``, the body iterated line by
+    As that vLLM did it: one aiohttp session, ``st`` before ``session.post``, the body iterated line by
     line (``async for line in response.content``), each non-empty line stripped of ``data: ``, ``[DONE]`` ends
     it, every other payload goes through ``json.loads`` and is stamped with ``perf_counter()`` when its
     line is handled. uvloop when installed, stdlib json (vLLM's choice). Records come back in the load
@@ -468,6 +502,191 @@ def reference_run(workload: Any, endpoint: Any, prompts: Sequence[Any], warmup: 
         return loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+# --- the real `vllm bench serve` client ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VllmClient:
+    """Where vLLM's request function is, or why it cannot be used (``problem``)."""
+
+    origin: str  # a wheel file or an installed file; "" when none was found
+    member: str  # its path inside the wheel or the distribution
+    version: str
+    problem: str = ""
+
+    def describe(self) -> str:
+        where = f"wheel {Path(self.origin).name}" if self.origin.endswith(".whl") else "the installed distribution"
+        return f"vllm {self.version}, `{self.member}` from {where}"
+
+
+def find_vllm(wheel: Path | None) -> VllmClient:
+    """The request function's module in ``wheel`` (a file, or a directory holding one), else in an installed
+    vLLM distribution; found by its file, without importing ``vllm``."""
+    if wheel is not None:
+        wheels = sorted(wheel.glob("vllm-*.whl")) if wheel.is_dir() else [wheel]
+        if not wheels or not wheels[-1].is_file():
+            return VllmClient("", "", "?", f"no vLLM wheel at {wheel}")
+        try:
+            names = set(zipfile.ZipFile(wheels[-1]).namelist())
+        except (OSError, zipfile.BadZipFile) as exc:
+            return VllmClient(str(wheels[-1]), "", "?", f"cannot read {wheels[-1].name}: {exc}")
+        version = wheels[-1].name.split("-")[1]
+        member = next((m for m in VLLM_MODULES if m in names), "")
+        problem = "" if member else f"{wheels[-1].name} holds none of {', '.join(VLLM_MODULES)}"
+        return VllmClient(str(wheels[-1]), member, version, problem)
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("vllm")
+    except metadata.PackageNotFoundError:
+        return VllmClient(
+            "", "", "?", "vllm is not installed and no --vllm-wheel was given (`pip download vllm --no-deps -d DIR`)"
+        )
+    for member in VLLM_MODULES:
+        path = Path(str(dist.locate_file(member)))
+        if path.is_file():
+            return VllmClient(str(path), member, dist.version)
+    return VllmClient("", "", dist.version, f"vllm {dist.version} has none of {', '.join(VLLM_MODULES)}")
+
+
+def load_vllm(client: VllmClient) -> ModuleType:
+    """vLLM's request-function module, executed on its own: its imports are the stdlib, aiohttp, tqdm, regex."""
+    name = Path(client.member).stem
+    if client.origin.endswith(".whl"):
+        spec = zipimport.zipimporter(str(Path(client.origin, Path(client.member).parent))).find_spec(name)
+    else:
+        spec = importlib.util.spec_from_file_location(name, client.origin)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {client.member} from {client.origin}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, VLLM_FUNCTION, None)) or not hasattr(module, "RequestFuncInput"):
+        raise ImportError(f"{client.member} has no {VLLM_FUNCTION} / RequestFuncInput")
+    return module
+
+
+def usable_vllm(wheel: Path | None) -> VllmClient:
+    """``find_vllm``, checked by loading the module here (a missing dependency shows now, not in a child)."""
+    client = find_vllm(wheel)
+    if client.problem:
+        return client
+    try:
+        load_vllm(client)
+    except Exception as exc:  # anything the module's import raises
+        return VllmClient(client.origin, client.member, client.version, f"loading it failed: {exc!r}")
+    return client
+
+
+def vllm_run(client: VllmClient, workload: Any, endpoint: Any, prompts: Sequence[Any], warmup: Sequence[Any]) -> Any:
+    """`vllm bench serve`'s request function on the same prompts, as its ``benchmark()`` drives it.
+
+    vLLM's own: the request function (its ``st``, its parsing, its ``perf_counter`` per message); copied from
+    its ``benchmark()``: the session's settings, the concurrency semaphore around each call, the frozen GC heap
+    and ``asyncio.run`` (no uvloop). Its outputs keep no per-event times, so they are rebuilt from its ``ttft``
+    and ``itl`` (``st + ttft``, then each gap), and no response id: the worker joins them with the simulator's
+    records in send order.
+    """
+    import asyncio
+    import gc
+
+    import aiohttp
+
+    from pytest_llmperf.spec import ClientCheck, RunRecords
+
+    vllm = load_vllm(client)
+    request_func = getattr(vllm, VLLM_FUNCTION)
+    url = endpoint.base_url + "/v1/completions"
+
+    def inputs(batch: Sequence[Any]) -> list[Any]:
+        return [
+            vllm.RequestFuncInput(
+                prompt=p.prompt,
+                api_url=url,
+                prompt_len=p.input_len,
+                output_len=p.output_len,
+                model=endpoint.model,
+                ignore_eos=workload.ignore_eos,
+            )
+            for p in batch
+        ]
+
+    async def main() -> tuple[list[Any], float, float, float]:
+        limit = workload.concurrency
+        connector = aiohttp.TCPConnector(
+            limit=limit,
+            limit_per_host=limit,
+            ttl_dns_cache=300,
+            use_dns_cache=True,
+            keepalive_timeout=60,
+            enable_cleanup_closed=True,
+            force_close=False,
+            ssl=False,
+        )
+        timeout = aiohttp.ClientTimeout(total=6 * 60 * 60)
+        async with aiohttp.ClientSession(connector=connector, trust_env=True, timeout=timeout) as session:
+            semaphore = asyncio.Semaphore(limit)
+
+            async def limited(request: Any) -> Any:
+                async with semaphore:
+                    return await request_func(request_func_input=request, session=session, pbar=None)
+
+            await asyncio.gather(*(limited(r) for r in inputs(warmup)))
+            measured = inputs(prompts)
+            gc.collect()
+            gc.freeze()
+            cpu0, start = time.process_time(), time.perf_counter()
+            outputs = await asyncio.gather(*(asyncio.create_task(limited(r)) for r in measured))
+            end, cpu = time.perf_counter(), time.process_time() - cpu0
+            gc.unfreeze()
+        return list(outputs), start, end, cpu
+
+    outputs, start, end, cpu = asyncio.run(main())
+    records = [vllm_record(i, p, o, start) for i, (p, o) in enumerate(zip(prompts, outputs, strict=True))]
+    check = ClientCheck(
+        loop_lag_p50_ms=math.nan,
+        loop_lag_p99_ms=math.nan,
+        loop_lag_max_ms=math.nan,
+        client_cpu_s=cpu,
+        wall_s=end - start,
+        dispatch_lag_p99_ms=0.0,
+        client_bound=False,
+    )
+    return RunRecords(workload=workload, records=records, bench_start_s=start, bench_end_s=end, client=check)
+
+
+def vllm_record(index: int, prompt: Any, output: Any, arrival_s: float) -> Any:
+    """A vLLM ``RequestFuncOutput`` in the load generator's shape."""
+    from pytest_llmperf.spec import RequestRecord
+
+    record = RequestRecord(index, arrival_s, prompt.input_len, prompt.output_len)
+    record.start_s = output.start_time
+    if not output.success:
+        record.error_kind, record.error = "vllm", str(output.error)[-300:] or "failed"
+        return record
+    record.status = 200
+    t = output.start_time + output.ttft
+    record.event_times_s = [t]
+    for gap in output.itl:
+        t += gap
+        record.event_times_s.append(t)
+    record.completion_tokens = output.output_tokens or None
+    return record
+
+
+def join_in_send_order(records: Sequence[Any], entries: Sequence[dict[str, Any]], since: float) -> None:
+    """Give records without a response id the simulator's ids: the n-th request sent is the n-th it received.
+
+    The simulator keeps no client-side id and vLLM's outputs keep no response id. A pair the clocks contradict
+    (received before it was sent) is left unjoined and counted as unmatched.
+    """
+    waiting = sorted((r for r in records if r.ok and not r.response_id), key=lambda r: r.start_s)
+    received = sorted((e for e in entries if e["received_at"] >= since), key=lambda e: e["received_at"])
+    for record, entry in zip(waiting, received, strict=False):
+        if record.start_s <= entry["received_at"] <= record.event_times_s[0]:
+            record.response_id = entry["id"]
 
 
 def run_child(spec: dict[str, Any], core: int | None, timeout_s: float) -> dict[str, Any]:
@@ -563,7 +782,7 @@ def table(results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]]) -> str:
 DETAIL_HEADER = (
     "| scenario | variant | delivery p50/p99 ms | server late p50/p99 ms | lag p50/max ms | ITL p99 ms meas / intended "
     "| user+sys s (whole call) | client core busy | server CPU | server core busy | other load client / server core "
-    "| disturbed runs | loop lag max ms | reasons |"
+    "| disturbed runs | loop lag max ms | unread wait mean ms / p99 KiB | reasons |"
 )
 
 
@@ -587,6 +806,7 @@ def detail_row(s: Scenario, variant: str, runs: Sequence[dict[str, Any]]) -> str
         f"{frac('foreign_client_core')} / {frac('foreign_server_core')}",
         f"{sum(disturbed(r) for r in runs)}/{len(runs)}",
         fmt(median_of(runs, "loop_lag_max_ms"), 1),
+        f"{fmt(median_of(runs, 'unread_wait_mean_ms'), 2)} / {fmt(median_of(runs, 'unread_p99_kib'), 0)}",
         "; ".join(reasons) or "–",
     ]
     return "| " + " | ".join(cells) + " |"
@@ -597,8 +817,15 @@ def detail_table(results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]]) 
     return "\n".join([DETAIL_HEADER, separator, *(detail_row(s, v, runs) for s, v, runs in results)])
 
 
+def reference_variant(results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]]) -> str | None:
+    """The vLLM client the others are compared with: the real one when it ran, else the rewrite."""
+    ran = {variant for _, variant, _ in results}
+    return next((v for v in ("vllm", "vllm-style") if v in ran), None)
+
+
 def summary_lines(results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]]) -> list[str]:
     lines = []
+    name = reference_variant(results)
     for s, variant, runs in results:
         if variant != "installed":
             continue
@@ -610,14 +837,14 @@ def summary_lines(results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]])
             line += f", {'keeps up with' if ok else 'falls behind'} the server's schedule"
         line += f" → **{verdict_text}**" + (f" ({'; '.join(notes)})" if notes else "")
         lines.append(line)
-        reference = next((r for t, v, r in results if t is s and v == REFERENCE), None)
-        if reference:
-            lines.append(f"  - {relative_line(s, runs, reference)}")
+        reference = next((r for t, v, r in results if t is s and v == name), None)
+        if name and reference:
+            lines.append(f"  - {relative_line(s, runs, name, reference)}")
     return lines
 
 
-def relative_line(s: Scenario, runs: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]) -> str:
-    """Ours against the vLLM-style client of the same, interleaved runs: what holds across machines.
+def relative_line(s: Scenario, runs: Sequence[dict[str, Any]], name: str, reference: Sequence[dict[str, Any]]) -> str:
+    """Ours against the vLLM client ``name`` of the same, interleaved runs: what holds across machines.
 
     The issue's absolute targets were set on a machine where `vllm bench serve`'s client needed
     DESIGN_REFERENCE_US per event; the same fraction of the reference measured here is the target's
@@ -628,15 +855,28 @@ def relative_line(s: Scenario, runs: Sequence[dict[str, Any]], reference: Sequen
     wanted = s.target_us / DESIGN_REFERENCE_US[s.key]
     ref_us = median_of(reference, "us_per_event")
     return (
-        f"vs the {REFERENCE} client in the same runs ({ref_us:.1f} µs/event): {ratio:.2f}× its CPU per event "
+        f"vs the {name} client in the same runs ({ref_us:.1f} µs/event): {ratio:.2f}× its CPU per event "
         f"(per-repeat {min(ratios):.2f}–{max(ratios):.2f}); the target is {s.target_us:g} of "
         f"{DESIGN_REFERENCE_US[s.key]:g} µs = {wanted:.2f}× on the issue's machine, {wanted * ref_us:.1f} µs here "
         f"→ **{'PASS' if ratio <= wanted else 'MISS'}** relative"
     )
 
 
+def client_lines(variants: Sequence[str], vllm: VllmClient | None) -> list[str]:
+    """Which client each variant is, and whether the real vLLM one could be loaded (and if not, why)."""
+    lines = [f"- `{v}`: {CLIENTS[v]}" + (f"; {vllm.describe()}" if v == "vllm" and vllm else "") for v in variants]
+    if vllm is not None and vllm.problem:
+        lines.append(
+            f"- the real `vllm bench serve` client was not used: {vllm.problem}. Tried: find "
+            f"`{VLLM_MODULES[0]}` (or `{VLLM_MODULES[1]}`) in the wheel given with --vllm-wheel or in an installed "
+            "`vllm` distribution, and load it by path (needs aiohttp, tqdm, regex; never `import vllm`)"
+        )
+    return lines
+
+
 def write_results(path: Path, machine: dict[str, Any], results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]],
-                  repeats: int, retries: int, quick: bool) -> None:  # fmt: skip
+                  repeats: int, retries: int, quick: bool, clients: Sequence[str],
+                  notes: Sequence[str]) -> None:  # fmt: skip
     used = results[0][2][0] if results else {}
     load = machine["loadavg_start"]
     lines = [
@@ -657,6 +897,11 @@ def write_results(path: Path, machine: dict[str, Any], results: Sequence[tuple[S
         f"- client pinned to core {machine['client_core']}, simulator to core {machine['server_core']}",
         f"- commit {machine['commit']}, {machine['date']}; load average at start "
         + (", ".join(f"{x:.2f}" for x in load) if load else "unknown"),
+        *(f"- {note}" for note in notes),
+        "",
+        "## Clients compared",
+        "",
+        *clients,
         "",
         "## Targets (installed configuration)",
         "",
@@ -679,10 +924,14 @@ def write_results(path: Path, machine: dict[str, Any], results: Sequence[tuple[S
         "event (`ev/read`); keeping up means the received rate equals the intended one, the ITL median equals "
         "the intended step and 99 % of events are stamped less than one step after their intended time. In (b) "
         "the simulator writes as fast as it can without waiting for the client (`--decode-ms 0`), so some part "
-        "of the pipeline is always the bottleneck: events queue in socket buffers, a read carries many of them, "
-        "and the lag, loop-lag and client-bound columns measure that queue, not a measurement error; the target "
-        "there is CPU per event only. The intended times of (b) are the simulator's own schedule, which restarts "
-        "from 'now' whenever its loop falls 10 ms behind.",
+        "of the pipeline is always the bottleneck. Where the client is slower than the simulator, events queue in "
+        "its socket buffers, a read carries many of them, and the lag, loop-lag, `unread wait` and client-bound "
+        "columns measure that queue, not a measurement error; where the simulator is slower (its `server CPU` "
+        "near a full core, `delivery` well under a millisecond), the client keeps up. The target there is CPU per "
+        "event only, and a client that falls behind pays less per event (fewer, larger reads), so compare it "
+        "together with `recv/intended` and `delivery`; the `vllm` and `vllm-style` clients stamp each event "
+        "with its own clock reading, so their `ev/read` is 1 whatever their reads carry. The intended times of "
+        "(b) are the simulator's own schedule, which restarts from 'now' whenever its loop falls 10 ms behind.",
         "",
         "## Where the time goes",
         "",
@@ -735,6 +984,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"by >= {QUIET_LIMIT * 100:.0f} %% "
         "(default 3; quick 0)",
     )
+    parser.add_argument(
+        "--vllm-wheel",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a vLLM wheel, or a directory holding one (`pip download vllm --no-deps -d DIR`), to take "
+        "`vllm bench serve`'s request function from (default: an installed vllm distribution, if any)",
+    )
+    parser.add_argument("--note", action="append", default=[], help="a line for the results' machine section")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -757,10 +1015,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}", file=sys.stderr)
         return 2
+    vllm = usable_vllm(args.vllm_wheel) if {"vllm", "vllm-style"} & set(variants) else None
+    if vllm is not None and args.variants is None:  # the rewrite stands in only for a missing real client
+        variants.remove("vllm-style" if not vllm.problem else "vllm")
+    if vllm is not None and vllm.problem and "vllm" in variants:
+        print(f"the real vLLM client cannot be used: {vllm.problem}", file=sys.stderr)
+        return 2
+    clients = client_lines(variants, vllm)
     wanted = set(args.scenarios.split(","))
     machine = machine_info(client_core, server_core)
     print(f"machine: {machine['cpu']}, nproc {machine['nproc']}, Python {machine['python']}, "
           f"client core {client_core}, simulator core {server_core}")  # fmt: skip
+    print("clients:", *clients, sep="\n")
 
     results: list[tuple[Scenario, str, list[dict[str, Any]]]] = []
     for s in scenarios(args.quick):
@@ -784,6 +1050,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "output_len": s.output_len,
                         "num_prompts": s.num_prompts,
                         "seed": i,
+                        "vllm": asdict(vllm) if vllm is not None else None,
                     }
                     for attempt in range(args.retries + 1):
                         wait_until_quiet((client_core, server_core), QUIET_LIMIT, args.wait_quiet)
@@ -817,7 +1084,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line.replace("**", ""))
     path = args.results or (None if args.quick or args.no_results else RESULTS_PATH)
     if path is not None and not args.no_results:
-        write_results(path, machine, results, repeats, args.retries, args.quick)
+        write_results(path, machine, results, repeats, args.retries, args.quick, clients, args.note)
         print(f"\nwrote {path.name}")
     return 0
 

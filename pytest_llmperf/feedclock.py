@@ -7,12 +7,17 @@ any task runs, and no task wakes per event; reads the loop handles in one pass s
 (:class:`ReadyClock`). The request's task waits once, for the stream's end
 (:meth:`FeedClock.stream_into`). These hooks lean on aiohttp internals; where those differ,
 :meth:`FeedClock.of` finds no clock and the load generator falls back to reading the body in its task.
+
+The connections also tell the client's self-check how far behind their sockets it reads
+(:class:`UnreadBytes`): a client that keeps up leaves little in the kernel's receive buffers.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import functools
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +27,13 @@ import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
 from pytest_llmperf.sse import StreamParser
+
+if sys.platform != "win32":  # Windows: the unread bytes are not sampled
+    from fcntl import ioctl
+    from termios import FIONREAD
+
+_SOCKETS_PER_SAMPLE = 16  # an ioctl costs about a microsecond: at concurrency 256, all of them every tick would
+# cost a few percent of a core
 
 
 def _expire(ended: asyncio.Future[None]) -> None:
@@ -119,6 +131,10 @@ def _make_direct(content: aiohttp.StreamReader) -> bool:
     return True
 
 
+def _unclocked(size: int) -> float:
+    return time.perf_counter()
+
+
 class ReadyClock:
     """One timestamp for the reads the event loop handles in the same pass over its ready sockets.
 
@@ -132,24 +148,93 @@ class ReadyClock:
     before the next pass's reads.
     """
 
-    __slots__ = ("_loop", "_max_age_s", "_stamp")
+    __slots__ = ("_loop", "_max_age_s", "_stamp", "_start", "late_byte_s")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_age_s: float = 0.001) -> None:
         self._loop = loop
         self._max_age_s = max_age_s
         self._stamp: float | None = None
+        self._start = 0.0  # when the pass began
+        self.late_byte_s = 0.0  # Σ bytes × how much later than their pass's start they were stamped
 
-    def now(self) -> float:
+    def now(self, size: int = 0) -> float:
+        """The stamp for a read of ``size`` bytes."""
         stamp = self._stamp
         if stamp is None:
-            stamp = self._stamp = time.perf_counter()
+            stamp = self._stamp = self._start = time.perf_counter()
             self._loop.call_soon(self._forget)
-        elif self._max_age_s < (now := time.perf_counter()) - stamp:
+            return stamp
+        if self._max_age_s < (now := time.perf_counter()) - stamp:
             stamp = self._stamp = now  # the callback already scheduled still clears it after the pass
+        if stamp != self._start:  # restamped: its bytes waited for the reads before it in this pass
+            self.late_byte_s += (stamp - self._start) * size
         return stamp
 
     def _forget(self) -> None:
         self._stamp = None
+
+
+class UnreadBytes:
+    """Bytes that arrived on the client's connections and wait unread in the kernel's receive buffers.
+
+    Sampled from outside the hot path (the self-check's timer asks :meth:`sample`), never per read: each sample
+    asks ``ioctl(FIONREAD)`` of at most ``_SOCKETS_PER_SAMPLE`` open connections, the next ones in turn, and
+    scales their sum to all of them. Each connection counts the bytes it read (:meth:`bytes_read`), so the
+    self-check can relate what waited to what went through.
+    """
+
+    __slots__ = ("_clock", "_closed_bytes", "_count", "_next", "_open")
+
+    def __init__(self, clock: ReadyClock | None = None) -> None:
+        self._clock = clock
+        self._open: list[FeedClock] = []
+        self._next = 0
+        self._closed_bytes = 0
+        self._count = array.array("i", [0])  # the ioctl's result
+
+    @staticmethod
+    def supported() -> bool:
+        return sys.platform != "win32"
+
+    def add(self, connection: FeedClock) -> None:
+        self._open.append(connection)
+
+    def discard(self, connection: FeedClock) -> None:
+        if connection in self._open:
+            self._open.remove(connection)
+            self._closed_bytes += connection.bytes_read
+
+    def bytes_read(self) -> int:
+        """Bytes read from every connection so far, closed ones included."""
+        return self._closed_bytes + sum(c.bytes_read for c in self._open)
+
+    def late_byte_s(self) -> float:
+        """Σ bytes × how long they waited for earlier reads of their pass (:class:`ReadyClock`), so far."""
+        return self._clock.late_byte_s if self._clock is not None else 0.0
+
+    def sample(self) -> tuple[int, int]:
+        """(unread bytes, estimated over all open connections; how many are open)."""
+        connections = self._open
+        n = len(connections)
+        if n == 0:
+            return 0, n
+        count = min(n, _SOCKETS_PER_SAMPLE)
+        start = self._next % n
+        self._next = start + count
+        total = 0
+        for i in range(start, start + count):
+            total += self._unread(connections[i % n])
+        return total * n // count, n
+
+    def _unread(self, connection: FeedClock) -> int:
+        transport = connection.transport
+        if sys.platform == "win32" or transport is None or transport.is_closing() or connection.fd < 0:
+            return 0  # a closed socket's number may already belong to another file
+        try:
+            ioctl(connection.fd, FIONREAD, self._count)
+        except OSError:
+            return 0
+        return self._count[0]
 
 
 class FeedClock(ResponseHandler):
@@ -160,16 +245,34 @@ class FeedClock(ResponseHandler):
     in ``feeds`` and replayed with their own arrival times.
     """
 
-    def __init__(self, *args: Any, ready_clock: ReadyClock | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        ready_clock: ReadyClock | None = None,
+        unread: UnreadBytes | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         # (body reader or None, its bytes so far, perf_counter) after each read while no parser is attached.
         self.feeds: deque[tuple[object, int, float]] = deque()
         self.listener: _BodyListener | None = None
-        self._now: Callable[[], float] = ready_clock.now if ready_clock is not None else time.perf_counter
+        self._now: Callable[[int], float] = ready_clock.now if ready_clock is not None else _unclocked
+        self._unread = unread
+        self.bytes_read = 0
+        self.fd = -1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._unread is not None:
+            sock = transport.get_extra_info("socket")
+            self.fd = sock.fileno() if sock is not None else -1
+            self._unread.add(self)
 
     def data_received(self, data: bytes) -> None:
+        size = len(data)
+        self.bytes_read += size
         # An empty call is aiohttp resuming its paused parser from a task, not a read of a pass: own stamp.
-        now = self._now() if data else time.perf_counter()
+        now = self._now(size) if size else time.perf_counter()
         listener = self.listener
         if listener is not None:
             listener.now = now
@@ -195,6 +298,8 @@ class FeedClock(ResponseHandler):
             super().resume_reading(resume_parser)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._unread is not None:
+            self._unread.discard(self)
         super().connection_lost(exc)
         if self.listener is not None:  # the reader now holds the error (or its end): settle the stream
             self.listener.take(time.perf_counter())
@@ -245,11 +350,17 @@ class FeedClock(ResponseHandler):
 
 
 class Connector(aiohttp.TCPConnector):
-    """aiohttp's TCP connector, with :class:`FeedClock` as the protocol of its connections."""
+    """aiohttp's TCP connector, with :class:`FeedClock` as the protocol of its connections.
+
+    ``unread`` samples what its connections leave unread; None where this aiohttp's connector differs.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.unread: UnreadBytes | None = None
         if isinstance(getattr(self, "_factory", None), functools.partial):
             # One ready clock for all connections: a pass over the ready sockets spans them all.
-            factory = functools.partial(FeedClock, loop=self._loop, ready_clock=ReadyClock(self._loop))
+            clock = ReadyClock(self._loop)
+            self.unread = UnreadBytes(clock) if UnreadBytes.supported() else None
+            factory = functools.partial(FeedClock, loop=self._loop, ready_clock=clock, unread=self.unread)
             self._factory = cast("functools.partial[ResponseHandler]", factory)

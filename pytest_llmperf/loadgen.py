@@ -31,8 +31,8 @@ from pytest_llmperf.feedclock import Connector, FeedClock
 from pytest_llmperf.interrupts import Interrupts, cancel_on_interrupt
 from pytest_llmperf.pacing import SendPacer
 from pytest_llmperf.selfcheck import LoopMonitor
-from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, RunRecords, Workload
-from pytest_llmperf.sse import StreamError, StreamParser, excerpt
+from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, RunRecords, Workload, redact_url
+from pytest_llmperf.sse import StreamError, StreamParser, excerpt, not_sse, not_sse_error
 from pytest_llmperf.timing import poll_until, sleep_until
 
 Progress = Callable[[int, "int | None", int], None]
@@ -152,7 +152,7 @@ class _Client:
                 await self._stream(record, body)
                 return
             except aiohttp.ClientConnectorError as exc:
-                self._fail(record, "connect", f"cannot connect to {self.url}: {exc.os_error}")
+                self._fail(record, "connect", f"cannot connect to {redact_url(self.url)}: {exc.os_error}")
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 # Failed before any response byte on a pooled keep-alive connection the server had closed:
                 # the request never reached it. A client-side connection event, retried on a fresh
@@ -195,6 +195,8 @@ class _Client:
             if response.status != 200:
                 text = await response.read()
                 raise StreamError(f"http_{response.status}", f"HTTP {response.status}: {excerpt(text)}")
+            if not_sse(response.content_type) is not None:  # e.g. a JSON body: the server ignored stream=true
+                raise not_sse_error(response.content_type, await response.read())
             parser = StreamParser(record, self.chat)
             try:
                 clock = FeedClock.of(response)
@@ -279,7 +281,7 @@ async def _run(
             records.append(record)
             return record
 
-        monitor = LoopMonitor()
+        monitor = LoopMonitor(connector.unread)
         gc.collect()
         gc.freeze()  # fewer, shorter GC pauses during the measured window
         stop_polling = asyncio.Event()

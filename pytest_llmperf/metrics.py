@@ -412,6 +412,9 @@ def summarize(
         s["client_loop_lag_p99_ms"] = float(c.loop_lag_p99_ms)
         s["client_loop_lag_max_ms"] = float(c.loop_lag_max_ms)
         s["client_dispatch_lag_p99_ms"] = float(c.dispatch_lag_p99_ms)
+        # How long streamed bytes waited unread in the socket buffers (None: not sampled).
+        s["client_unread_wait_mean_ms"] = c.unread_wait_mean_ms
+        s["client_unread_p99_kib"] = c.unread_p99_kib
         s["client_cpu_s"] = float(c.client_cpu_s)
         s["client_cpu_fraction"] = float(c.client_cpu_fraction)
         s["client_reasons"] = list(c.reasons)

@@ -235,8 +235,8 @@ class ClientCheck:
     reasons: tuple[str, ...] = ()
     busy_poll: bool = False  # the loop polled instead of sleeping: its CPU fraction is ~1 by design
     # Streamed bytes that waited unread in the kernel's socket buffers (None: not sampled): the mean wait of a
-    # byte (time-averaged unread bytes / bytes read per second), the p99 over samples of the unread bytes of all
-    # open connections, and the most connections open at a sample.
+    # byte before the client read and stamped it (see selfcheck.Unread), the p99 over the samples of the unread
+    # bytes of all open connections, and the most connections open at a sample.
     unread_wait_mean_ms: float | None = None
     unread_p99_kib: float | None = None
     unread_sockets: int | None = None
