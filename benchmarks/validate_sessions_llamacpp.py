@@ -80,7 +80,9 @@ def concurrency_of(result: dict[str, Any]) -> int:
 
 
 def offline_verdict(result: dict[str, Any], tolerance: float) -> str:
-    """The same candidate runs judged again by ``verdict.judge`` at another tolerance (looks as the plugin plans)."""
+    """The same candidate runs judged again by ``verdict.judge`` at another tolerance (looks, family and the
+    between-session prior as the plugin uses them on the embedded engine)."""
+    from pytest_llmperf.session import EMBEDDED_SESSION_SPREAD
     from pytest_llmperf.verdict import BUDGET, judge, planned_looks, resolve_tolerances
 
     baseline = result["baseline"]["runs"]
@@ -90,6 +92,7 @@ def offline_verdict(result: dict[str, Any], tolerance: float) -> str:
         tolerances=resolve_tolerances(tolerance),
         looks=planned_looks(BUDGET, 1),
         family_size=result["verdict"]["family_size"] or None,
+        session_prior=EMBEDDED_SESSION_SPREAD,  # as the plugin judges the embedded engine
     )
     return verdict.status
 
@@ -139,7 +142,7 @@ def report(
         "| concurrency | δ | PASS | INCONCLUSIVE | REGRESSION | IMPROVEMENT | other | false REGRESSION [CP-95 upper] |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for tolerance in (f"{args.tolerance:g}", f"{args.embedded_tolerance:g}", "all"):
+    for tolerance in (f"{args.tolerance:g}", *(f"{t:g}" for t in _offline_tolerances(args)), "all"):
         for c in [*concurrencies, 0]:
             rows = [j for j in judged if (tolerance == "all" or j.tolerance == tolerance) and c in (0, j.concurrency)]
             if not rows or (tolerance == "all" and c != 0):
@@ -160,6 +163,10 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+def _offline_tolerances(args: argparse.Namespace) -> list[float]:
+    return [args.embedded_tolerance, *(float(t) for t in args.also.split(",") if t.strip())]
+
+
 def _other(counts: Counter[str]) -> str:
     rest = {k: v for k, v in counts.items() if k not in ("PASS", "INCONCLUSIVE", "REGRESSION", "IMPROVEMENT")}
     return ", ".join(f"{k} {v}" for k, v in sorted(rest.items())) or "0"
@@ -172,6 +179,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,8", help="comma-separated concurrencies (one test each)")
     parser.add_argument("--tolerance", type=float, default=0.05, help="δ the plugin judges with")
     parser.add_argument("--embedded-tolerance", type=float, default=None, help="default: the plugin's")
+    parser.add_argument("--also", default="", help="more tolerances to judge offline, comma-separated (e.g. 0.25,0.3)")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown report here too")
     parser.add_argument("--guard", choices=("on", "off"), default="on", help="--llmperf-environment-guard")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 baseline and 1 candidate session, c=1")
@@ -203,8 +211,8 @@ def main() -> None:
                 judged.append(
                     Judged(c, f"{args.tolerance:g}", result["verdict"]["status"], result["verdict"]["reason"])
                 )
-                offline = offline_verdict(result, args.embedded_tolerance)
-                judged.append(Judged(c, f"{args.embedded_tolerance:g}", offline, ""))
+                for tolerance in _offline_tolerances(args):
+                    judged.append(Judged(c, f"{tolerance:g}", offline_verdict(result, tolerance), ""))
                 tpot = next((m for m in result["verdict"]["metrics"] if m["name"] == "tpot_p50"), None)
                 if tpot is not None and c not in reasons:
                     reasons[c] = tpot["status"] + ": " + tpot["reason"]

@@ -48,9 +48,11 @@ DEFAULT_PROFILE = "llamacpp-tiny"
 
 # The embedded engine is a tiny model on one CPU core: published GPU workloads shrink 20× to run in minutes.
 EMBEDDED_SCALE = 0.05
-# Its committed baselines come from one shared 2-core machine; other CPUs differ far more than a GPU server
-# does from run to run, so its verdicts only flag gross changes unless a tolerance is given.
-EMBEDDED_TOLERANCE = 0.5
+# A CPU engine's sessions sit 7-22 % apart (log median TPOT, measured by benchmarks/validate_sessions_llamacpp.py),
+# so a 5 % tolerance can never be decided on it. With the session model no tolerance raised a false REGRESSION in
+# 180 A/A verdicts; 30 % decided 81 % of them (PASS), 20 % only 60 %, 50 % 94 %: 30 % still flags a change of a
+# third and mostly decides.
+EMBEDDED_TOLERANCE = 0.3
 # Measured on the embedded engine: a session's log TPOT sat 5–16 % from the next session's (3–11 % between the
 # runs of one session). A CPU engine on a shared machine drifts far more between server starts than a GPU server.
 EMBEDDED_SESSION_SPREAD = 0.10
