@@ -139,3 +139,57 @@ def test_results_are_builtin_floats() -> None:
     for value in (cmp.p_greater(), cmp.upper(0.05), cmp.se, cmp.df, *stats.clopper_pearson(3, 9)):
         assert type(value) is float
     assert all(type(v) in (float, int, str) for v in cmp.as_dict().values())
+
+
+# --- runs nested in sessions --------------------------------------------------------------------------------------
+
+
+def test_sessions_known_answer_with_an_estimated_spread() -> None:
+    # Three baseline sessions that agree exactly: the estimate is 0, shrunk towards the 3 % prior with 2
+    # pseudo-sessions: σ_s² = (2·0.03² + 2·0) / 4 = 0.00045. se² = σ_s²(1 + 1/3) + (tiny within-session part).
+    cmp, spread = stats.compare_sessions([0.1, 0.1], [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    assert spread.estimated
+    assert spread.sessions == 3
+    assert spread.sigma_session_estimate == 0.0
+    assert spread.sigma_session == pytest.approx(math.sqrt(0.00045))
+    assert cmp.method == "sessions"
+    assert cmp.delta == pytest.approx(0.1)
+    assert cmp.se == pytest.approx(math.sqrt(0.00045 * 4 / 3), rel=1e-4)
+    assert cmp.df == pytest.approx(4.0, rel=1e-3)  # PRIOR_SESSIONS + S − 1: the between-session part dominates
+
+
+def test_sessions_known_answer_with_the_prior() -> None:
+    # One session of two runs (< 3 baseline runs: the within-session spread is floored at 3 %), one candidate
+    # run: se² = σ_s²(1 + 1) + σ_e²(1 + ½) = 0.0009·2 + 0.0009·1.5, both taken as known (df = ∞).
+    cmp, spread = stats.compare_sessions([0.05], [[0.0, 0.02]])
+    assert not spread.estimated
+    assert spread.sigma_session_estimate is None
+    assert spread.sigma_session == pytest.approx(0.03)
+    assert cmp.delta == pytest.approx(0.04)
+    assert cmp.se == pytest.approx(math.sqrt(0.0009 * 2 + 0.0009 * 1.5))
+    assert math.isinf(cmp.df)
+
+
+def test_sessions_mean_weighs_each_session_alike() -> None:
+    # A session of ten runs at 0 and one of a single run at 0.2: the baseline mean is 0.1, not 0.018.
+    cmp, _ = stats.compare_sessions([0.1], [[0.0] * 10, [0.2]])
+    assert cmp.delta == pytest.approx(0.0)
+
+
+def test_a_spread_between_sessions_is_estimated_and_widens_the_interval() -> None:
+    calm, _ = stats.compare_sessions([0.0, 0.01], [[0.0, 0.01]] * 6)
+    offsets = [[o, o + 0.01] for o in (-0.1, 0.05, 0.1, -0.05, 0.0, 0.02)]
+    spread_out, spread = stats.compare_sessions([0.0, 0.01], offsets)
+    assert spread.sigma_session_estimate is not None
+    assert spread.sigma_session_estimate > 0.05
+    assert spread_out.se > 2 * calm.se
+
+
+def test_session_runs_and_sessions_needed() -> None:
+    # Between-session part alone too wide: no number of candidate runs helps, and the sessions needed are finite
+    # only when the margin exceeds what one new session's offset can show.
+    assert math.isinf(stats.session_runs_needed(0.02, 0.05, 3, 15, 0.05, alpha=0.05))
+    assert stats.session_runs_needed(0.02, 0.005, 10, 50, 0.05, alpha=0.05) < 5
+    assert math.isinf(stats.sessions_needed(0.02, 0.05, 5, 0.05, alpha=0.05))
+    # per session 0.005² + 0.02²/5 = 1.05e-4; room (0.05 / (z_.95 + z_.8))² − 1.05e-4 ≈ 2.98e-4: ≈ 0.35 sessions.
+    assert stats.sessions_needed(0.02, 0.005, 5, 0.05, alpha=0.05) == pytest.approx(0.3507, rel=1e-3)
