@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -65,15 +65,8 @@ def cancel_on_interrupt(loop: asyncio.AbstractEventLoop, task: asyncio.Future[An
         # and let it act on its next pass (the thread-safe call also wakes a loop that is waiting).
         loop.call_soon_threadsafe(task.cancel if count == 1 else _raise_interrupt)
 
-    replaced: dict[signal.Signals, Any] = {}
-    try:
-        for which in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(which) is signal.default_int_handler:
-                replaced[which] = signal.signal(which, on_interrupt)
+    with _replacing_default_handlers(on_interrupt):
         yield interrupts
-    finally:
-        for which, handler in replaced.items():
-            signal.signal(which, handler)
 
 
 @contextlib.contextmanager
@@ -94,14 +87,22 @@ def deferred(*, reraise: bool = True) -> Iterator[Interrupts]:
     def hold(signum: int, frame: FrameType | None) -> None:
         interrupts.received.append(signum)
 
+    with _replacing_default_handlers(hold):
+        yield interrupts
+    if interrupts and reraise:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _replacing_default_handlers(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM where Python's default interrupt handler is installed (a handler someone
+    else installed is left alone); the previous handlers are put back on leaving."""
     replaced: dict[signal.Signals, Any] = {}
     try:
         for which in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(which) is signal.default_int_handler:
-                replaced[which] = signal.signal(which, hold)
-        yield interrupts
+                replaced[which] = signal.signal(which, handler)
+        yield
     finally:
-        for which, handler in replaced.items():
-            signal.signal(which, handler)
-    if interrupts and reraise:
-        raise KeyboardInterrupt
+        for which, previous in replaced.items():
+            signal.signal(which, previous)
