@@ -22,16 +22,21 @@ def test_repeat(llmperf):
     llmperf.run()
 """
 
-# What the plugin did before fresh prompts: every run sends the same contents.
+# What the plugin did before fresh prompts: every run sends the same contents. Patched with monkeypatch, so the
+# change ends with the inner session: pytester runs in this process, and a module-level patch would outlive it
+# and make every later test of this xdist worker repeat its prompts.
 SAME_PROMPTS_CONFTEST = """
+import pytest
 import pytest_llmperf.runner as runner
 
-_build = runner.build_prompts
+@pytest.fixture(autouse=True)
+def _same_prompts_every_run(monkeypatch):
+    build = runner.build_prompts
 
-def _same(workload, count, context, *, contents=""):
-    return _build(workload, count, context, contents="same/warmup" if contents.endswith("/warmup") else "same")
+    def same(workload, count, context, *, contents=""):
+        return build(workload, count, context, contents="same/warmup" if contents.endswith("/warmup") else "same")
 
-runner.build_prompts = _same
+    monkeypatch.setattr(runner, "build_prompts", same)
 """
 
 
