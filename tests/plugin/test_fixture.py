@@ -7,13 +7,13 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from threaded_app import ThreadedApp
 
 SECRET = "sk-test-0123456789abcdefghijklmnop"
 
@@ -241,14 +241,13 @@ def test_url_credentials_stay_out_of_assertion_messages_and_junit(pytester: pyte
         assert "s3cret" not in text
 
 
-class _SlowChatServer:
+def _slow_chat_server(delay_s: float) -> ThreadedApp:
     """An OpenAI-compatible server whose chat completions take ``delay_s`` and whose ``/tokenize`` ignores
-    ``messages``, so the chat calibration has to probe with a real request. Runs in a thread of its own."""
+    ``messages``, so the chat calibration has to probe with a real request."""
+    release: list[asyncio.Event] = []
 
-    def __init__(self, delay_s: float) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.release = asyncio.Event()
-        app = web.Application()
+    def make_app() -> web.Application:
+        release.append(asyncio.Event())
 
         async def models(request: web.Request) -> web.Response:
             return web.json_response({"object": "list", "data": [{"id": "m", "owned_by": "fake"}]})
@@ -263,31 +262,16 @@ class _SlowChatServer:
         async def chat(request: web.Request) -> web.Response:
             await request.read()
             # Released at exit: aiohttp keeps running a handler whose client has gone.
-            await asyncio.wait_for(self.release.wait(), delay_s)
+            await asyncio.wait_for(release[0].wait(), delay_s)
             return web.json_response({"error": "too late"}, status=503)
 
+        app = web.Application()
         app.router.add_get("/v1/models", models)
         app.router.add_post("/tokenize", tokenize)
         app.router.add_post("/v1/chat/completions", chat)
-        self.runner = web.AppRunner(app)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        return app
 
-    async def _start(self) -> str:
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        host, port = self.runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        return asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.release.set)
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+    return ThreadedApp(make_app, before_exit=lambda: release[0].set())
 
 
 def test_chat_calibration_waits_no_longer_than_the_workload_allows(pytester: pytest.Pytester) -> None:
@@ -297,7 +281,7 @@ def test_chat_calibration_waits_no_longer_than_the_workload_allows(pytester: pyt
             llmperf.run(api="chat", input_len=8, output_len=2, num_prompts=2, request_timeout_s=1)
         """
     )
-    with _SlowChatServer(delay_s=25) as url:
+    with _slow_chat_server(delay_s=25) as url:
         started = time.monotonic()
         result = pytester.runpytest(f"--llmperf-endpoint={url}")
         elapsed = time.monotonic() - started

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import itertools
 import json
 import re
-import threading
 from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import web
+from threaded_app import ThreadedApp
 
 from pytest_llmperf import loadgen
 from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, Workload
@@ -210,43 +209,26 @@ def test_the_not_sse_message_names_the_type_the_body_and_what_to_check() -> None
 Handler = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
 
 
-class _WebServer:
-    """An aiohttp.web server on loopback; ``handler`` gets each request and its number (0-based)."""
+def _serving(handler: Handler) -> ThreadedApp:
+    """A loopback server whose ``/v1/completions`` passes each request and its number (0-based) to ``handler``."""
+    count = itertools.count()
 
-    def __init__(self, handler: Handler) -> None:
-        self.count = itertools.count()
-        app = web.Application()
-
+    def make_app() -> web.Application:
         async def handle(request: web.Request) -> web.StreamResponse:
             await request.read()
-            return await handler(request, next(self.count))
+            return await handler(request, next(count))
 
+        app = web.Application()
         app.router.add_post("/v1/completions", handle)
-        self.runner = web.AppRunner(app)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        return app
 
-    async def _start(self) -> str:
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        host, port = self.runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        return asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+    return ThreadedApp(make_app)
 
 
 def run_against(handler: Handler, num_prompts: int = 6) -> list[RequestRecord]:
     workload = Workload(input_len=4, output_len=3, num_prompts=num_prompts, concurrency=2, per_token_usage=False)
     prompts = [Prompt(prompt=[1, 2, 3, 4], input_len=4, output_len=3)] * num_prompts
-    with _WebServer(handler) as url:
+    with _serving(handler) as url:
         return loadgen.run(workload, Endpoint(url=url, model="m"), prompts).records
 
 
