@@ -51,7 +51,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_llmperf.spec import RunRecords
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "client_capacity.md"
 READY_PREFIX = "LLMPERF_SIM_READY "
@@ -443,7 +446,7 @@ def reference_run(workload: Any, endpoint: Any, prompts: Sequence[Any], warmup: 
     import aiohttp
 
     from pytest_llmperf.loadgen import _loop_factory, request_body
-    from pytest_llmperf.spec import ClientCheck, RequestRecord, RunRecords
+    from pytest_llmperf.spec import RequestRecord
 
     async def one(session: aiohttp.ClientSession, url: str, record: RequestRecord, body: bytes) -> None:
         record.start_s = time.perf_counter()
@@ -486,16 +489,7 @@ def reference_run(workload: Any, endpoint: Any, prompts: Sequence[Any], warmup: 
             cpu0, start = time.process_time(), time.perf_counter()
             await asyncio.gather(*(bounded(r, b) for r, b in zip(measured, bodies, strict=True)))
             end, cpu = time.perf_counter(), time.process_time() - cpu0
-        check = ClientCheck(
-            loop_lag_p50_ms=math.nan,
-            loop_lag_p99_ms=math.nan,
-            loop_lag_max_ms=math.nan,
-            client_cpu_s=cpu,
-            wall_s=end - start,
-            dispatch_lag_p99_ms=0.0,
-            client_bound=False,
-        )
-        return RunRecords(workload=workload, records=measured, bench_start_s=start, bench_end_s=end, client=check)
+        return _unchecked_run(workload, measured, start, end, cpu)
 
     loop = _loop_factory()()
     try:
@@ -594,8 +588,6 @@ def vllm_run(client: VllmClient, workload: Any, endpoint: Any, prompts: Sequence
 
     import aiohttp
 
-    from pytest_llmperf.spec import ClientCheck, RunRecords
-
     vllm = load_vllm(client)
     request_func = getattr(vllm, VLLM_FUNCTION)
     url = endpoint.base_url + "/v1/completions"
@@ -645,6 +637,13 @@ def vllm_run(client: VllmClient, workload: Any, endpoint: Any, prompts: Sequence
 
     outputs, start, end, cpu = asyncio.run(main())
     records = [vllm_record(i, p, o, start) for i, (p, o) in enumerate(zip(prompts, outputs, strict=True))]
+    return _unchecked_run(workload, records, start, end, cpu)
+
+
+def _unchecked_run(workload: Any, records: Any, start: float, end: float, cpu: float) -> RunRecords:
+    """The records of a comparison client, which has no self-check: only its CPU and window are known."""
+    from pytest_llmperf.spec import ClientCheck, RunRecords
+
     check = ClientCheck(
         loop_lag_p50_ms=math.nan,
         loop_lag_p99_ms=math.nan,
