@@ -305,9 +305,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one load episode and measure it; ``spec`` comes from the parent as JSON."""
     for name in spec["hide"]:
         sys.modules[name] = None  # type: ignore[assignment]  # documented: the next import raises ImportError
-    from pytest_llmperf import loadgen
-    from pytest_llmperf.datasets import PromptContext, build_prompts
-    from pytest_llmperf.metrics import per_request
+    from pytest_llmperf.client import loadgen
+    from pytest_llmperf.client.datasets import PromptContext, build_prompts
+    from pytest_llmperf.judge.metrics import per_request
     from pytest_llmperf.spec import Endpoint, Workload
 
     def importable(name: str) -> bool:
@@ -445,7 +445,7 @@ def reference_run(workload: Any, endpoint: Any, prompts: Sequence[Any], warmup: 
 
     import aiohttp
 
-    from pytest_llmperf.loadgen import _loop_factory, request_body
+    from pytest_llmperf.client.loadgen import _loop_factory, request_body
     from pytest_llmperf.spec import RequestRecord
 
     async def one(session: aiohttp.ClientSession, url: str, record: RequestRecord, body: bytes) -> None:

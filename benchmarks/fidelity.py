@@ -4,7 +4,7 @@ The simulator (``python -m pytest_llmperf.sim``) plans every chunk of every requ
 serves the plan at ``GET /sim/requests``; each client record is joined with its plan by the stream ``id``.
 Intended TTFT = the first chunk's intended time after the server received the request; intended ITL = the
 gaps between consecutive intended chunk times; intended TPOT = (last − first intended chunk time) /
-(tokens − 1). Measured values come from :func:`pytest_llmperf.metrics.per_request`, exactly as a test sees
+(tokens − 1). Measured values come from :func:`pytest_llmperf.judge.metrics.per_request`, exactly as a test sees
 them. Statistics are pooled over the run (requests for TTFT/TPOT, gaps for ITL), linear percentiles.
 
 The client's TTFT starts just before the request is sent and the intended one at the server's receipt, so
@@ -112,9 +112,9 @@ def pct(values: Sequence[float], q: float) -> float:
 def measure(
     url: str, server_pid: int, cores: tuple[int | None, int | None], concurrency: int, quick: bool, busy_poll: bool
 ) -> Level:
-    from pytest_llmperf import loadgen
-    from pytest_llmperf.datasets import PromptContext, build_prompts
-    from pytest_llmperf.metrics import per_request, summarize
+    from pytest_llmperf.client import loadgen
+    from pytest_llmperf.client.datasets import PromptContext, build_prompts
+    from pytest_llmperf.judge.metrics import per_request, summarize
     from pytest_llmperf.spec import Endpoint, Workload
 
     n = num_prompts(concurrency, quick)

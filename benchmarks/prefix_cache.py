@@ -58,7 +58,7 @@ def test_repeat(llmperf):
 REPEATED_CONFTEST = """
 import dataclasses
 
-import pytest_llmperf.runner as runner
+import pytest_llmperf.harness.runner as runner
 
 _build = runner.build_prompts
 
@@ -91,11 +91,11 @@ class RunRow:
 @contextlib.contextmanager
 def start_server(target: str) -> Iterator[str]:
     """A server on 127.0.0.1 for ``target``, stopped on exit; yields its URL."""
-    from pytest_llmperf import server
-    from pytest_llmperf.profiles import default_cache_dir, llama_server_binary
-    from pytest_llmperf.tinymodel import ensure_tiny_model
+    from pytest_llmperf.servers import process as lifecycle
+    from pytest_llmperf.servers.profiles import default_cache_dir, llama_server_binary
+    from pytest_llmperf.servers.tinymodel import ensure_tiny_model
 
-    port = server.free_port("127.0.0.1")
+    port = lifecycle.free_port("127.0.0.1")
     if target == "sim":
         argv = [sys.executable, "-m", "pytest_llmperf.sim", "--port", str(port), "--prefill-tok-s", "4000"]
         argv += ["--decode-ms", "2"]
@@ -108,7 +108,7 @@ def start_server(target: str) -> Iterator[str]:
         argv = ["taskset", "-c", str(last), str(binary), "--model", str(model), "--host", "127.0.0.1"]
         argv += ["--port", str(port), "--parallel", "8", "--ctx-size", "16384", "--threads", "1", "--metrics"]
     log = Path(tempfile.mkdtemp(prefix="llmperf-bench-")) / f"{target}.log"
-    with server.ServerProcess(
+    with lifecycle.ServerProcess(
         argv, log_path=log, health_url=f"http://127.0.0.1:{port}/health", startup_timeout_s=60, name=target
     ):
         yield f"http://127.0.0.1:{port}"

@@ -24,7 +24,7 @@ Part 2 (real simulators). Two ``python -m pytest_llmperf.sim`` processes on 127.
 B either identical (another jitter seed) or with ``--slowdown-per-token-pct 5``. Each trial runs the real
 measurement path (``runner.measure`` with one prompt context built from A) inside ``run_ab_until_decided``
 with tolerance 2 %; before each run it waits until the other server's busy gauges read zero
-(``servermetrics.wait_idle``, the plugin's pause rule).
+(``engine_metrics.wait_idle``, the plugin's pause rule).
 
 Usage: ``python benchmarks/validate_ab.py [--quick] [--seed S] [--out PATH] [--jobs N] [--trials N] [--check]``.
 The full run writes ``benchmarks/results/validate_ab.md``; ``--quick`` is a smoke run (few replicates and
@@ -59,9 +59,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from client_capacity import cpu_model, git_commit
 from validate_verdicts import CONCURRENCY, N_REQUESTS, OUT_TOKENS, RHO, calibrate, cp, generate, table
 
-from pytest_llmperf import judging, stats, verdict
-from pytest_llmperf.markers import PerfSpec, build_spec
-from pytest_llmperf.runner import Result
+from pytest_llmperf.harness import judging
+from pytest_llmperf.harness.markers import PerfSpec, build_spec
+from pytest_llmperf.harness.runner import Result
+from pytest_llmperf.judge import stats, verdict
 from pytest_llmperf.spec import RunRecords
 
 BUDGET = verdict.BUDGET  # the A/B budget passed in, in blocks (the plugin's default)
@@ -265,10 +266,10 @@ class RealCase:
 @contextlib.contextmanager
 def simulators(extra: Mapping[str, Sequence[str]], log_dir: Path) -> Iterator[dict[str, Any]]:
     """Start one simulator per name (the sim profile plus ``extra`` flags) on 127.0.0.1; stop them all."""
-    from pytest_llmperf import profiles, serving
+    from pytest_llmperf.servers import profiles, provision
 
     sim = profiles.get_profile("sim")
-    choice = serving.ServerChoice(model=None, api_key=None, ready_timeout_s=30.0, gpu_count=None)
+    choice = provision.ServerChoice(model=None, api_key=None, ready_timeout_s=30.0, gpu_count=None)
     started: list[Any] = []
     try:
         endpoints = {}
@@ -277,12 +278,12 @@ def simulators(extra: Mapping[str, Sequence[str]], log_dir: Path) -> Iterator[di
             # "auto" pins the simulators to this process's last CPU when it has two or more (the plugin's rule
             # for CPU engines); only one of them is busy at a time, and the client keeps the other cores.
             profile = dataclasses.replace(sim, command=(*sim.command, *flags), cpu_affinity="auto")
-            spawned = serving.spawn(profile, choice, log_path=log_dir / f"sim-{len(started)}.log")
+            spawned = provision.spawn(profile, choice, log_path=log_dir / f"sim-{len(started)}.log")
             started.append(spawned)
             endpoints[name] = spawned.endpoint
             pinned |= set(spawned.pinned_cpus or ())
         # The load generator stays off the simulators' core (what the session does for spawned servers).
-        with serving.client_off_cpus(sorted(pinned) or None):
+        with provision.client_off_cpus(sorted(pinned) or None):
             yield endpoints
     finally:
         for spawned in started:
@@ -290,7 +291,7 @@ def simulators(extra: Mapping[str, Sequence[str]], log_dir: Path) -> Iterator[di
 
 
 def real_sims(seed: int, quick: bool, trials: int, time_limit_s: float) -> tuple[list[RealCase], dict[str, Any]]:
-    from pytest_llmperf import tokenizer
+    from pytest_llmperf.client import tokenizer
 
     workload = REAL_WORKLOAD
     flags = {
@@ -346,9 +347,10 @@ def real_sims(seed: int, quick: bool, trials: int, time_limit_s: float) -> tuple
 def _measure(spec: PerfSpec, servers: Mapping[str, Any], context: Any, server: str) -> Result:
     """One run on ``server``, after the other server reports no running or queued request (the plugin's pause
     rule, without its extra settle time: the simulator keeps no state a gauge would not show)."""
-    from pytest_llmperf import runner, servermetrics
+    from pytest_llmperf.harness import runner
+    from pytest_llmperf.servers import engine_metrics
 
-    servermetrics.wait_idle(servers["B" if server == "A" else "A"], timeout_s=IDLE_TIMEOUT_S)
+    engine_metrics.wait_idle(servers["B" if server == "A" else "A"], timeout_s=IDLE_TIMEOUT_S)
     return runner.measure(spec.workload, servers[server], context)
 
 
@@ -547,7 +549,7 @@ def render(
     w(
         f"a new workload seed per trial. {ORDER.upper()} blocks, budget {BUDGET} (so {AB_BLOCKS} blocks), "
         f"tolerance {REAL_TOLERANCE:.0%} (median TTFT {REAL_TTFT_TOLERANCE:.0%}), "
-        "before each run `servermetrics.wait_idle` on the other server."
+        "before each run `engine_metrics.wait_idle` on the other server."
     )
     w("")
     rows = []

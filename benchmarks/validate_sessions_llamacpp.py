@@ -82,8 +82,8 @@ def concurrency_of(result: dict[str, Any]) -> int:
 def offline_verdict(result: dict[str, Any], tolerance: float) -> str:
     """The same candidate runs judged again by ``verdict.judge`` at another tolerance (looks, family and the
     between-session prior as the plugin uses them on the embedded engine)."""
-    from pytest_llmperf.session import EMBEDDED_SESSION_SPREAD
-    from pytest_llmperf.verdict import BUDGET, judge, planned_looks, resolve_tolerances
+    from pytest_llmperf.harness.session import EMBEDDED_SESSION_SPREAD
+    from pytest_llmperf.judge.verdict import BUDGET, judge, planned_looks, resolve_tolerances
 
     baseline = result["baseline"]["runs"]
     verdict = judge(
@@ -121,7 +121,7 @@ def report(
     disturbed: int,
     elapsed_s: float,
 ) -> str:
-    from pytest_llmperf.stats import clopper_pearson
+    from pytest_llmperf.judge.stats import clopper_pearson
 
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     lines = [
@@ -187,7 +187,7 @@ def main() -> None:
     if args.quick:
         args.baseline_sessions, args.candidate_sessions, args.concurrency = 1, 1, "1"
     if args.embedded_tolerance is None:
-        from pytest_llmperf.session import EMBEDDED_TOLERANCE
+        from pytest_llmperf.harness.session import EMBEDDED_TOLERANCE
 
         args.embedded_tolerance = EMBEDDED_TOLERANCE
     started = time.monotonic()

@@ -1,7 +1,7 @@
 """Seeded simulation of the verdict rules' operating characteristics (anchors/regression-statistics.md §15 V1).
 
-Every verdict below comes from the real ``pytest_llmperf.verdict.judge`` / ``needs_more_runs`` /
-``apply_holm`` and therefore from ``pytest_llmperf.stats``; only the *data* are simulated:
+Every verdict below comes from the real ``pytest_llmperf.judge.verdict.judge`` / ``needs_more_runs`` /
+``apply_holm`` and therefore from ``pytest_llmperf.judge.stats``; only the *data* are simulated:
 
 - per request: log-normal TTFT and TPOT bodies with Pareto tails (3 % of TTFTs, 1 % of TPOTs), E2E built from
   both (``ttft + (out − 1)·tpot``), one ITL sample per request, failures at a small fixed rate;
@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from client_capacity import cpu_model, git_commit
 
-from pytest_llmperf import baseline, stats, verdict
+from pytest_llmperf.judge import baseline, stats, verdict
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from pytest_llmperf.profiles import Profile
+    from pytest_llmperf.servers.profiles import Profile
     from pytest_llmperf.spec import Launch
 
 

@@ -347,8 +347,8 @@ def _pair_id(config: pytest.Config, name: str) -> str | None:
 
 def _check_profile(server: str, profiles_text: str | None, profiles_path: Path | None) -> None:
     """An unknown ``--llmperf-server`` profile is a usage error now, not an error in every perf test."""
-    from pytest_llmperf import profiles
     from pytest_llmperf.errors import SpecError
+    from pytest_llmperf.servers import profiles
 
     user = None
     if profiles_path is not None:

@@ -6,7 +6,7 @@ Each file is a ``--llmperf-json`` document of the same perf tests on one pair. F
 both ran with the same workload, and every latency (or per-user rate) SLO both carry with the same limit, it
 prints each pair's capacity and how many times the users per GPU of the first pair are those of the second:
 once from the largest measured concurrency that meets the SLO (how published comparisons state it: "meets 15 s
-up to 8 users") and once from the interpolated crossing. The arithmetic is :mod:`pytest_llmperf.capacity`'s.
+up to 8 users") and once from the interpolated crossing. The arithmetic is :mod:`pytest_llmperf.judge.capacity`'s.
 
 Exit status: 0 when at least one sweep was compared, 1 when the documents share none, 2 for a file that cannot
 be read as a session document.
@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.capacity import CapacityRatio, PairComparison, compare_documents
+from pytest_llmperf.judge.capacity import CapacityRatio, PairComparison, compare_documents
 
 __all__ = ["format_comparisons", "load_document", "main"]
 

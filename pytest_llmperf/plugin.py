@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from pytest_llmperf import options
-from pytest_llmperf.fixtures import SESSION_KEY, llmperf, llmperf_compare_server, llmperf_server
-from pytest_llmperf.markers import MARKER_HELP
-from pytest_llmperf.session import LLMPerfSession
+from pytest_llmperf.harness.fixtures import SESSION_KEY, llmperf, llmperf_compare_server, llmperf_server
+from pytest_llmperf.harness.markers import MARKER_HELP
+from pytest_llmperf.harness.session import LLMPerfSession
 
 __all__ = ["llmperf", "llmperf_compare_server", "llmperf_server"]
 
@@ -33,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "llmperf-session")
     if config.pluginmanager.hasplugin("xdist"):
-        from pytest_llmperf._xdist import XdistHooks
+        from pytest_llmperf.harness.xdist import XdistHooks
 
         config.pluginmanager.register(XdistHooks(session), "llmperf-xdist")
 

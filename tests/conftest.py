@@ -156,7 +156,7 @@ def start_sim() -> Iterator[type[SimProcess]]:
 @pytest.fixture
 def llamacpp() -> None:
     """Require the embedded llama.cpp engine; LLMPERF_SKIP_LLAMACPP=1 skips instead (no 13-minute compile)."""
-    from pytest_llmperf.profiles import llamacpp_available
+    from pytest_llmperf.servers.profiles import llamacpp_available
 
     if llamacpp_available():
         return

@@ -4,7 +4,7 @@ Contents, from a session document (``--llmperf-json``):
 
 - a header: pair, endpoint, engine and version, model, GPU count, date;
 - a results table, regressions and SLO breaches first;
-- per sweep (results of one test and workload at several concurrencies, see :mod:`pytest_llmperf.capacity`):
+- per sweep (results of one test and workload at several concurrencies, see :mod:`pytest_llmperf.judge.capacity`):
   (a) output throughput against median end-to-end latency, each point labelled ``cX`` by concurrency, and
   (b) output throughput per GPU (per server when the GPU count is unknown) against interactivity
   (tok/s/user = 1000 / median TPOT, as InferenceX plots it) with the Pareto front; the baseline's curve
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf._files import write_text_atomic
-from pytest_llmperf.capacity import (
+from pytest_llmperf.judge.capacity import (
     Capacity,
     Sweep,
     capacity_at_slo,

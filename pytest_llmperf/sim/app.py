@@ -49,6 +49,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from pytest_llmperf import __version__
+from pytest_llmperf.client.timing import poll_until, sleep_until
 from pytest_llmperf.errors import ServerError, ServerStartTimeout, SpecError
 from pytest_llmperf.sim.faults import HTTP_FAULTS, FaultSpec, pick_fault
 from pytest_llmperf.sim.model import (
@@ -62,7 +63,6 @@ from pytest_llmperf.sim.model import (
     output_text,
     text_token_ids,
 )
-from pytest_llmperf.timing import poll_until, sleep_until
 
 log = logging.getLogger("pytest_llmperf.sim")
 

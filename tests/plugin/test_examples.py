@@ -16,8 +16,8 @@ EXAMPLES = ROOT / "examples"
 
 def embedded_pair() -> str:
     """The pair the embedded engine runs under on this machine: its CPU model and the cores it is pinned to."""
-    from pytest_llmperf.hardware import detect
-    from pytest_llmperf.profiles import get_profile
+    from pytest_llmperf.servers.hardware import detect
+    from pytest_llmperf.servers.profiles import get_profile
 
     pinned = get_profile("llamacpp-tiny").pinned_cpus()
     return f"{detect(len(pinned) if pinned else None).id}-default"

@@ -27,7 +27,7 @@ def test_repeat(llmperf):
 # and make every later test of this xdist worker repeat its prompts.
 SAME_PROMPTS_CONFTEST = """
 import pytest
-import pytest_llmperf.runner as runner
+import pytest_llmperf.harness.runner as runner
 
 @pytest.fixture(autouse=True)
 def _same_prompts_every_run(monkeypatch):
@@ -98,7 +98,7 @@ def test_cached_runs_are_inconclusive_against_a_baseline(pytester: pytest.Pytest
     pytester.makeconftest(SAME_PROMPTS_CONFTEST)
     # First session with the same prompts warms the cache; the next one is served from it.
     run(pytester, sim)
-    result, document = run(pytester, sim, "-W", "ignore::pytest_llmperf.fixtures.LLMPerfInconclusive")
+    result, document = run(pytester, sim, "-W", "ignore::pytest_llmperf.harness.fixtures.LLMPerfInconclusive")
     verdict = document["results"][0]["verdict"]
     assert verdict["status"] == "INCONCLUSIVE", verdict
     assert "prefix cache" in verdict["reason"]

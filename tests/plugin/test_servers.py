@@ -433,7 +433,7 @@ def test_sigterm_during_startup_stops_the_server_and_keeps_the_json(
 
 def group_alive(pgid: int, wait_s: float = 10.0) -> bool:
     """Whether process group ``pgid`` still has a live member after up to ``wait_s``."""
-    from pytest_llmperf.server import _group_alive
+    from pytest_llmperf.servers.process import _group_alive
 
     deadline = time.monotonic() + wait_s
     while _group_alive(pgid) and time.monotonic() < deadline:
@@ -517,7 +517,7 @@ def test_interrupted_entry_keeps_detail_runs_and_reason(
             """
             import os, signal, threading, time
             import httpx
-            from pytest_llmperf import runner
+            from pytest_llmperf.harness import runner
 
             measure, calls = runner.measure, []
 

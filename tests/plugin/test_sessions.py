@@ -101,7 +101,7 @@ def test_runs_that_differ_start_an_epoch(pytester: pytest.Pytester, start_sim: t
 def test_a_cpu_engine_pair_names_the_cpu_and_the_servers_cores(pytester: pytest.Pytester, sim_url: str) -> None:
     import os
 
-    from pytest_llmperf.hardware import cpu_hardware_id
+    from pytest_llmperf.servers.hardware import cpu_hardware_id
 
     pytester.makeini("[pytest]\nllmperf_environment_guard = off\n")  # no fixed hardware id: detect it
     pytester.makepyfile(PERF_TEST.replace("repeats=2", "repeats=1"))

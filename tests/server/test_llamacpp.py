@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pytest_llmperf.profiles import get_profile
-from pytest_llmperf.server import _group_alive, engine_info, fetch_models, spawn
+from pytest_llmperf.servers.control import engine_info, fetch_models
+from pytest_llmperf.servers.process import _group_alive, spawn
+from pytest_llmperf.servers.profiles import get_profile
 
 pytestmark = pytest.mark.usefixtures("llamacpp")
 

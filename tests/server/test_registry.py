@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_llmperf import registry
-from pytest_llmperf.server import ServerProcess, _group_alive, free_port
+from pytest_llmperf.servers import registry
+from pytest_llmperf.servers.process import ServerProcess, _group_alive, free_port
 
 TOKEN = "t0ken"
 

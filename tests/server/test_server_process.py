@@ -14,22 +14,18 @@ import httpx
 import pytest
 
 from pytest_llmperf.errors import EndpointError, ServerError, ServerExitedError, ServerStartTimeout
-from pytest_llmperf.server import (
+from pytest_llmperf.servers.control import _describe_transport_error, _llamacpp_build, engine_info, fetch_models, probe
+from pytest_llmperf.servers.process import (
     PortInUseError,
     ServerProcess,
     ServerProcessExited,
-    _describe_transport_error,
     _group_alive,
-    _llamacpp_build,
-    engine_info,
-    fetch_models,
     free_port,
-    probe,
     read_log_tail,
-    redact_url,
     spawn,
     stop_process_group,
 )
+from pytest_llmperf.spec import redact_url
 
 SECRET = "sk-llmperf-test-SECRET-0123456789"
 
@@ -316,7 +312,7 @@ def test_atexit_stops_leftover_servers(tmp_path: Path, script: Path) -> None:
         f"""
         import sys
         from pathlib import Path
-        from pytest_llmperf.server import ServerProcess, free_port
+        from pytest_llmperf.servers.process import ServerProcess, free_port
         port = free_port()
         srv = ServerProcess([sys.executable, {str(script)!r}, "--port", str(port)],
                             log_path=Path({str(tmp_path / "atexit.log")!r}),

@@ -1,4 +1,4 @@
-"""Unit tests of pytest_llmperf.baseline: round trips, retention, refusals, corrupt files, concurrent writers."""
+"""Unit tests of pytest_llmperf.judge.baseline: round trips, retention, refusals, corrupt files, concurrent writers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pytest_llmperf.baseline import (
+from pytest_llmperf.errors import BaselineError
+from pytest_llmperf.judge.baseline import (
     SCHEMA_VERSION,
     BaselineStore,
     Fingerprint,
@@ -18,8 +19,7 @@ from pytest_llmperf.baseline import (
     reduce_summary,
     workload_hash,
 )
-from pytest_llmperf.errors import BaselineError
-from pytest_llmperf.verdict import run_keys
+from pytest_llmperf.judge.verdict import run_keys
 
 HW, PREC, MODULE = "h200x8", "fp8", "tests/perf/test_latency.py"
 WORKLOAD = {"input_len": 128, "output_len": 64, "concurrency": 4, "request_rate": float("inf")}
@@ -253,7 +253,7 @@ def test_a_version_one_file_is_read_and_rewritten_as_version_two(store: Baseline
 
 
 def test_the_command_hash_leaves_the_port_out() -> None:
-    from pytest_llmperf.baseline import command_hash
+    from pytest_llmperf.judge.baseline import command_hash
 
     one = command_hash(["llama-server", "--port", "41234", "--host", "127.0.0.1"], 41234)
     other = command_hash(["llama-server", "--port", "39001", "--host", "127.0.0.1"], 39001)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_llmperf import pairs
-from pytest_llmperf.capacity import (
+from pytest_llmperf.judge.capacity import (
     base_nodeid,
     capacity_at_slo,
     capacity_slo_names,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.datasets import PromptContext, build_prompts, sample_lengths
+from pytest_llmperf.client.datasets import PromptContext, build_prompts, sample_lengths
 from pytest_llmperf.errors import SpecError
 from pytest_llmperf.spec import Workload
 
@@ -183,7 +183,7 @@ def test_dataset_prompts_get_a_salt_per_run(tmp_path: Path) -> None:
 
 
 def test_sharing_is_asked_for_by_prefixes_reuse_and_files() -> None:
-    from pytest_llmperf.datasets import asks_for_sharing
+    from pytest_llmperf.client.datasets import asks_for_sharing
 
     assert not asks_for_sharing(Workload())
     assert asks_for_sharing(Workload(prefix_len=8))

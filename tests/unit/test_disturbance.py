@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf import disturbance
-from pytest_llmperf.disturbance import (
+from pytest_llmperf.servers import disturbance
+from pytest_llmperf.servers.disturbance import (
     CoreTimes,
     CpuSample,
     DisturbanceMonitor,
@@ -195,7 +195,7 @@ def test_foreign_load_from_metrics(deltas: dict[str, float], expected: float | N
 
 
 def test_sim_exports_the_counters_read() -> None:
-    from pytest_llmperf.servermetrics import parse_counters
+    from pytest_llmperf.servers.engine_metrics import parse_counters
     from pytest_llmperf.sim.app import Sim, render_metrics
     from pytest_llmperf.sim.model import SimConfig
 

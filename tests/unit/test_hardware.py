@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.hardware import cpu_model_id, detect, gpu_model_id, hardware_id
+from pytest_llmperf.servers.hardware import cpu_model_id, detect, gpu_model_id, hardware_id
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,7 @@ def test_cpu_model_id(name: str, family: str | None, model: str | None, expected
 
 
 def test_a_cpu_engine_is_named_by_its_cpu_and_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_llmperf.baseline import BaselineStore
+    from pytest_llmperf.judge.baseline import BaselineStore
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi, no rocm-smi
     one, two = detect(server_cores=1), detect(server_cores=2)

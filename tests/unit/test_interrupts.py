@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from pytest_llmperf import loadgen
-from pytest_llmperf.datasets import PromptContext, build_prompts
+from pytest_llmperf.client import loadgen
+from pytest_llmperf.client.datasets import PromptContext, build_prompts
+from pytest_llmperf.client.interrupts import cancel_on_interrupt, deferred
+from pytest_llmperf.client.selfcheck import LoopMonitor
+from pytest_llmperf.client.sse import StreamParser
 from pytest_llmperf.errors import RunInterrupted
-from pytest_llmperf.interrupts import cancel_on_interrupt, deferred
-from pytest_llmperf.runner import planned_prompts
-from pytest_llmperf.selfcheck import LoopMonitor
+from pytest_llmperf.harness.runner import planned_prompts
 from pytest_llmperf.spec import Endpoint, RunRecords, Workload
-from pytest_llmperf.sse import StreamParser
 
 LOOPS: dict[str, Callable[[], Callable[[], asyncio.AbstractEventLoop]]] = {
     "asyncio": lambda: asyncio.new_event_loop,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from pytest_llmperf import limits
-from pytest_llmperf.limits import Limits, check, in_flight, memory_estimate
-from pytest_llmperf.runner import planned_prompts
+from pytest_llmperf.client import limits
+from pytest_llmperf.client.limits import Limits, check, in_flight, memory_estimate
+from pytest_llmperf.harness.runner import planned_prompts
 from pytest_llmperf.spec import Workload
 
 ROOMY = Limits(available_bytes=16 * 10**9, fd_limit=1024, fds_open=20)

@@ -12,12 +12,13 @@ import aiohttp
 import httpx
 import pytest
 
-from pytest_llmperf import loadgen, metrics, tokenizer
-from pytest_llmperf.datasets import PromptContext, build_prompts
-from pytest_llmperf.feedclock import Connector, FeedClock, ReadyClock
-from pytest_llmperf.runner import planned_prompts
+from pytest_llmperf.client import loadgen, tokenizer
+from pytest_llmperf.client.datasets import PromptContext, build_prompts
+from pytest_llmperf.client.feedclock import Connector, FeedClock, ReadyClock
+from pytest_llmperf.client.sse import StreamParser
+from pytest_llmperf.harness.runner import planned_prompts
+from pytest_llmperf.judge import metrics
 from pytest_llmperf.spec import Endpoint, RequestRecord, RunRecords, Workload
-from pytest_llmperf.sse import StreamParser
 
 
 def run(url: str, workload: Workload, *, reuse: bool = True) -> RunRecords:

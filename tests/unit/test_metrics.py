@@ -1,4 +1,4 @@
-"""Unit tests of pytest_llmperf.metrics: every formula checked against arithmetic done by hand.
+"""Unit tests of pytest_llmperf.judge.metrics: every formula checked against arithmetic done by hand.
 
 Times are chosen as binary fractions (0.25, 0.125, ...) where possible so that most expectations are exact;
 ``approx`` is used where a division (e.g. 1/3) cannot be.
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pytest_llmperf.errors import SpecError
-from pytest_llmperf.metrics import RequestMetrics, detailed, per_request, stat_key, summarize
+from pytest_llmperf.judge.metrics import RequestMetrics, detailed, per_request, stat_key, summarize
 from pytest_llmperf.spec import ClientCheck, RequestRecord, RunRecords, Workload
 
 

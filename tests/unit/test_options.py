@@ -7,10 +7,11 @@ import re
 import httpx
 import pytest
 
-from pytest_llmperf import options, server
-from pytest_llmperf.baseline import BaselineStore
+from pytest_llmperf import options
 from pytest_llmperf.errors import BaselineError
-from pytest_llmperf.fixtures import SESSION_KEY
+from pytest_llmperf.harness.fixtures import SESSION_KEY
+from pytest_llmperf.judge.baseline import BaselineStore
+from pytest_llmperf.servers import control
 from pytest_llmperf.spec import Endpoint, Launch, redact_url
 
 BROKEN_PROFILES = "profiles:\n  mine: {command: 'x --port {port}', startup_timeout_s: soon}\n"
@@ -164,6 +165,6 @@ def test_no_repr_shows_url_credentials(pytester: pytest.Pytester) -> None:
 
 def test_transport_errors_are_described_for_a_url_with_a_bad_port() -> None:
     exc = httpx.ConnectError("[Errno 111] Connection refused")
-    message = server._describe_transport_error(exc, "http://u:pw@127.0.0.1:99999/v1/models", 1.0)
+    message = control._describe_transport_error(exc, "http://u:pw@127.0.0.1:99999/v1/models", 1.0)
     assert "nothing listens on 127.0.0.1:99999" in message
     assert "pw" not in message

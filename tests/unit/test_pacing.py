@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from pytest_llmperf.pacing import SendPacer
+from pytest_llmperf.client.pacing import SendPacer
 
 T = TypeVar("T")
 

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 import scipy.stats as sst  # type: ignore[import-untyped]
 
-from pytest_llmperf import judging, stats, verdict
-from pytest_llmperf.markers import build_spec
+from pytest_llmperf.harness import judging
+from pytest_llmperf.harness.markers import build_spec
+from pytest_llmperf.harness.runner import Result
+from pytest_llmperf.judge import stats, verdict
 from pytest_llmperf.report import junit, terminal
 from pytest_llmperf.report.tables import render_verdict_table
-from pytest_llmperf.runner import Result
-from pytest_llmperf.servermetrics import busy_requests
+from pytest_llmperf.servers.engine_metrics import busy_requests
 from pytest_llmperf.spec import RunRecords
 
 

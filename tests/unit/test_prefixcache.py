@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmperf import prefixcache
+from pytest_llmperf.judge import prefixcache
 from pytest_llmperf.spec import RequestRecord
 
 

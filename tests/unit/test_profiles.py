@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf import profiles
 from pytest_llmperf.errors import ServerError, SpecError
-from pytest_llmperf.profiles import (
+from pytest_llmperf.servers import profiles
+from pytest_llmperf.servers.profiles import (
     BUILTIN_PROFILES,
     LLAMA_SERVER_ENV,
     Profile,

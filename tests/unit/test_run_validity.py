@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from pytest_llmperf import judging, verdict
-from pytest_llmperf.baseline import workload_hash
-from pytest_llmperf.markers import build_spec, scale_spec
-from pytest_llmperf.runner import Result, with_prompt_cache
+from pytest_llmperf.harness import judging
+from pytest_llmperf.harness.markers import build_spec, scale_spec
+from pytest_llmperf.harness.runner import Result, with_prompt_cache
+from pytest_llmperf.judge import verdict
+from pytest_llmperf.judge.baseline import workload_hash
 from pytest_llmperf.spec import Endpoint, RunRecords, Workload
 
 

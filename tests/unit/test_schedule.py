@@ -6,7 +6,7 @@ import math
 import random
 import statistics
 
-from pytest_llmperf.loadgen import arrival_offsets
+from pytest_llmperf.client.loadgen import arrival_offsets
 from pytest_llmperf.spec import Workload
 
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from pytest_llmperf import loadgen, selfcheck
-from pytest_llmperf.datasets import PromptContext, build_prompts
-from pytest_llmperf.feedclock import ReadyClock, UnreadBytes
-from pytest_llmperf.runner import planned_prompts
-from pytest_llmperf.selfcheck import LoopMonitor, Unread, assess
+from pytest_llmperf.client import loadgen, selfcheck
+from pytest_llmperf.client.datasets import PromptContext, build_prompts
+from pytest_llmperf.client.feedclock import ReadyClock, UnreadBytes
+from pytest_llmperf.client.selfcheck import LoopMonitor, Unread, assess
+from pytest_llmperf.client.sse import StreamParser
+from pytest_llmperf.harness.runner import planned_prompts
 from pytest_llmperf.spec import ClientCheck, Endpoint, Workload
-from pytest_llmperf.sse import StreamParser
 
 CALM = {"loop_lags_s": [0.0005] * 100, "dispatch_lags_s": [], "cpu_s": 0.3, "wall_s": 1.0}
 UNREAD_REASON = "unread stream data waited in socket buffers"

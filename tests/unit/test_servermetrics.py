@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmperf.servermetrics import deltas, parse_counters
+from pytest_llmperf.servers.engine_metrics import deltas, parse_counters
 
 BEFORE = """# HELP vllm:num_preemptions_total Preemptions.
 # TYPE vllm:num_preemptions_total counter

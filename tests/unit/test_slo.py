@@ -1,4 +1,4 @@
-"""Unit tests of pytest_llmperf.slo: parsing, checking against real summaries, the breach table."""
+"""Unit tests of pytest_llmperf.judge.slo: parsing, checking against real summaries, the breach table."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from pytest_llmperf.errors import SpecError
-from pytest_llmperf.metrics import summarize
-from pytest_llmperf.slo import (
+from pytest_llmperf.judge.metrics import summarize
+from pytest_llmperf.judge.slo import (
     SLO_NAMES,
     Slo,
     check_slos,

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 from threaded_app import ThreadedApp
 
-from pytest_llmperf import loadgen
+from pytest_llmperf.client import loadgen
+from pytest_llmperf.client.sse import StreamError, StreamParser, not_sse, not_sse_error
 from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, Workload
-from pytest_llmperf.sse import StreamError, StreamParser, not_sse, not_sse_error
 
 
 def parser(chat: bool = False) -> StreamParser:

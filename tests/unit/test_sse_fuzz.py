@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llmperf import sse
+from pytest_llmperf.client import sse
+from pytest_llmperf.client.sse import StreamError, StreamParser
 from pytest_llmperf.spec import RequestRecord
-from pytest_llmperf.sse import StreamError, StreamParser
 
 FUZZ = settings(max_examples=200, deadline=None, database=None)
 

@@ -1,4 +1,4 @@
-"""Unit tests of pytest_llmperf.stats against hand computations, scipy and textbook values."""
+"""Unit tests of pytest_llmperf.judge.stats against hand computations, scipy and textbook values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import scipy.stats as sst  # type: ignore[import-untyped]
 
-from pytest_llmperf import stats
+from pytest_llmperf.judge import stats
 
 
 def _mean_var(xs: list[float]) -> tuple[float, float]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf import tinymodel
-from pytest_llmperf.tinymodel import (
+from pytest_llmperf.servers import tinymodel
+from pytest_llmperf.servers.tinymodel import (
     TINY_MODEL_NAME,
     build_vocab,
     ensure_tiny_model,
@@ -89,7 +89,7 @@ def test_every_word_piece_is_reachable_by_merges() -> None:
 
 
 def test_processes_racing_write_one_file(tmp_path: Path) -> None:
-    code = "import sys; from pathlib import Path; from pytest_llmperf.tinymodel import ensure_tiny_model; "
+    code = "import sys; from pathlib import Path; from pytest_llmperf.servers.tinymodel import ensure_tiny_model; "
     code += "print(ensure_tiny_model(Path(sys.argv[1])))"
     procs = [
         subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)

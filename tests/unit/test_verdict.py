@@ -1,4 +1,4 @@
-"""Unit tests of pytest_llmperf.verdict: each verdict kind on run summaries whose answer is clear by design."""
+"""Unit tests of pytest_llmperf.judge.verdict: each verdict kind on run summaries whose answer is clear by design."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from pytest_llmperf import verdict
 from pytest_llmperf.errors import SpecError
-from pytest_llmperf.verdict import (
+from pytest_llmperf.judge import verdict
+from pytest_llmperf.judge.verdict import (
     IMPROVEMENT,
     INCONCLUSIVE,
     NO_BASELINE,

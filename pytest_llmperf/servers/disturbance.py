@@ -352,7 +352,7 @@ def foreign_load_from_metrics(
     counter_deltas: Mapping[str, float], *, sent_requests: int, sent_prompt_tokens: int
 ) -> float | None:
     """Requests the server handled during the run beyond the ``sent_requests`` we sent, from its counter deltas
-    (labels summed, as :func:`pytest_llmperf.servermetrics.parse_counters` gives them). Engines with a request
+    (labels summed, as :func:`pytest_llmperf.servers.engine_metrics.parse_counters` gives them). Engines with a request
     counter (vLLM, SGLang, the simulator) give requests; one with prompt tokens only (llama.cpp) gives
     request-equivalents: extra prompt tokens ÷ our mean prompt tokens per request, so ``sent_prompt_tokens``
     must be counted as the server counts them (the sum of ``usage.prompt_tokens``). Clamped at 0; None when

@@ -58,7 +58,7 @@ __all__ = [
 
 PLACEHOLDERS: tuple[str, ...] = ("port", "host", "model", "model_path", "threads", "python", "llama_server")
 
-#: ``model_path`` value that stands for the tiny model written by :mod:`pytest_llmperf.tinymodel`.
+#: ``model_path`` value that stands for the tiny model written by :mod:`pytest_llmperf.servers.tinymodel`.
 TINY_MODEL_PATH = "tiny"
 
 #: Environment variable that points at a ``llama-server`` binary, overriding the installed one.
@@ -169,7 +169,7 @@ class Profile:
                     f"(or '{TINY_MODEL_PATH}' for the generated tiny model)"
                 )
             if str(path) == TINY_MODEL_PATH:
-                from pytest_llmperf.tinymodel import ensure_tiny_model
+                from pytest_llmperf.servers.tinymodel import ensure_tiny_model
 
                 path = ensure_tiny_model(cache_dir if cache_dir is not None else default_cache_dir())
             values["model_path"] = str(path)

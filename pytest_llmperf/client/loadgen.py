@@ -6,7 +6,7 @@ computes statistics; it records what the client saw, per request, as :class:`Req
 
 Timing follows ``vllm bench serve``: ``start_s`` is taken after the concurrency slot is acquired, just before
 the request is sent; every output event is stamped with ``time.perf_counter()`` when its read arrives
-(the first read of the loop's pass over its ready sockets, :class:`~pytest_llmperf.feedclock.ReadyClock`).
+(the first read of the loop's pass over its ready sockets, :class:`~pytest_llmperf.client.feedclock.ReadyClock`).
 "Just before" is taken literally: ``start_s`` is stamped when aiohttp hands the built request to the socket
 (:class:`_StampedBody`), not before aiohttp builds it. vLLM stamps before ``session.post``, so its TTFT and
 E2E also hold the client's own request-building time (0.1–0.3 ms here, more when many requests start at once).
@@ -26,14 +26,14 @@ from typing import Any
 
 import aiohttp
 
+from pytest_llmperf.client.feedclock import Connector, FeedClock
+from pytest_llmperf.client.interrupts import Interrupts, cancel_on_interrupt
+from pytest_llmperf.client.pacing import SendPacer
+from pytest_llmperf.client.selfcheck import LoopMonitor
+from pytest_llmperf.client.sse import StreamError, StreamParser, excerpt, not_sse, not_sse_error
+from pytest_llmperf.client.timing import poll_until, sleep_until
 from pytest_llmperf.errors import RunInterrupted
-from pytest_llmperf.feedclock import Connector, FeedClock
-from pytest_llmperf.interrupts import Interrupts, cancel_on_interrupt
-from pytest_llmperf.pacing import SendPacer
-from pytest_llmperf.selfcheck import LoopMonitor
 from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, RunRecords, Workload, redact_url
-from pytest_llmperf.sse import StreamError, StreamParser, excerpt, not_sse, not_sse_error
-from pytest_llmperf.timing import poll_until, sleep_until
 
 Progress = Callable[[int, "int | None", int], None]
 """Called after each measured request: (requests done, requests planned or None, output events so far)."""
@@ -371,10 +371,10 @@ def run(
     """Run one load episode and return every request's record.
 
     ``busy_poll``: keep the event loop polling during the measured window instead of sleeping in the kernel
-    (see :func:`pytest_llmperf.timing.poll_until`), at the cost of a full core.
+    (see :func:`pytest_llmperf.client.timing.poll_until`), at the cost of a full core.
 
     Ctrl-C (or SIGTERM mapped to it) stops the run promptly: the run is cancelled at its next ``await`` (see
-    :mod:`pytest_llmperf.interrupts`), in-flight requests are recorded as cancelled, and
+    :mod:`pytest_llmperf.client.interrupts`), in-flight requests are recorded as cancelled, and
     :class:`RunInterrupted` carries the partial :class:`RunRecords` so nothing measured is lost.
     """
     state: dict[str, Any] = {}

@@ -12,8 +12,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pytest_llmperf.datasets import PromptContext, asks_for_sharing, build_prompts
-from pytest_llmperf.loadgen import Progress
+from pytest_llmperf.client.datasets import PromptContext, asks_for_sharing, build_prompts
+from pytest_llmperf.client.loadgen import Progress
 from pytest_llmperf.spec import Endpoint, RunRecords, Workload
 
 # A duration-bounded closed-loop run cannot know its request count; this many prompts per slot covers long
@@ -89,11 +89,11 @@ def measure(
 ) -> Result:
     """Build the prompts, run the load episode and summarize it.
 
-    ``contents`` keys the prompts' token contents (see :func:`pytest_llmperf.datasets.build_prompts`): the
+    ``contents`` keys the prompts' token contents (see :func:`pytest_llmperf.client.datasets.build_prompts`): the
     fixture passes one key per run, so no run resends an earlier run's prompts. Warmup prompts come from their
     own key and seed, so they share no prefix with the measured ones.
     """
-    from pytest_llmperf import loadgen
+    from pytest_llmperf.client import loadgen
 
     prompts = build_prompts(workload, planned_prompts(workload), context, contents=contents)
     warmup = (
@@ -126,7 +126,7 @@ def with_prompt_cache(endpoint: Endpoint, sharing: bool) -> Endpoint:
 
 
 def summarize(records: RunRecords, endpoint: Endpoint, *, goodput_slos_ms: Mapping[str, float] | None = None) -> Result:
-    from pytest_llmperf import metrics
+    from pytest_llmperf.judge import metrics
 
     summary = metrics.summarize(records, gpu_count=endpoint.gpu_count, goodput_slos_ms=goodput_slos_ms)
     # Wall-clock bounds of the measured window, comparable across processes (xdist workers, reports).

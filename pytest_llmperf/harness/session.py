@@ -5,7 +5,7 @@ collects them from ``pytest_runtest_logreport``, so the same code path works wit
 interrupted run gets no report: a worker leaves it in the run directory, where the controller collects it at the
 end. The controller alone writes the output files and stops a server shared by workers; it handles SIGTERM as
 Ctrl-C, as does every process while it owns a spawned server. At its start it stops the servers that sessions
-killed with SIGKILL left running (:mod:`pytest_llmperf.registry`).
+killed with SIGKILL left running (:mod:`pytest_llmperf.servers.registry`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from pytest_llmperf.spec import is_url
 if TYPE_CHECKING:
     import httpx
 
-    from pytest_llmperf.baseline import BaselineStore, Fingerprint
-    from pytest_llmperf.judging import BaselineView
-    from pytest_llmperf.profiles import Profile
-    from pytest_llmperf.serving import ServerWatch, Spawned
+    from pytest_llmperf.harness.judging import BaselineView
+    from pytest_llmperf.judge.baseline import BaselineStore, Fingerprint
+    from pytest_llmperf.servers.profiles import Profile
+    from pytest_llmperf.servers.provision import ServerWatch, Spawned
     from pytest_llmperf.spec import Endpoint, Launch, Workload
 
 RESULTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
@@ -142,7 +142,7 @@ class LLMPerfSession:
     @property
     def hardware_id(self) -> str:
         if self._hardware_id is None:
-            from pytest_llmperf.hardware import detect
+            from pytest_llmperf.servers.hardware import detect
 
             self._hardware_id = self.settings.hardware or detect(self._server_cores()).id
         return self._hardware_id
@@ -157,7 +157,7 @@ class LLMPerfSession:
             port = urlsplit(endpoint).port if _is_loopback(endpoint) else None
             if port is None:
                 return None
-            from pytest_llmperf.disturbance import find_listening_pid
+            from pytest_llmperf.servers.disturbance import find_listening_pid
 
             pid = find_listening_pid(port)
             with contextlib.suppress(OSError):
@@ -191,7 +191,7 @@ class LLMPerfSession:
     def session_spread(self) -> float:
         """The between-session SD the verdict assumes below 3 baseline sessions: ``--llmperf-session-spread``,
         else :data:`EMBEDDED_SESSION_SPREAD` on the embedded engine, else the GPU-server prior (3 %)."""
-        from pytest_llmperf.stats import SESSION_SD_PRIOR
+        from pytest_llmperf.judge.stats import SESSION_SD_PRIOR
 
         if self.settings.session_spread is not None:
             return self.settings.session_spread
@@ -204,7 +204,7 @@ class LLMPerfSession:
     # -- the server under test -------------------------------------------------------------------------
 
     def profile(self) -> Profile | None:
-        from pytest_llmperf import profiles
+        from pytest_llmperf.servers import profiles
 
         if self.settings.server is not None:
             return profiles.get_profile(self.settings.server, self._user_profiles())
@@ -213,13 +213,13 @@ class LLMPerfSession:
         return None
 
     def _user_profiles(self) -> Any:
-        from pytest_llmperf import profiles
+        from pytest_llmperf.servers import profiles
 
         return profiles.load_profiles(self.settings.profiles_path) if self.settings.profiles_path else None
 
     def compare_profile(self) -> Profile | None:
         """B's profile in A/B mode, or None when ``--llmperf-compare`` is a URL (or not given)."""
-        from pytest_llmperf import profiles
+        from pytest_llmperf.servers import profiles
 
         target = self.settings.compare
         if target is None or is_url(target):
@@ -238,21 +238,21 @@ class LLMPerfSession:
     def _devices(self, profile: Profile, *, role: str) -> str | None:
         """CUDA_VISIBLE_DEVICES of a spawned server. In A/B mode, when both profiles name GPUs per server,
         each worker's slice holds A's GPUs then B's, so the two never share a device."""
-        from pytest_llmperf import serving
+        from pytest_llmperf.servers import provision
 
         if not profile.gpus_per_server:
             return None
-        from pytest_llmperf.hardware import detect
+        from pytest_llmperf.servers.hardware import detect
 
         gpus_visible = detect().gpu_count
         other = self.compare_profile() if role == "A" else self.profile()
         paired = self.settings.compare is not None and other is not None and other.gpus_per_server > 0
         if not paired:
-            return serving.worker_devices(profile, self.worker_id, gpus_visible)
+            return provision.worker_devices(profile, self.worker_id, gpus_visible)
         assert other is not None
         stride = profile.gpus_per_server + other.gpus_per_server
         offset = 0 if role == "A" else other.gpus_per_server
-        return serving.worker_devices(profile, self.worker_id, gpus_visible, offset=offset, stride=stride)
+        return provision.worker_devices(profile, self.worker_id, gpus_visible, offset=offset, stride=stride)
 
     def _launch(self, profile: Profile, port: int, argv: list[str]) -> Launch | None:
         result: Launch | None = self.config.hook.pytest_llmperf_launch(
@@ -262,15 +262,15 @@ class LLMPerfSession:
 
     def open_server(self) -> Endpoint:
         """Attach or spawn the server under test (raises ``pytest.skip`` when there is none to use)."""
-        from pytest_llmperf import serving
-        from pytest_llmperf.profiles import default_cache_dir
+        from pytest_llmperf.servers import provision
+        from pytest_llmperf.servers.profiles import default_cache_dir
 
         s = self.settings
-        choice = serving.ServerChoice(
+        choice = provision.ServerChoice(
             model=s.model, api_key=s.api_key, ready_timeout_s=s.ready_timeout_s, gpu_count=s.gpus
         )
         if s.endpoint is not None:
-            endpoint = serving.attach(s.endpoint, choice)
+            endpoint = provision.attach(s.endpoint, choice)
             # Workers share an attached server as they share a spawned one: their measurements take turns.
             self.shared_server = self.is_worker
         else:
@@ -286,21 +286,21 @@ class LLMPerfSession:
 
             def start() -> Spawned:
                 started.append(
-                    serving.spawn(profile, choice, log_path=log_path, cuda_devices=devices, launcher=self._launch)
+                    provision.spawn(profile, choice, log_path=log_path, cuda_devices=devices, launcher=self._launch)
                 )
                 return started[-1]
 
             self._handle_sigterm()  # from before the start: a SIGTERM while the server starts stops it too
             if self.is_worker and not profile.gpus_per_server:
                 self.shared_server = True
-                endpoint = serving.shared(self.run_dir, start, s.api_key, controller_pid=self._controller_pid)
-                pinned = serving.shared_pinned_cpus(self.run_dir)
+                endpoint = provision.shared(self.run_dir, start, s.api_key, controller_pid=self._controller_pid)
+                pinned = provision.shared_pinned_cpus(self.run_dir)
             else:
                 self._spawned = start()
                 endpoint, pinned = self._spawned.endpoint, self._spawned.pinned_cpus
             self._pinned |= set(pinned or ())
             self._remember_resources(endpoint, pinned, devices)
-            self._watch_server(profile.name, endpoint, started, serving.STATE_FILE)
+            self._watch_server(profile.name, endpoint, started, provision.STATE_FILE)
             self._own_cores()
         self.endpoint_info = endpoint.public_dict()
         return endpoint
@@ -308,18 +308,18 @@ class LLMPerfSession:
     def open_compare_server(self) -> Endpoint | None:
         """A/B mode: attach to or spawn B (None without ``--llmperf-compare``). Called once A is ready, so two
         servers without disjoint GPU sets are started one after the other, never at once."""
-        from pytest_llmperf import serving
-        from pytest_llmperf.profiles import default_cache_dir
+        from pytest_llmperf.servers import provision
+        from pytest_llmperf.servers.profiles import default_cache_dir
 
         s = self.settings
         if s.compare is None:
             return None
-        choice = serving.ServerChoice(
+        choice = provision.ServerChoice(
             model=s.model, api_key=s.compare_api_key, ready_timeout_s=s.ready_timeout_s, gpu_count=s.gpus
         )
         profile = self.compare_profile()
         if profile is None:
-            endpoint = serving.attach(s.compare, choice)
+            endpoint = provision.attach(s.compare, choice)
             self.shared_server = self.shared_server or self.is_worker
         else:
             devices = self._devices(profile, role="B")
@@ -330,7 +330,7 @@ class LLMPerfSession:
 
             def start() -> Spawned:
                 started.append(
-                    serving.spawn(profile, choice, log_path=log_path, cuda_devices=devices, launcher=self._launch)
+                    provision.spawn(profile, choice, log_path=log_path, cuda_devices=devices, launcher=self._launch)
                 )
                 return started[-1]
 
@@ -341,17 +341,17 @@ class LLMPerfSession:
             try:
                 if self.is_worker and not profile.gpus_per_server:
                     self.shared_server = True
-                    state = serving.COMPARE_STATE_FILE
-                    endpoint = serving.shared(
+                    state = provision.COMPARE_STATE_FILE
+                    endpoint = provision.shared(
                         self.run_dir, start, s.api_key, state_file=state, controller_pid=self._controller_pid
                     )
-                    pinned = serving.shared_pinned_cpus(self.run_dir, state_file=state)
+                    pinned = provision.shared_pinned_cpus(self.run_dir, state_file=state)
                 else:
                     self._compare_spawned = start()
                     endpoint, pinned = self._compare_spawned.endpoint, self._compare_spawned.pinned_cpus
                 self._pinned |= set(pinned or ())
                 self._remember_resources(endpoint, pinned, devices)
-                self._watch_server(profile.name, endpoint, started, serving.COMPARE_STATE_FILE)
+                self._watch_server(profile.name, endpoint, started, provision.COMPARE_STATE_FILE)
             finally:
                 self._own_cores()
         self.compare_info = endpoint.public_dict()
@@ -376,12 +376,12 @@ class LLMPerfSession:
 
     def _watch_server(self, name: str, endpoint: Endpoint, started: list[Spawned], state_file: str) -> None:
         """Keep watch on a spawned server so that a dead one is named (see :meth:`server_exited`)."""
-        from pytest_llmperf import serving
+        from pytest_llmperf.servers import provision
 
         if endpoint.pid is None or endpoint.log_path is None:
             return
         exited_file = self.run_dir / Path(state_file).with_suffix(".exited").name if self.shared_server else None
-        self._server_watches[endpoint.url] = serving.ServerWatch(
+        self._server_watches[endpoint.url] = provision.ServerWatch(
             name=name,
             pid=endpoint.pid,
             log_path=Path(endpoint.log_path),
@@ -413,7 +413,7 @@ class LLMPerfSession:
         on a loopback port), its cores (pinned, else its affinity) and its GPU indices (None: every GPU). A
         remote server gives (None, None, None): only its /metrics can show foreign load."""
         if endpoint.url not in self._watch:
-            from pytest_llmperf import disturbance
+            from pytest_llmperf.servers import disturbance
 
             pid = endpoint.pid
             if pid is None and _is_loopback(endpoint.url):
@@ -430,11 +430,11 @@ class LLMPerfSession:
 
     def _own_cores(self) -> None:
         """Keep the load generator off every spawned server's cores (A's, and B's in A/B mode)."""
-        from pytest_llmperf import serving
+        from pytest_llmperf.servers import provision
 
         self._release_cores()
         self._affinity = contextlib.ExitStack()
-        self._affinity.enter_context(serving.client_off_cpus(sorted(self._pinned) or None))
+        self._affinity.enter_context(provision.client_off_cpus(sorted(self._pinned) or None))
 
     def _release_cores(self) -> None:
         if self._affinity is not None:
@@ -458,9 +458,9 @@ class LLMPerfSession:
         previous run may have been on ``other`` (it was, or another xdist worker may have measured since),
         ``--llmperf-compare-pause`` seconds more for what no gauge shows (KV-cache frees, background work).
         Returns the waits for the run's summary: they are reported, never inside a latency."""
-        from pytest_llmperf import servermetrics
+        from pytest_llmperf.servers import engine_metrics
 
-        idle_wait = servermetrics.wait_idle(other, timeout_s=IDLE_TIMEOUT_S)
+        idle_wait = engine_metrics.wait_idle(other, timeout_s=IDLE_TIMEOUT_S)
         if self.shared_server:  # another xdist worker may have measured the other server since our last run
             switched = True
         else:
@@ -472,7 +472,7 @@ class LLMPerfSession:
 
     def prompt_context(self, workload: Any, endpoint: Endpoint) -> Any:
         """How to build exact-length prompts for ``workload`` (calibrated once per endpoint, api and dataset)."""
-        from pytest_llmperf import tokenizer
+        from pytest_llmperf.client import tokenizer
 
         key = (endpoint.url, workload.api, workload.dataset, self.settings.tokenizer or "")
         if key not in self.prompt_contexts:
@@ -515,7 +515,7 @@ class LLMPerfSession:
 
     @property
     def store(self) -> BaselineStore:
-        from pytest_llmperf.baseline import BaselineStore
+        from pytest_llmperf.judge.baseline import BaselineStore
 
         return BaselineStore(self.settings.baselines, force_hint="--llmperf-update=force")
 
@@ -537,7 +537,7 @@ class LLMPerfSession:
         import datetime
 
         from pytest_llmperf import __version__
-        from pytest_llmperf.baseline import Fingerprint, command_hash, workload_hash
+        from pytest_llmperf.judge.baseline import Fingerprint, command_hash, workload_hash
 
         argv = self._spawned.process.argv if self._spawned is not None else None
         port = urlsplit(self._spawned.endpoint.url).port if self._spawned is not None else None
@@ -556,8 +556,8 @@ class LLMPerfSession:
 
     def baseline_view(self, module_path: str, test_name: str, workload: Workload, endpoint: Endpoint) -> BaselineView:
         """This test's baseline entry as the verdict needs it; raises BaselineError for an unreadable file."""
-        from pytest_llmperf.baseline import compare_fingerprint
-        from pytest_llmperf.judging import BaselineView
+        from pytest_llmperf.harness.judging import BaselineView
+        from pytest_llmperf.judge.baseline import compare_fingerprint
 
         entry = self.store.load_entry(self.hardware_id, self.precision, module_path, test_name)
         if entry is None:
@@ -578,8 +578,8 @@ class LLMPerfSession:
 
     def _apply_updates(self) -> bool:
         """Write the baseline runs the tests recorded (controller, once). False if any write failed."""
-        from pytest_llmperf.baseline import Fingerprint
         from pytest_llmperf.errors import BaselineError
+        from pytest_llmperf.judge.baseline import Fingerprint
 
         ok = True
         for result in self.results:
@@ -623,7 +623,7 @@ class LLMPerfSession:
 
     def _session_holm(self) -> bool:
         """Holm over every gating claim of the session; True if it found regressions the tests did not."""
-        from pytest_llmperf.verdict import REGRESSION, Verdict, apply_holm
+        from pytest_llmperf.judge.verdict import REGRESSION, Verdict, apply_holm
 
         judged = [(r, Verdict.from_dict(r["verdict"])) for r in self.results if r.get("verdict")]
         adjusted = apply_holm([v for _, v in judged])
@@ -653,7 +653,7 @@ class LLMPerfSession:
 
     def _stop_leftovers(self) -> None:
         """Stop the servers of earlier sessions killed with SIGKILL (their owner is gone), before any is spawned."""
-        from pytest_llmperf import registry
+        from pytest_llmperf.servers import registry
 
         terminal = self.config.pluginmanager.getplugin("terminalreporter")
         for finding in registry.sweep(registry.default_dir()):
@@ -664,16 +664,16 @@ class LLMPerfSession:
         """Controller, once the workers are down: collect the interrupted runs they left, stop the shared servers
         and remove the run directory (again: nothing left to do). An interrupt meanwhile waits: cut short, this
         would leave a server running."""
-        from pytest_llmperf import serving
-        from pytest_llmperf.interrupts import deferred
+        from pytest_llmperf.client.interrupts import deferred
+        from pytest_llmperf.servers import provision
 
         if self._run_dir is None:
             return
         with deferred(reraise=False) as interrupts:
             try:
                 self.results.extend(_load_partials(self._run_dir / PARTIAL_DIR))
-                serving.stop_shared(self._run_dir)
-                serving.stop_shared(self._run_dir, state_file=serving.COMPARE_STATE_FILE)
+                provision.stop_shared(self._run_dir)
+                provision.stop_shared(self._run_dir, state_file=provision.COMPARE_STATE_FILE)
             finally:
                 shutil.rmtree(self._run_dir, ignore_errors=True)
         if interrupts:
@@ -686,7 +686,7 @@ class LLMPerfSession:
             self._sigterm = None
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        from pytest_llmperf.verdict import DEFAULT_GATING
+        from pytest_llmperf.judge.verdict import DEFAULT_GATING
 
         perf_tests = sum(1 for item in items if "llmperf" in getattr(item, "fixturenames", ()))
         self.family_size = max(1, perf_tests) * len(DEFAULT_GATING)
@@ -792,7 +792,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     # Python's own Ctrl-C handler, so that a run in progress treats SIGTERM exactly like Ctrl-C
-    # (pytest_llmperf.interrupts recognises it by identity).
+    # (pytest_llmperf.client.interrupts recognises it by identity).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         yield

@@ -46,7 +46,7 @@ _SAME_START_S = 0.1
 
 def default_dir() -> Path:
     """``<cache>/servers``: one directory for every session of this user, so that each can find the others'."""
-    from pytest_llmperf.profiles import default_cache_dir
+    from pytest_llmperf.servers.profiles import default_cache_dir
 
     return default_cache_dir() / "servers"
 
@@ -145,7 +145,7 @@ def sweep(directory: Path, *, timeout_s: float = 5.0) -> list[Finding]:
 
 def _settle(entry: dict[str, Any], pid: int, pgid: int, timeout_s: float) -> tuple[Finding | None, bool]:
     """Act on one orphaned record: (what to say, whether the record can go)."""
-    from pytest_llmperf.server import stop_process_group
+    from pytest_llmperf.servers.process import stop_process_group
 
     what = f"{entry.get('name', 'server')} (pid {pid}, started by pytest pid {entry.get('owner_pid')}, which is gone)"
     started = start_time(pid)

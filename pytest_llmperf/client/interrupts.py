@@ -44,7 +44,7 @@ def _raise_interrupt() -> None:
 def cancel_on_interrupt(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> Iterator[Interrupts]:
     """Within the block, a signal whose handler is Python's default interrupt handler cancels ``task``.
 
-    That covers SIGINT, and SIGTERM while the session maps it to Ctrl-C (see :mod:`pytest_llmperf.session`).
+    That covers SIGINT, and SIGTERM while the session maps it to Ctrl-C (see :mod:`pytest_llmperf.harness.session`).
     The second interrupt raises ``KeyboardInterrupt`` out of the loop, from a callback of its own, so that it too
     cannot be caught inside a parser; it is for a run whose requests do not wind down. The third raises at once.
     Handlers anybody else installed are left alone, and every handler is put back on leaving. Signal handlers

@@ -1,13 +1,13 @@
 """Relative verdicts: candidate runs against baseline runs, per metric, with honest uncertainty.
 
-Pure: no I/O, no pytest. Inputs are run summaries as produced by :func:`pytest_llmperf.metrics.summarize`
+Pure: no I/O, no pytest. Inputs are run summaries as produced by :func:`pytest_llmperf.judge.metrics.summarize`
 (or the reduced copies a baseline stores); outputs are frozen dataclasses whose ``as_dict()`` is made of
 builtins, so they cross pytest-xdist's execnet channel, and ``from_dict()`` rebuilds them on the controller.
 
 The rules (DESIGN.md §5; anchors/regression-statistics.md §14 for the evidence):
 
 - Each run contributes one run-level statistic per metric (its median TTFT, its output throughput, ...);
-  comparisons are in log space (:mod:`pytest_llmperf.stats`), oriented so that a positive *effect* is worse:
+  comparisons are in log space (:mod:`pytest_llmperf.judge.stats`), oriented so that a positive *effect* is worse:
   ``ln(c/b)`` for lower-is-better metrics, ``−ln(c/b)`` for throughput.
 - A tolerance δ bounds how much worse is acceptable: latency ratio ``≤ 1 + δ``, throughput ratio
   ``≥ 1 − δ``; on the log scale the bound is ``L = ln(1 + δ)`` or ``−ln(1 − δ)``.
@@ -50,7 +50,7 @@ PASS needs no correction for looks in that sense: stopping at the first PASS can
 A/B mode. :func:`judge_paired` judges server B against server A from interleaved blocks (one run of each, same
 prompts, back to back): the same metrics, tolerances, three-valued rule, multiplicity and sequential looks,
 but the ratio metrics use the paired t interval of the per-block log ratios
-(:func:`pytest_llmperf.stats.compare_paired`), so a drift that is slower than a block cancels. Verdicts carry
+(:func:`pytest_llmperf.judge.stats.compare_paired`), so a drift that is slower than a block cancels. Verdicts carry
 ``reference="A"`` and read "B vs A"; REGRESSION means B is worse than A beyond the tolerance.
 """
 
@@ -62,9 +62,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard
 
-from pytest_llmperf import stats
 from pytest_llmperf.errors import SpecError
-from pytest_llmperf.metrics import stat_key
+from pytest_llmperf.judge import stats
+from pytest_llmperf.judge.metrics import stat_key
 
 __all__ = [
     "BUDGET",

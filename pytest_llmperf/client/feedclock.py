@@ -26,7 +26,7 @@ from typing import Any, cast
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
-from pytest_llmperf.sse import StreamParser
+from pytest_llmperf.client.sse import StreamParser
 
 if sys.platform != "win32":  # Windows: the unread bytes are not sampled
     from fcntl import ioctl

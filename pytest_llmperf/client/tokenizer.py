@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmperf.datasets import COMMON_WORDS, PromptContext, Tokenize
+from pytest_llmperf.client.datasets import COMMON_WORDS, PromptContext, Tokenize
 from pytest_llmperf.errors import EndpointError, SpecError
 from pytest_llmperf.spec import Endpoint, Workload, redact_url
 
@@ -175,7 +175,7 @@ def server_chat_counter(endpoint: Endpoint, tokenize: Tokenize, client: httpx.Cl
 def prompt_context(
     workload: Workload, endpoint: Endpoint, client: httpx.Client, *, tokenizer_path: str | None = None
 ) -> PromptContext:
-    """Everything :func:`pytest_llmperf.datasets.build_prompts` needs to hit exact lengths."""
+    """Everything :func:`pytest_llmperf.client.datasets.build_prompts` needs to hit exact lengths."""
     tokenize: Callable[[str], list[int]] | None
     tokenize = local_tokenizer(tokenizer_path) if tokenizer_path else server_tokenizer(endpoint, client)
     if tokenize is None:

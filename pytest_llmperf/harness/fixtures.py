@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 
 from pytest_llmperf.errors import BaselineError, LLMPerfError, RunInterrupted, ServerExitedError, SpecError
-from pytest_llmperf.markers import build_spec, merge, scale_spec
+from pytest_llmperf.harness.markers import build_spec, merge, scale_spec
+from pytest_llmperf.harness.session import IDLE_TIMEOUT_S, RESULTS_KEY, LLMPerfSession
 from pytest_llmperf.report.junit import properties
 from pytest_llmperf.report.progress import LiveProgress
-from pytest_llmperf.session import IDLE_TIMEOUT_S, RESULTS_KEY, LLMPerfSession
 from pytest_llmperf.spec import Endpoint, redact_url
 
 if TYPE_CHECKING:
-    from pytest_llmperf.judging import ABJudgement, Judgement
-    from pytest_llmperf.markers import PerfSpec
-    from pytest_llmperf.runner import Result
+    from pytest_llmperf.harness.judging import ABJudgement, Judgement
+    from pytest_llmperf.harness.markers import PerfSpec
+    from pytest_llmperf.harness.runner import Result
 
 SESSION_KEY = pytest.StashKey[LLMPerfSession]()
 
@@ -84,11 +84,12 @@ class LLMPerf:
         """Run the marker's workload (``overrides`` win), check its SLOs and judge it against the baseline.
 
         Fails the test in the call phase on an SLO breach or a regression, with the tables in the message.
-        Returns the last run's :class:`~pytest_llmperf.runner.Result`; ``.runs`` holds every run,
+        Returns the last run's :class:`~pytest_llmperf.harness.runner.Result`; ``.runs`` holds every run,
         ``.verdict`` and ``.slo_results`` the decisions. In A/B mode these are B's runs and the B vs A verdict,
         and ``.ab_runs`` holds A's.
         """
-        from pytest_llmperf import judging, verdict
+        from pytest_llmperf.harness import judging
+        from pytest_llmperf.judge import verdict
 
         if self.compare is not None:
             return self._run_ab(self.compare, overrides)
@@ -129,7 +130,8 @@ class LLMPerf:
 
     def _check_limits(self, spec: PerfSpec) -> None:
         """Refuse a workload this machine cannot hold (memory, sockets) before any load; warn of one it may not."""
-        from pytest_llmperf import limits, runner
+        from pytest_llmperf.client import limits
+        from pytest_llmperf.harness import runner
 
         found = limits.check(spec.workload, runner.planned_prompts(spec.workload), limits.machine_limits())
         scaled = f" (the workload as scaled ×{spec.scale:g} by --llmperf-scale)" if spec.scale != 1 else ""
@@ -139,7 +141,7 @@ class LLMPerf:
             warnings.warn(LLMPerfLimitWarning(message + scaled), stacklevel=3)
 
     def _baseline(self, module_path: str, test_name: str, workload: Any, updating: bool) -> Any:
-        from pytest_llmperf.judging import BaselineView
+        from pytest_llmperf.harness.judging import BaselineView
 
         try:
             view = self._session.baseline_view(module_path, test_name, workload, self.endpoint)
@@ -156,7 +158,8 @@ class LLMPerf:
 
     def _run_ab(self, compare: Endpoint, overrides: dict[str, Any]) -> Result:
         """A/B mode: interleaved blocks on A and B with the same prompts, judged B vs A."""
-        from pytest_llmperf import judging, verdict
+        from pytest_llmperf.harness import judging
+        from pytest_llmperf.judge import verdict
 
         session = self._session
         module_path, _, test_name = self._item.nodeid.partition("::")
@@ -203,7 +206,7 @@ class LLMPerf:
         judgement: ABJudgement,
         compare: Endpoint,
     ) -> None:
-        from pytest_llmperf import metrics
+        from pytest_llmperf.judge import metrics
 
         last_b, last_a = judgement.b_results[-1], judgement.a_results[-1] if judgement.a_results else None
         a_raw = [_raw_arrays(metrics.detailed(r.run)) for r in judgement.a_results]
@@ -256,7 +259,8 @@ class LLMPerf:
         other: Endpoint | None = None,
     ) -> Result:
         """One run on ``endpoint`` (default: A). ``other``: A/B mode's other server, settled before the run."""
-        from pytest_llmperf import runner, servermetrics
+        from pytest_llmperf.harness import runner
+        from pytest_llmperf.servers import engine_metrics
 
         endpoint = endpoint or self.endpoint
         # New prompt contents every run (A and B of one block share theirs), so no prefix cache serves a repeat.
@@ -266,7 +270,7 @@ class LLMPerf:
         with self._session.measurement_slot() as slot:
             self._check_server(endpoint, "before")
             settled = self._session.settle(endpoint, other) if other is not None else {}
-            before = servermetrics.scrape(endpoint)
+            before = engine_metrics.scrape(endpoint)
             progress = self._progress(label)
             monitor = self._disturbance_monitor(endpoint)
             try:
@@ -292,8 +296,8 @@ class LLMPerf:
             # names this test before another worker's run can find the server gone.
             failed = bool(result.summary.get("failed"))
             exited = self._session.server_exited(endpoint, f"during test {self._item.nodeid}") if failed else None
-            after = servermetrics.scrape(endpoint) if before is not None else None
-            deltas = servermetrics.deltas(before, after) if before is not None and after is not None else None
+            after = engine_metrics.scrape(endpoint) if before is not None else None
+            deltas = engine_metrics.deltas(before, after) if before is not None and after is not None else None
             if monitor is not None:
                 result.summary["disturbance"] = _stop_monitor(monitor, result, deltas)
         result.summary["measurement_lock_wait_s"] = slot["wait_s"]
@@ -322,7 +326,7 @@ class LLMPerf:
     def _partial_document(self, result: Result, endpoint: Endpoint, label: str, reason: str) -> dict[str, Any]:
         """The entry of a run that ended its test early (an interrupt, its server's death): the run as measured,
         with its per-request arrays, every run of this ``llmperf.run()`` call so far, and why it ended."""
-        from pytest_llmperf import metrics
+        from pytest_llmperf.judge import metrics
 
         earlier = [summary for side, summary in self._measured if side == label]
         return {
@@ -336,7 +340,7 @@ class LLMPerf:
         """A started monitor of what else uses the server's resources during the run (None when switched off)."""
         if not self._session.settings.environment_guard:
             return None
-        from pytest_llmperf.disturbance import DisturbanceMonitor
+        from pytest_llmperf.servers.disturbance import DisturbanceMonitor
 
         pid, cores, gpus = self._session.server_watch(endpoint)
         monitor = DisturbanceMonitor(server_pid=pid, server_cpus=cores, gpu_indices=gpus)
@@ -361,8 +365,8 @@ class LLMPerf:
     def _record(
         self, module_path: str, test_name: str, spec: Any, judgement: Any, baseline: Any, updating: bool
     ) -> None:
-        from pytest_llmperf import metrics
-        from pytest_llmperf.baseline import reduce_summary
+        from pytest_llmperf.judge import metrics
+        from pytest_llmperf.judge.baseline import reduce_summary
 
         last = judgement.results[-1]
         document = {
@@ -401,8 +405,8 @@ class LLMPerf:
         self._publish(document)
 
     def _decide(self, judgement: Judgement | ABJudgement, updating: bool) -> None:
+        from pytest_llmperf.judge.slo import render_slo_table
         from pytest_llmperf.report.tables import render_verdict_table
-        from pytest_llmperf.slo import render_slo_table
 
         verdict = judgement.verdict.as_dict()
         if judgement.breaches and judgement.slo_gating:
@@ -450,7 +454,7 @@ def _stop_monitor(monitor: Any, result: Result, deltas: dict[str, Any] | None) -
 
 def _account_prompt_cache(result: Result, deltas: dict[str, Any] | None) -> None:
     """Cached prompt tokens of the run into its summary; an unrequested cache hit makes the run invalid."""
-    from pytest_llmperf import prefixcache
+    from pytest_llmperf.judge import prefixcache
 
     use = prefixcache.measure(
         result.run.records, deltas["counters"] if deltas else None, metrics_known=deltas is not None

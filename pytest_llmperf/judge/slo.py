@@ -155,7 +155,7 @@ def summary_key(name: str, compat: str = "vllm") -> str:
         vllm_key, sglang_key, _ = THROUGHPUT_SLOS[name]
         return sglang_key if compat == "sglang" else vllm_key
     metric, stat, _ms = name.rsplit("_", 2)
-    from pytest_llmperf.metrics import stat_key  # numpy: imported only when a summary is checked
+    from pytest_llmperf.judge.metrics import stat_key  # numpy: imported only when a summary is checked
 
     return stat_key(metric, "median" if stat == "p50" else stat, compat)
 

@@ -8,7 +8,7 @@ The controller stops the process group at session end. Measurements are serializ
 The first worker to find the server dead writes why to ``server.exited``, so that the others fail at once
 with the same message (:class:`ServerWatch`).
 
-Spawned servers are on record under the cache directory while they run (:mod:`pytest_llmperf.registry`).
+Spawned servers are on record under the cache directory while they run (:mod:`pytest_llmperf.servers.registry`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf import registry, server
 from pytest_llmperf._files import write_text_atomic
 from pytest_llmperf.errors import EndpointError, LLMPerfError, ServerError
-from pytest_llmperf.profiles import Profile
+from pytest_llmperf.servers import control, registry
+from pytest_llmperf.servers import process as lifecycle
+from pytest_llmperf.servers.profiles import Profile
 from pytest_llmperf.spec import Endpoint, Launch, redact_url
 
 STATE_FILE = "server.json"
@@ -52,7 +53,7 @@ def wait_for_endpoint(url: str, choice: ServerChoice) -> None:
     deadline = time.monotonic() + choice.ready_timeout_s
     while True:
         try:
-            server.probe(url, timeout_s=max(1.0, min(10.0, deadline - time.monotonic())), api_key=choice.api_key)
+            control.probe(url, timeout_s=max(1.0, min(10.0, deadline - time.monotonic())), api_key=choice.api_key)
             return
         except EndpointError as exc:
             if time.monotonic() + _PROBE_PAUSE_S >= deadline:
@@ -67,11 +68,11 @@ def describe(url: str, choice: ServerChoice, *, model: str | None = None, **know
     """An :class:`Endpoint` for a server that answers: model from ``/v1/models`` unless given, engine facts."""
     chosen = choice.model or model
     if chosen is None:
-        models = server.fetch_models(url, choice.api_key)
+        models = control.fetch_models(url, choice.api_key)
         if not models:
-            raise EndpointError(f"{server.redact_url(url)}/v1/models lists no model; pass --llmperf-model=NAME")
+            raise EndpointError(f"{control.redact_url(url)}/v1/models lists no model; pass --llmperf-model=NAME")
         chosen = models[0]
-    info = server.engine_info(url, choice.api_key)
+    info = control.engine_info(url, choice.api_key)
     engine = str(known.pop("engine", None) or info.get("engine") or "unknown")
     extra_body = known.pop("extra_body", None)
     if extra_body is None and engine == "llama.cpp":
@@ -108,7 +109,7 @@ def attach(url: str, choice: ServerChoice) -> Endpoint:
 @dataclass(slots=True)
 class Spawned:
     endpoint: Endpoint
-    process: server.ServerProcess
+    process: lifecycle.ServerProcess
     pinned_cpus: list[int] | None
 
 
@@ -133,11 +134,11 @@ def spawn(
         launch = launcher(profile, port, argv) if launcher is not None else None
         return list(launch.argv) if launch is not None else argv
 
-    port = server.free_port(host)
+    port = lifecycle.free_port(host)
     argv = argv_for(port)
     if launch is not None and launch.url is not None:
         # A hook-supplied server answering elsewhere: readiness at its URL, lifecycle of its local command.
-        process = server.ServerProcess(
+        process = lifecycle.ServerProcess(
             argv,
             env={**env, **launch.env},
             log_path=log_path,
@@ -148,7 +149,7 @@ def spawn(
         ).start()
         url = launch.url.rstrip("/")
     else:
-        process = server.spawn(
+        process = lifecycle.spawn(
             argv_for,
             host=host,
             health_path=profile.health_path,
@@ -231,7 +232,7 @@ def stop_shared(run_dir: Path, *, state_file: str = STATE_FILE) -> bool:
     pgid = state.get("pgid")
     if not isinstance(pgid, int):
         return False
-    if server.stop_process_group(pgid) and state.get("record"):
+    if lifecycle.stop_process_group(pgid) and state.get("record"):
         registry.forget(Path(state["record"]))
     return True
 
@@ -249,7 +250,7 @@ class ServerWatch:
     name: str
     pid: int
     log_path: Path
-    process: server.ServerProcess | None = None
+    process: lifecycle.ServerProcess | None = None
     exited_file: Path | None = None
     started: float | None = field(default=None)
     message: str | None = None
@@ -272,7 +273,7 @@ class ServerWatch:
         if code is not None and code < 0:
             with contextlib.suppress(ValueError):
                 how += f" ({signal.Signals(-code).name})"
-        tail = server.read_log_tail(self.log_path, _TAIL_LINES).strip() or "(the log is empty)"
+        tail = lifecycle.read_log_tail(self.log_path, _TAIL_LINES).strip() or "(the log is empty)"
         self.message = f"the spawned server {self.name} {how} {when}; log tail ({self.log_path}):\n{tail}"
         # Not into a run directory the controller has removed: writing would make it anew, left behind.
         if self.exited_file is not None and self.exited_file.parent.is_dir():
@@ -284,7 +285,7 @@ class ServerWatch:
         if self.process is not None:
             code = self.process.exit_code()
             return code is not None, code
-        code = server.zombie_exit_code(self.pid)
+        code = lifecycle.zombie_exit_code(self.pid)
         if code is not None:
             return True, code
         now = registry.start_time(self.pid)

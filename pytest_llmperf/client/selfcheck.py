@@ -38,7 +38,7 @@ _UNREAD_WAIT_LIMIT_MS = 3.0
 
 
 class UnreadSource(Protocol):
-    """What the connections left unread (:class:`pytest_llmperf.feedclock.UnreadBytes`)."""
+    """What the connections left unread (:class:`pytest_llmperf.client.feedclock.UnreadBytes`)."""
 
     def sample(self) -> tuple[int, int]: ...  # (unread bytes over all open connections, open connections)
 
@@ -55,7 +55,7 @@ class Unread:
     each tick (held over the time since the one before), integrated, over the bytes read. Ticks come only
     between passes, and a pass reads every ready socket, so these samples cannot see the bytes that wait while
     a pass reads the sockets before theirs: that wait is counted as each read is stamped (bytes × how much later
-    than the pass's start, see :class:`~pytest_llmperf.feedclock.ReadyClock`).
+    than the pass's start, see :class:`~pytest_llmperf.client.feedclock.ReadyClock`).
     """
 
     between_passes_ms: float

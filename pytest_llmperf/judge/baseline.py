@@ -95,7 +95,7 @@ LOCK_TIMEOUT_S = 120.0
 _SIGNIFICANT = 6
 _HEADER = (
     "# pytest-llmperf baselines: written by `pytest --llmperf-update`; review and commit changes like code.\n"
-    "# Format: see the pytest_llmperf.baseline module documentation.\n"
+    "# Format: see the pytest_llmperf.judge.baseline module documentation.\n"
 )
 
 # Run-summary keys a baseline keeps: latency statistics plus these scalars (both vLLM and SGLang spellings).

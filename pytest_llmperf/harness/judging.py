@@ -16,12 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_llmperf.markers import PerfSpec
-from pytest_llmperf.runner import Result
-from pytest_llmperf.slo import SloResult, check_slos
-from pytest_llmperf.spec import AB_ORDERS
-from pytest_llmperf.stats import SESSION_SD_PRIOR
-from pytest_llmperf.verdict import (
+from pytest_llmperf.harness.markers import PerfSpec
+from pytest_llmperf.harness.runner import Result
+from pytest_llmperf.judge.slo import SloResult, check_slos
+from pytest_llmperf.judge.stats import SESSION_SD_PRIOR
+from pytest_llmperf.judge.verdict import (
     NO_BASELINE,
     NOT_COMPARABLE,
     Verdict,
@@ -32,6 +31,7 @@ from pytest_llmperf.verdict import (
     resolve_tolerances,
     without_runs,
 )
+from pytest_llmperf.spec import AB_ORDERS
 
 MIN_BLOCKS = 2
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmperf.errors import SpecError
-from pytest_llmperf.slo import SLO_NAMES, Slo, parse_slos
+from pytest_llmperf.judge.slo import SLO_NAMES, Slo, parse_slos
 from pytest_llmperf.spec import Workload
 
 WORKLOAD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Workload))
@@ -92,11 +92,11 @@ def scale_spec(spec: PerfSpec, factor: float) -> PerfSpec:
     """``spec`` shrunk for a small engine: lengths and prompt counts × ``factor``, and the TTFT/E2E limits too.
 
     Prompt counts keep at least two requests per concurrency slot, so a closed loop still reaches steady
-    batching, and at least :data:`~pytest_llmperf.verdict.MIN_REQUESTS_PER_RUN` requests, the fewest from
+    batching, and at least :data:`~pytest_llmperf.judge.verdict.MIN_REQUESTS_PER_RUN` requests, the fewest from
     which a run can support a regression (never more than the test asked for). Throughput, TPOT, ITL and
     error-rate SLOs are per token or per request and are not scaled.
     """
-    from pytest_llmperf.verdict import MIN_REQUESTS_PER_RUN
+    from pytest_llmperf.judge.verdict import MIN_REQUESTS_PER_RUN
 
     if factor == 1.0:
         return spec

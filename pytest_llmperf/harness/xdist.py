@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmperf.session import CONTROLLER_PID_KEY, RUN_DIR_KEY, SESSION_ID_KEY, LLMPerfSession
+from pytest_llmperf.harness.session import CONTROLLER_PID_KEY, RUN_DIR_KEY, SESSION_ID_KEY, LLMPerfSession
 
 
 class XdistHooks:

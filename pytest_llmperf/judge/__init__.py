@@ -1,0 +1,1 @@
+"""From request records to verdicts: metrics, statistics, SLOs, baselines, capacity. Pure but the baseline store."""

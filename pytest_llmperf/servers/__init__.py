@@ -1,0 +1,1 @@
+"""Inference servers: profiles, spawning and attaching, the HTTP control plane, hardware and engine metrics."""
