@@ -17,17 +17,15 @@ Usage: ``python benchmarks/architecture_facts.py [--core client,judge,servers] [
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import textwrap
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from _common import make_parser, run_pytest, write_project
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pytest_llmperf"
 
@@ -97,43 +95,39 @@ def _tokens(text: str) -> list[str]:
     return out
 
 
-TRACED_TEST = textwrap.dedent(
-    """
-    import pytest
+TRACED_TEST = """
+import pytest
 
-    @pytest.mark.perf(concurrency=2, input_len=32, output_len=8, num_prompts=8, warmup=0, repeats=1)
-    def test_one_run(llmperf):
-        llmperf.run()
-    """
-)
+@pytest.mark.perf(concurrency=2, input_len=32, output_len=8, num_prompts=8, warmup=0, repeats=1)
+def test_one_run(llmperf):
+    llmperf.run()
+"""
 
-TRACER = textwrap.dedent(
-    """
-    import json, os, sys
-    import pytest
+TRACER = """
+import json, os, sys
+import pytest
 
-    PACKAGE = os.environ["FACTS_PACKAGE"]
-    SIM = os.path.join(PACKAGE, "sim") + os.sep
-    calls = []
+PACKAGE = os.environ["FACTS_PACKAGE"]
+SIM = os.path.join(PACKAGE, "sim") + os.sep
+calls = []
 
-    def _profile(frame, event, arg):
-        if event != "call":
-            return
-        path = frame.f_code.co_filename
-        if path.startswith(PACKAGE) and not path.startswith(SIM):
-            calls.append((os.path.relpath(path, os.path.dirname(PACKAGE)), frame.f_code.co_qualname))
+def _profile(frame, event, arg):
+    if event != "call":
+        return
+    path = frame.f_code.co_filename
+    if path.startswith(PACKAGE) and not path.startswith(SIM):
+        calls.append((os.path.relpath(path, os.path.dirname(PACKAGE)), frame.f_code.co_qualname))
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_protocol(item, nextitem):
-        sys.setprofile(_profile)
-        try:
-            return (yield)
-        finally:
-            sys.setprofile(None)
-            with open(os.environ["FACTS_OUT"], "w") as fh:
-                json.dump(calls, fh)
-    """
-)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    sys.setprofile(_profile)
+    try:
+        return (yield)
+    finally:
+        sys.setprofile(None)
+        with open(os.environ["FACTS_OUT"], "w") as fh:
+            json.dump(calls, fh)
+"""
 
 
 @dataclass(frozen=True)
@@ -147,19 +141,11 @@ class TracedPath:
 def trace_one_run() -> TracedPath:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "test_traced.py").write_text(TRACED_TEST, encoding="utf-8")
-        (root / "conftest.py").write_text(TRACER, encoding="utf-8")
-        (root / "pytest.ini").write_text("[pytest]\nllmperf_environment_guard = off\n", encoding="utf-8")
+        ini = "[pytest]\nllmperf_environment_guard = off\n"
+        write_project(root, {"test_traced.py": TRACED_TEST, "conftest.py": TRACER, "pytest.ini": ini})
         out = root / "calls.json"
         env = {**os.environ, "FACTS_PACKAGE": str(PACKAGE), "FACTS_OUT": str(out)}
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--llmperf-server=sim", "test_traced.py"],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        proc = run_pytest(root, ["--llmperf-server=sim", "test_traced.py"], timeout_s=300, env=env)
         if proc.returncode != 0:
             raise SystemExit(f"the traced test failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
         calls = [tuple(c) for c in json.loads(out.read_text(encoding="utf-8"))]
@@ -182,7 +168,7 @@ def trace_one_run() -> TracedPath:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--core", default="client,judge,servers", help="core packages (comma-separated)")
     parser.add_argument("--core-modules", default="", help="core flat modules instead (comma-separated names)")
     parser.add_argument("--no-trace", action="store_true", help="skip tracing one llmperf.run()")

@@ -31,33 +31,51 @@ a rewrite in this script of an older vLLM stream loop, stands in, and the output
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import itertools
 import json
 import math
-import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 import zipimport
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from _common import (
+    QUIET_LIMIT,
+    RESULTS_DIR,
+    add_core_options,
+    add_quiet_options,
+    busy_fraction,
+    core_busy_ticks,
+    foreign_load,
+    http_json,
+    machine_banner,
+    machine_info,
+    make_parser,
+    pin_to,
+    pinned_cores,
+    process_cpu_s,
+    results_path,
+    simulator,
+    table_row,
+    table_rule,
+    usable_cores,
+    wait_until_quiet,
+)
+from _common import percentile as pct
+
 if TYPE_CHECKING:
     from pytest_llmperf.spec import RunRecords
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "client_capacity.md"
-READY_PREFIX = "LLMPERF_SIM_READY "
+RESULTS_PATH = RESULTS_DIR / "client_capacity.md"
 TABLE_HEADER = (
     "| scenario | variant | runs | events | client µs/event | target | verdict | received ev/s | intended ev/s "
     "| recv/intended | ITL p50 ms meas / intended | lag p99 ms | ev/read | loop lag p50/p99 ms | client CPU "
@@ -92,8 +110,6 @@ DESIGN_REFERENCE_US = {"a": 33.0, "b": 14.0}
 # median matches the intended step, and 99% of events arrive before the next step is due.
 KEEP_UP_RATE = 0.99
 KEEP_UP_ITL_REL = 0.02
-# Other processes on the pinned cores distort every figure: each run records their load just before it.
-QUIET_LIMIT = 0.10
 
 
 @dataclass(frozen=True)
@@ -130,175 +146,13 @@ def scenarios(quick: bool) -> list[Scenario]:
     ]
 
 
-# --- machine and processes ---------------------------------------------------------------------------------
-
-
-def usable_cores() -> list[int]:
-    """The cores this process may run on (Linux; elsewhere nothing is pinned)."""
-    getaffinity = getattr(os, "sched_getaffinity", None)
-    return sorted(getaffinity(0)) if getaffinity is not None else []
-
-
-def pin_to(core: int | None) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that pins the child to ``core`` (None: leave it unpinned)."""
-    setaffinity = getattr(os, "sched_setaffinity", None)
-    if core is None or setaffinity is None:
-        return None
-
-    def pin() -> None:
-        setaffinity(0, {core})
-
-    return pin
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def module_version(name: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def git_commit() -> str:
-    """The checkout's commit, noting uncommitted changes to the package (they are what was measured)."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=here
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "pytest_llmperf"], cwd=here.parent).returncode
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" with uncommitted changes in pytest_llmperf/" if dirty else "")
-
-
-def machine_info(client_core: int | None, server_core: int | None) -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu_model(),
-        "python": platform.python_version(),
-        "kernel": f"{platform.system()} {platform.release()}",
-        "aiohttp": module_version("aiohttp"),
-        "uvloop": module_version("uvloop"),
-        "orjson": module_version("orjson"),
-        "client_core": client_core,
-        "server_core": server_core,
-        "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
-
-@contextmanager
-def simulator(args: Sequence[str], core: int | None) -> Iterator[tuple[str, int]]:
-    """Start ``python -m pytest_llmperf.sim`` pinned to ``core``; yield its URL and pid; stop it."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest_llmperf.sim", "--host", "127.0.0.1", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        preexec_fn=pin_to(core),
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith(READY_PREFIX):
-            raise RuntimeError(f"the simulator did not start (exit code {proc.poll()}, said {line!r})")
-        yield line[len(READY_PREFIX) :].strip(), proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def http_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=60) as response:
-        return json.loads(response.read())
-
-
-def core_busy_ticks(core: int | None) -> tuple[int, int] | None:
-    """(busy, total) jiffies of one core from /proc/stat."""
-    if core is None:
-        return None
-    try:
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith(f"cpu{core} "):
-                fields = [int(x) for x in line.split()[1:]]
-                idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-                return sum(fields) - idle, sum(fields)
-    except OSError:
-        pass
-    return None
-
-
-def busy_fraction(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    if before is None or after is None or after[1] == before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
-
-
-def background_busy(cores: Sequence[int | None], seconds: float = 0.5) -> list[float | None]:
-    """Busy fraction of each core over ``seconds`` while we are idle: other processes' load."""
-    before = [core_busy_ticks(c) for c in cores]
-    time.sleep(seconds)
-    return [busy_fraction(b, core_busy_ticks(c)) for b, c in zip(before, cores, strict=True)]
-
-
-def wait_until_quiet(cores: Sequence[int | None], limit: float, timeout_s: float) -> list[float | None]:
-    """Sample the cores' background load until every core is below ``limit`` or ``timeout_s`` passes."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        busy = background_busy(cores)
-        if all(b is None or b < limit for b in busy) or time.monotonic() >= deadline:
-            return busy
-
-
-def foreign_load(core_busy: float | None, own_fraction: float | None) -> float | None:
-    """Busy fraction of a pinned core not explained by the process pinned there: other processes' load."""
-    if core_busy is None or own_fraction is None:
-        return None
-    return max(0.0, core_busy - own_fraction)
-
-
 def disturbed(result: dict[str, Any]) -> bool:
     """Did other processes load either pinned core during the run?"""
     loads = (result.get("foreign_client_core"), result.get("foreign_server_core"))
     return any(x is not None and x >= QUIET_LIMIT for x in loads)
 
 
-def process_cpu_s(pid: int | None) -> float | None:
-    """User + system CPU seconds of another process, from /proc/<pid>/stat."""
-    if pid is None:
-        return None
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 # --- one run (child process) ---------------------------------------------------------------------------------
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else math.nan
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -770,12 +624,11 @@ def row(s: Scenario, variant: str, runs: Sequence[dict[str, Any]]) -> str:
         f"{median_of(runs, 'cpu_fraction'):.0%}",
         "yes" if any(r["client_bound"] for r in runs) else "no",
     ]
-    return "| " + " | ".join(cells) + " |"
+    return table_row(cells)
 
 
 def table(results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]]) -> str:
-    separator = "|" + "---|" * (TABLE_HEADER.count("|") - 1)
-    return "\n".join([TABLE_HEADER, separator, *(row(s, v, runs) for s, v, runs in results)])
+    return "\n".join([TABLE_HEADER, table_rule(TABLE_HEADER), *(row(s, v, runs) for s, v, runs in results)])
 
 
 DETAIL_HEADER = (
@@ -808,12 +661,12 @@ def detail_row(s: Scenario, variant: str, runs: Sequence[dict[str, Any]]) -> str
         f"{fmt(median_of(runs, 'unread_wait_mean_ms'), 2)} / {fmt(median_of(runs, 'unread_p99_kib'), 0)}",
         "; ".join(reasons) or "–",
     ]
-    return "| " + " | ".join(cells) + " |"
+    return table_row(cells)
 
 
 def detail_table(results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]]) -> str:
-    separator = "|" + "---|" * (DETAIL_HEADER.count("|") - 1)
-    return "\n".join([DETAIL_HEADER, separator, *(detail_row(s, v, runs) for s, v, runs in results)])
+    rule = table_rule(DETAIL_HEADER)
+    return "\n".join([DETAIL_HEADER, rule, *(detail_row(s, v, runs) for s, v, runs in results)])
 
 
 def reference_variant(results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]]) -> str | None:
@@ -953,7 +806,7 @@ def write_results(path: Path, machine: dict[str, Any], results: Sequence[tuple[S
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = make_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="short smoke run; writes no results file")
     parser.add_argument("--repeats", type=int, default=None, help="runs per scenario and variant (default 3; 1 quick)")
     parser.add_argument(
@@ -962,27 +815,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated, from {', '.join(VARIANTS)} (default: all; quick: installed)",
     )
     parser.add_argument("--scenarios", default="a,b", help="a, b or a,b")
-    parser.add_argument("--client-core", type=int, default=None, help="core for the client (default: first)")
-    parser.add_argument("--server-core", type=int, default=None, help="core for the simulator (default: second)")
-    parser.add_argument("--results", type=Path, default=None, help="results file (default: results/ on full runs)")
-    parser.add_argument("--no-results", action="store_true", help="print only")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help=f"before each run, wait up to S seconds for both cores to be "
-        f"< {QUIET_LIMIT * 100:.0f} %% busy (default 0)",
-    )
-    parser.add_argument(
-        "--retries",
-        type=int,
-        default=None,
-        metavar="N",
-        help=f"repeat a run up to N times while other processes load the pinned cores "
-        f"by >= {QUIET_LIMIT * 100:.0f} %% "
-        "(default 3; quick 0)",
-    )
+    add_core_options(parser)
+    add_quiet_options(parser, "run")
     parser.add_argument(
         "--vllm-wheel",
         type=Path,
@@ -1001,11 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
-    cores = usable_cores()
-    client_core = args.client_core if args.client_core is not None else (cores[0] if cores else None)
-    server_core = args.server_core if args.server_core is not None else (cores[1] if len(cores) > 1 else client_core)
-    if client_core is not None and client_core == server_core:
-        print("warning: one usable core; client and simulator share it (figures are not comparable)")
+    client_core, server_core = pinned_cores(args)
     repeats = args.repeats or (1 if args.quick else 3)
     if args.retries is None:
         args.retries = 0 if args.quick else 3
@@ -1023,8 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clients = client_lines(variants, vllm)
     wanted = set(args.scenarios.split(","))
     machine = machine_info(client_core, server_core)
-    print(f"machine: {machine['cpu']}, nproc {machine['nproc']}, Python {machine['python']}, "
-          f"client core {client_core}, simulator core {server_core}")  # fmt: skip
+    print(machine_banner(machine))
     print("clients:", *clients, sep="\n")
 
     results: list[tuple[Scenario, str, list[dict[str, Any]]]] = []
@@ -1081,8 +910,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for line in summary_lines(results):
         print(line.replace("**", ""))
-    path = args.results or (None if args.quick or args.no_results else RESULTS_PATH)
-    if path is not None and not args.no_results:
+    path = results_path(args, RESULTS_PATH)
+    if path is not None:
         write_results(path, machine, results, repeats, args.retries, args.quick, clients, args.note)
         print(f"\nwrote {path.name}")
     return 0

@@ -26,27 +26,34 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The sibling script holds the machine and simulator helpers (run as a script, its directory is on sys.path).
-from client_capacity import (
+from _common import (
     QUIET_LIMIT,
+    RESULTS_DIR,
+    add_core_options,
+    add_quiet_options,
     busy_fraction,
     core_busy_ticks,
     foreign_load,
     http_json,
+    machine_banner,
     machine_info,
+    make_parser,
     pin_to,
+    pinned_cores,
     process_cpu_s,
+    results_path,
     simulator,
-    usable_cores,
+    table_row,
+    table_rule,
     wait_until_quiet,
 )
+from _common import percentile as pct
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TABLE_HEADER = (
     "| conc | metric | n | meas p50 | intended p50 | err p50 ms | err p50 % | meas p99 | intended p99 | err p99 ms "
     "| err p99 % | target (p50 ≤ 2 % and ≤ 1 ms, conc ≤ 64) |"
@@ -101,12 +108,6 @@ class Level:
     other_load: tuple[float | None, float | None] = (None, None)  # client core, simulator core
     attempts: int = 1
     summary_check: str = ""
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else math.nan
 
 
 def measure(
@@ -193,7 +194,7 @@ def measure(
         }
     # The pooled statistics above must be the ones the plugin reports (same requests, same formulas).
     if level.joined == level.ok == level.requests:
-        s = summarize(run)
+        s: Mapping[str, Any] = summarize(run)  # read by computed keys
         diffs = [
             abs(s[f"{stat}_{metric}_ms"] - pct(level.measured[metric], q))
             for metric in METRICS
@@ -223,7 +224,7 @@ def fmt(x: float, digits: int = 3) -> str:
 
 
 def table(levels: Sequence[Level]) -> str:
-    lines = [TABLE_HEADER, "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
+    lines = [TABLE_HEADER, table_rule(TABLE_HEADER)]
     for level in levels:
         for metric in METRICS:
             m50, i50, a50, r50 = errors(level, metric, 50)
@@ -244,12 +245,12 @@ def table(levels: Sequence[Level]) -> str:
                 f"{r99 * 100:+.2f}",
                 verdict,
             ]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(table_row(cells))
     return "\n".join(lines)
 
 
 def offset_table(levels: Sequence[Level]) -> str:
-    lines = [OFFSET_HEADER, "|" + "---|" * (OFFSET_HEADER.count("|") - 1)]
+    lines = [OFFSET_HEADER, table_rule(OFFSET_HEADER)]
     for level in levels:
         client = level.client
         other = " / ".join("–" if x is None else f"{x:.0%}" for x in level.other_load)
@@ -270,7 +271,7 @@ def offset_table(levels: Sequence[Level]) -> str:
             f"{client['cpu_fraction']:.0%}" if "cpu_fraction" in client else "–",
             other + ("" if level.attempts == 1 else f" ({level.attempts} tries)"),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(table_row(cells))
     return "\n".join(lines)
 
 
@@ -394,49 +395,25 @@ def write_results(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = make_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="short smoke run; writes no results file")
     parser.add_argument("--concurrency", default=None, help="comma-separated levels (default 1..256; quick 1,4,16,64)")
-    parser.add_argument("--client-core", type=int, default=None, help="core for the client (default: first)")
-    parser.add_argument("--server-core", type=int, default=None, help="core for the simulator (default: second)")
-    parser.add_argument("--results", type=Path, default=None, help="results file (default: results/ on full runs)")
-    parser.add_argument("--no-results", action="store_true", help="print only")
+    add_core_options(parser)
     parser.add_argument("--busy-poll", action="store_true", help="measure with the load generator's busy polling")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help=f"before each level, wait up to S seconds for both cores to be "
-        f"< {QUIET_LIMIT * 100:.0f} %% busy (default 0)",
-    )
-    parser.add_argument(
-        "--retries",
-        type=int,
-        default=None,
-        metavar="N",
-        help=f"repeat a level up to N times while other processes load the pinned cores "
-        f"by >= {QUIET_LIMIT * 100:.0f} %% "
-        "(default 3; quick 0)",
-    )
+    add_quiet_options(parser, "level")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    cores = usable_cores()
-    client_core = args.client_core if args.client_core is not None else (cores[0] if cores else None)
-    server_core = args.server_core if args.server_core is not None else (cores[1] if len(cores) > 1 else client_core)
-    if client_core is not None and client_core == server_core:
-        print("warning: one usable core; client and simulator share it (figures are not comparable)")
+    client_core, server_core = pinned_cores(args)
     levels_wanted = (
         [int(c) for c in args.concurrency.split(",")]
         if args.concurrency
         else list(QUICK_CONCURRENCIES if args.quick else CONCURRENCIES)
     )
     machine = machine_info(client_core, server_core)
-    print(f"machine: {machine['cpu']}, nproc {machine['nproc']}, Python {machine['python']}, "
-          f"client core {client_core}, simulator core {server_core}")  # fmt: skip
+    print(machine_banner(machine))
     levels: list[Level] = []
     if args.retries is None:
         args.retries = 0 if args.quick else 3
@@ -471,8 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in summary_lines(levels):
         print(line.replace("**", ""))
     default_path = RESULTS_DIR / ("fidelity-busy-poll.md" if args.busy_poll else "fidelity.md")
-    path = args.results or (None if args.quick or args.no_results else default_path)
-    if path is not None and not args.no_results:
+    path = results_path(args, default_path)
+    if path is not None:
         write_results(path, machine, levels, args.quick, args.retries, args.busy_poll)
         print(f"\nwrote {path.name}")
     return 0

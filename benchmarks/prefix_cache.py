@@ -28,14 +28,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
-import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from client_capacity import cpu_model, git_commit
+from _common import make_parser, print_report, provenance_line, pytest_json, write_project
 
 TEST_FILE = """
 import pytest
@@ -116,21 +111,16 @@ def start_server(target: str) -> Iterator[str]:
 
 def run_session(url: str, mode: str, runs: int, workdir: Path, session: int) -> list[dict[str, Any]]:
     """One pytest session of ``runs`` runs; the run summaries of its single test."""
-    (workdir / "test_repeat.py").write_text(textwrap.dedent(TEST_FILE))
+    files = {"test_repeat.py": TEST_FILE}
     if mode == "repeated":
-        (workdir / "conftest.py").write_text(textwrap.dedent(REPEATED_CONFTEST))
-    out = workdir / f"session{session}.json"
+        files["conftest.py"] = REPEATED_CONFTEST
+    write_project(workdir, files)
     cpus = sorted(os.sched_getaffinity(0))
     client = ["taskset", "-c", str(cpus[0])] if len(cpus) > 1 else []
-    argv = [*client, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(workdir)]
-    argv += [f"--llmperf-endpoint={url}", "--llmperf-update", f"--llmperf-repeats={runs}"]
-    argv += [f"--llmperf-baselines={workdir / 'baselines'}", f"--llmperf-json={out}", "--llmperf-scale=1"]
-    done = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=900)
-    if not out.is_file():
-        raise SystemExit(
-            f"pytest wrote no JSON (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}"
-        )
-    document = json.loads(out.read_text())
+    argv = [str(workdir), f"--llmperf-endpoint={url}", "--llmperf-update", f"--llmperf-repeats={runs}"]
+    argv += [f"--llmperf-baselines={workdir / 'baselines'}", "--llmperf-scale=1"]
+    out = workdir / f"session{session}.json"
+    document = pytest_json(workdir, argv, out=out, what="pytest", timeout_s=900, launcher=client)
     runs_found: list[dict[str, Any]] = document["results"][0]["runs"]
     return runs_found
 
@@ -162,8 +152,7 @@ def report(rows: list[RunRow], args: argparse.Namespace) -> str:
     lines = [
         "# Prefix cache across runs and sessions",
         "",
-        f"{datetime.date.today().isoformat()} · commit {git_commit()} · {cpu_model()} · {os.cpu_count()} CPUs · "
-        f"Python {platform.python_version()} · `python benchmarks/prefix_cache.py --targets {args.targets} "
+        f"{provenance_line()} · `python benchmarks/prefix_cache.py --targets {args.targets} "
         f"--sessions {args.sessions} --runs {args.runs}`",
         "",
         "128/64 tokens, concurrency 4, 64 prompts per run; each session is one `pytest --llmperf-update` of "
@@ -190,7 +179,7 @@ def report(rows: list[RunRow], args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = make_parser(__doc__)
     parser.add_argument("--targets", default="sim,llamacpp", help="comma-separated: sim, llamacpp")
     parser.add_argument("--modes", default="fresh,repeated", help="comma-separated: fresh, repeated")
     parser.add_argument("--sessions", type=int, default=2)
@@ -204,10 +193,7 @@ def main() -> None:
     for target in args.targets.split(","):
         for mode in args.modes.split(","):
             rows += measure(target.strip(), mode.strip(), args.sessions, args.runs)
-    text = report(rows, args)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
+    print_report(report(rows, args), args.out)
 
 
 if __name__ == "__main__":

@@ -40,29 +40,28 @@ import datetime
 import functools
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 # Run as a script, this directory is on sys.path already; the explicit entry also serves an import by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from client_capacity import cpu_model, git_commit
-from validate_verdicts import CONCURRENCY, N_REQUESTS, OUT_TOKENS, RHO, calibrate, cp, generate, table
+from _common import git_commit, machine_line, make_parser, markdown_table, parallel_map, publish_report, targets_section
+from validate_verdicts import CONCURRENCY, N_REQUESTS, OUT_TOKENS, RHO, calibrate, cp, generate
 
 from pytest_llmperf.harness import judging
 from pytest_llmperf.harness.markers import PerfSpec, build_spec
 from pytest_llmperf.harness.runner import Result
 from pytest_llmperf.judge import stats, verdict
+from pytest_llmperf.results import BaselineRun, RunSummary
 from pytest_llmperf.spec import RunRecords
 
 BUDGET = verdict.BUDGET  # the A/B budget passed in, in blocks (the plugin's default)
@@ -167,7 +166,8 @@ class Replay:
         if cached_server != server:
             raise RuntimeError(f"replay out of order: run {self.position} was {cached_server}, now {server}")
         self.position += 1
-        return Result(workload=MC_SPEC.workload, summary=summary, run=_NO_RECORDS)
+        # A simulated run holds only the figures the verdicts read.
+        return Result(workload=MC_SPEC.workload, summary=cast(RunSummary, summary), run=_NO_RECORDS)
 
 
 def run_task(task: Task) -> dict[str, Any]:
@@ -178,7 +178,7 @@ def run_task(task: Task) -> dict[str, Any]:
     for _ in range(task.reps):
         stored_session, ab_session = Session(rng, task), Session(rng, task)
         baseline = [stored_session.run(t, 0.0) for t in range(BASELINE_RUNS)]
-        view = judging.BaselineView(runs=baseline, where="simulated session 0")
+        view = judging.BaselineView(runs=cast("list[BaselineRun]", baseline), where="simulated session 0")
         candidate = Replay(Session(rng, task), {"B": task.effect})
         ab = Replay(ab_session, {"A": 0.0, "B": task.effect})
         for delta in DELTAS:
@@ -232,11 +232,7 @@ def monte_carlo(seed: int, quick: bool, jobs: int) -> tuple[list[dict[str, Any]]
     tasks = build_tasks(seed, quick, calib)
     # Heaviest first so that the workers finish together; seeds follow the task index, not the schedule.
     tasks.sort(key=lambda t: -t.reps)
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(run_task, tasks))
-    else:
-        results = [run_task(t) for t in tasks]
+    results = parallel_map(run_task, tasks, jobs)
     results.sort(key=lambda r: r["task"].index)
     return results, calib
 
@@ -383,19 +379,12 @@ def look_table() -> str:
         ab = f"{ab_needed(n):.2f} (n={n})" if n in AB_LOOKS else "– (no look)"
         stored = " / ".join(f"{stored_needed(m):.2f} (m={m})" for m in (runs - 1, runs))
         rows.append([str(runs), ab, stored])
-    return table(["runs spent", "A/B", "stored"], rows)
+    return markdown_table(["runs spent", "A/B", "stored"], rows)
 
 
 def cell_label(c: Cell) -> list[str]:
     drift = "0" if c.drift == 0 else f"{c.drift * 100:+.1f}%/run"
     return [pct(c.sigma_run, 0), pct(c.sigma_session, 0), drift]
-
-
-def machine() -> str:
-    return (
-        f"{cpu_model()}, {os.cpu_count()} CPU(s), {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}; commit {git_commit()}"
-    )
 
 
 def render(
@@ -416,7 +405,7 @@ def render(
         f"{elapsed['total']:.0f} s in total (Monte Carlo {elapsed['mc']:.0f} s on {args.jobs} worker(s), real "
         f"simulators {elapsed['real']:.0f} s), {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}."
     )
-    w(f"Machine: {machine()}.")
+    w(f"Machine: {machine_line()}; commit {git_commit()}.")
     w("")
     w("## Method")
     w("")
@@ -504,7 +493,7 @@ def render(
             rows.append(row)
         header = ["σ_run", "σ_session", "drift"]
         header += [f"{PATH_LABEL[p]} {x}" for p in PATHS for x in ("REGRESSION", "INCONCL.", "runs")]
-        w(table([*header, "reps"], rows))
+        w(markdown_table([*header, "reps"], rows))
         w("")
         summary[f"aa{delta}"] = (worst, {p: statistics.mean(v) for p, v in runs_mean.items()})
     met["Monte Carlo A/A false-REGRESSION ≤ 1 % (point estimate) in every cell, A/B path, both δ"] = aa_ok
@@ -532,7 +521,7 @@ def render(
                 wins[e][1] += p_st > p_ab + 0.05
             rows.append(row)
         reps = by[(cells[0], power_effects[0])]["task"].reps if cells else 0
-        w(table(["σ_run", "σ_session", "drift", *(f"TPOT +{e:.0%}" for e in power_effects)], rows))
+        w(markdown_table(["σ_run", "σ_session", "drift", *(f"TPOT +{e:.0%}" for e in power_effects)], rows))
         w("")
         w(f"{reps} replicates per entry (a binomial SE of up to {pct(0.5 / math.sqrt(max(reps, 1)), 0)}).")
         w("")
@@ -583,7 +572,7 @@ def render(
             for name, status in t.statuses.items():
                 _tally(summary.setdefault(f"real-{case.name}-metrics", {}), f"{name}:{status}")
     header = ["case", "trials", "verdicts", "mean blocks", "median B/A TPOT", "median TPOT σ_d", "s per trial"]
-    w(table(header, rows))
+    w(markdown_table(header, rows))
     w("")
     w("σ_d is the SD of the per-block log ratios ln(B/A) of median TPOT, as the verdict estimated it.")
     w("")
@@ -602,13 +591,7 @@ def render(
     w("")
     out.extend(conclusion(by, cases))
     w("")
-    w("## Targets")
-    w("")
-    for name, ok in met.items():
-        w(f"- {'MET' if ok else 'MISSED'}: {name}")
-    if args.quick:
-        w("")
-        w("(quick run: too few replicates and trials for the MET/MISSED lines to mean anything)")
+    out.extend(targets_section(met, "too few replicates and trials" if args.quick else None))
     return "\n".join(out), met
 
 
@@ -752,7 +735,7 @@ def conclusion(by: Mapping[tuple[Cell, float], dict[str, Any]], cases: Sequence[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = make_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke run: few replicates and trials (noisy figures)")
     parser.add_argument("--seed", type=int, default=20250611)
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
@@ -772,12 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = {"mc": t1 - t0, "real": t2 - t1, "total": t2 - t0}
 
     report, met = render(args, mc, calib, cases, workload, elapsed)
-    print(report)
-    # A quick run never overwrites the committed full report.
-    if not args.quick or args.out != parser.get_default("out"):
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report + "\n", encoding="utf-8")
-        print(f"\nreport written to {args.out}", file=sys.stderr)
+    publish_report(report, args.out, quick=args.quick, committed=parser.get_default("out"))
     return 1 if args.check and not all(met.values()) else 0
 
 

@@ -18,16 +18,10 @@ Usage: ``python benchmarks/validate_sessions_llamacpp.py [--baseline-sessions 3]
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -36,7 +30,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from client_capacity import cpu_model, git_commit
+from _common import make_parser, print_report, provenance_line, pytest_json, write_project
+
+from pytest_llmperf.results import IMPROVEMENT, INCONCLUSIVE, PASS, REGRESSION
 
 TEST_FILE = """
 import pytest
@@ -59,20 +55,15 @@ class Judged:
 
 def run_session(workdir: Path, session: int, args: argparse.Namespace, *, update: bool) -> dict[str, Any]:
     """One pytest session against a freshly started embedded engine; its JSON document."""
-    out = workdir / f"session{session}.json"
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::UserWarning"]
-    argv += [str(workdir / "test_aa.py"), "--llmperf-server=llamacpp-tiny", "--llmperf-scale=1"]
-    argv += [f"--llmperf-baselines={workdir / 'baselines'}", f"--llmperf-json={out}"]
+    argv = ["-W", "ignore::UserWarning", str(workdir / "test_aa.py"), "--llmperf-server=llamacpp-tiny"]
+    argv += ["--llmperf-scale=1", f"--llmperf-baselines={workdir / 'baselines'}"]
     argv.append(f"--llmperf-environment-guard={args.guard}")
     if update:
         argv.append("--llmperf-update")
     else:
         argv.append(f"--llmperf-tolerance={args.tolerance}")
-    done = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=1800, check=False)
-    if not out.is_file():
-        raise SystemExit(f"session {session} wrote no JSON (exit {done.returncode}):\n{done.stdout[-3000:]}")
-    document: dict[str, Any] = json.loads(out.read_text())
-    return document
+    out = workdir / f"session{session}.json"
+    return pytest_json(workdir, argv, out=out, what=f"session {session}", timeout_s=1800)
 
 
 def concurrency_of(result: dict[str, Any]) -> int:
@@ -127,8 +118,7 @@ def report(
     lines = [
         "# A/A across sessions on the embedded llama.cpp engine",
         "",
-        f"{datetime.date.today().isoformat()} · commit {git_commit()} · {cpu_model()} · {os.cpu_count()} CPUs · "
-        f"Python {platform.python_version()} · {elapsed_s / 60:.0f} min · `python benchmarks/"
+        f"{provenance_line()} · {elapsed_s / 60:.0f} min · `python benchmarks/"
         f"validate_sessions_llamacpp.py --baseline-sessions {args.baseline_sessions} --candidate-sessions "
         f"{args.candidate_sessions} --concurrency {args.concurrency} --tolerance {args.tolerance}`",
         "",
@@ -148,11 +138,11 @@ def report(
             if not rows or (tolerance == "all" and c != 0):
                 continue
             counts = Counter(j.status for j in rows)
-            _, upper = clopper_pearson(counts["REGRESSION"], len(rows))
+            _, upper = clopper_pearson(counts[REGRESSION], len(rows))
             label = "all" if c == 0 else str(c)
             lines.append(
-                f"| {label} | {tolerance} | {counts['PASS']} | {counts['INCONCLUSIVE']} | {counts['REGRESSION']} | "
-                f"{counts['IMPROVEMENT']} | {_other(counts)} | {counts['REGRESSION'] / len(rows):.1%} [{upper:.1%}] |"
+                f"| {label} | {tolerance} | {counts[PASS]} | {counts[INCONCLUSIVE]} | {counts[REGRESSION]} | "
+                f"{counts[IMPROVEMENT]} | {_other(counts)} | {counts[REGRESSION] / len(rows):.1%} [{upper:.1%}] |"
             )
     lines += ["", "| concurrency | between-session SD of log median TPOT | within-session SD |", "|---|---|---|"]
     for c in concurrencies:
@@ -168,12 +158,12 @@ def _offline_tolerances(args: argparse.Namespace) -> list[float]:
 
 
 def _other(counts: Counter[str]) -> str:
-    rest = {k: v for k, v in counts.items() if k not in ("PASS", "INCONCLUSIVE", "REGRESSION", "IMPROVEMENT")}
+    rest = {k: v for k, v in counts.items() if k not in (PASS, INCONCLUSIVE, REGRESSION, IMPROVEMENT)}
     return ", ".join(f"{k} {v}" for k, v in sorted(rest.items())) or "0"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--baseline-sessions", type=int, default=3)
     parser.add_argument("--candidate-sessions", type=int, default=8)
     parser.add_argument("--concurrency", default="1,4,8", help="comma-separated concurrencies (one test each)")
@@ -197,7 +187,7 @@ def main() -> None:
     disturbed = 0
     with tempfile.TemporaryDirectory(prefix="llmperf-aa-") as tmp:
         workdir = Path(tmp)
-        (workdir / "test_aa.py").write_text(textwrap.dedent(TEST_FILE.format(concurrency=args.concurrency)))
+        write_project(workdir, {"test_aa.py": TEST_FILE.format(concurrency=args.concurrency)})
         total = args.baseline_sessions + args.candidate_sessions
         for session in range(1, total + 1):
             update = session <= args.baseline_sessions
@@ -217,10 +207,7 @@ def main() -> None:
                 if tpot is not None and c not in reasons:
                     reasons[c] = tpot["status"] + ": " + tpot["reason"]
             print(f"session {session}/{total} done ({'baseline' if update else 'candidate'})", file=sys.stderr)
-    text = report(args, judged, documents, reasons, disturbed, time.monotonic() - started)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
+    print_report(report(args, judged, documents, reasons, disturbed, time.monotonic() - started), args.out)
 
 
 if __name__ == "__main__":

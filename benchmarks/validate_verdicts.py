@@ -1,4 +1,4 @@
-"""Seeded simulation of the verdict rules' operating characteristics (anchors/regression-statistics.md §15 V1).
+"""Seeded simulation of the verdict rules' operating characteristics, on data whose true effect is known.
 
 Every verdict below comes from the real ``pytest_llmperf.judge.verdict.judge`` / ``needs_more_runs`` /
 ``apply_holm`` and therefore from ``pytest_llmperf.judge.stats``; only the *data* are simulated:
@@ -37,13 +37,11 @@ import argparse
 import datetime
 import math
 import os
-import platform
 import re
 import statistics
 import sys
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,9 +52,10 @@ import numpy.typing as npt
 # Run as a script, this directory is on sys.path already; the explicit entry also serves an import by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from client_capacity import cpu_model, git_commit
+from _common import git_commit, machine_line, make_parser, markdown_table, parallel_map, publish_report, targets_section
 
 from pytest_llmperf.judge import baseline, stats, verdict
+from pytest_llmperf.results import BaselineRun
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -186,7 +185,7 @@ def measured_noise(rng: np.random.Generator, cell: Cell, runs: int) -> dict[str,
 
 
 def sequential(
-    rng: np.random.Generator, cell: Cell, base: Sequence[dict[str, Any]], family_size: int | None = None
+    rng: np.random.Generator, cell: Cell, base: Sequence[Mapping[str, Any]], family_size: int | None = None
 ) -> tuple[verdict.Verdict, int, list[dict[str, Any]]]:
     """A fresh candidate of BUDGET runs (no session offset), judged by :func:`decide`."""
     cand = generate(rng, BUDGET, cell.sb_ttft, cell.sb_tpot, cell.shift_ttft, cell.shift_tpot)
@@ -195,7 +194,7 @@ def sequential(
 
 
 def decide(
-    cell: Cell, cand: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]], family_size: int | None = None
+    cell: Cell, cand: Sequence[dict[str, Any]], base: Sequence[Mapping[str, Any]], family_size: int | None = None
 ) -> tuple[verdict.Verdict, int]:
     """The plugin's loop: START_RUNS candidate runs, then one more while undecided, up to BUDGET."""
     m = START_RUNS
@@ -224,7 +223,7 @@ def session_runs(
     return runs
 
 
-def stored_baseline(rng: np.random.Generator, cell: Cell) -> list[dict[str, Any]]:
+def stored_baseline(rng: np.random.Generator, cell: Cell) -> list[BaselineRun]:
     """``cell.sessions`` sessions, each run reduced the way the baseline file keeps it (``"session": "<id>"``)."""
     return [
         baseline.reduce_summary(run)
@@ -233,7 +232,7 @@ def stored_baseline(rng: np.random.Generator, cell: Cell) -> list[dict[str, Any]
     ]
 
 
-def per_run_alarm(cand: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]], delta: float) -> bool:
+def per_run_alarm(cand: Sequence[dict[str, Any]], base: Sequence[Mapping[str, Any]], delta: float) -> bool:
     """Contrast: the per-run model on median TPOT (every run an independent draw, sessions ignored), one look at
     all candidate runs, REGRESSION by the verdict's rule: one-sided p ≤ α and point effect ≥ ln(1 + δ)."""
     key = verdict.METRICS["tpot_p50"].key()
@@ -382,12 +381,6 @@ def cp(x: int, n: int) -> str:
     return f"{pct(x / n)} [{pct(lo)}, {pct(hi)}]"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def build_cells(quick: bool, calib: dict[float, tuple[float, float, float, float]]) -> list[Cell]:
     scale = 0.02 if quick else 1.0
     reps_aa = max(30, int(3000 * scale))
@@ -451,7 +444,7 @@ def cost(cell: Cell) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = make_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke run with few replicates (noisy figures)")
     parser.add_argument("--seed", type=int, default=20250604)
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
@@ -473,11 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tasks = [t for t in tasks if t[2].label.split(":")[0] in wanted]
     # Heaviest cells first so that the workers finish together.
     tasks.sort(key=lambda t: -cost(t[2]))
-    if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(run_cell, tasks))
-    else:
-        results = [run_cell(t) for t in tasks]
+    results = parallel_map(run_cell, tasks, args.jobs)
     noise_rng = np.random.default_rng(np.random.SeedSequence(args.seed, spawn_key=(10**6 + 1,)))
     achieved = {}
     for noise in NOISES:
@@ -487,12 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
 
     report, met = render(args, results, calib, achieved, elapsed)
-    print(report)
-    # A quick run never overwrites the committed full report.
-    if not args.quick or args.out != parser.get_default("out"):
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report + "\n", encoding="utf-8")
-        print(f"\nreport written to {args.out}", file=sys.stderr)
+    publish_report(report, args.out, quick=args.quick, committed=parser.get_default("out"))
     return 1 if args.check and not all(met.values()) else 0
 
 
@@ -533,7 +517,7 @@ def render_offsets(w: Any, results: Sequence[dict[str, Any]], met: dict[str, boo
         header = ["σ_run", "σ_session", "S (runs)", "false REGRESSION", "per-run model", "INCONCL.", "PASS"]
         header += ["mean runs", "σ_s used", "power 2δ: test / TPOT", "INCONCL. at 2δ", "A/A TPOT INCONCLUSIVE asks"]
         header += ["reps (A/A, 2δ)"]
-        w(table(header, rows))
+        w(markdown_table(header, rows))
         w("")
     samples = [r for r in results if r["cell"].delta == DELTA and r["cell"].noise == SIGMA_RUNS[0] and r["reasons"]]
     if samples:
@@ -679,13 +663,6 @@ def offsets_notes(results: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def machine() -> str:
-    return (
-        f"{cpu_model()}, {os.cpu_count()} CPU(s), {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}"
-    )
-
-
 def render(
     args: argparse.Namespace,
     results: Sequence[dict[str, Any]],
@@ -706,7 +683,7 @@ def render(
     cpu = {label: sum(r["cpu"] for r in rs) for label, rs in by_label.items()}
     w(f"seed {args.seed}, {elapsed:.0f} s on {args.jobs} worker(s) ({sum(cpu.values()):.0f} s CPU in the cells, of")
     w(f"which the session-offset study {cpu.get('offsets', 0.0):.0f} s), {today:%Y-%m-%d}.")
-    w(f"Machine: {machine()}; commit {git_commit()}.")
+    w(f"Machine: {machine_line()}; commit {git_commit()}.")
     w("")
     w("Defaults under test:")
     w("")
@@ -739,7 +716,7 @@ def render(
             ]
         )
     header = ["noise", "within-run SE TTFT / TPOT", "run effect TTFT / TPOT", "achieved " + " / ".join(LOG_GATING)]
-    w(table(header, rows))
+    w(markdown_table(header, rows))
     w("")
 
     met: dict[str, bool] = {}
@@ -784,7 +761,7 @@ def render(
                 inc_ok[c.k] &= inc[worst] <= 0.10
     header = ["noise", "δ", "k", "REGRESSION (family)", "INCONCL. worst", "INCONCL. error rate", "INCONCL. test"]
     header += ["mean runs", "band alarms", "reps"]
-    w(table(header, rows))
+    w(markdown_table(header, rows))
     w("")
     met["A/A family-wise REGRESSION ≤ 1 % with 95 % upper bound ≤ 2 % (noise ≤ 5 %, k ≥ 5)"] = fw_ok
     for k in KS:
@@ -833,7 +810,7 @@ def render(
                     str(c.reps),
                 ]
             )
-        w(table(["noise", "k", "family", "REGRESSION at call time", "after session Holm", "sessions"], rows))
+        w(markdown_table(["noise", "k", "family", "REGRESSION at call time", "after session Holm", "sessions"], rows))
         w("")
 
     if by_label.get("offsets"):
@@ -865,7 +842,7 @@ def render(
                 if k >= 5:
                     cov_ok &= up >= 0.94 and lo >= 0.94
             rows.append([pct(noise), str(k), *cells])
-        w(table(["noise", "k", *(f"m={m}: upper / lower / both" for m in COVERAGE_MS)], rows))
+        w(markdown_table(["noise", "k", *(f"m={m}: upper / lower / both" for m in COVERAGE_MS)], rows))
         w("")
         met["coverage ≥ 94 % for each one-sided 95 % bound (k ≥ 5)"] = cov_ok
 
@@ -895,7 +872,7 @@ def render(
                 if ratio == 2.0 and delta >= 2.5 * noise - 1e-12:
                     power_ok[k] &= p_metric >= 0.80
             rows.append([pct(noise), f"{delta:.1%}", str(k), *cells])
-        w(table(["noise", "δ", "k", *(f"Δ = {r:g}δ" for r in POWER_RATIOS)], rows))
+        w(markdown_table(["noise", "δ", "k", *(f"Δ = {r:g}δ" for r in POWER_RATIOS)], rows))
         w("")
         for k in KS:
             met[f"power ≥ 80 % at Δ = 2δ on median TPOT (δ ≥ 2.5 × noise, k = {k}, budget {BUDGET})"] = power_ok[k]
@@ -908,13 +885,7 @@ def render(
         for line in offsets_notes(by_label["offsets"]):
             w(line)
     w("")
-    w("## Targets")
-    w("")
-    for name, ok in met.items():
-        w(f"- {'MET' if ok else 'MISSED'}: {name}")
-    if args.quick:
-        w("")
-        w("(quick run: too few replicates for the MET/MISSED lines to mean anything)")
+    out.extend(targets_section(met, "too few replicates" if args.quick else None))
     return "\n".join(out), met
 
 

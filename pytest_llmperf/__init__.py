@@ -1,5 +1,87 @@
-"""pytest-llmperf: LLM-serving performance as ordinary pytest tests."""
+"""pytest-llmperf: LLM-serving performance as ordinary pytest tests.
+
+What a test module or ``conftest.py`` imports lives here; the subpackages are the plugin's own business.
+
+pytest imports this package at every start (the plugin's entry point is ``pytest_llmperf.plugin``), also in
+sessions that run no perf test, and every subprocess that runs a subpackage (``python -m pytest_llmperf.sim``)
+imports it first, so it must stay cheap: the errors (standard library only) load at once, the rest on first
+use; ``Result``'s module pulls in the aiohttp load generator.
+"""
 
 from __future__ import annotations
 
+from pytest_llmperf.errors import (
+    BaselineError,
+    DocumentError,
+    EndpointError,
+    LLMPerfConfigWarning,
+    LLMPerfError,
+    LLMPerfInconclusive,
+    LLMPerfLimitWarning,
+    LLMPerfWarning,
+    PortInUseError,
+    RunInterrupted,
+    ServerError,
+    ServerExitedError,
+    ServerProcessExited,
+    ServerStartTimeout,
+    SpecError,
+    StreamError,
+)
+
+# As in errors.py: type checkers treat this name as true, and not importing typing keeps the import cheap.
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from pytest_llmperf.harness.runner import Result
+    from pytest_llmperf.spec import Endpoint, Launch, Workload
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "BaselineError",
+    "DocumentError",
+    "Endpoint",
+    "EndpointError",
+    "LLMPerfConfigWarning",
+    "LLMPerfError",
+    "LLMPerfInconclusive",
+    "LLMPerfLimitWarning",
+    "LLMPerfWarning",
+    "Launch",
+    "PortInUseError",
+    "Result",
+    "RunInterrupted",
+    "ServerError",
+    "ServerExitedError",
+    "ServerProcessExited",
+    "ServerStartTimeout",
+    "SpecError",
+    "StreamError",
+    "Workload",
+    "__version__",
+]
+
+# Public name -> module that defines it, imported on first access (PEP 562).
+_LAZY = {
+    "Endpoint": "pytest_llmperf.spec",
+    "Launch": "pytest_llmperf.spec",
+    "Result": "pytest_llmperf.harness.runner",
+    "Workload": "pytest_llmperf.spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

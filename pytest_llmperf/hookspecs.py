@@ -16,7 +16,7 @@ def pytest_llmperf_launch(config: pytest.Config, profile: Profile, port: int, ar
     """Supply the server process yourself, for deployments the plugin cannot start on its own.
 
     ``argv`` is the command the profile would run on ``port``. Return a
-    :class:`pytest_llmperf.spec.Launch` to run another command instead, for example wrapped in Slurm's
+    :class:`pytest_llmperf.Launch` to run another command instead, for example wrapped in Slurm's
     ``srun`` or ``kubectl exec``, with the ``url`` where it will answer. The plugin still waits for
     readiness at ``url`` + the profile's health path, keeps the output in the server log, and stops the
     command's process group at the end (``srun`` forwards the signal to its remote tasks). Return ``None``

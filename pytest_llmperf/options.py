@@ -1,7 +1,9 @@
 """Command-line options and ini keys, resolved once into :class:`Settings`.
 
-Every ``--llmperf-<name>`` option has an ini key ``llmperf_<name>``; the command line wins. Bad values raise
-``pytest.UsageError`` naming the option, the value and what is accepted, before any load is spent.
+Each option is one row of :data:`OPTIONS`, which drives both its registration and its checks. An option
+``--llmperf-<name>`` has an ini key ``llmperf_<name>`` unless it is the command line's only; the command line
+wins. Bad values raise ``pytest.UsageError`` naming the option, the value and what is accepted, before any load
+is spent.
 """
 
 from __future__ import annotations
@@ -10,23 +12,23 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from pytest_llmperf.spec import AB_ORDERS, COMPAT_MODES, is_url, redact_url
+from pytest_llmperf.errors import LLMPerfConfigWarning
+from pytest_llmperf.spec import is_url, redact_url
 
 API_KEY_ENV = "LLMPERF_API_KEY"
 # One directory-name component, as baseline.py's _PAIR_PART: the pair is "<hardware>-<precision>", so "-"
 # is the joint and neither part may hold it (nor "/" or "..", which would leave the baseline root).
 _PAIR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+]*")
 _URL_EXAMPLE = "http://127.0.0.1:8000"
-
-
-class LLMPerfConfigWarning(UserWarning):
-    """An option that does not stop the run but probably does not do what was meant (an unset key variable)."""
 
 
 HEADER_WARNINGS = pytest.StashKey[list[str]]()  # warnings the user's filters made errors, shown in the header
@@ -70,213 +72,380 @@ class Settings:
         )
 
 
-_OPTIONS: tuple[tuple[str, str, str], ...] = (
-    ("endpoint", "URL", "Attach to a running OpenAI-compatible server at URL, e.g. http://127.0.0.1:8000"),
-    ("server", "PROFILE", "Spawn a server from a profile (llamacpp-tiny, sim, or one of your own)"),
-    ("model", "NAME", "Model name to request. Default: the first of the server's /v1/models"),
-    ("compat", "MODE", "Metric semantics: vllm (default) or sglang"),
-    ("tokenizer", "PATH", "Local tokenizer.json for exact prompt lengths. Default: the server's /tokenize"),
-    ("ready-timeout", "SECONDS", "How long to wait for an attached server to answer. Default: 30"),
-    ("hardware", "ID", "Hardware id of the baseline pair, e.g. h200x8 (letters, digits, . _ +). Default: detected"),
-    ("precision", "ID", "Precision id of the baseline pair, e.g. fp8 or fp8_mtp (letters, digits, . _ +)"),
-    ("json", "PATH", "Write the session's results as JSON to PATH"),
-    ("report", "PATH", "Write a self-contained HTML report with plots to PATH"),
-    ("gpus", "N", "GPUs behind the endpoint, for per-GPU throughput. Default: the profile's, else unknown"),
-    ("profiles", "PATH", "YAML file of your own server profiles (see the README)"),
-    ("baselines", "DIR", "Baseline root. Default: baselines/ under the rootdir"),
-    ("inconclusive", "fail|warn|skip", "What an inconclusive verdict does to its test. Default: warn"),
-    ("tolerance", "FRACTION", "Tolerance of every gating metric, e.g. 0.05 for five percent. Default: per metric"),
-    (
+class Compat(str, Enum):
+    """Metric semantics (``spec.COMPAT_MODES``)."""
+
+    VLLM = "vllm"
+    SGLANG = "sglang"
+
+
+class Inconclusive(str, Enum):
+    """What an inconclusive verdict does to its test."""
+
+    FAIL = "fail"
+    WARN = "warn"
+    SKIP = "skip"
+
+
+class Progress(str, Enum):
+    AUTO = "auto"  # on a terminal only
+    ON = "on"
+    OFF = "off"
+
+
+class CompareOrder(str, Enum):
+    """Order of A and B within A/B mode's blocks (``spec.AB_ORDERS``)."""
+
+    ABBA = "abba"
+    RANDOM = "random"
+
+
+class Update(str, Enum):
+    YES = "yes"
+    FORCE = "force"  # also across a hard-key change
+
+
+class Switch(str, Enum):
+    """The values of an on/off option, which becomes a bool."""
+
+    ON = "on"
+    OFF = "off"
+
+
+class _Refused(ValueError):
+    """A value its option does not take; the message says what it takes instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Number:
+    """A parser of a number in a range (each end in it or not), whose refusal states the range."""
+
+    low: float
+    high: float | None = None  # None: no upper bound
+    low_in: bool = False
+    high_in: bool = False
+    whole: bool = False
+    unit: str = ""  # what it counts, for the message: "seconds", "GPUs"
+    auto: bool = False  # "auto" is taken too, as None
+
+    def __call__(self, text: str) -> float | None:
+        if self.auto and text == "auto":
+            return None
+        if self.whole:  # digits only: int() would also take "+3", " 3" and "1_0"
+            value: float = int(text) if text.isascii() and text.isdigit() else math.nan
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                value = math.nan  # refused below, as every comparison with it is false
+        above = value >= self.low if self.low_in else value > self.low
+        below = self.high is None or (value <= self.high if self.high_in else value < self.high)
+        if not (above and below):
+            raise _Refused(f"expected {'auto or ' if self.auto else ''}{self.described}")
+        return value
+
+    @property
+    def described(self) -> str:
+        if self.high is not None:
+            return f"{self.unit or 'a number'} between {self.low:g} and {self.high:g}"
+        number = "a whole number" if self.whole else "a number"
+        unit = f" of {self.unit}" if self.unit else ""
+        return f"{number}{unit} {'>=' if self.low_in else '>'} {self.low:g}"
+
+
+def _url(text: str) -> str:
+    problem = _url_problem(text)
+    if problem is not None:
+        raise _Refused(f"{problem}; expected an http(s) URL such as {_URL_EXAMPLE}")
+    return text
+
+
+def _url_or_profile(text: str) -> str:
+    return _url(text) if is_url(text) else text
+
+
+def _pair_id(text: str) -> str:
+    """A hardware or precision id, which names a baseline directory: refused now, not by every test later."""
+    if not _PAIR_ID.fullmatch(text):
+        raise _Refused(
+            "use letters, digits, '.', '_' and '+' only, starting with a letter or digit (it names the baseline "
+            "directory <hardware>-<precision>, where '-' joins the two), e.g. h200x8 and fp8 or fp8_mtp"
+        )
+    return text
+
+
+def _on_off(text: str) -> bool:
+    if text not in {switch.value for switch in Switch}:
+        raise _Refused("expected on or off")
+    return text == Switch.ON
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One ``--llmperf-<name>`` option and its ini key ``llmperf_<name>``: how it is shown, read and checked."""
+
+    name: str
+    metavar: str
+    help: str
+    _: KW_ONLY
+    field: str | None = None  # the Settings field its value fills; None: resolve derives a field from it
+    parse: Callable[[str], object] = str  # text -> value; raises _Refused saying what it takes
+    choices: type[Enum] | None = None  # the values it takes (then parse is not used)
+    default: str | None = None  # as text, parsed like a given value; None: unset
+    ini: bool = True  # False: the command line only
+    bare: str | None = None  # the value of the flag given without one (--llmperf-update)
+
+    @property
+    def flag(self) -> str:
+        return f"--llmperf-{self.name}"
+
+    @property
+    def dest(self) -> str:
+        return "llmperf_" + self.name.replace("-", "_")
+
+    def value(self, text: str) -> object:
+        if self.choices is None:
+            return self.parse(text)
+        taken = [choice.value for choice in self.choices]
+        if text not in taken:  # a flag that may come alone takes the next argument: a test path, say
+            alone = f", or {self.flag} alone after the test paths" if self.bare is not None else ""
+            raise _Refused(f"expected one of {', '.join(taken)}{alone}")
+        return text
+
+
+# In --help's order. A new option is a row here and a field of Settings.
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "endpoint",
+        "URL",
+        "Attach to a running OpenAI-compatible server at URL, e.g. http://127.0.0.1:8000",
+        field="endpoint",
+        parse=_url,
+    ),
+    Option(
+        "server", "PROFILE", "Spawn a server from a profile (llamacpp-tiny, sim, or one of your own)", field="server"
+    ),
+    Option("model", "NAME", "Model name to request. Default: the first of the server's /v1/models", field="model"),
+    Option(
+        "compat", "MODE", "Metric semantics: vllm (default) or sglang", field="compat", choices=Compat, default="vllm"
+    ),
+    Option(
+        "tokenizer",
+        "PATH",
+        "Local tokenizer.json for exact prompt lengths. Default: the server's /tokenize",
+        field="tokenizer",
+    ),
+    Option(
+        "ready-timeout",
+        "SECONDS",
+        "How long to wait for an attached server to answer. Default: 30",
+        field="ready_timeout_s",
+        parse=Number(0, unit="seconds"),
+        default="30",
+    ),
+    Option(
+        "hardware",
+        "ID",
+        "Hardware id of the baseline pair, e.g. h200x8 (letters, digits, . _ +). Default: detected",
+        field="hardware",
+        parse=_pair_id,
+    ),
+    Option(
+        "precision",
+        "ID",
+        "Precision id of the baseline pair, e.g. fp8 or fp8_mtp (letters, digits, . _ +)",
+        field="precision",
+        parse=_pair_id,
+    ),
+    Option("json", "PATH", "Write the session's results as JSON to PATH"),
+    Option("report", "PATH", "Write a self-contained HTML report with plots to PATH"),
+    Option(
+        "gpus",
+        "N",
+        "GPUs behind the endpoint, for per-GPU throughput. Default: the profile's, else unknown",
+        field="gpus",
+        parse=Number(1, low_in=True, whole=True, unit="GPUs"),
+    ),
+    Option("profiles", "PATH", "YAML file of your own server profiles (see the README)"),
+    Option("baselines", "DIR", "Baseline root. Default: baselines/ under the rootdir", default="baselines"),
+    Option(
+        "inconclusive",
+        "fail|warn|skip",
+        "What an inconclusive verdict does to its test. Default: warn",
+        field="inconclusive",
+        choices=Inconclusive,
+        default="warn",
+    ),
+    Option(
+        "tolerance",
+        "FRACTION",
+        "Tolerance of every gating metric, e.g. 0.05 for five percent. Default: per metric",
+        field="tolerance",
+        parse=Number(0, 1),
+    ),
+    Option(
         "session-spread",
         "FRACTION",
         "Between-session spread assumed while a baseline holds fewer than 3 sessions (and the prior its estimate "
         "is shrunk towards). Default: 0.03, 0.10 on the embedded engine",
+        field="session_spread",
+        parse=Number(0, 1),
     ),
-    ("repeats", "N", "Most runs per perf test while its verdict is open. Default: 5"),
-    ("progress", "auto|on|off", "Live progress of each run. Default: auto, on a terminal only"),
-    (
+    Option(
+        "repeats",
+        "N",
+        "Most runs per perf test while its verdict is open. Default: 5",
+        field="repeats",
+        parse=Number(1, low_in=True, whole=True),
+    ),
+    Option(
+        "progress",
+        "auto|on|off",
+        "Live progress of each run. Default: auto, on a terminal only",
+        field="progress",
+        choices=Progress,
+        default="auto",
+    ),
+    Option(
         "environment-guard",
         "on|off",
         "Watch what else uses the server's cores and GPUs (and, remotely, its request counters) during each run; "
         "a regression seen while they were disturbed is inconclusive, never a failure. Default: on",
+        field="environment_guard",
+        parse=_on_off,
+        default="on",
     ),
-    (
+    Option(
         "busy-poll",
         "on|off",
         "Keep the load generator's event loop polling during a run instead of sleeping: events are stamped "
         "without the CPU's wake-up delay (up to 1 ms on some virtual machines), for a full core. Default: off",
+        field="busy_poll",
+        parse=_on_off,
+        default="off",
     ),
-    (
+    Option(
         "compare",
         "URL|PROFILE",
         "A/B mode: run every perf test interleaved on the server under test (A) and this one (B) and judge B vs A",
+        field="compare",
+        parse=_url_or_profile,
     ),
-    ("compare-order", "abba|random", "Order of A and B within the A/B blocks. Default: abba"),
-    (
+    Option(
+        "compare-order",
+        "abba|random",
+        "Order of A and B within the A/B blocks. Default: abba",
+        field="compare_order",
+        choices=CompareOrder,
+        default="abba",
+    ),
+    Option(
         "compare-pause",
         "SECONDS",
         "A/B mode: settle time after a server is idle before the other runs. Default: 1",
+        field="compare_pause_s",
+        parse=Number(0, 600, low_in=True, high_in=True, unit="seconds"),
+        default="1",
     ),
-    (
+    Option(
         "scale",
         "auto|FACTOR",
         "Shrink lengths, prompt counts and TTFT/E2E SLOs by FACTOR. auto: 0.05 on the embedded engine, else 1",
+        field="scale",
+        parse=Number(0, 1, high_in=True, auto=True),
+        default="auto",
+    ),
+    # The command line only: the baselines a session records, and where the keys are, are each run's choice.
+    Option(
+        "update",
+        "force",
+        "Record the runs into the baselines of the current pair (=force: also across a hard-key change)",
+        field="update",
+        choices=Update,
+        ini=False,
+        bare=Update.YES.value,
+    ),
+    Option(
+        "api-key-env",
+        "VAR",
+        f"Environment variable that holds the API key. Default: {API_KEY_ENV}. The key is never written",
+        default=API_KEY_ENV,
+        ini=False,
+    ),
+    Option(
+        "compare-api-key-env",
+        "VAR",
+        "A/B mode: environment variable that holds B's API key. Default: the same key as A",
+        ini=False,
     ),
 )
-INCONCLUSIVE_CHOICES = ("fail", "warn", "skip")
 
 
 def register(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmperf", "LLM-serving performance tests (pytest-llmperf)")
-    for name, metavar, help_text in _OPTIONS:
-        dest = "llmperf_" + name.replace("-", "_")
-        group.addoption(f"--llmperf-{name}", dest=dest, metavar=metavar, default=None, help=help_text)
-        parser.addini(dest, help_text, default=None)
-    group.addoption(
-        "--llmperf-update",
-        dest="llmperf_update",
-        nargs="?",
-        const="yes",
-        default=None,
-        choices=("yes", "force"),
-        metavar="force",
-        help="Record the runs into the baselines of the current pair (=force: also across a hard-key change)",
-    )
-    group.addoption(
-        "--llmperf-api-key-env",
-        dest="llmperf_api_key_env",
-        metavar="VAR",
-        default=None,
-        help=f"Environment variable that holds the API key. Default: {API_KEY_ENV}. The key is never written",
-    )
-    group.addoption(
-        "--llmperf-compare-api-key-env",
-        dest="llmperf_compare_api_key_env",
-        metavar="VAR",
-        default=None,
-        help="A/B mode: environment variable that holds B's API key. Default: the same key as A",
-    )
-
-
-def _get(config: pytest.Config, name: str) -> str | None:
-    dest = "llmperf_" + name.replace("-", "_")
-    value = config.getoption(dest)
-    if value is None:
-        value = config.getini(dest)
-    return str(value) if value not in (None, "") else None
+    for option in OPTIONS:
+        bare = {} if option.bare is None else {"nargs": "?", "const": option.bare}
+        # No argparse default: an option not given falls back to its ini key, then to its default, in resolve.
+        group.addoption(option.flag, dest=option.dest, metavar=option.metavar, default=None, help=option.help, **bare)
+        if option.ini:
+            parser.addini(option.dest, option.help, default=None)
 
 
 def resolve(config: pytest.Config) -> Settings:
-    compat = _get(config, "compat") or "vllm"
-    if compat not in COMPAT_MODES:
-        raise pytest.UsageError(f"--llmperf-compat={compat!r}: expected one of {', '.join(COMPAT_MODES)}")
-    endpoint = _get(config, "endpoint")
-    if endpoint is not None:
-        _check_url("endpoint", endpoint)
-    server = _get(config, "server")
+    """Every option's value, checked alone (its row), then together; a bad one is a usage error before any load."""
+    value: dict[str, Any] = {option.name: _value(config, option) for option in OPTIONS}
+    _check_not_both(value["endpoint"], value["server"], value["compare"], value["update"])
+    profiles_path = config.rootpath / value["profiles"] if value["profiles"] else None
+    if value["server"] is not None:
+        _check_profile(value["server"], value["profiles"], profiles_path)
+    # What creates files or warns comes last, once no usage error can follow.
+    baselines = _baselines_root(config, value["baselines"], value["update"])
+    json_path, report_path = _writable(config, "json", value["json"]), _writable(config, "report", value["report"])
+    api_key = _api_key(config, "api-key-env", value["api-key-env"])
+    compare_key_env = value["compare-api-key-env"]
+    compare_api_key = api_key if compare_key_env is None else _api_key(config, "compare-api-key-env", compare_key_env)
+    return Settings(
+        **{option.field: value[option.name] for option in OPTIONS if option.field is not None},
+        profiles_path=profiles_path,
+        baselines=baselines,
+        json_path=json_path,
+        report_path=report_path,
+        api_key=api_key,
+        compare_api_key=compare_api_key,
+    )
+
+
+def _value(config: pytest.Config, option: Option) -> object:
+    """The option's value from the command line, else its ini key, else its default; a bad one is a usage error."""
+    text, source = _text(config.getoption(option.dest)), ""
+    if text is None and option.ini:
+        text, source = _text(config.getini(option.dest)), f" (ini {option.dest})"
+    if text is None:
+        text, source = option.default, ""
+    if text is None:
+        return None
+    try:
+        return option.value(text)
+    except _Refused as exc:
+        raise pytest.UsageError(f"{option.flag}={redact_url(text)!r}{source}: {exc}") from None
+
+
+def _text(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _check_not_both(endpoint: str | None, server: str | None, compare: str | None, update: str | None) -> None:
+    """Options that exclude each other."""
     if endpoint is not None and server is not None:
         raise pytest.UsageError(
             f"--llmperf-endpoint={redact_url(endpoint)} and --llmperf-server={server} cannot be combined: attach "
             "to a running server or spawn one from a profile, not both (clear an ini value with -o llmperf_server=)"
         )
-    timeout_text = _get(config, "ready-timeout") or "30"
-    try:
-        ready_timeout_s = float(timeout_text)
-    except ValueError:
-        ready_timeout_s = -1.0
-    if not ready_timeout_s > 0:
-        raise pytest.UsageError(f"--llmperf-ready-timeout={timeout_text!r}: expected a number of seconds > 0")
-    hardware, precision = _pair_id(config, "hardware"), _pair_id(config, "precision")
-    key_env = config.getoption("llmperf_api_key_env") or API_KEY_ENV
-    json_path = _get(config, "json")
-    gpus_text = _get(config, "gpus")
-    gpus = None
-    if gpus_text is not None:
-        if not gpus_text.isdigit() or int(gpus_text) < 1:
-            raise pytest.UsageError(f"--llmperf-gpus={gpus_text!r}: expected a whole number of GPUs >= 1")
-        gpus = int(gpus_text)
-    profiles_text = _get(config, "profiles")
-    profiles_path = config.rootpath / profiles_text if profiles_text else None
-    if server is not None:
-        _check_profile(server, profiles_text, profiles_path)
-    inconclusive = _get(config, "inconclusive") or "warn"
-    if inconclusive not in INCONCLUSIVE_CHOICES:
-        raise pytest.UsageError(
-            f"--llmperf-inconclusive={inconclusive!r}: expected one of {', '.join(INCONCLUSIVE_CHOICES)}"
-        )
-    tolerance = _number(config, "tolerance", low=0.0, high=1.0)
-    session_spread = _number(config, "session-spread", low=0.0, high=1.0)
-    repeats_text = _get(config, "repeats")
-    if repeats_text is not None and (not repeats_text.isdigit() or int(repeats_text) < 1):
-        raise pytest.UsageError(f"--llmperf-repeats={repeats_text!r}: expected a whole number >= 1")
-    baselines = _get(config, "baselines") or "baselines"
-    progress = _get(config, "progress") or "auto"
-    if progress not in ("auto", "on", "off"):
-        raise pytest.UsageError(f"--llmperf-progress={progress!r}: expected auto, on or off")
-    guard_text = _get(config, "environment-guard") or "on"
-    if guard_text not in ("on", "off"):
-        raise pytest.UsageError(f"--llmperf-environment-guard={guard_text!r}: expected on or off")
-    busy_poll_text = _get(config, "busy-poll") or "off"
-    if busy_poll_text not in ("on", "off"):
-        raise pytest.UsageError(f"--llmperf-busy-poll={busy_poll_text!r}: expected on or off")
-    scale_text = _get(config, "scale") or "auto"
-    scale = None
-    if scale_text != "auto":
-        scale = _number(config, "scale", low=0.0, high=1.0 + 1e-9)
-    compare = _get(config, "compare")
-    if compare is not None and is_url(compare):
-        _check_url("compare", compare)
-    if compare is not None and config.getoption("llmperf_update") is not None:
+    if compare is not None and update is not None:
         raise pytest.UsageError(
             "--llmperf-update cannot be combined with --llmperf-compare: an A/B session judges B against A, "
             "not against the stored baselines; record baselines in a session without --llmperf-compare"
         )
-    compare_order = _get(config, "compare-order") or "abba"
-    if compare_order not in AB_ORDERS:
-        raise pytest.UsageError(f"--llmperf-compare-order={compare_order!r}: expected one of {', '.join(AB_ORDERS)}")
-    pause_text = _get(config, "compare-pause") or "1"
-    try:
-        compare_pause_s = float(pause_text)
-    except ValueError:
-        compare_pause_s = math.nan
-    if not 0 <= compare_pause_s <= 600:
-        raise pytest.UsageError(f"--llmperf-compare-pause={pause_text!r}: expected seconds between 0 and 600")
-    json_out, report_out = _writable(config, "json", json_path), _writable(config, "report", _get(config, "report"))
-    api_key = _api_key(config, "api-key-env", key_env)  # after every usage error: it may warn
-    return Settings(
-        endpoint=endpoint,
-        server=server,
-        model=_get(config, "model"),
-        compat=compat,
-        api_key=api_key,
-        tokenizer=_get(config, "tokenizer"),
-        ready_timeout_s=ready_timeout_s,
-        hardware=hardware,
-        precision=precision,
-        json_path=json_out,
-        report_path=report_out,
-        gpus=gpus,
-        profiles_path=profiles_path,
-        baselines=_baselines_root(config, baselines),
-        update=config.getoption("llmperf_update"),
-        inconclusive=inconclusive,
-        tolerance=tolerance,
-        session_spread=session_spread,
-        repeats=int(repeats_text) if repeats_text else None,
-        scale=scale,
-        progress=progress,
-        compare=compare,
-        compare_api_key=_compare_key(config, api_key),
-        compare_order=compare_order,
-        compare_pause_s=compare_pause_s,
-        busy_poll=busy_poll_text == "on",
-        environment_guard=guard_text == "on",
-    )
-
-
-def _compare_key(config: pytest.Config, a_key: str | None) -> str | None:
-    variable = config.getoption("llmperf_compare_api_key_env")
-    return a_key if variable is None else _api_key(config, "compare-api-key-env", variable)
 
 
 def _api_key(config: pytest.Config, option: str, variable: str) -> str | None:
@@ -295,14 +464,6 @@ def _warn(config: pytest.Config, message: str) -> None:
         config.issue_config_time_warning(LLMPerfConfigWarning(message), stacklevel=2)
     except LLMPerfConfigWarning:
         config.stash.setdefault(HEADER_WARNINGS, []).append(message)
-
-
-def _check_url(option: str, url: str) -> None:
-    problem = _url_problem(url)
-    if problem is not None:
-        raise pytest.UsageError(
-            f"--llmperf-{option}={redact_url(url)!r}: {problem}; expected an http(s) URL such as {_URL_EXAMPLE}"
-        )
 
 
 def _url_problem(url: str) -> str | None:
@@ -331,18 +492,6 @@ def _url_problem(url: str) -> str | None:
     except httpx.InvalidURL as exc:  # anything else httpx would refuse at the first request
         return str(exc)
     return None
-
-
-def _pair_id(config: pytest.Config, name: str) -> str | None:
-    """A hardware or precision id, which names a baseline directory: refused now, not by every test later."""
-    text = _get(config, name)
-    if text is not None and not _PAIR_ID.fullmatch(text):
-        raise pytest.UsageError(
-            f"--llmperf-{name}={text!r}: use letters, digits, '.', '_' and '+' only, starting with a letter or "
-            "digit (it names the baseline directory <hardware>-<precision>, where '-' joins the two), "
-            "e.g. h200x8 and fp8 or fp8_mtp"
-        )
-    return text
 
 
 def _check_profile(server: str, profiles_text: str | None, profiles_path: Path | None) -> None:
@@ -385,11 +534,11 @@ def _writable(config: pytest.Config, name: str, text: str | None) -> Path | None
     return path
 
 
-def _baselines_root(config: pytest.Config, text: str) -> Path:
+def _baselines_root(config: pytest.Config, text: str, update: str | None) -> Path:
     """The baseline root; with ``--llmperf-update`` it must take new files, checked now rather than when the
     runs are written at the end of the session, after the whole budget was spent."""
     root = config.rootpath / text
-    if config.getoption("llmperf_update") is None or hasattr(config, "workerinput"):
+    if update is None or hasattr(config, "workerinput"):
         return root  # only the controller writes baselines
     existing = root
     while not existing.exists() and existing != existing.parent:
@@ -407,16 +556,3 @@ def _baselines_root(config: pytest.Config, text: str) -> Path:
             "into another directory with --llmperf-baselines=DIR"
         )
     return root
-
-
-def _number(config: pytest.Config, name: str, *, low: float, high: float) -> float | None:
-    text = _get(config, name)
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not low < value < high:
-        raise pytest.UsageError(f"--llmperf-{name}={text!r}: expected a number between {low:g} and {high:g}")
-    return value

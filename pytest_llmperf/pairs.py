@@ -21,13 +21,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf.errors import DocumentError
 from pytest_llmperf.judge.capacity import CapacityRatio, PairComparison, compare_documents
 
 __all__ = ["format_comparisons", "load_document", "main"]
-
-
-class DocumentError(Exception):
-    """A file that is not a readable session document; the message says which and why."""
 
 
 def load_document(path: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import pytest
 from pytest_llmperf import options
 from pytest_llmperf.harness.fixtures import SESSION_KEY, llmperf, llmperf_compare_server, llmperf_server
 from pytest_llmperf.harness.markers import MARKER_HELP
+from pytest_llmperf.harness.server_manager import check_compare_target
 from pytest_llmperf.harness.session import LLMPerfSession
 
 __all__ = ["llmperf", "llmperf_compare_server", "llmperf_server"]
@@ -28,8 +29,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
-    session = LLMPerfSession(config, options.resolve(config))
-    session.check_compare_target()
+    settings = options.resolve(config)
+    check_compare_target(settings)
+    session = LLMPerfSession(config, settings)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "llmperf-session")
     if config.pluginmanager.hasplugin("xdist"):
@@ -56,12 +58,12 @@ def _target_lines(config: pytest.Config) -> list[str]:
     if s.compare is not None:
         other = redact_url(s.compare) if is_url(s.compare) else f"profile {s.compare}"
         return [f"llmperf: A/B mode, A = {target}, B = {other} (judged B vs A)"]
-    return [f"llmperf: {target}, baseline pair {session.pair}"]
+    return [f"llmperf: {target}, baseline pair {session.book.pair}"]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
-        session.release_sigterm()
+        session.servers.release_sigterm()
         config.pluginmanager.unregister(session)
         del config.stash[SESSION_KEY]

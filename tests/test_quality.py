@@ -1,4 +1,5 @@
-"""Lint and type checks run with the suite, so the README's one test command covers them."""
+"""Lint and type checks run with the suite, so the README's test commands cover them; and CI runs exactly those
+commands."""
 
 from __future__ import annotations
 
@@ -26,3 +27,21 @@ def test_tool_is_clean(argv: list[str]) -> None:
         pytest.fail("ruff is not installed: pip install -e '.[dev]'")
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def readme_test_commands() -> tuple[str, list[str]]:
+    """The install line and the pytest lines of the README's command 2, as written."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# 2. The test suite"))
+    block = lines[start : lines.index("```", start)]
+    install = next(line for line in block if "pip install" in line)
+    return install.split("pip install ", 1)[1], [line for line in block if line.startswith("python -m pytest ")]
+
+
+def test_ci_runs_exactly_the_test_commands_the_readme_gives() -> None:
+    install, commands = readme_test_commands()
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    ci_commands = [line.removeprefix("run ") for line in script if line.startswith("run python -m pytest ")]
+    assert len(commands) == 2  # the suite, then the idle-machine tests
+    assert ci_commands == commands
+    assert any(line.endswith(f"pip install --quiet {install}") for line in script), install

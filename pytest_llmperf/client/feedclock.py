@@ -247,12 +247,12 @@ class FeedClock(ResponseHandler):
 
     def __init__(
         self,
-        *args: Any,
+        loop: asyncio.AbstractEventLoop,
+        *,
         ready_clock: ReadyClock | None = None,
         unread: UnreadBytes | None = None,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(loop)
         # (body reader or None, its bytes so far, perf_counter) after each read while no parser is attached.
         self.feeds: deque[tuple[object, int, float]] = deque()
         self.listener: _BodyListener | None = None
@@ -355,7 +355,7 @@ class Connector(aiohttp.TCPConnector):
     ``unread`` samples what its connections leave unread; None where this aiohttp's connector differs.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:  # aiohttp.TCPConnector's keyword arguments, passed on as they are
         super().__init__(**kwargs)
         self.unread: UnreadBytes | None = None
         if isinstance(getattr(self, "_factory", None), functools.partial):

@@ -16,7 +16,9 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -41,10 +43,11 @@ def _raise_interrupt() -> None:
 
 
 @contextlib.contextmanager
-def cancel_on_interrupt(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> Iterator[Interrupts]:
+def cancel_on_interrupt(loop: asyncio.AbstractEventLoop, task: asyncio.Future[_T]) -> Iterator[Interrupts]:
     """Within the block, a signal whose handler is Python's default interrupt handler cancels ``task``.
 
-    That covers SIGINT, and SIGTERM while the session maps it to Ctrl-C (see :mod:`pytest_llmperf.harness.session`).
+    That covers SIGINT, and SIGTERM while the session maps it to Ctrl-C (see
+    :mod:`pytest_llmperf.harness.server_manager`).
     The second interrupt raises ``KeyboardInterrupt`` out of the loop, from a callback of its own, so that it too
     cannot be caught inside a parser; it is for a run whose requests do not wind down. The third raises at once.
     Handlers anybody else installed are left alone, and every handler is put back on leaving. Signal handlers

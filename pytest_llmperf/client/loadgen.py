@@ -22,24 +22,28 @@ import math
 import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractStreamWriter
 
 from pytest_llmperf.client.feedclock import Connector, FeedClock
 from pytest_llmperf.client.interrupts import Interrupts, cancel_on_interrupt
 from pytest_llmperf.client.pacing import SendPacer
 from pytest_llmperf.client.selfcheck import LoopMonitor
-from pytest_llmperf.client.sse import StreamError, StreamParser, excerpt, not_sse, not_sse_error
+from pytest_llmperf.client.sse import StreamParser, excerpt, not_sse, not_sse_error
 from pytest_llmperf.client.timing import poll_until, sleep_until
-from pytest_llmperf.errors import RunInterrupted
+from pytest_llmperf.errors import RunInterrupted, StreamError
 from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, RunRecords, Workload, redact_url
 
 Progress = Callable[[int, "int | None", int], None]
 """Called after each measured request: (requests done, requests planned or None, output events so far)."""
 
 _CONNECT_TIMEOUT_S = 30.0
-_READ_BUFSIZE = 2**20  # aiohttp's 64 KiB default throttles long-context streams (see llm-benchmarks.md §1.5)
+# aiohttp reads at most 64 KiB at a time by default; on long-context streams at high concurrency that made a
+# benchmark client report several times less throughput than the server gave (vllm#39963).
+_READ_BUFSIZE = 2**20
 _MAX_CONNECTION_RETRIES = 4
 _CLOSE_HEADERS = {"Connection": "close"}
 _DRAIN_TIMEOUT_S = 1.0
@@ -119,11 +123,11 @@ class _StampedBody(aiohttp.BytesPayload):
         super().__init__(body, content_type="application/json")
         self._record = record
 
-    async def write(self, writer: Any) -> None:
+    async def write(self, writer: AbstractStreamWriter) -> None:
         self._record.start_s = time.perf_counter()
         await super().write(writer)
 
-    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
         self._record.start_s = time.perf_counter()
         await super().write_with_length(writer, content_length)
 
@@ -211,13 +215,25 @@ class _Client:
             await _drain(response)
 
 
+@dataclass(slots=True)
+class _RunState:
+    """What a run has got to, shared between its task and :func:`run`, so that an interrupt (which cancels the
+    task) still finds every record made so far."""
+
+    warmup: list[RequestRecord] = field(default_factory=list)
+    records: list[RequestRecord] = field(default_factory=list)
+    bench_start: float | None = None  # None until the measured window opens
+    interrupts: Interrupts | None = None
+    result: RunRecords | None = None  # set once the run is complete
+
+
 async def _run(
     workload: Workload,
     endpoint: Endpoint,
     prompts: Sequence[Prompt],
     warmup_prompts: Sequence[Prompt],
     progress: Progress | None,
-    state: dict[str, Any],
+    state: _RunState,
     busy_poll: bool,
 ) -> RunRecords:
     limit = workload.concurrency or 0
@@ -256,16 +272,15 @@ async def _run(
                 RequestRecord(index=i, arrival_s=time.perf_counter(), input_len=p.input_len, output_len=p.output_len)
                 for i, p in enumerate(warmup_prompts)
             ]
-            state["warmup"] = warm
+            state.warmup = warm
             bodies = [request_body(workload, endpoint, p) for p in warmup_prompts]
             await asyncio.gather(*(one(r, b) for r, b in zip(warm, bodies, strict=True)))
 
         bodies = [request_body(workload, endpoint, p) for p in prompts]
         offsets = arrival_offsets(workload, len(prompts), random.Random(workload.seed + 1))
         records: list[RequestRecord] = []
-        state["records"] = records
+        state.records = records
         tasks: list[asyncio.Task[None]] = []
-        state["tasks"] = tasks
         planned = len(prompts) if workload.duration_s is None else None
         done_count = 0
 
@@ -288,13 +303,13 @@ async def _run(
         poller = asyncio.ensure_future(poll_until(stop_polling)) if busy_poll else None
         monitor.start()
         bench_start = time.perf_counter()
-        state["bench_start"] = bench_start
+        state.bench_start = bench_start
         dispatch_lags: list[float] = []
 
         def should_stop() -> bool:
             # An interrupt also cancels this task, but a cancellation can be lost on Python < 3.12 (wait_for
             # returning a result that came in the same iteration), so no new request starts after one.
-            if state.get("interrupts"):
+            if state.interrupts:
                 return True
             return workload.duration_s is not None and time.perf_counter() - bench_start >= workload.duration_s
 
@@ -342,11 +357,11 @@ async def _run(
             records=records,
             bench_start_s=bench_start,
             bench_end_s=bench_end,
-            warmup_records=state.get("warmup", []),
+            warmup_records=state.warmup,
             client=monitor.check(dispatch_lags, wall_s=bench_end - bench_start, busy_poll=busy_poll),
             notes=notes,
         )
-        state["result"] = result  # for an interrupt that lands while the session closes: the run is complete
+        state.result = result  # for an interrupt that lands while the session closes: the run is complete
         return result
 
 
@@ -377,7 +392,7 @@ def run(
     :mod:`pytest_llmperf.client.interrupts`), in-flight requests are recorded as cancelled, and
     :class:`RunInterrupted` carries the partial :class:`RunRecords` so nothing measured is lost.
     """
-    state: dict[str, Any] = {}
+    state = _RunState()
     loop = _loop_factory()()
     coro: Coroutine[Any, Any, RunRecords] = _run(
         workload, endpoint, prompts, warmup_prompts, progress, state, busy_poll
@@ -385,7 +400,7 @@ def run(
     main = loop.create_task(coro)
     try:
         with cancel_on_interrupt(loop, main) as interrupts:
-            state["interrupts"] = interrupts
+            state.interrupts = interrupts
             try:
                 records = loop.run_until_complete(main)
             except BaseException as exc:
@@ -415,7 +430,7 @@ def _cancel_and_collect(
     loop: asyncio.AbstractEventLoop,
     main: asyncio.Task[RunRecords],
     workload: Workload,
-    state: dict[str, Any],
+    state: _RunState,
     interrupts: Interrupts,
 ) -> RunRecords:
     # Every task of this loop, not just main: in open-loop mode a cancel that lands between two dispatches never
@@ -425,20 +440,19 @@ def _cancel_and_collect(
         task.cancel()
     with contextlib.suppress(BaseException):  # a further interrupt only cuts this short
         loop.run_until_complete(asyncio.wait(pending, timeout=_CANCEL_GRACE_S))
-    finished: RunRecords | None = state.get("result")
+    finished = state.result
     if finished is not None:  # the run was complete; the interrupt landed while the session closed
         return _ended_by(finished, interrupts)
     name = interrupts.name
     end = time.perf_counter()
-    records: list[RequestRecord] = state.get("records", [])
-    warmup: list[RequestRecord] = state.get("warmup", [])
+    records, warmup = state.records, state.warmup
     for record in [*warmup, *records]:
         if not record.error and record.finish_reason is None and record.status in (None, 200):
             record.error_kind, record.error = "cancelled", f"cancelled by {name} before it finished"
     return RunRecords(
         workload=workload,
         records=records,
-        bench_start_s=state.get("bench_start", end),
+        bench_start_s=end if state.bench_start is None else state.bench_start,
         bench_end_s=end,
         warmup_records=warmup,
         interrupted=True,

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from pytest_llmperf.errors import StreamError
 from pytest_llmperf.spec import RequestRecord
 
 _json_loads: Callable[[bytes], Any]
@@ -31,15 +32,6 @@ _NOT_SSE_HINTS = {
     "an HTML page": "a web page, e.g. from a proxy or a login page, stands in front of the server; check the URL",
 }
 _CHAT_OTHER_OUTPUT = ("reasoning", "reasoning_content", "tool_calls", "function_call")  # output besides content
-
-
-class StreamError(Exception):
-    """The stream itself is wrong (malformed, an error chunk, empty, cut short, not SSE at all); ``kind`` names
-    the failure."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 def excerpt(data: bytes | str) -> str:
@@ -74,26 +66,27 @@ class _Shape(TypeError):
     """A known key of a chunk holds a value of the wrong type (turned into a ``malformed`` stream)."""
 
 
-def _count(value: Any, name: str) -> int | None:
+def _count(value: object, name: str) -> int | None:
     """A token count as the server sent it; None when absent. Anything but an int >= 0 would skew the numbers."""
-    if value is None or (value.__class__ is int and value >= 0):
+    if value is None or (type(value) is int and value >= 0):  # exact type: a bool is no count
         return value
     raise _Shape(f"{name}={_short(value)} is not a token count")
 
 
-def _string(value: Any, name: str) -> str | None:
-    if value is None or value.__class__ is str:
+def _string(value: object, name: str) -> str | None:
+    if value is None or type(value) is str:
         return value
     raise _Shape(f"{name}={_short(value)} is not a string")
 
 
-def _short(value: Any) -> str:
+def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:40] + "…"
 
 
 def _chat_output(delta: Any, text: str | None) -> bool | None:
-    """True/False when the delta is an output event (with/without text); None when it is not one.
+    """True/False when the delta (unchecked JSON, see ``StreamParser._chunk``) is an output event (with/without
+    text); None when it is not one.
 
     The role-only opening delta is not output; an empty ``content`` without ``role`` is (a special token
     decoded to nothing), as in vLLM.
@@ -190,7 +183,10 @@ class StreamParser:
 
     def _chunk(self, chunk: dict[str, Any], now: float) -> None:
         """Record one chunk. Everything is read and checked before the record changes, so a chunk that raises
-        (see :meth:`_line`) leaves no partial event behind."""
+        (see :meth:`_line`) leaves no partial event behind.
+
+        ``chunk`` is parsed JSON whose shape is not checked up front (that would cost every event): a value of
+        the wrong type raises here and fails the request, hence ``Any`` rather than a JSON type to narrow."""
         usage = chunk.get("usage")
         prompt_tokens = completion_tokens = cached_tokens = None
         if usage is not None:

@@ -6,7 +6,7 @@ decide an open gating metric within the budget (``repeats``); a SLO breach or a 
 
 A/B mode (:func:`run_ab_until_decided`) does the same with blocks: each block runs A and B once, in the order
 :func:`block_orders` gives; at least two blocks, at most ``budget``. (The pause between the two servers'
-runs belongs to the measurement itself: see ``LLMPerfSession.settle``.)
+runs belongs to the measurement itself: see ``ServerManager.settle``.)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 from pytest_llmperf.harness.markers import PerfSpec
 from pytest_llmperf.harness.runner import Result
@@ -31,6 +31,7 @@ from pytest_llmperf.judge.verdict import (
     resolve_tolerances,
     without_runs,
 )
+from pytest_llmperf.results import INCONCLUSIVE, BaselineRun, BaselineViewDict, RunFigures
 from pytest_llmperf.spec import AB_ORDERS
 
 MIN_BLOCKS = 2
@@ -40,17 +41,17 @@ MIN_BLOCKS = 2
 class BaselineView:
     """What the fixture found for this test's baseline entry."""
 
-    runs: Sequence[Mapping[str, Any]] = ()
+    runs: Sequence[RunFigures] = ()  # stored runs; in A/B mode (and in benchmarks) summaries stand in
     where: str = ""
     hard_diffs: Sequence[str] = ()
     soft_diffs: Sequence[str] = ()
     # Per-request arrays of the baseline runs, pooled per field (``ttfts``, ``latencies`` ...), for reports.
     raw: Mapping[str, Sequence[float]] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> BaselineViewDict:
         return {
             "where": self.where,
-            "runs": [dict(r) for r in self.runs],
+            "runs": [cast(BaselineRun, dict(r)) for r in self.runs],  # the reports read figures both have
             "raw": {k: list(v) for k, v in self.raw.items()},
         }
 
@@ -244,7 +245,7 @@ def run_ab_until_decided(
             break
     if verdict is None:  # stopped by an SLO breach before two full blocks
         verdict = Verdict(
-            status="INCONCLUSIVE",
+            status=INCONCLUSIVE,
             reason=f"stopped after {len(runs['A'])} A/B block(s), before a paired comparison was possible",
             runs_candidate=min(len(runs["A"]), len(runs["B"])),
             runs_baseline=min(len(runs["A"]), len(runs["B"])),

@@ -10,11 +10,16 @@ import dataclasses
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pytest_llmperf.client.datasets import PromptContext, asks_for_sharing, build_prompts
 from pytest_llmperf.client.loadgen import Progress
+from pytest_llmperf.results import EndpointDict, RunDocument, RunSummary, WorkloadDict
 from pytest_llmperf.spec import Endpoint, RunRecords, Workload
+
+if TYPE_CHECKING:
+    from pytest_llmperf.judge.slo import SloResult
+    from pytest_llmperf.judge.verdict import Verdict
 
 # A duration-bounded closed-loop run cannot know its request count; this many prompts per slot covers long
 # runs before prompts repeat (a repeat is noted, since a prefix cache could then serve it).
@@ -29,18 +34,18 @@ class Result:
     (``median_ttft_ms``, ``p99_itl_ms``, ``output_throughput`` ...); ``run`` holds every request's record.
     """
 
-    def __init__(self, *, workload: Workload, summary: dict[str, Any], run: RunRecords) -> None:
+    def __init__(self, *, workload: Workload, summary: RunSummary, run: RunRecords) -> None:
         self.workload = workload
         self.summary = summary
         self.run = run
         # Filled by the llmperf fixture: every run of the test, its verdict and its SLO checks per run.
         self.runs: list[Result] = [self]
         self.ab_runs: list[Result] = []  # A/B mode: A's runs (``runs`` are then B's)
-        self.verdict: dict[str, Any] | None = None
-        self.slo_results: list[list[dict[str, Any]]] = []
+        self.verdict: Verdict | None = None  # an object in the process; documents carry its dict form
+        self.slo_results: list[list[SloResult]] = []
 
     def __getattr__(self, name: str) -> Any:
-        summary = self.__dict__.get("summary", {})
+        summary: Mapping[str, object] = self.__dict__.get("summary", {})
         if name in summary:
             return summary[name]
         raise AttributeError(
@@ -48,7 +53,8 @@ class Result:
         )
 
     def __getitem__(self, key: str) -> Any:
-        return self.summary[key]
+        figures: Mapping[str, object] = self.summary  # any key, as in the dict users know from vLLM
+        return figures[key]
 
     def __repr__(self) -> str:
         s = self.summary
@@ -63,8 +69,16 @@ class Result:
         """Each failed request: index, kind and message (with a response excerpt where there was one)."""
         return [{"index": r.index, "kind": r.error_kind, "error": r.error} for r in self.run.records if not r.ok]
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"workload": self.workload.as_dict(), "summary": self.summary}
+    def as_dict(self) -> RunDocument:
+        return {"workload": workload_dict(self.workload), "summary": self.summary}
+
+
+def workload_dict(workload: Workload) -> WorkloadDict:
+    return cast(WorkloadDict, workload.as_dict())  # the dataclass's fields, which WorkloadDict names
+
+
+def endpoint_dict(endpoint: Endpoint) -> EndpointDict:
+    return cast(EndpointDict, endpoint.public_dict())  # the dataclass's fields but the key, as EndpointDict names
 
 
 def planned_prompts(workload: Workload) -> int:

@@ -1,4 +1,4 @@
-"""The YAML baseline store (DESIGN.md §6): reviewed and committed like code.
+"""The YAML baseline store (README, "Baselines"): reviewed and committed like code.
 
 Layout under the baseline root (``baselines/`` by default)::
 
@@ -42,7 +42,6 @@ file under it, merges, and writes atomically (temporary file +
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -55,14 +54,16 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
+import numpy.typing as npt
 import yaml
 from filelock import FileLock, Timeout
 
-from pytest_llmperf._files import file_mode
+from pytest_llmperf._files import replacing, write_text_atomic
 from pytest_llmperf.errors import BaselineError
+from pytest_llmperf.results import BaselineRun, FingerprintDict, JSONValue, RunFigures
 
 __all__ = [
     "DEFAULT_KEEP",
@@ -138,18 +139,22 @@ _PAIR_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+]*$")
 _SIDECAR_NAME = re.compile(r"^[A-Za-z0-9_.+-]+\.npz$")
 
 
-def _plain(obj: Any) -> Any:
+def _plain(obj: object) -> JSONValue:
     """``obj`` as YAML/JSON-safe builtins (tuples become lists, unknown objects their ``str``)."""
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return _plain_mapping(obj)
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return str(obj)
 
 
-def stable_hash(obj: Any, length: int = 16) -> str:
+def _plain_mapping(obj: Mapping[str, object]) -> dict[str, JSONValue]:
+    return {str(k): _plain(v) for k, v in obj.items()}
+
+
+def stable_hash(obj: object, length: int = 16) -> str:
     """Hex SHA-256 of the canonical JSON of ``obj`` (sorted keys); the same on every machine and run."""
     text = json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
@@ -157,7 +162,7 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 # Workload fields added after baselines were first recorded, with their defaults: a field at its default is left
 # out of the hash, so entries recorded before it existed stay comparable; any other value counts as usual.
-_LATER_FIELD_DEFAULTS: dict[str, Any] = {"prefix_reuse": False}
+_LATER_FIELD_DEFAULTS: dict[str, object] = {"prefix_reuse": False}
 
 
 def command_hash(argv: Sequence[str], port: int | None) -> str:
@@ -169,7 +174,7 @@ def command_hash(argv: Sequence[str], port: int | None) -> str:
     return stable_hash([re.sub(rf"(?<![0-9]){text}(?![0-9])", "{port}", arg) for arg in argv])
 
 
-def workload_hash(workload: Mapping[str, Any]) -> str:
+def workload_hash(workload: Mapping[str, object]) -> str:
     """Stable hash of a workload dict (e.g. ``Workload.as_dict()``): every field counts (later fields only when
     they differ from their default)."""
     kept = {k: v for k, v in workload.items() if k not in _LATER_FIELD_DEFAULTS or v != _LATER_FIELD_DEFAULTS[k]}
@@ -191,11 +196,22 @@ class Fingerprint:
     git_commit: str | None = None
     date: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def as_dict(self) -> FingerprintDict:
+        return {
+            "hardware": self.hardware,
+            "precision": self.precision,
+            "model": self.model,
+            "workload_hash": self.workload_hash,
+            "engine": self.engine,
+            "engine_version": self.engine_version,
+            "server_command_hash": self.server_command_hash,
+            "plugin_version": self.plugin_version,
+            "git_commit": self.git_commit,
+            "date": self.date,
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Fingerprint:
+    def from_dict(cls, data: Mapping[str, object]) -> Fingerprint:
         """Validated fingerprint; problems raise ``ValueError`` with a short description."""
         unknown = sorted(set(data) - set(HARD_KEYS) - set(SOFT_KEYS))
         if unknown:
@@ -210,8 +226,34 @@ class Fingerprint:
             value = data.get(key)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"fingerprint.{key} is {value!r} (expected a string or null)")
-        values: dict[str, Any] = {k: data.get(k) for k in (*HARD_KEYS, *SOFT_KEYS)}
-        return cls(**values)
+        hard = {key: str(data[key]) for key in HARD_KEYS}
+
+        def soft(key: str) -> str | None:
+            value = data.get(key)
+            return value if isinstance(value, str) else None
+
+        return cls(
+            hardware=hard["hardware"],
+            precision=hard["precision"],
+            model=hard["model"],
+            workload_hash=hard["workload_hash"],
+            engine=soft("engine"),
+            engine_version=soft("engine_version"),
+            server_command_hash=soft("server_command_hash"),
+            plugin_version=soft("plugin_version"),
+            git_commit=soft("git_commit"),
+            date=soft("date"),
+        )
+
+
+class EpochRecord(TypedDict):
+    """An earlier epoch of an entry, kept under ``previous_epochs`` for reviewers (never compared with)."""
+
+    epoch: int
+    ended_at: str
+    reason: str
+    fingerprint: FingerprintDict
+    runs: list[BaselineRun]
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,11 +265,11 @@ class BaselineEntry:
     schema_version: int
     workload_hash: str
     fingerprint: Fingerprint
-    runs: tuple[dict[str, Any], ...]
-    workload: dict[str, Any] | None = None
+    runs: tuple[BaselineRun, ...]
+    workload: dict[str, JSONValue] | None = None
     raw_sidecar: str | None = None
     epoch: int = 1
-    previous_epochs: tuple[dict[str, Any], ...] = ()
+    previous_epochs: tuple[EpochRecord, ...] = ()
 
     @property
     def k(self) -> int:
@@ -242,7 +284,7 @@ class BaselineEntry:
     def where(self) -> str:
         return f"{self.path}::{self.test_name}"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         return {
             "path": str(self.path),
             "test_name": self.test_name,
@@ -261,12 +303,14 @@ def _round(value: float) -> float:
     return float(f"{value:.{_SIGNIFICANT}g}")
 
 
-def reduce_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+def reduce_summary(summary: RunFigures) -> BaselineRun:
     """The part of a run summary a baseline keeps: run-level statistics and counts, floats rounded.
 
     Adds ``n`` (requests in the run). Non-finite numbers become ``None``.
     """
-    out: dict[str, Any] = {}
+    # Keys chosen at run time (the latency statistics of whatever percentiles the summary has): built as a
+    # plain dict, and BaselineRun names what it holds.
+    out: dict[str, int | float | str | None] = {}
     for key, value in summary.items():
         if key == "compat_mode" and isinstance(value, str):
             out[key] = value
@@ -283,28 +327,31 @@ def reduce_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(session, str):
         out["session"] = session
     completed, failed = summary.get("completed"), summary.get("failed")
+    n = summary.get("n")
     if isinstance(completed, int) and isinstance(failed, int):
         out["n"] = completed + failed
-    elif isinstance(summary.get("n"), int):
-        out["n"] = summary["n"]
-    return out
+    elif isinstance(n, int):
+        out["n"] = n
+    return cast(BaselineRun, out)
 
 
 def compare_fingerprint(
-    entry: BaselineEntry, fingerprint: Fingerprint, workload: Mapping[str, Any] | None = None
+    entry: BaselineEntry, fingerprint: Fingerprint, workload: Mapping[str, object] | None = None
 ) -> tuple[bool, list[str], list[str]]:
     """``(comparable, hard_diffs, soft_diffs)`` of a baseline entry against the current fingerprint.
 
     Each diff is a readable phrase. ``workload`` (the current workload dict) lets a workload-hash difference
     name the fields that changed, when the entry recorded its workload.
     """
-    old, new = entry.fingerprint.as_dict(), fingerprint.as_dict()
+    # Looked up by key name: plain mappings.
+    old: Mapping[str, object] = entry.fingerprint.as_dict()
+    new: Mapping[str, object] = fingerprint.as_dict()
     hard = []
     for key in HARD_KEYS:
         if old[key] != new[key]:
             what = f"{key}: baseline {old[key]!r}, now {new[key]!r}"
             if key == "workload_hash" and workload is not None and entry.workload is not None:
-                changed = _changed_fields(entry.workload, _plain(workload))
+                changed = _changed_fields(entry.workload, _plain_mapping(workload))
                 if changed:
                     what = "workload changed (" + ", ".join(changed) + ")"
             hard.append(what)
@@ -316,11 +363,11 @@ def compare_fingerprint(
     return not hard, hard, soft
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     return "unknown" if value is None else repr(value)
 
 
-def _changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+def _changed_fields(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:
     keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
@@ -408,9 +455,9 @@ class BaselineStore:
         test_name: str,
         *,
         fingerprint: Fingerprint,
-        runs: Sequence[Mapping[str, Any]],
-        raw: Sequence[Mapping[str, Sequence[Any]]] | None = None,
-        workload: Mapping[str, Any] | None = None,
+        runs: Sequence[RunFigures],
+        raw: Sequence[Mapping[str, Sequence[object]]] | None = None,
+        workload: Mapping[str, object] | None = None,
         force: bool = False,
         recorded_at: str | None = None,
         differs: str | None = None,
@@ -451,9 +498,9 @@ class BaselineStore:
         path: Path,
         test_name: str,
         fingerprint: Fingerprint,
-        runs: Sequence[Mapping[str, Any]],
-        raw: Sequence[Mapping[str, Sequence[Any]]] | None,
-        workload: Mapping[str, Any] | None,
+        runs: Sequence[RunFigures],
+        raw: Sequence[Mapping[str, Sequence[object]]] | None,
+        workload: Mapping[str, object] | None,
         force: bool,
         stamp: str,
         differs: str | None = None,
@@ -470,7 +517,7 @@ class BaselineStore:
                 ) from None
             doc = None
             notes.append(f"replaced a file of schema version {exc.found!r} (its other entries were dropped)")
-        entries: dict[str, Any] = dict(doc["entries"]) if doc is not None else {}
+        entries: dict[str, object] = dict(doc["entries"]) if doc is not None else {}
 
         old: BaselineEntry | None = None
         if test_name in entries:
@@ -479,9 +526,9 @@ class BaselineStore:
             except BaselineError as exc:
                 notes.append(f"replaced an unreadable entry ({exc.args[0].split(': ', 2)[-1]})")
 
-        kept: list[dict[str, Any]] = []
+        kept: list[BaselineRun] = []
         epoch = 1
-        previous: list[dict[str, Any]] = []
+        previous: list[EpochRecord] = []
         if old is not None:
             comparable, hard, soft = compare_fingerprint(old, fingerprint, workload)
             if not comparable and not force:
@@ -490,7 +537,7 @@ class BaselineStore:
                     f"({'; '.join(hard)}). Its {old.k} run(s) are not comparable with the new ones; pass the "
                     f"force option ({self.force_hint}) to replace them"
                 )
-            epoch, previous = old.epoch, [dict(e) for e in old.previous_epochs]
+            epoch, previous = old.epoch, [e.copy() for e in old.previous_epochs]
             if comparable:
                 why = _epoch_reason(old.fingerprint, fingerprint, differs)
                 if why:
@@ -500,7 +547,7 @@ class BaselineStore:
                     )
                     epoch += 1
                 else:
-                    kept = [dict(r) for r in old.runs]
+                    kept = [r.copy() for r in old.runs]
                 soft_shown = [d for d in soft if not any(d.startswith(f"{k}:") for k in EPOCH_KEYS)]
                 if soft_shown:
                     notes.append("soft keys changed: " + "; ".join(soft_shown))
@@ -539,7 +586,7 @@ class BaselineStore:
             allow_unicode=True,
             width=120,
         )
-        _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+        write_text_atomic(path, text, durable=True)  # committed files: a crash must not empty one
 
         if old is None:
             head = f"{where}: new entry with {len(merged)} run(s)"
@@ -559,13 +606,13 @@ class BaselineStore:
         path: Path,
         test_name: str,
         old: BaselineEntry | None,
-        merged: Sequence[Mapping[str, Any]],
-        new_runs: Sequence[Mapping[str, Any]],
-        raw: Sequence[Mapping[str, Sequence[Any]]] | None,
+        merged: Sequence[BaselineRun],
+        new_runs: Sequence[BaselineRun],
+        raw: Sequence[Mapping[str, Sequence[object]]] | None,
         notes: list[str],
     ) -> str | None:
         """Write the entry's raw arrays for the kept runs; returns the sidecar file name or None."""
-        arrays: dict[str, np.ndarray[Any, Any]] = {}
+        arrays: dict[str, npt.NDArray[np.generic]] = {}
         keep_ids = {str(r["run_id"]) for r in merged}
         if old is not None and old.raw_sidecar is not None:
             try:
@@ -589,30 +636,33 @@ class BaselineStore:
                 (path.parent / name).unlink()
             return None
         savez: Any = np.savez_compressed  # its stubs type **kwds as flags, not as the arrays they are
-        _atomic_write(path.parent / name, lambda f: savez(f, **arrays))
+        # An open file, not the path: numpy would append ".npz" to the temporary file's name.
+        with replacing(path.parent / name, durable=True) as tmp, tmp.open("wb") as handle:
+            savez(handle, **arrays)
         return name
 
 
 def _epoch_reason(old: Fingerprint, new: Fingerprint, differs: str | None) -> str:
     """Why the update's runs start a new epoch ("" when they join the current one)."""
-    before, after = old.as_dict(), new.as_dict()
+    before: Mapping[str, object] = old.as_dict()
+    after: Mapping[str, object] = new.as_dict()
     changed = [f"{k}: {_show(before[k])} -> {_show(after[k])}" for k in EPOCH_KEYS if before[k] != after[k]]
     if differs:
         changed.append(f"the new runs differ from the stored ones ({differs})")
     return "; ".join(changed)
 
 
-def _closed_epoch(old: BaselineEntry, reason: str, stamp: str) -> dict[str, Any]:
+def _closed_epoch(old: BaselineEntry, reason: str, stamp: str) -> EpochRecord:
     return {
         "epoch": old.epoch,
         "ended_at": stamp,
         "reason": reason,
         "fingerprint": old.fingerprint.as_dict(),
-        "runs": [dict(r) for r in old.runs],
+        "runs": [r.copy() for r in old.runs],
     }
 
 
-def _newest_sessions(runs: Sequence[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+def _newest_sessions(runs: Sequence[BaselineRun], keep: int) -> list[BaselineRun]:
     """The runs of the newest ``keep`` sessions (by each session's last run), in their order. Runs without a
     session (version-1 files) count as one session."""
     last_seen = {str(r.get("session") or ""): i for i, r in enumerate(runs)}
@@ -620,15 +670,16 @@ def _newest_sessions(runs: Sequence[dict[str, Any]], keep: int) -> list[dict[str
     return [r for r in runs if str(r.get("session") or "") in newest]
 
 
-def _numeric_array(values: Sequence[Any]) -> np.ndarray[Any, Any] | None:
+def _numeric_array(values: Sequence[object]) -> npt.NDArray[np.int32] | npt.NDArray[np.float64] | None:
     """A 1-D int32/float64 array of per-request numbers (None → NaN), or None for other shapes and types."""
     if isinstance(values, (str, bytes)):
         return None
     items = list(values)
     if any(isinstance(v, bool) or not (v is None or isinstance(v, (int, float))) for v in items):
         return None
-    if items and all(isinstance(v, int) for v in items) and all(-(2**31) <= v < 2**31 for v in items):
-        return np.asarray(items, dtype=np.int32)
+    ints = [v for v in items if isinstance(v, int)]
+    if items and len(ints) == len(items) and all(-(2**31) <= v < 2**31 for v in ints):
+        return np.asarray(ints, dtype=np.int32)
     return np.asarray([math.nan if v is None else v for v in items], dtype=np.float64)
 
 
@@ -640,21 +691,11 @@ def _lock_path(path: Path) -> Path:
     return directory / f"{stable_hash(str(path.resolve()))}.lock"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temporary file in the same directory and ``os.replace``: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            handle: IO[bytes] = f
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, file_mode())  # mkstemp's 0600 would make committed baselines private to one user
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+class _File(TypedDict):
+    """A baseline file, checked at the top level only (each entry is checked when it is read)."""
+
+    schema_version: int
+    entries: dict[str, object]
 
 
 class _SchemaMismatch(BaselineError):
@@ -666,7 +707,7 @@ class _SchemaMismatch(BaselineError):
 _RECORD_HINT = "restore it from git, fix it by hand, or delete it and re-record with --llmperf-update"
 
 
-def _read_doc(path: Path, test_name: str) -> dict[str, Any] | None:
+def _read_doc(path: Path, test_name: str) -> _File | None:
     """The parsed file (validated at file level), or None if it does not exist."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -710,10 +751,10 @@ def _read_doc(path: Path, test_name: str) -> dict[str, Any] | None:
     unknown = sorted(str(k) for k in set(data) - {"schema_version", "entries"})
     if unknown:
         raise BaselineError(f"{path}: unknown top-level key(s) {unknown} (entry {test_name!r}); {_RECORD_HINT}")
-    return data
+    return {"schema_version": version, "entries": entries}
 
 
-def _parse_entry(raw: Any, path: Path, test_name: str) -> BaselineEntry:
+def _parse_entry(raw: object, path: Path, test_name: str) -> BaselineEntry:
     try:
         return _validate_entry(raw, path, test_name)
     except _Problem as exc:
@@ -723,7 +764,7 @@ def _parse_entry(raw: Any, path: Path, test_name: str) -> BaselineEntry:
         ) from None
 
 
-def _validate_entry(raw: Any, path: Path, test_name: str) -> BaselineEntry:
+def _validate_entry(raw: object, path: Path, test_name: str) -> BaselineEntry:
     if not isinstance(raw, dict):
         raise _Problem(f"expected a mapping, found {type(raw).__name__}")
     unknown = sorted(str(k) for k in set(raw) - _ENTRY_KEYS)
@@ -779,7 +820,7 @@ def _validate_entry(raw: Any, path: Path, test_name: str) -> BaselineEntry:
     )
 
 
-def _validate_epoch(i: int, raw: Any) -> dict[str, Any]:
+def _validate_epoch(i: int, raw: object) -> EpochRecord:
     where = f"previous_epochs[{i}]"
     if not isinstance(raw, dict):
         raise _Problem(f"{where} is {type(raw).__name__} (expected a mapping)")
@@ -792,10 +833,10 @@ def _validate_epoch(i: int, raw: Any) -> dict[str, Any]:
         raise _Problem(f"{where}.runs must be a list of run summaries")
     for j, run in enumerate(raw["runs"]):
         _validate_run(j, run)
-    return dict(raw)
+    return cast(EpochRecord, dict(raw))  # validated above
 
 
-def _validate_run(i: int, run: Any) -> dict[str, Any]:
+def _validate_run(i: int, run: object) -> BaselineRun:
     where = f"runs[{i}]"
     if not isinstance(run, dict):
         raise _Problem(f"{where} is {type(run).__name__} (expected a mapping)")
@@ -817,10 +858,10 @@ def _validate_run(i: int, run: Any) -> dict[str, Any]:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise _Problem(f"{where}.{key} is {value!r} (expected a finite number >= 0 or null)")
-    return dict(run)
+    return cast(BaselineRun, dict(run))  # validated above
 
 
-def _read_sidecar(path: Path, test_name: str) -> dict[str, np.ndarray[Any, Any]]:
+def _read_sidecar(path: Path, test_name: str) -> dict[str, npt.NDArray[np.generic]]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {name: data[name] for name in data.files}

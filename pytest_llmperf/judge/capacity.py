@@ -29,7 +29,7 @@ import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, TypedDict, TypeGuard
 
 __all__ = [
     "SAMPLE_SIZE_FIELDS",
@@ -74,17 +74,28 @@ def base_nodeid(nodeid: str) -> str:
     return path + sep + rest.partition("[")[0]
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _concurrency(result: Mapping[str, Any]) -> int | None:
-    value = (result.get("workload") or {}).get("concurrency")
+# Documents are JSON read back from files (or built like them), so every part is checked where it is read.
+def _mapping(value: object) -> Mapping[str, object]:
+    """``value`` if it is a mapping (a JSON object), else an empty one."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _items(value: object) -> Sequence[object]:
+    """``value`` if it is a list or tuple (a JSON array), else an empty one."""
+    return value if isinstance(value, (list, tuple)) else ()
+
+
+def _concurrency(result: Mapping[str, object]) -> int | None:
+    value = _mapping(result.get("workload")).get("concurrency")
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
-def _gpu_count(result: Mapping[str, Any]) -> int | None:
-    for source in (result.get("summary") or {}, result.get("endpoint") or {}):
+def _gpu_count(result: Mapping[str, object]) -> int | None:
+    for source in (_mapping(result.get("summary")), _mapping(result.get("endpoint"))):
         value = source.get("gpu_count")
         if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return value
@@ -97,15 +108,16 @@ class SweepPoint:
     same concurrency twice (their runs are pooled)."""
 
     concurrency: int
+    # Result documents as found (reports read further into them).
     results: tuple[Mapping[str, Any], ...]
 
     @property
     def nodeids(self) -> tuple[str, ...]:
         return tuple(str(r.get("nodeid", "")) for r in self.results)
 
-    def run_summaries(self) -> list[Mapping[str, Any]]:
+    def run_summaries(self) -> list[Mapping[str, object]]:
         """Every run of every result at this point (the result's ``summary`` when it lists no runs)."""
-        runs: list[Mapping[str, Any]] = []
+        runs: list[Mapping[str, object]] = []
         for result in self.results:
             listed = [r for r in result.get("runs") or () if isinstance(r, Mapping)]
             runs.extend(listed or [result.get("summary") or {}])
@@ -113,7 +125,7 @@ class SweepPoint:
 
     def value(self, key: str) -> float | None:
         """Median over the runs of summary ``key``; ``None`` when no run measured it."""
-        values = [float(run[key]) for run in self.run_summaries() if _is_number(run.get(key))]
+        values = [float(v) for run in self.run_summaries() if _is_number(v := run.get(key))]
         return statistics.median(values) if values else None
 
     def baseline_value(self, key: str) -> float | None:
@@ -131,7 +143,7 @@ class Sweep:
     """Results of one test function and workload at several concurrencies, in increasing concurrency."""
 
     test: str
-    workload: Mapping[str, Any]
+    workload: Mapping[str, object]
     points: tuple[SweepPoint, ...]
     gpu_count: int | None
     key: str = field(default="")
@@ -141,17 +153,17 @@ class Sweep:
         return tuple(p.concurrency for p in self.points)
 
     @property
-    def results(self) -> tuple[Mapping[str, Any], ...]:
+    def results(self) -> tuple[Mapping[str, object], ...]:
         return tuple(r for p in self.points for r in p.results)
 
 
-def _workload_key(workload: Mapping[str, Any]) -> str:
+def _workload_key(workload: Mapping[str, object]) -> str:
     kept = {k: v for k, v in workload.items() if k not in SAMPLE_SIZE_FIELDS}
     return json.dumps(kept, sort_keys=True, default=str, ensure_ascii=True)
 
 
 def group_sweeps(
-    results: Iterable[Mapping[str, Any]], *, gpu_count: int | None = None, min_points: int = 2
+    results: Iterable[Mapping[str, object]], *, gpu_count: int | None = None, min_points: int = 2
 ) -> list[Sweep]:
     """Group results into sweeps (see the module docstring), in the order their first result appears.
 
@@ -160,13 +172,13 @@ def group_sweeps(
     ``gpu_count`` is the fallback when the results themselves do not say (e.g. the document's endpoint); a
     sweep whose points disagree on it has an unknown GPU count.
     """
-    groups: dict[str, tuple[str, Mapping[str, Any], dict[int, list[Mapping[str, Any]]]]] = {}
+    groups: dict[str, tuple[str, Mapping[str, object], dict[int, list[Mapping[str, object]]]]] = {}
     for result in results:
         concurrency = _concurrency(result)
         if concurrency is None or result.get("outcome") == "interrupted":
             continue
         test = base_nodeid(str(result.get("nodeid", "")))
-        workload = result.get("workload") or {}
+        workload = _mapping(result.get("workload"))
         key = test + "\x00" + _workload_key(workload)
         if key not in groups:
             shown = {k: v for k, v in workload.items() if k not in SAMPLE_SIZE_FIELDS}
@@ -183,12 +195,12 @@ def group_sweeps(
     return sweeps
 
 
-def sweeps_of(document: Mapping[str, Any], *, min_points: int = 2) -> list[Sweep]:
+def sweeps_of(document: Mapping[str, object], *, min_points: int = 2) -> list[Sweep]:
     """The sweeps of a session document (``--llmperf-json``), with the endpoint's GPU count as the fallback."""
-    endpoint = document.get("endpoint") or {}
-    fallback = endpoint.get("gpu_count")
-    valid = isinstance(fallback, int) and not isinstance(fallback, bool) and fallback >= 1
-    return group_sweeps(document.get("results") or (), gpu_count=fallback if valid else None, min_points=min_points)
+    fallback = _mapping(document.get("endpoint")).get("gpu_count")
+    gpus = fallback if isinstance(fallback, int) and not isinstance(fallback, bool) and fallback >= 1 else None
+    results = [r for r in _items(document.get("results")) if isinstance(r, Mapping)]
+    return group_sweeps(results, gpu_count=gpus, min_points=min_points)
 
 
 def _summary_key(name: str) -> str | None:
@@ -202,14 +214,19 @@ def _summary_key(name: str) -> str | None:
     return f"{'median' if stat == 'p50' else stat}_{'e2el' if metric == 'e2e' else metric}_ms"
 
 
-def _slo_entries(sweep: Sweep) -> dict[str, Mapping[str, Any]]:
-    """SLO name → its entry as the results report it (the first result that has it)."""
-    found: dict[str, Mapping[str, Any]] = {}
+class _SloEntry(NamedTuple):
+    limit: float
+    key: str  # the summary key the result checked ("" when it does not say)
+
+
+def _slo_entries(sweep: Sweep) -> dict[str, _SloEntry]:
+    """SLO name → its limit and key as the results report them (the first result that has it)."""
+    found: dict[str, _SloEntry] = {}
     for result in sweep.results:
-        for slo in result.get("slos") or ():
-            name = str(slo.get("name", ""))
-            if name and name not in found and _summary_key(name) is not None and _is_number(slo.get("limit")):
-                found[name] = slo
+        for slo in map(_mapping, _items(result.get("slos"))):
+            name, limit = str(slo.get("name", "")), slo.get("limit")
+            if name and name not in found and _summary_key(name) is not None and _is_number(limit):
+                found[name] = _SloEntry(float(limit), str(slo.get("key") or ""))
     return found
 
 
@@ -249,7 +266,7 @@ class Capacity:
     def lower_bound(self) -> bool:
         return self.status == "lower_bound"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> CapacityDict:
         return {
             "slo": self.slo,
             "key": self.key,
@@ -290,6 +307,26 @@ class Capacity:
         return text
 
 
+class CapacityDict(TypedDict):
+    """:meth:`Capacity.as_dict`: builtins only (the bracket and points as lists)."""
+
+    slo: str
+    key: str
+    limit: float
+    kind: Literal["max", "min"]
+    status: Status
+    concurrency: float
+    measured_concurrency: int | None
+    bracket: list[int] | None
+    lower_bound: bool
+    gpu_count: int | None
+    users_per_gpu: float | None
+    measured_users_per_gpu: float | None
+    points: list[list[int | float | bool | None]]
+    non_monotonic: bool
+    note: str
+
+
 def _meets(value: float | None, limit: float, kind: str) -> bool:
     if value is None:
         return False  # not measured: a contract that cannot be checked is not met
@@ -312,10 +349,10 @@ def capacity_at_slo(sweep: Sweep, slo: str, limit: float | None = None, *, gpu_c
     if limit is None:
         if entry is None:
             raise ValueError(f"no result of sweep {sweep.test} has SLO {slo!r}: pass its limit")
-        limit = float(entry["limit"])
+        limit = entry.limit
     if not (_is_number(limit) and limit > 0):
         raise ValueError(f"SLO limit {limit!r} must be a finite number > 0")
-    key = str(entry.get("key") or default_key) if entry is not None else default_key
+    key = (entry.key or default_key) if entry is not None else default_key
     kind: Literal["max", "min"] = "min" if slo in _PER_USER_SLOS else "max"
     gpus = gpu_count if gpu_count is not None else sweep.gpu_count
 
@@ -392,7 +429,7 @@ class CapacityRatio:
     b_users_per_gpu: float | None
     reason: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> CapacityRatioDict:
         return {
             "ratio": self.ratio,
             "bound": self.bound,
@@ -401,6 +438,17 @@ class CapacityRatio:
             "b_users_per_gpu": self.b_users_per_gpu,
             "reason": self.reason,
         }
+
+
+class CapacityRatioDict(TypedDict):
+    """:meth:`CapacityRatio.as_dict`."""
+
+    ratio: float | None
+    bound: Bound
+    basis: Basis
+    a_users_per_gpu: float | None
+    b_users_per_gpu: float | None
+    reason: str
 
 
 _BOUNDS: dict[tuple[bool, bool], Bound] = {
@@ -435,14 +483,14 @@ class PairComparison:
     """One sweep present in both documents, compared at one SLO."""
 
     test: str
-    workload: Mapping[str, Any]
+    workload: Mapping[str, object]
     a: Capacity
     b: Capacity
     ratio: CapacityRatio
 
 
 def compare_documents(
-    a: Mapping[str, Any], b: Mapping[str, Any], *, basis: Basis = "interpolated"
+    a: Mapping[str, object], b: Mapping[str, object], *, basis: Basis = "interpolated"
 ) -> list[PairComparison]:
     """Compare two pairs' session documents sweep by sweep, at every SLO both carry with the same limit."""
     b_sweeps = {s.key: s for s in sweeps_of(b)}

@@ -4,7 +4,7 @@ Pure: no I/O and no pytest. numpy is imported at module level because the orches
 lazily. Everything returned is made of builtins (``float``, ``int``, ``str``, ``bool``, ``None``, ``list``,
 ``dict``) so it can cross pytest-xdist's execnet channel, which rejects numpy scalars by exact type.
 
-Two compatibility modes (DESIGN.md §4, anchors/llm-benchmarks.md §(c)) read the same records differently;
+Two compatibility modes (``--llmperf-compat``; README, "What is measured") read the same records differently;
 ``sglang`` differs from the default ``vllm`` only in:
 
 - output events: only events with non-empty text count (all of them if none has text), so TTFT starts at
@@ -30,13 +30,14 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple, TypedDict, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from pytest_llmperf.errors import SpecError
-from pytest_llmperf.spec import COMPAT_MODES, RequestRecord, RunRecords
+from pytest_llmperf.results import RequestDetail, RunSummary, Validity
+from pytest_llmperf.spec import COMPAT_MODES, CompatMode, RequestRecord, RunRecords
 
 __all__ = [
     "DEFAULT_PERCENTILES",
@@ -57,8 +58,16 @@ GOODPUT_METRICS: tuple[str, ...] = ("ttft", "tpot", "e2el")
 PERCENTILE_METHOD: Literal["linear"] = "linear"
 
 _E2E_NAME = {"vllm": "e2el", "sglang": "e2e_latency"}
-_TOTAL_THROUGHPUT_KEY = {"vllm": "total_token_throughput", "sglang": "total_throughput"}
-_SEMANTICS: dict[str, dict[str, str]] = {
+
+
+class _Semantics(TypedDict):
+    ttft_event: str
+    e2e_end: str
+    output_tokens_rule: str
+    input_tokens_rule: str
+
+
+_SEMANTICS: dict[str, _Semantics] = {
     "vllm": {
         "ttft_event": "first output event (completions: non-empty choices, text may be empty; "
         "chat: first delta with content, reasoning or tool calls)",
@@ -234,26 +243,23 @@ def _error_kind(r: RequestRecord) -> str:
     return "no_response" if r.status is None else "no_output"
 
 
-def detailed(run: RunRecords, *, compat: str | None = None) -> dict[str, list[Any]]:
+def detailed(run: RunRecords, *, compat: str | None = None) -> RequestDetail:
     """Per-request arrays in the shape of ``vllm bench serve --save-detailed``, in dispatch (index) order.
 
     Seconds, as vLLM writes them; ``start_times`` are the raw ``perf_counter`` stamps. Failed requests
     appear with 0 / ``[]`` and their error text. ``output_tokens_source`` and ``finish_reasons`` are ours.
     """
     mode = _check_compat(run.workload.compat if compat is None else compat)
-    out: dict[str, list[Any]] = {
-        key: []
-        for key in (
-            "input_lens",
-            "output_lens",
-            "ttfts",
-            "itls",
-            "latencies",
-            "start_times",
-            "errors",
-            "output_tokens_source",
-            "finish_reasons",
-        )
+    out: RequestDetail = {
+        "input_lens": [],
+        "output_lens": [],
+        "ttfts": [],
+        "itls": [],
+        "latencies": [],
+        "start_times": [],
+        "errors": [],
+        "output_tokens_source": [],
+        "finish_reasons": [],
     }
     for r in sorted(run.records, key=lambda rec: rec.index):
         m = _measure(r, mode)
@@ -288,7 +294,7 @@ def summarize(
     gpu_count: int | None = None,
     goodput_slos_ms: Mapping[str, float] | None = None,
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
-) -> dict[str, Any]:
+) -> RunSummary:
     """The run summary: vLLM-compatible keys (or SGLang's with ``compat="sglang"``), builtins only.
 
     Latency statistics are over successful requests: ``np.mean``, ``np.median``, population ``np.std`` and
@@ -311,8 +317,12 @@ def summarize(
     dur = run.duration_s
     e2e_name = _E2E_NAME[mode]
 
-    s: dict[str, Any] = {"compat_mode": mode, "percentile_method": PERCENTILE_METHOD}
-    s.update(_SEMANTICS[mode])
+    s: RunSummary = {"compat_mode": mode, "percentile_method": PERCENTILE_METHOD}
+    semantics = _SEMANTICS[mode]
+    s["ttft_event"] = semantics["ttft_event"]
+    s["e2e_end"] = semantics["e2e_end"]
+    s["output_tokens_rule"] = semantics["output_tokens_rule"]
+    s["input_tokens_rule"] = semantics["input_tokens_rule"]
     s["itl_unit"] = "chunk"
     s["duration"] = float(dur)
     s["completed"] = completed
@@ -345,11 +355,14 @@ def summarize(
     s["request_throughput"] = rate(completed)
     if mode == "sglang":
         s["input_throughput"] = rate(total_in)
-    s["output_throughput"] = rate(total_out)
-    s[_TOTAL_THROUGHPUT_KEY[mode]] = rate(total_in + total_out)
+    out_tp, total_tp = rate(total_out), rate(total_in + total_out)
+    s["output_throughput"] = out_tp
     if mode == "sglang":
+        s["total_throughput"] = total_tp
         # Little's law, as sglang.bench_serving reports it.
         s["concurrency"] = rate(sum(m.e2e_s for _, m in good))
+    else:
+        s["total_token_throughput"] = total_tp
 
     if slos is not None:
         n_good = sum(_meets_slos(m, slos) for _, m in good)
@@ -365,9 +378,12 @@ def summarize(
 
     if gpu_count is not None:
         s["gpu_count"] = gpu_count
-        out_tp, total_tp = s["output_throughput"], s[_TOTAL_THROUGHPUT_KEY[mode]]
         s["output_throughput_per_gpu"] = None if out_tp is None else out_tp / gpu_count
-        s[_TOTAL_THROUGHPUT_KEY[mode] + "_per_gpu"] = None if total_tp is None else total_tp / gpu_count
+        total_per_gpu = None if total_tp is None else total_tp / gpu_count
+        if mode == "sglang":
+            s["total_throughput_per_gpu"] = total_per_gpu
+        else:
+            s["total_token_throughput_per_gpu"] = total_per_gpu
 
     ms = [m for _, m in good]
     _add_stats(s, "ttft", np.array([m.ttft_s for m in ms], dtype=np.float64), pcts)
@@ -453,7 +469,10 @@ def _peaks(starts: list[float], ms: list[_Measured]) -> tuple[float | None, int 
     return float(per_bin_chunks.max()), int(active.max())
 
 
-def _add_stats(s: dict[str, Any], name: str, values: FloatArray, pcts: list[tuple[str, float]]) -> None:
+def _add_stats(summary: RunSummary, name: str, values: FloatArray, pcts: list[tuple[str, float]]) -> None:
+    # The keys depend on the percentiles asked for (p<P>, any P): written through a plain-dict view, as
+    # RunSummary can only name the default ones.
+    s = cast("dict[str, float | None]", summary)
     # Statistic in seconds then ×1000, the order vLLM uses, so the floats match its JSON exactly.
     if values.size == 0:
         for stat in ("mean", "median", "std", *(f"p{label}" for label, _ in pcts)):
@@ -466,7 +485,7 @@ def _add_stats(s: dict[str, Any], name: str, values: FloatArray, pcts: list[tupl
         s[f"p{label}_{name}_ms"] = float(np.percentile(values, p, method=PERCENTILE_METHOD) * 1000)
 
 
-def _validity(run: RunRecords, good: list[tuple[RequestRecord, _Measured]], dur: float) -> dict[str, Any]:
+def _validity(run: RunRecords, good: list[tuple[RequestRecord, _Measured]], dur: float) -> Validity:
     """Did the server do what was asked? Counts over successful requests, plus readable warnings."""
     w = run.workload
     total = len(good)
@@ -536,10 +555,12 @@ def _validity(run: RunRecords, good: list[tuple[RequestRecord, _Measured]], dur:
     }
 
 
-def _check_compat(compat: str) -> str:
-    if compat not in COMPAT_MODES:
-        raise SpecError(f"compat={compat!r} (expected one of {', '.join(COMPAT_MODES)})")
-    return compat
+def _check_compat(compat: str) -> CompatMode:
+    if compat == "vllm":
+        return "vllm"
+    if compat == "sglang":
+        return "sglang"
+    raise SpecError(f"compat={compat!r} (expected one of {', '.join(COMPAT_MODES)})")
 
 
 def _check_percentiles(percentiles: Sequence[float]) -> list[tuple[str, float]]:

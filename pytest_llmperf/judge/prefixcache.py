@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pytest_llmperf.results import PromptCacheFields
 from pytest_llmperf.spec import RequestRecord
 
 # More than this share of a run's prompt tokens from cache, when the workload shares no prefix, invalidates the
@@ -102,7 +103,7 @@ def invalid_reason(use: CacheUse, *, sharing_asked: bool) -> str | None:
     )
 
 
-def summary_fields(use: CacheUse) -> dict[str, object]:
+def summary_fields(use: CacheUse) -> PromptCacheFields:
     """The summary keys of the run's cache use (``None`` when unknown, never 0)."""
     return {
         "cached_prompt_tokens": use.cached_tokens,

@@ -1,6 +1,7 @@
 """SLO keyword arguments of the ``perf`` marker: parse, check against a run summary, render a breach table.
 
-SLOs are contracts (DESIGN.md §2, §5): checked on every candidate run, with no baseline and no multiplicity
+SLOs are contracts (README, "SLOs: contracts checked on every run"): limits the test's author set, not
+comparisons with earlier runs, so each is checked on every candidate run with no baseline and no multiplicity
 adjustment. Names:
 
 - latency maxima ``<metric>_<stat>_ms``, metric ∈ {ttft, tpot, itl, e2e}, stat ∈ {mean, p50, p90, p95, p99};
@@ -21,9 +22,10 @@ import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, cast
 
 from pytest_llmperf.errors import SpecError
+from pytest_llmperf.results import RunFigures, SloDict, SloResultDict
 
 __all__ = [
     "LATENCY_METRICS",
@@ -69,8 +71,8 @@ class Slo:
     # True for the error_rate = 0 contract added when the test did not set one.
     implicit: bool = False
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def as_dict(self) -> SloDict:
+        return cast(SloDict, dataclasses.asdict(self))  # SloDict names exactly these fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +95,11 @@ class SloResult:
     reason: str
     implicit: bool = False
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def as_dict(self) -> SloResultDict:
+        return cast(SloResultDict, dataclasses.asdict(self))  # SloResultDict names exactly these fields
 
 
-def split_slo_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_slo_kwargs(kwargs: Mapping[str, object]) -> tuple[dict[str, object], dict[str, object]]:
     """``(slo_kwargs, other_kwargs)`` of a marker's merged kwargs."""
     slos = {k: v for k, v in kwargs.items() if k in SLO_NAMES}
     rest = {k: v for k, v in kwargs.items() if k not in SLO_NAMES}
@@ -112,7 +114,7 @@ def _kind_unit(name: str) -> tuple[Kind, str]:
     return "max", "ms"
 
 
-def parse_slos(kwargs: Mapping[str, Any], *, default_error_rate: float | None = 0.0) -> tuple[Slo, ...]:
+def parse_slos(kwargs: Mapping[str, object], *, default_error_rate: float | None = 0.0) -> tuple[Slo, ...]:
     """Validated SLOs from marker kwargs (SLO names only; see :func:`split_slo_kwargs`).
 
     Latency and throughput limits must be finite numbers > 0; ``error_rate`` a number in [0, 1].
@@ -160,7 +162,7 @@ def summary_key(name: str, compat: str = "vllm") -> str:
     return stat_key(metric, "median" if stat == "p50" else stat, compat)
 
 
-def _not_measured_reason(name: str, key: str, summary: Mapping[str, Any]) -> str:
+def _not_measured_reason(name: str, key: str, summary: RunFigures) -> str:
     if name == "output_tok_s_per_gpu" and key not in summary:
         return "not measured: the GPU count is unknown, so per-GPU throughput cannot be computed (set the GPU count)"
     if key not in summary:
@@ -170,7 +172,7 @@ def _not_measured_reason(name: str, key: str, summary: Mapping[str, Any]) -> str
     return f"not measured: no data for {key!r} (no successful request measured it)"
 
 
-def check_slos(slos: Sequence[Slo], summary: Mapping[str, Any], compat: str | None = None) -> list[SloResult]:
+def check_slos(slos: Sequence[Slo], summary: RunFigures, compat: str | None = None) -> list[SloResult]:
     """Check every SLO against one run's summary (``metrics.summarize`` output), in the order given."""
     mode = compat or str(summary.get("compat_mode") or "vllm")
     results = []

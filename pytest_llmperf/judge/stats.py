@@ -5,8 +5,9 @@ lazily. Every function returns builtins (``float``, ``int``, tuples of them), ne
 results cross pytest-xdist's execnet channel.
 
 The unit of replication is the run: each input value is one run-level statistic (e.g. a run's median TPOT),
-and the comparison works on ``y = ln(value)``. Requests inside one run are not independent replicates
-(anchors/regression-statistics.md §12), so nothing here looks at per-request samples.
+and the comparison works on ``y = ln(value)``. Requests inside one run are not independent replicates: they
+share the run's conditions (server start, node, heat), so a test on pooled per-request samples takes a run's
+offset for a change and raises more false alarms the more runs differ. Nothing here looks at per-request samples.
 
 Three ways to get the standard error of ``Δ = mean(y_candidate) − mean(y_baseline)``:
 
@@ -55,7 +56,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import scipy.special as sps  # type: ignore[import-untyped]
 import scipy.stats as sst  # type: ignore[import-untyped]
@@ -89,7 +90,8 @@ __all__ = [
 Method = Literal["welch", "pooled", "prediction", "noise_floor", "paired", "sessions"]
 
 # Run-to-run spread assumed when the baseline has fewer than MIN_BASELINE_RUNS runs: 3 % in log units is the
-# middle of the 2–5 % seen on GPU servers (anchors §0), i.e. deliberately not optimistic.
+# middle of the 2–5 % run-to-run spread usual on shared GPU servers and CI machines, i.e. deliberately not
+# optimistic.
 DEFAULT_NOISE_FLOOR = 0.03
 MIN_BASELINE_RUNS = 3
 # Between-session spread (log units) assumed while the baseline holds fewer than MIN_SESSIONS sessions, and the
@@ -165,7 +167,7 @@ class LogComparison:
         """One-sided (1 − alpha) lower confidence bound on Δ."""
         return self.delta - t_quantile(1.0 - alpha, self.df) * self.se
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
 
 

@@ -4,7 +4,7 @@ Pure: no I/O, no pytest. Inputs are run summaries as produced by :func:`pytest_l
 (or the reduced copies a baseline stores); outputs are frozen dataclasses whose ``as_dict()`` is made of
 builtins, so they cross pytest-xdist's execnet channel, and ``from_dict()`` rebuilds them on the controller.
 
-The rules (DESIGN.md §5; anchors/regression-statistics.md §14 for the evidence):
+The rules (README, "Verdicts"; ``benchmarks/validate_verdicts.py`` measures their false alarms and power):
 
 - Each run contributes one run-level statistic per metric (its median TTFT, its output throughput, ...);
   comparisons are in log space (:mod:`pytest_llmperf.judge.stats`), oriented so that a positive *effect* is worse:
@@ -60,11 +60,25 @@ import dataclasses
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal, TypedDict, TypeGuard, cast
 
 from pytest_llmperf.errors import SpecError
 from pytest_llmperf.judge import stats
 from pytest_llmperf.judge.metrics import stat_key
+from pytest_llmperf.results import (
+    IMPROVEMENT,
+    INCONCLUSIVE,
+    NO_BASELINE,
+    NOT_COMPARABLE,
+    PASS,
+    REGRESSION,
+    MetricVerdictDict,
+    OverallStatus,
+    Reference,
+    RunFigures,
+    Status,
+    VerdictDict,
+)
 
 __all__ = [
     "BUDGET",
@@ -83,6 +97,9 @@ __all__ = [
     "REGRESSION",
     "MetricDef",
     "MetricVerdict",
+    "OverallStatus",
+    "Reference",
+    "Status",
     "Verdict",
     "apply_holm",
     "judge",
@@ -97,15 +114,8 @@ __all__ = [
     "without_runs",
 ]
 
-Status = Literal["REGRESSION", "PASS", "INCONCLUSIVE", "IMPROVEMENT"]
-Reference = Literal["baseline", "A"]  # what a verdict compares with: stored runs, or A/B mode's server A
-OverallStatus = Literal["REGRESSION", "PASS", "INCONCLUSIVE", "IMPROVEMENT", "NO_BASELINE", "NOT_COMPARABLE"]
-REGRESSION: Status = "REGRESSION"
-PASS: Status = "PASS"
-INCONCLUSIVE: Status = "INCONCLUSIVE"
-IMPROVEMENT: Status = "IMPROVEMENT"
-NO_BASELINE: OverallStatus = "NO_BASELINE"
-NOT_COMPARABLE: OverallStatus = "NOT_COMPARABLE"
+# The status words (REGRESSION, PASS, ... and their types) live in pytest_llmperf.results, which the reports
+# import without scipy; they are re-exported here as this module's vocabulary.
 
 DEFAULT_ALPHA = 0.01  # family-wise, one-sided, over the gating regression claims
 PASS_ALPHA = 0.05  # PASS uses the one-sided 95 % upper bound; the reported interval is the 90 % two-sided one
@@ -147,7 +157,8 @@ METRICS: dict[str, MetricDef] = {
         _latency("e2e_p50", "median E2E", "e2e", "median", 0.05, True),
         MetricDef("output_tok_s", "output throughput", "higher", 0.05, True, literal_key="output_throughput"),
         MetricDef("error_rate", "error rate", "lower", 0.005, True, scale="difference", literal_key="error_rate"),
-        # Tails have 2–4x the run-to-run variance of medians (anchors §14.2): wider tolerance, advisory.
+        # A p99 rests on a few requests per run, so it moves between runs far more than a median: wider
+        # tolerance, advisory.
         _latency("ttft_p99", "p99 TTFT", "ttft", "p99", 0.15, False),
         _latency("tpot_p99", "p99 TPOT", "tpot", "p99", 0.15, False),
         _latency("itl_p99", "p99 ITL", "itl", "p99", 0.15, False),
@@ -244,13 +255,16 @@ class MetricVerdict:
     # Why this metric may not be called a REGRESSION from these runs (see run_guards); "" when nothing stops it.
     guard: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def as_dict(self) -> MetricVerdictDict:
+        # MetricVerdictDict names exactly these fields (tests/unit/test_results.py checks it).
+        return cast(MetricVerdictDict, dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MetricVerdict:
+    def from_dict(cls, data: MetricVerdictDict) -> MetricVerdict:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        # Values are taken as written by as_dict(); keys of another version of this class are dropped.
+        known: dict[str, Any] = {k: v for k, v in data.items() if k in names}
+        return cls(**known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +298,7 @@ class Verdict:
                 return m
         raise KeyError(name)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> VerdictDict:
         return {
             "status": self.status,
             "reason": self.reason,
@@ -301,7 +315,7 @@ class Verdict:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
+    def from_dict(cls, data: VerdictDict) -> Verdict:
         return cls(
             status=data["status"],
             reason=data["reason"],
@@ -343,8 +357,8 @@ def not_comparable(hard_diffs: Sequence[str], soft_diffs: Sequence[str] = (), ru
 
 
 def judge(
-    candidate_runs: Sequence[Mapping[str, Any]],
-    baseline_runs: Sequence[Mapping[str, Any]] | None,
+    candidate_runs: Sequence[RunFigures],
+    baseline_runs: Sequence[RunFigures] | None,
     *,
     tolerances: Mapping[str, float] | None = None,
     gating: Collection[str] | None = None,
@@ -358,7 +372,7 @@ def judge(
     soft_diffs: Sequence[str] = (),
     where: str = "",
 ) -> Verdict:
-    """Judge ``candidate_runs`` against ``baseline_runs`` (both: run summaries, one dict per run).
+    """Judge ``candidate_runs`` against ``baseline_runs`` (both: run summaries, one mapping per run).
 
     The :func:`run_guards` of both sides keep every ratio metric from being called a REGRESSION when they apply.
 
@@ -372,51 +386,28 @@ def judge(
     """
     if not candidate_runs:
         raise ValueError("judge() needs at least one candidate run")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha={alpha!r} (expected 0 < alpha < 1)")
-    if isinstance(looks, bool) or not isinstance(looks, int) or looks < 1:
-        raise ValueError(f"looks={looks!r} (expected an int >= 1)")
+    _check_alpha_looks(alpha, looks)
     m = len(candidate_runs)
     if hard_diffs:
         return not_comparable(hard_diffs, soft_diffs, runs_candidate=m)
     if not baseline_runs:
         return missing_baseline(runs_candidate=m, where=where)
-    mode = compat or str(candidate_runs[0].get("compat_mode") or "vllm")
-    tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
-    gating_names = set(DEFAULT_GATING if gating is None else gating)
-    unknown = gating_names - set(METRICS)
-    if unknown:
-        raise SpecError(f"unknown gating metric(s) {sorted(unknown)}; valid names: {', '.join(METRICS)}")
-
-    guard = "; ".join(run_guards(candidate_runs, baseline_runs))
-    raw = [
-        _guarded(
-            _measure(
-                d,
-                tol[d.name],
-                d.name in gating_names,
-                candidate_runs,
-                baseline_runs,
-                mode,
-                noise_floor,
-                session_prior=session_prior,
-            ),
-            guard,
-        )
-        for d in METRICS.values()
-    ]
-    n_claims = sum(1 for r in raw if r.gating and r.p_value is not None)
-    family = n_claims if family_size is None else family_size
-    if family < n_claims:
-        raise ValueError(f"family_size={family_size} is smaller than this verdict's {n_claims} gating claims")
-    adjusted = _adjust(raw, family, holm_within=family_size is None)
-    metrics = tuple(_classify(r, alpha / looks, family) for r in adjusted)
-    return _assemble(metrics, m, len(baseline_runs), alpha, family, tuple(soft_diffs), looks)
+    return _judged(
+        candidate_runs,
+        baseline_runs,
+        _Comparison(paired=False, noise_floor=noise_floor, session_prior=session_prior, soft_diffs=tuple(soft_diffs)),
+        tolerances=tolerances,
+        gating=gating,
+        alpha=alpha,
+        family_size=family_size,
+        looks=looks,
+        compat=compat,
+    )
 
 
 def judge_paired(
-    a_runs: Sequence[Mapping[str, Any]],
-    b_runs: Sequence[Mapping[str, Any]],
+    a_runs: Sequence[RunFigures],
+    b_runs: Sequence[RunFigures],
     *,
     tolerances: Mapping[str, float] | None = None,
     gating: Collection[str] | None = None,
@@ -436,24 +427,70 @@ def judge_paired(
         raise ValueError(f"judge_paired() needs one A run and one B run per block (got {n} and {len(b_runs)})")
     if n < 2:
         raise ValueError(f"judge_paired() needs at least 2 blocks (got {n})")
+    _check_alpha_looks(alpha, looks)
+    return _judged(
+        b_runs,
+        a_runs,
+        _Comparison(paired=True),
+        tolerances=tolerances,
+        gating=gating,
+        alpha=alpha,
+        family_size=family_size,
+        looks=looks,
+        compat=compat,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Comparison:
+    """What differs between a verdict against stored baseline runs and an A/B verdict (B against A)."""
+
+    paired: bool  # A/B blocks: cand[i] and base[i] ran back to back, compared by their log ratio
+    noise_floor: float = stats.DEFAULT_NOISE_FLOOR  # stored baselines: the spread assumed for few runs
+    session_prior: float = stats.SESSION_SD_PRIOR  # stored baselines: the between-session spread assumed
+    soft_diffs: tuple[str, ...] = ()  # stored baselines: fingerprint changes to show
+
+    @property
+    def reference(self) -> Reference:
+        return "A" if self.paired else "baseline"
+
+    @property
+    def sides(self) -> tuple[str, str]:
+        """(candidate, reference) as messages name them."""
+        return ("B", "A") if self.paired else ("candidate", "baseline")
+
+
+def _check_alpha_looks(alpha: float, looks: int) -> None:
     if not 0 < alpha < 1:
         raise ValueError(f"alpha={alpha!r} (expected 0 < alpha < 1)")
     if isinstance(looks, bool) or not isinstance(looks, int) or looks < 1:
         raise ValueError(f"looks={looks!r} (expected an int >= 1)")
-    mode = compat or str(b_runs[0].get("compat_mode") or "vllm")
+
+
+def _judged(
+    cand: Sequence[RunFigures],
+    base: Sequence[RunFigures],
+    how: _Comparison,
+    *,
+    tolerances: Mapping[str, float] | None,
+    gating: Collection[str] | None,
+    alpha: float,
+    family_size: int | None,
+    looks: int,
+    compat: str | None,
+) -> Verdict:
+    """The verdict of ``cand`` against ``base`` (both non-empty), once the arguments are checked."""
+    mode = compat or str(cand[0].get("compat_mode") or "vllm")
     tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     gating_names = set(DEFAULT_GATING if gating is None else gating)
     unknown = gating_names - set(METRICS)
     if unknown:
         raise SpecError(f"unknown gating metric(s) {sorted(unknown)}; valid names: {', '.join(METRICS)}")
-    guard = "; ".join(run_guards(b_runs, a_runs, candidate="B", reference="A"))
+
+    candidate, reference = how.sides
+    guard = "; ".join(run_guards(cand, base, candidate=candidate, reference=reference))
     raw = [
-        _guarded(
-            _measure(
-                d, tol[d.name], d.name in gating_names, b_runs, a_runs, mode, stats.DEFAULT_NOISE_FLOOR, paired=True
-            ),
-            guard,
-        )
+        _guarded(_measure(d, tol[d.name], d.name in gating_names, cand, base, mode, how), guard)
         for d in METRICS.values()
     ]
     n_claims = sum(1 for r in raw if r.gating and r.p_value is not None)
@@ -462,12 +499,12 @@ def judge_paired(
         raise ValueError(f"family_size={family_size} is smaller than this verdict's {n_claims} gating claims")
     adjusted = _adjust(raw, family, holm_within=family_size is None)
     metrics = tuple(_classify(r, alpha / looks, family) for r in adjusted)
-    return _assemble(metrics, n, n, alpha, family, (), looks, reference="A")
+    return _assemble(metrics, len(cand), len(base), alpha, family, how.soft_diffs, looks, reference=how.reference)
 
 
 def run_guards(
-    candidate_runs: Sequence[Mapping[str, Any]],
-    reference_runs: Sequence[Mapping[str, Any]] = (),
+    candidate_runs: Sequence[RunFigures],
+    reference_runs: Sequence[RunFigures] = (),
     *,
     candidate: str = "candidate",
     reference: str = "baseline",
@@ -482,8 +519,8 @@ def run_guards(
     reasons: list[str] = []
     sides = ((candidate, candidate_runs), (reference, reference_runs))
     for side, runs in sides:
-        small = [(i, r["completed"]) for i, r in enumerate(runs) if _is_count(r.get("completed"))]
-        small = [(i, n) for i, n in small if n < MIN_REQUESTS_PER_RUN]
+        completed = [(i, r.get("completed")) for i, r in enumerate(runs)]
+        small = [(i, n) for i, n in completed if _is_count(n) and n < MIN_REQUESTS_PER_RUN]
         if small:
             i, n = small[0]
             reasons.append(
@@ -581,7 +618,7 @@ def _is_claim(v: Verdict, m: MetricVerdict) -> bool:
     return v.status not in (NO_BASELINE, NOT_COMPARABLE) and m.gating and m.p_value is not None
 
 
-def _values(runs: Sequence[Mapping[str, Any]], key: str) -> list[float] | str:
+def _values(runs: Sequence[RunFigures], key: str) -> list[float] | str:
     """The runs' values of ``key``, or why they cannot be used."""
     out = []
     for i, run in enumerate(runs):
@@ -596,20 +633,34 @@ def _values(runs: Sequence[Mapping[str, Any]], key: str) -> list[float] | str:
     return out
 
 
+class _Common(TypedDict):
+    """The fields every :class:`MetricVerdict` of one metric carries, however it was measured."""
+
+    name: str
+    label: str
+    key: str
+    gating: bool
+    direction: str
+    scale: str
+    tolerance: float
+    limit: float
+    bound: float
+    min_effect: float
+    runs_candidate: int
+    runs_baseline: int
+    reference: Reference
+
+
 def _measure(
     d: MetricDef,
     delta: float,
     gating: bool,
-    cand: Sequence[Mapping[str, Any]],
-    base: Sequence[Mapping[str, Any]],
+    cand: Sequence[RunFigures],
+    base: Sequence[RunFigures],
     compat: str,
-    noise_floor: float,
-    *,
-    paired: bool = False,
-    session_prior: float = stats.SESSION_SD_PRIOR,
+    how: _Comparison,
 ) -> MetricVerdict:
-    """Everything but the status (which needs the family-adjusted p-values). ``paired``: ``cand[i]`` and
-    ``base[i]`` are B and A of block i (A/B mode), compared by their per-block log ratios."""
+    """Everything but the status (which needs the family-adjusted p-values)."""
     key, label = _itl_choice(d, cand, base, compat)
     m, k = len(cand), len(base)
     if d.scale == "difference":
@@ -618,21 +669,21 @@ def _measure(
     else:
         bound = math.log1p(delta) if d.direction == "lower" else -math.log1p(-delta)
         limit = 1.0 + delta if d.direction == "lower" else 1.0 - delta
-    common: dict[str, Any] = dict(
-        name=d.name,
-        label=label,
-        key=key,
-        gating=gating,
-        direction=d.direction,
-        scale=d.scale,
-        tolerance=delta,
-        limit=limit,
-        bound=bound,
-        min_effect=bound,
-        runs_candidate=m,
-        runs_baseline=k,
-        reference="A" if paired else "baseline",
-    )
+    common: _Common = {
+        "name": d.name,
+        "label": label,
+        "key": key,
+        "gating": gating,
+        "direction": d.direction,
+        "scale": d.scale,
+        "tolerance": delta,
+        "limit": limit,
+        "bound": bound,
+        "min_effect": bound,
+        "runs_candidate": m,
+        "runs_baseline": k,
+        "reference": how.reference,
+    }
     if d.scale == "difference":
         return _measure_proportion(common, cand, base, bound)
 
@@ -643,26 +694,14 @@ def _measure(
         return MetricVerdict(status=INCONCLUSIVE, reason=f"{d.label} not measured: {side} {why}", futile=True, **common)
 
     sign = 1.0 if d.direction == "lower" else -1.0
-    session_fields: dict[str, Any] = {}
-    if paired:
-        ratios = [c - b for c, b in zip(stats.log_values(c_vals), stats.log_values(b_vals), strict=True)]
-        cmp = stats.compare_paired(ratios)
-    else:
-        groups = _by_session(base, stats.log_values(b_vals))
-        cmp, spread = stats.compare_sessions(
-            stats.log_values(c_vals), groups, prior=session_prior, noise_floor=noise_floor
-        )
-        session_fields = {
-            "sessions_baseline": spread.sessions,
-            "sigma_session": spread.sigma_session,
-            "session_prior": not spread.estimated,
-        }
+    cmp, spread = _compare(c_vals, b_vals, base, how)
     effect = sign * cmp.delta
     up, lo = cmp.upper(PASS_ALPHA), cmp.lower(PASS_ALPHA)
     effect_upper, effect_lower = (up, lo) if sign > 0 else (-lo, -up)
     # Raw candidate/baseline ratio and its interval, whatever the direction.
     ratio_lo, ratio_hi = math.exp(lo), math.exp(up)
-    gross = not paired and k < stats.MIN_BASELINE_RUNS
+    if not how.paired and k < stats.MIN_BASELINE_RUNS:
+        common["min_effect"] = bound * GROSS_FACTOR
     return MetricVerdict(
         status=INCONCLUSIVE,
         reason="",
@@ -678,14 +717,28 @@ def _measure(
         effect_lower=effect_lower,
         effect_upper=effect_upper,
         sigma=cmp.sigma,
-        **session_fields,
-        **{**common, "min_effect": bound * GROSS_FACTOR if gross else bound},
+        sessions_baseline=None if spread is None else spread.sessions,
+        sigma_session=None if spread is None else spread.sigma_session,
+        session_prior=spread is not None and not spread.estimated,
+        **common,
     )
 
 
-def _itl_choice(
-    d: MetricDef, cand: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]], compat: str
-) -> tuple[str, str]:
+def _compare(
+    c_vals: Sequence[float], b_vals: Sequence[float], base: Sequence[RunFigures], how: _Comparison
+) -> tuple[stats.LogComparison, stats.SessionSpread | None]:
+    """The comparison on the log scale. A/B: paired, by the per-block log ratios, so a drift slower than a
+    block cancels. Stored baseline: the candidate against baseline runs nested in their sessions, with the
+    spread of those sessions (what the verdict reports about them)."""
+    c_logs, b_logs = stats.log_values(c_vals), stats.log_values(b_vals)
+    if how.paired:
+        return stats.compare_paired([c - b for c, b in zip(c_logs, b_logs, strict=True)]), None
+    return stats.compare_sessions(
+        c_logs, _by_session(base, b_logs), prior=how.session_prior, noise_floor=how.noise_floor
+    )
+
+
+def _itl_choice(d: MetricDef, cand: Sequence[RunFigures], base: Sequence[RunFigures], compat: str) -> tuple[str, str]:
     """(summary key, label) of ``d``. ITL is per token when the candidate's chunks carried more than one token on
     average (MTP, speculative decoding, llama.cpp's UTF-8 hold-back): the per-chunk gap then moves with the
     acceptance rate, not with speed (an EAGLE run showed p99 ITL 147.5 vs 83.8 ms while per-token latency
@@ -703,7 +756,7 @@ def _itl_choice(
     return key, f"{d.label} (per chunk: a run lacks per-token ITL)"
 
 
-def _by_session(runs: Sequence[Mapping[str, Any]], values: Sequence[float]) -> list[list[float]]:
+def _by_session(runs: Sequence[RunFigures], values: Sequence[float]) -> list[list[float]]:
     """``values`` (aligned with ``runs``) grouped by the runs' ``session``, in order of first appearance. Runs
     recorded before sessions were kept carry none and form one group: nothing says they came from several."""
     groups: dict[str, list[float]] = {}
@@ -712,7 +765,7 @@ def _by_session(runs: Sequence[Mapping[str, Any]], values: Sequence[float]) -> l
     return list(groups.values())
 
 
-def _counts(runs: Sequence[Mapping[str, Any]]) -> tuple[int, int] | str:
+def _counts(runs: Sequence[RunFigures]) -> tuple[int, int] | str:
     """(failed, total requests) pooled over runs, from ``failed``/``completed`` (or ``n``/``error_rate``)."""
     failed = total = 0
     for i, run in enumerate(runs):
@@ -734,7 +787,7 @@ def _is_count(x: object) -> TypeGuard[int]:
 
 
 def _measure_proportion(
-    common: dict[str, Any], cand: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]], bound: float
+    common: _Common, cand: Sequence[RunFigures], base: Sequence[RunFigures], bound: float
 ) -> MetricVerdict:
     cc, bc = _counts(cand), _counts(base)
     if isinstance(cc, str) or isinstance(bc, str):

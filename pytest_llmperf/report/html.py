@@ -11,6 +11,8 @@ Contents, from a session document (``--llmperf-json``):
   (medians of its recorded runs) beside the current one, and the capacity at each latency SLO;
 - per test: empirical CDFs of TTFT, TPOT and E2E latency per request, baseline against current.
 
+This module is the document; the charts come from :mod:`pytest_llmperf.report.plots` (matplotlib, inline SVG).
+
 Every string from the document is escaped; a value that is missing renders as "—", never as 0.
 """
 
@@ -18,12 +20,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import itertools
 import math
 import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,9 @@ from pytest_llmperf.judge.capacity import (
     point_along,
     sweeps_of,
 )
+from pytest_llmperf.report import plots
 from pytest_llmperf.report.tables import server_label
+from pytest_llmperf.results import IMPROVEMENT, INCONCLUSIVE, NO_BASELINE, NOT_COMPARABLE, PASS, REGRESSION
 
 __all__ = ["render_html", "write_html"]
 
@@ -47,15 +50,15 @@ ECDF_POINTS = 240
 # Status → (rank in the table, CSS class). Lower ranks come first.
 _RANK = {
     "SLO BREACH": (0, "bad"),
-    "REGRESSION": (1, "bad"),
+    REGRESSION: (1, "bad"),
     "FAILED": (2, "bad"),
     "INTERRUPTED": (2, "bad"),
     "SLO MISSED": (3, "warn"),
-    "INCONCLUSIVE": (4, "warn"),
-    "NOT_COMPARABLE": (5, "warn"),
-    "NO_BASELINE": (6, "info"),
-    "IMPROVEMENT": (7, "good"),
-    "PASS": (8, "good"),
+    INCONCLUSIVE: (4, "warn"),
+    NOT_COMPARABLE: (5, "warn"),
+    NO_BASELINE: (6, "info"),
+    IMPROVEMENT: (7, "good"),
+    PASS: (8, "good"),
 }
 
 
@@ -125,7 +128,7 @@ def _status(result: Mapping[str, Any]) -> str:
     if breached and result.get("slo_gating", True):
         return "SLO BREACH"
     verdict = str((result.get("verdict") or {}).get("status") or "")
-    if verdict == "REGRESSION":
+    if verdict == REGRESSION:
         return verdict
     outcome = str(result.get("outcome") or "")
     if outcome in ("failed", "interrupted"):
@@ -140,258 +143,20 @@ def _ordered(results: Sequence[Mapping[str, Any]]) -> list[tuple[int, Mapping[st
     return sorted(indexed, key=lambda pair: _RANK.get(_status(pair[1]), (9, ""))[0])
 
 
-# -- SVG plotting ----------------------------------------------------------------------------------------------
+# -- figures --------------------------------------------------------------------------------------------------------
+
+# The page's colours for the reference side (baseline or A) and the measured side (current or B).
+_BASE_COLOR, _CUR_COLOR = "#8c8c8c", "#1f5fa8"
 
 
-def _nice_step(span: float, target: int) -> float:
-    raw = span / max(target, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    for factor in (1, 2, 2.5, 5, 10):
-        if raw <= factor * magnitude:
-            return float(factor * magnitude)
-    return float(10 * magnitude)
-
-
-@dataclass
-class _Axis:
-    """A linear axis from ``lo`` to ``hi`` (rounded out to ticks) mapped onto pixels ``p0``..``p1``."""
-
-    lo: float
-    hi: float
-    p0: float
-    p1: float
-    ticks: list[float] = field(default_factory=list)
-
-    @classmethod
-    def fit(cls, values: Iterable[float], p0: float, p1: float, *, zero: bool = True, target: int = 5) -> _Axis:
-        data = [v for v in values if math.isfinite(v)]
-        lo = min(data) if data else 0.0
-        hi = max(data) if data else 1.0
-        if zero:
-            lo = min(lo, 0.0)
-            hi = max(hi, 0.0)
-        elif hi > lo:
-            # Zoomed to the data: a margin so that no point sits on the frame, never crossing zero.
-            margin = (hi - lo) * 0.06
-            lo = lo - margin if lo < 0 or lo - margin >= 0 else 0.0
-            hi += margin
-        if hi - lo <= 0:
-            pad = abs(hi) * 0.1 or 1.0
-            lo, hi = lo - pad, hi + pad
-            if zero and lo < 0 <= min(data or [0.0]):
-                lo = 0.0
-        step = _nice_step(hi - lo, target)
-        lo = math.floor(lo / step + 1e-9) * step
-        hi = math.ceil(hi / step - 1e-9) * step
-        if hi <= lo:
-            hi = lo + step
-        count = round((hi - lo) / step)
-        ticks = [lo + i * step for i in range(count + 1)]
-        return cls(lo, hi, p0, p1, ticks)
-
-    def map(self, value: float) -> float:
-        return self.p0 + (value - self.lo) / (self.hi - self.lo) * (self.p1 - self.p0)
-
-
-def _tick_label(value: float, ticks: Sequence[float]) -> str:
-    """Tick text with as many decimals as the step needs (2.5 → "2.5", 7.5), thousands as "k" on wide axes."""
-    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else 1.0
-    if max(abs(t) for t in ticks) >= 10000 and step >= 100:
-        return f"{value / 1000:g}k" if value else "0"
-    decimals = 0
-    while decimals < 6 and abs(step * 10**decimals - round(step * 10**decimals)) > 1e-6:
-        decimals += 1
-    return f"{value:,.{decimals}f}"
-
-
-@dataclass
-class _Series:
-    """Points of one curve. ``style`` is ``cur`` or ``base``; ``labels`` align with ``points``."""
-
-    name: str
-    style: str
-    points: list[tuple[float, float]]
-    labels: list[str] = field(default_factory=list)
-    connect: bool = True
-    step: bool = False
-    front: list[tuple[float, float]] | None = None
-
-
-@dataclass
-class _Marker:
-    x: float
-    y: float
-    text: str
-
-
-@dataclass
-class _Plot:
-    kind: str
-    title: str
-    x_label: str
-    y_label: str
-    series: list[_Series]
-    vlines: list[tuple[float, str]] = field(default_factory=list)
-    markers: list[_Marker] = field(default_factory=list)
-    width: int = 560
-    height: int = 380
-    y_zero: bool = True
-    x_zero: bool = True
-    y_max: float | None = None
-
-
-_CHAR_W = 6.3  # px per character of the 11px label font, for placing labels without overlaps
-
-
-_Rect = tuple[float, float, float, float]
-
-
-def _place_label(x: float, y: float, text: str, taken: list[_Rect], box: _Rect) -> tuple[float, float, str]:
-    """Pick a spot near (x, y) for ``text`` that overlaps no label placed so far and stays inside ``box``."""
-    w, h = len(text) * _CHAR_W, 11.0
-    candidates = [(6, -6, "start"), (6, 14, "start"), (-6, -6, "end"), (-6, 14, "end"), (0, -12, "middle")]
-    candidates += [(6, -18, "start"), (6, 26, "start"), (-6, -18, "end"), (-6, 26, "end"), (0, 24, "middle")]
-    best: tuple[float, float, str] | None = None
-    for dx, dy, anchor in candidates:
-        left = x + dx - (w if anchor == "end" else w / 2 if anchor == "middle" else 0)
-        rect = (left, y + dy - h + 2, left + w, y + dy + 2)
-        inside = rect[0] >= box[0] and rect[2] <= box[2] and rect[1] >= box[1] and rect[3] <= box[3]
-        clear = all(rect[2] <= t[0] or rect[0] >= t[2] or rect[3] <= t[1] or rect[1] >= t[3] for t in taken)
-        if inside and clear:
-            taken.append(rect)
-            return x + dx, y + dy, anchor
-        if best is None and inside:
-            best = (x + dx, y + dy, anchor)
-    chosen = best or (x + 6, y - 6, "start")
-    left = chosen[0] - (w if chosen[2] == "end" else 0)
-    taken.append((left, chosen[1] - h + 2, left + w, chosen[1] + 2))
-    return chosen
-
-
-def _pts(points: Sequence[tuple[float, float]]) -> str:
-    return " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-
-
-def _svg(plot: _Plot) -> str:
-    """An inline SVG scatter/line plot with axes, ticks, legend and point labels."""
-    left, right, top, bottom = 64, 16, 44, 48
-    w, h = plot.width, plot.height
-    xs = [x for s in plot.series for x, _ in s.points] + [m.x for m in plot.markers]
-    # An SLO line far beyond the data would squash it against the axis: it is then named at the edge instead.
-    top_x = max(xs, default=0.0)
-    shown_vlines = [(x, t) for x, t in plot.vlines if not xs or x <= 2 * top_x]
-    off_scale = [(x, t) for x, t in plot.vlines if (x, t) not in shown_vlines]
-    xs += [x for x, _ in shown_vlines]
-    ys = [y for s in plot.series for _, y in s.points] + [m.y for m in plot.markers]
-    if plot.y_max is not None:
-        ys.append(plot.y_max)
-    ax = _Axis.fit(xs, left, w - right, zero=plot.x_zero)
-    ay = _Axis.fit(ys, h - bottom, top, zero=plot.y_zero)
-    out = [
-        f'<svg class="plot" data-plot="{_e(plot.kind)}" xmlns="http://www.w3.org/2000/svg" width="{w}" '
-        f'height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{_e(plot.title)}">',
-        f"<title>{_e(plot.title)}</title>",
-        f'<rect class="frame" x="{left}" y="{top}" width="{w - left - right}" height="{h - top - bottom}"/>',
-    ]
-    for t in ax.ticks:
-        px = ax.map(t)
-        out.append(f'<line class="grid" x1="{px:.1f}" y1="{top}" x2="{px:.1f}" y2="{h - bottom}"/>')
-        out.append(
-            f'<text class="tick" x="{px:.1f}" y="{h - bottom + 15}" text-anchor="middle">'
-            f"{_tick_label(t, ax.ticks)}</text>"
-        )
-    for t in ay.ticks:
-        py = ay.map(t)
-        out.append(f'<line class="grid" x1="{left}" y1="{py:.1f}" x2="{w - right}" y2="{py:.1f}"/>')
-        out.append(
-            f'<text class="tick" x="{left - 6}" y="{py + 4:.1f}" text-anchor="end">{_tick_label(t, ay.ticks)}</text>'
-        )
-    out.append(
-        f'<text class="axis-label" x="{(left + w - right) / 2:.0f}" y="{h - 10}" text-anchor="middle">'
-        f"{_e(plot.x_label)}</text>"
-    )
-    out.append(
-        f'<text class="axis-label" transform="translate(14 {(top + h - bottom) / 2:.0f}) rotate(-90)" '
-        f'text-anchor="middle">{_e(plot.y_label)}</text>'
-    )
-    box = (left, top, w - right, h - bottom)
-    slo_rects: list[_Rect] = []
-    for _, text in off_scale:
-        note = f"{text} (off scale →)"
-        out.append(f'<text class="slo-label" x="{w - right - 4}" y="{top + 12}" text-anchor="end">{_e(note)}</text>')
-        slo_rects.append((w - right - 4 - len(note) * _CHAR_W, top, w - right, top + 14))
-    for x, text in shown_vlines:
-        px = ax.map(x)
-        out.append(f'<line class="slo" x1="{px:.1f}" y1="{top}" x2="{px:.1f}" y2="{h - bottom}"/>')
-        # Left of the line when it fits inside the frame, else right of it.
-        fits_left = px - 4 - len(text) * _CHAR_W * 0.9 >= left
-        lx, anchor = (px - 4, "end") if fits_left else (px + 4, "start")
-        out.append(f'<text class="slo-label" x="{lx:.1f}" y="{top + 12}" text-anchor="{anchor}">{_e(text)}</text>')
-        start = lx - len(text) * _CHAR_W if fits_left else lx
-        slo_rects.append((start, top, start + len(text) * _CHAR_W, top + 14))
-    # Labels keep clear of every point as well as of each other.
-    taken: list[_Rect] = [
-        (ax.map(x) - 4, ay.map(y) - 4, ax.map(x) + 4, ay.map(y) + 4)
-        for s in plot.series
-        if not s.step
-        for x, y in s.points
-    ]
-    taken += slo_rects
-    for s in plot.series:
-        mapped = [(ax.map(x), ay.map(y)) for x, y in s.points]
-        if s.front is not None and s.front:
-            front = [(ax.map(x), ay.map(y)) for x, y in s.front]
-            out.append(f'<polyline class="pareto {s.style}" data-role="pareto-front" points="{_pts(front)}"/>')
-        elif s.connect and len(mapped) > 1:
-            if s.step:
-                stepped = [mapped[0]]
-                for (_, y0), (x1, y1) in itertools.pairwise(mapped):
-                    stepped += [(x1, y0), (x1, y1)]
-                mapped_line = stepped
-            else:
-                mapped_line = mapped
-            out.append(f'<polyline class="curve {s.style}" points="{_pts(mapped_line)}"/>')
-        if not s.step:
-            on_front = set(s.front or ())
-            for (x, y), (px, py) in zip(s.points, mapped, strict=True):
-                hollow = " off-front" if s.front is not None and (x, y) not in on_front else ""
-                out.append(f'<circle class="pt {s.style}{hollow}" cx="{px:.1f}" cy="{py:.1f}" r="3.6"/>')
-        for label, (px, py) in zip(s.labels, mapped, strict=False):
-            lx, ly, anchor = _place_label(px, py, label, taken, box)
-            out.append(
-                f'<text class="pt-label {s.style}" x="{lx:.1f}" y="{ly:.1f}" text-anchor="{anchor}">{_e(label)}</text>'
-            )
-    for m in plot.markers:
-        px, py = ax.map(m.x), ay.map(m.y)
-        out.append(
-            f'<path class="capacity" data-role="capacity" d="M{px:.1f},{py - 7:.1f} L{px + 7:.1f},{py:.1f} '
-            f'L{px:.1f},{py + 7:.1f} L{px - 7:.1f},{py:.1f} Z"/>'
-        )
-        lx, ly, anchor = _place_label(px, py, m.text, taken, box)
-        out.append(f'<text class="capacity-label" x="{lx:.1f}" y="{ly:.1f}" text-anchor="{anchor}">{_e(m.text)}</text>')
-    # Title on the first line, legend right-aligned on the second, both above the frame.
-    lx = w - right
-    for s in reversed(plot.series):
-        text_w = len(s.name) * _CHAR_W
-        out.append(f'<text class="legend" x="{lx:.1f}" y="{top - 8}" text-anchor="end">{_e(s.name)}</text>')
-        lx -= text_w + 26
-        out.append(
-            f'<line class="curve {s.style}" x1="{lx + 4:.1f}" y1="{top - 12}" x2="{lx + 20:.1f}" y2="{top - 12}"/>'
-        )
-        lx -= 8
-    out.append(f'<text class="plot-title" x="{left}" y="{top - 26}">{_e(plot.title)}</text>')
-    out.append("</svg>")
-    return "".join(out)
-
-
-def _figure(plot: _Plot, caption: str = "") -> str:
-    if not any(s.points for s in plot.series):
+def _figure(plot: plots.Plot, uid: str, caption: str = "") -> str:
+    if not plots.has_data(plot):
         return (
             f'<figure class="empty" data-plot="{_e(plot.kind)}"><div class="no-data">{_e(plot.title)}: no data '
             f"(no successful request measured it)</div></figure>"
         )
     cap = f"<figcaption>{caption}</figcaption>" if caption else ""
-    return f"<figure>{_svg(plot)}{cap}</figure>"
+    return f"<figure>{plots.render_svg(plot, uid)}{cap}</figure>"
 
 
 # -- sweeps ------------------------------------------------------------------------------------------------------
@@ -456,18 +221,33 @@ def _baseline_capacity(sweep: Sweep, slo: str, limit: float) -> Capacity | None:
     return capacity_at_slo(grouped[0], slo, limit, gpu_count=sweep.gpu_count) if grouped else None
 
 
-def _labelled(curve: _SweepCurve, xs: list[float | None], ys: list[float | None]) -> tuple[list[Any], list[str]]:
+def _side(
+    name: str, curve: _SweepCurve, xs: list[float | None], ys: list[float | None], *, reference: bool, front: bool
+) -> plots.Series | None:
+    """One side's points labelled ``cX`` by concurrency: joined in concurrency order, or by their Pareto front."""
     points, labels = [], []
     for c, x, y in zip(curve.concurrency, xs, ys, strict=True):
         if x is not None and y is not None:
             points.append((x, y))
             labels.append(f"c{c}")
-    return points, labels
+    if not points:
+        return None
+    on_front = pareto_front(points) if front else []
+    return plots.Series(
+        name,
+        tuple(x for x, _ in points),
+        tuple(y for _, y in points),
+        tuple(labels),
+        color=_BASE_COLOR if reference else _CUR_COLOR,
+        dashed=reference,
+        join="none" if front else "line",
+        front=tuple(points.index(p) for p in on_front) if front else None,
+    )
 
 
-def _capacity_marker(
+def _capacity_mark(
     cap: Capacity, curve: _SweepCurve, xs: list[float | None], ys: list[float | None]
-) -> _Marker | None:
+) -> plots.Mark | None:
     if cap.status == "none":
         return None
     x = point_along(list(zip(curve.concurrency, xs, strict=True)), cap.concurrency)
@@ -475,7 +255,7 @@ def _capacity_marker(
     if x is None or y is None:
         return None
     prefix = "≥" if cap.lower_bound else "≈"
-    return _Marker(x, y, f"{cap.slo} cap. c{prefix}{cap.concurrency:.3g}")
+    return plots.Mark(x, y, f"{cap.slo} cap. c{prefix}{cap.concurrency:.3g}")
 
 
 def _capacity_text(cap: Capacity, base: Capacity | None) -> str:
@@ -522,49 +302,45 @@ def _sweep_section(index: int, sweep: Sweep) -> str:
     per = "per GPU" if sweep.gpu_count else "per server"
     caps = [capacity_at_slo(sweep, name) for name in capacity_slo_names(sweep)]
 
-    # (a) output throughput vs median E2E latency.
-    series_a = []
-    for curve, name, style in ((base, names[0], "base"), (cur, names[1], "cur")):
-        points, labels = _labelled(curve, curve.e2e_ms, curve.throughput)
-        if points:
-            series_a.append(_Series(name, style, points, labels))
-    plot_a = _Plot(
-        "throughput-latency",
-        "Output throughput vs median E2E latency",
-        "median end-to-end latency (ms)",
-        "output throughput (tok/s)",
-        series_a,
-        x_zero=False,
-        y_zero=False,
-    )
-    # (b) throughput per GPU vs interactivity, with Pareto fronts.
-    series_b = []
-    for curve, name, style in ((base, names[0], "base"), (cur, names[1], "cur")):
-        points, labels = _labelled(curve, curve.interactivity, curve.per_unit)
-        if points:
-            series_b.append(_Series(name, style, points, labels, front=pareto_front(points)))
-    unit = "GPU" if sweep.gpu_count else "server"
-    plot_b = _Plot(
-        "throughput-interactivity",
-        f"Throughput {per} vs interactivity",
-        "interactivity (tok/s/user = 1000 / median TPOT)",
-        f"output tok/s per {unit}" + ("" if sweep.gpu_count else " (GPU count unknown)"),
-        series_b,
-        x_zero=False,
-        y_zero=False,
-    )
+    sides = ((base, names[0], True), (cur, names[1], False))
+    # (a) output throughput vs median E2E latency; (b) throughput per GPU vs interactivity, with Pareto fronts.
+    series_a = [_side(n, c, c.e2e_ms, c.throughput, reference=r, front=False) for c, n, r in sides]
+    series_b = [_side(n, c, c.interactivity, c.per_unit, reference=r, front=True) for c, n, r in sides]
+    refs_a: list[plots.RefLine] = []
+    refs_b: list[plots.RefLine] = []
+    marks_a: list[plots.Mark] = []
+    marks_b: list[plots.Mark] = []
     lines = []
     for cap in caps:
         lines.append(_capacity_text(cap, _baseline_capacity(sweep, cap.slo, cap.limit)))
         if cap.slo == "e2e_p50_ms":
-            plot_a.vlines.append((cap.limit, f"SLO {cap.slo} ≤ {cap.limit:g}"))
+            refs_a.append(plots.RefLine(cap.limit, f"SLO {cap.slo} ≤ {cap.limit:g}"))
         if cap.slo == "tok_s_per_user":
-            plot_b.vlines.append((cap.limit, f"SLO ≥ {cap.limit:g} tok/s/user"))
+            refs_b.append(plots.RefLine(cap.limit, f"SLO ≥ {cap.limit:g} tok/s/user"))
         # The capacity is a concurrency: mark it along each current curve, whatever metric the SLO bounds.
-        for plot, xs, ys in ((plot_a, cur.e2e_ms, cur.throughput), (plot_b, cur.interactivity, cur.per_unit)):
-            marker = _capacity_marker(cap, cur, xs, ys)
-            if marker:
-                plot.markers.append(marker)
+        for marks, xs, ys in ((marks_a, cur.e2e_ms, cur.throughput), (marks_b, cur.interactivity, cur.per_unit)):
+            mark = _capacity_mark(cap, cur, xs, ys)
+            if mark:
+                marks.append(mark)
+    unit = "GPU" if sweep.gpu_count else "server"
+    plot_a = plots.Plot(
+        "throughput-latency",
+        "Output throughput vs median E2E latency",
+        "median end-to-end latency (ms)",
+        "output throughput (tok/s)",
+        tuple(s for s in series_a if s),
+        tuple(refs_a),
+        tuple(marks_a),
+    )
+    plot_b = plots.Plot(
+        "throughput-interactivity",
+        f"Throughput {per} vs interactivity",
+        "interactivity (tok/s/user = 1000 / median TPOT)",
+        f"output tok/s per {unit}" + ("" if sweep.gpu_count else " (GPU count unknown)"),
+        tuple(s for s in series_b if s),
+        tuple(refs_b),
+        tuple(marks_b),
+    )
     if not caps:
         lines.append('<li class="muted">no latency SLO on this sweep, so no capacity at SLO</li>')
     gpus = f"{sweep.gpu_count} GPUs" if sweep.gpu_count else "GPU count unknown: throughput is per server"
@@ -575,7 +351,8 @@ def _sweep_section(index: int, sweep: Sweep) -> str:
         f'<p class="muted">{_e(_workload_text(sweep.workload, with_load=False))} · concurrency '
         f"{_e(', '.join(f'c{c}' for c in sweep.concurrencies))} · {_e(gpus)}</p>"
         f'<ul class="capacity">{"".join(lines)}</ul>'
-        f'<div class="plots">{_figure(plot_a)}{_figure(plot_b, _e(caption_b))}</div></section>'
+        f'<div class="plots">{_figure(plot_a, f"sweep{index}-a")}'
+        f"{_figure(plot_b, f'sweep{index}-b', _e(caption_b))}</div></section>"
     )
 
 
@@ -689,29 +466,38 @@ def _test_section(index: int, result: Mapping[str, Any]) -> str:
     figures, rows = [], []
     for metric, name in _DIST_NAMES.items():
         series = []
-        for data, label, style in ((baseline[metric], names[0], "base"), (current[metric], names[1], "cur")):
+        for data, label, reference in ((baseline[metric], names[0], True), (current[metric], names[1], False)):
             if data:
-                points = _ecdf(data)
                 # Start each step curve at probability 0 so it reads as a CDF.
-                series.append(_Series(f"{label} (n={len(data)})", style, [(points[0][0], 0.0), *points], step=True))
+                curve = _ecdf(data)
+                points = [(curve[0][0], 0.0), *curve]
+                series.append(
+                    plots.Series(
+                        f"{label} (n={len(data)})",
+                        tuple(x for x, _ in points),
+                        tuple(y for _, y in points),
+                        color=_BASE_COLOR if reference else _CUR_COLOR,
+                        dashed=reference,
+                        join="step",
+                    )
+                )
         p50b, p50c = _quantile(baseline[metric], 0.5), _quantile(current[metric], 0.5)
         p99b, p99c = _quantile(baseline[metric], 0.99), _quantile(current[metric], 0.99)
         rows.append(
             f"<tr><th>{_e(name)}</th><td>{_fmt(p50b)}</td><td>{_fmt(p50c)}</td><td>{_fmt(p99b)}</td>"
             f"<td>{_fmt(p99c)}</td></tr>"
         )
-        plot = _Plot(
+        plot = plots.Plot(
             f"ecdf-{metric}",
             f"{name} per request (ECDF)",
             f"{name} (ms)",
             "fraction of requests ≤ x",
-            series,
+            tuple(series),
+            y_limits=(0.0, 1.02),  # the top step stays visible below the frame
             width=380,
             height=280,
-            y_max=1.0,
-            x_zero=False,
         )
-        figures.append(_figure(plot))
+        figures.append(_figure(plot, f"test{index}-{metric}"))
     table = (
         f'<table class="dist"><thead><tr><th>per request, ms</th><th>{names[0]} p50</th><th>{names[1]} p50</th>'
         f"<th>{names[0]} p99</th><th>{names[1]} p99</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
@@ -797,7 +583,7 @@ def _verdict_cell(result: Mapping[str, Any]) -> str:
     extra = []
     for m in verdict.get("metrics") or ():
         # Gating metrics that did not pass; advisory ones (p99s) stay in the per-test section's verdict reason.
-        if m.get("gating", True) and m.get("status") in ("REGRESSION", "IMPROVEMENT", "INCONCLUSIVE"):
+        if m.get("gating", True) and m.get("status") in (REGRESSION, IMPROVEMENT, INCONCLUSIVE):
             est = _num(m.get("estimate"))
             ratio = DASH if est is None else f"×{est:.3f}"
             extra.append(f"{m.get('label') or m.get('name')}: {m.get('status')} {ratio}")
@@ -863,9 +649,10 @@ def _header(document: Mapping[str, Any], title: str, generated: _dt.datetime) ->
     return f'<header><h1>{_e(title)}</h1><dl class="meta">{items}</dl><p>{len(results)} results {summary}</p></header>'
 
 
-_CSS = """
-:root{--cur:#1f5fa8;--base:#8c8c8c;--bad:#b3261e;--warn:#a15c00;--good:#1b7a3a;--info:#44546a;--slo:#b3261e;
---cap:#d9730d;--fg:#1d232b;--muted:#5b6573;--bg:#fff;--line:#d8dde3}
+_CSS = (
+    """
+:root{--bad:#b3261e;--warn:#a15c00;--good:#1b7a3a;--info:#44546a;--fg:#1d232b;--muted:#5b6573;--bg:#fff;
+--line:#d8dde3}
 *{box-sizing:border-box}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans",sans-serif;color:var(--fg);
 background:var(--bg);margin:0 auto;padding:16px 24px 48px;max-width:1400px}
@@ -895,24 +682,12 @@ li.capacity-line.bad{color:var(--bad)}
 .plots{display:flex;flex-wrap:wrap;gap:12px;margin-top:8px}
 figure{margin:0;max-width:100%}figcaption{font-size:12px;color:var(--muted);max-width:560px}
 figure.empty .no-data{padding:16px;border:1px dashed var(--line);color:var(--muted)}
-svg.plot{display:block;max-width:100%;height:auto;font-family:inherit}
-svg .frame{fill:none;stroke:#9aa3ad}svg .grid{stroke:#eceff2}
-svg .tick{font-size:10px;fill:var(--muted)}svg .axis-label{font-size:11px;fill:var(--fg)}
-svg .plot-title{font-size:12px;font-weight:600;fill:var(--fg)}svg .legend{font-size:11px;fill:var(--fg)}
-svg .curve{fill:none;stroke-width:1.6}svg .curve.cur{stroke:var(--cur)}
-svg .curve.base{stroke:var(--base);stroke-dasharray:5 3}
-svg .pareto{fill:none;stroke-width:2.6;stroke-linejoin:round}svg .pareto.cur{stroke:var(--cur)}
-svg .pareto.base{stroke:var(--base);stroke-dasharray:6 3}
-svg .pt.cur{fill:var(--cur)}svg .pt.base{fill:var(--base)}
-svg .pt.off-front{fill:#fff;stroke-width:1.4}svg .pt.cur.off-front{stroke:var(--cur)}
-svg .pt.base.off-front{stroke:var(--base)}
-svg .pt-label{font-size:11px}svg .pt-label.cur{fill:var(--cur)}svg .pt-label.base{fill:var(--base)}
-svg .slo{stroke:var(--slo);stroke-dasharray:4 3;stroke-width:1.2}svg .slo-label{font-size:10px;fill:var(--slo)}
-svg .capacity{fill:var(--cap);stroke:#fff;stroke-width:1}
-svg .capacity-label{font-size:11px;font-weight:600;fill:var(--cap)}
+svg.plot{display:block;max-width:100%;height:auto}
 table.dist{width:auto;margin-top:6px}table.dist td{text-align:right;font-variant-numeric:tabular-nums}
 footer{margin-top:32px;font-size:12px;color:var(--muted)}
 """
+    + plots.PAGE_CSS
+)
 
 
 def render_html(document: Mapping[str, Any], *, title: str | None = None, generated: _dt.datetime | None = None) -> str:

@@ -8,8 +8,11 @@ Appended to ``item.user_properties`` (not ``record_property``), so they are writ
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TypeAlias
+
+from pytest_llmperf.results import RunDocument, RunSummary
+
+Property: TypeAlias = tuple[str, str | float | None]
 
 _LATENCY = ("ttft", "tpot", "itl", "e2e")
 _STATS = ("mean", "p50", "p90", "p95", "p99")
@@ -32,7 +35,13 @@ def _summary_key(metric: str, stat: str, compat: str) -> str:
     return f"{'median' if stat == 'p50' else stat}_{name}_ms"
 
 
-def _itl_per_token(summary: Mapping[str, Any], compat: str) -> bool:
+def _number(summary: RunSummary, key: str) -> float | None:
+    """The figure under a computed key (its name depends on the mode and the statistic), if it is a number."""
+    value = summary.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _itl_per_token(summary: RunSummary, compat: str) -> bool:
     """ITL properties are per token when chunks carried more than one token on average (MTP, speculative
     decoding) and per-token figures exist; per chunk (as vLLM prints) otherwise. ``llmperf.itl_ms.source`` says
     which."""
@@ -42,26 +51,27 @@ def _itl_per_token(summary: Mapping[str, Any], compat: str) -> bool:
     return summary.get(_summary_key("itl_token", "p99", compat)) is not None
 
 
-def properties(document: Mapping[str, Any]) -> list[tuple[str, Any]]:
+def properties(document: RunDocument) -> list[Property]:
     """``(name, value)`` pairs for one ``llmperf.run()`` (a result document); missing values are left out."""
-    summary: Mapping[str, Any] = document.get("summary") or {}
+    summary: RunSummary = document.get("summary") or {}
     compat = str(summary.get("compat_mode") or "vllm")
-    out: list[tuple[str, Any]] = [("llmperf.runs", len(document.get("runs") or [summary]))]
+    out: list[Property] = [("llmperf.runs", len(document.get("runs") or [summary]))]
     per_token = _itl_per_token(summary, compat)
     for metric in _LATENCY:
         for stat in _STATS:
             source = "itl_token" if metric == "itl" and per_token else metric
-            value = summary.get(_summary_key(source, stat, compat))
+            value = _number(summary, _summary_key(source, stat, compat))
             if value is not None:
-                out.append((f"llmperf.{metric}_ms.{stat}", round(float(value), 4)))
+                out.append((f"llmperf.{metric}_ms.{stat}", round(value, 4)))
     out.append(("llmperf.itl_ms.source", "per_token" if per_token else "per_chunk"))
     for key, name in _SCALARS.items():
-        value = summary.get(key)
+        value = _number(summary, key)
         if value is not None:
-            out.append((f"llmperf.{name}", round(float(value), 4)))
+            out.append((f"llmperf.{name}", round(value, 4)))
     for key in ("cached_prompt_tokens", "cached_prompt_fraction"):
-        if summary.get(key) is not None:
-            out.append((f"llmperf.{key}", round(float(summary[key]), 4)))
+        value = _number(summary, key)
+        if value is not None:
+            out.append((f"llmperf.{key}", round(value, 4)))
     runs = document.get("runs") or [summary]
     invalid = [f"run {k + 1}: {why}" for k, run in enumerate(runs) for why in run.get("invalid_reasons") or ()]
     if invalid:
@@ -83,13 +93,15 @@ def properties(document: Mapping[str, Any]) -> list[tuple[str, Any]]:
     if verdict:
         out.append((f"{prefix}verdict", verdict.get("status")))
     for m in verdict.get("metrics", ()):
-        for field, label in zip(("baseline_value", "candidate_value", "estimate"), labels, strict=True):
-            if m.get(field) is not None:
-                out.append((f"{prefix}{m['name']}.{label}", round(float(m[field]), 4)))
+        values = (m.get("baseline_value"), m.get("candidate_value"), m.get("estimate"))
+        for value, label in zip(values, labels, strict=True):
+            if value is not None:
+                out.append((f"{prefix}{m['name']}.{label}", round(float(value), 4)))
         out.append((f"{prefix}{m['name']}.verdict", m["status"]))
     for slo in document.get("slos", ()):
         out.append((f"llmperf.slo.{slo['name']}.limit", slo["limit"]))
-        if slo.get("measured") is not None:
-            out.append((f"llmperf.slo.{slo['name']}.measured", round(float(slo["measured"]), 4)))
+        measured = slo.get("measured")
+        if measured is not None:
+            out.append((f"llmperf.slo.{slo['name']}.measured", round(float(measured), 4)))
         out.append((f"llmperf.slo.{slo['name']}.status", "ok" if slo["passed"] else "breach"))
     return out

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from pytest_llmperf.report.terminal import status
+from pytest_llmperf.results import EndpointDict, RunDocument
 
 
-def _cell(value: Any, digits: int = 1) -> str:
+def _cell(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
@@ -16,7 +16,7 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def step_summary(results: Sequence[Mapping[str, Any]], *, pair: str, endpoint: Mapping[str, Any] | None) -> str:
+def step_summary(results: Sequence[RunDocument], *, pair: str, endpoint: EndpointDict | None) -> str:
     endpoint = endpoint or {}
     lines = [
         f"### pytest-llmperf · {_escape(pair)}",

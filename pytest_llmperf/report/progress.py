@@ -7,13 +7,22 @@ written around pytest's output capture so that it reaches the terminal while the
 from __future__ import annotations
 
 import time
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+import pytest
 
 _INTERVAL_S = 0.25
 
 
+class _Capture(Protocol):
+    """What is used of pytest's capture manager (its class is not public)."""
+
+    def global_and_fixture_disabled(self) -> AbstractContextManager[None]: ...
+
+
 class LiveProgress:
-    def __init__(self, terminal: Any, capture: Any, label: str) -> None:
+    def __init__(self, terminal: pytest.TerminalReporter, capture: _Capture, label: str) -> None:
         self._terminal = terminal
         self._capture = capture
         self._label = label

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
+
+from pytest_llmperf.results import INCONCLUSIVE, PASS, MetricVerdictDict, VerdictDict
+
+if TYPE_CHECKING:
+    from pytest_llmperf.judge.verdict import Verdict  # scipy: only for the annotation
 
 
 def _value(value: float | None, unit: str) -> str:
@@ -14,7 +19,7 @@ def _value(value: float | None, unit: str) -> str:
     return f"{value:.4g} {unit}".strip()
 
 
-def _ratio(m: Mapping[str, Any]) -> str:
+def _ratio(m: MetricVerdictDict) -> str:
     estimate, lower, upper = m.get("estimate"), m.get("lower"), m.get("upper")
     if estimate is None:
         return "-"
@@ -29,7 +34,7 @@ def _ratio(m: Mapping[str, Any]) -> str:
     return text
 
 
-def _unit(m: Mapping[str, Any]) -> str:
+def _unit(m: MetricVerdictDict) -> str:
     key = str(m.get("key", ""))
     if key.endswith("_ms"):
         return "ms"
@@ -38,21 +43,25 @@ def _unit(m: Mapping[str, Any]) -> str:
     return "tok/s" if "throughput" in key else ""
 
 
-def _tolerance(m: Mapping[str, Any]) -> str:
+def _tolerance(m: MetricVerdictDict) -> str:
     tol = float(m.get("tolerance", 0.0))
     return f"{tol * 100:.2g}pp" if m.get("scale") == "difference" else f"{tol * 100:.3g}%"
 
 
-def server_label(info: Mapping[str, Any]) -> str:
-    """ "engine version · url" of an endpoint's public dict, for the A/B sections of every report."""
+def server_label(info: Mapping[str, object]) -> str:
+    """ "engine version · url" of an endpoint's public dict (an EndpointDict, or one read back from JSON), for
+    the A/B sections of every report."""
     engine = " ".join(str(x) for x in (info.get("engine") or "unknown", info.get("engine_version")) if x)
     return f"{engine} · {info.get('url', '?')}"
 
 
-def render_verdict_table(verdict: Mapping[str, Any]) -> str:
+def render_verdict_table(verdict: Verdict | VerdictDict) -> str:
     """metric | baseline | measured | ratio [90% interval] | tolerance | verdict, then the reasons that matter.
 
-    A/B verdicts (``reference == "A"``) read metric | A | B | B/A [90% interval] | tolerance | verdict."""
+    A/B verdicts (``reference == "A"``) read metric | A | B | B/A [90% interval] | tolerance | verdict. Takes the
+    verdict, or its dict form as a result document carries it (from another process or a JSON file).
+    """
+    verdict = verdict if isinstance(verdict, dict) else verdict.as_dict()
     ab = verdict.get("reference") == "A"
     header = (
         ("metric", "A", "B", "B/A [90% CI]", "tolerance", "verdict")
@@ -88,7 +97,7 @@ def render_verdict_table(verdict: Mapping[str, Any]) -> str:
     if rows:
         lines += _table(header, rows)
     for m in verdict.get("metrics", ()):
-        explain = (m.get("gating") and m["status"] != "PASS") or _slo_governs(m) or _advisory_beyond(m)
+        explain = (m.get("gating") and m["status"] != PASS) or _slo_governs(m) or _advisory_beyond(m)
         if explain and m.get("reason"):
             label = str(m.get("label") or m["name"])
             reason = str(m["reason"])
@@ -102,21 +111,21 @@ def render_verdict_table(verdict: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _slo_governs(m: Mapping[str, Any]) -> bool:
+def _slo_governs(m: MetricVerdictDict) -> bool:
     """A PASS of the error rate that its interval does not support (no failure, too few requests)."""
     upper = m.get("upper")
     return (
         m.get("scale") == "difference"
-        and m.get("status") == "PASS"
+        and m.get("status") == PASS
         and upper is not None
         and upper > float(m.get("tolerance", 0.0))
     )
 
 
-def _advisory_beyond(m: Mapping[str, Any]) -> bool:
+def _advisory_beyond(m: MetricVerdictDict) -> bool:
     """An advisory metric whose whole interval lies beyond its tolerance (worse at 90% confidence)."""
     lower = m.get("effect_lower")
-    return not m.get("gating") and m.get("status") == "INCONCLUSIVE" and lower is not None and lower > m.get("bound", 0)
+    return not m.get("gating") and m.get("status") == INCONCLUSIVE and lower is not None and lower > m.get("bound", 0)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -5,22 +5,34 @@ Returns ``(text, markup)`` lines; the terminal writer colours them only on a TTY
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Final
 
 from pytest_llmperf.report.tables import render_verdict_table, server_label
+from pytest_llmperf.results import (
+    IMPROVEMENT,
+    INCONCLUSIVE,
+    NO_BASELINE,
+    NOT_COMPARABLE,
+    PASS,
+    REGRESSION,
+    EndpointDict,
+    RunDocument,
+    WorkloadDict,
+)
 
-_ORDER = {"SLO BREACH": 0, "REGRESSION": 1, "INCONCLUSIVE": 2, "NOT_COMPARABLE": 3, "NO_BASELINE": 4}
-_COLOURS = {"SLO BREACH": "red", "REGRESSION": "red", "INCONCLUSIVE": "yellow", "IMPROVEMENT": "green", "PASS": "green"}
+SLO_BREACH: Final = "SLO BREACH"  # a result's word when a gating SLO failed, whatever its verdict
+_ORDER = {SLO_BREACH: 0, REGRESSION: 1, INCONCLUSIVE: 2, NOT_COMPARABLE: 3, NO_BASELINE: 4}
+_COLOURS = {SLO_BREACH: "red", REGRESSION: "red", INCONCLUSIVE: "yellow", IMPROVEMENT: "green", PASS: "green"}
 TEST_WIDTH = 40
 
 Line = tuple[str, dict[str, bool]]
 
 
-def status(result: Mapping[str, Any]) -> str:
+def status(result: RunDocument) -> str:
     """The one word that decides a result's place and colour in the table."""
     if result.get("slo_breached") and result.get("slo_gating", True):
-        return "SLO BREACH"
+        return SLO_BREACH
     return str((result.get("verdict") or {}).get("status", "-"))
 
 
@@ -59,20 +71,20 @@ def _middle(text: str, width: int) -> str:
     return text[:left] + "…" + text[len(text) - (width - 1 - left) :]
 
 
-def _ms(value: Any) -> str:
+def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
-def _workload(w: Mapping[str, Any]) -> str:
+def _workload(w: WorkloadDict) -> str:
     load = f"c{w['concurrency']}" if w.get("concurrency") else f"{w.get('request_rate')}/s"
     return f"{w.get('input_len')}/{w.get('output_len')} {load}"
 
 
 def render(
-    results: Sequence[Mapping[str, Any]],
+    results: Sequence[RunDocument],
     *,
     pair: str,
-    endpoint: Mapping[str, Any] | None,
+    endpoint: EndpointDict | None,
     verbose: int,
     recording: bool = False,
 ) -> list[Line]:
@@ -119,7 +131,7 @@ def render(
             lines.append((f"    warning: client-bound run: {'; '.join(s.get('client_reasons', []))}", {"yellow": True}))
         for warning in (s.get("validity") or {}).get("warnings", []):
             lines.append((f"    warning: {warning}", {"yellow": True}))
-        if status(r) == "IMPROVEMENT" and not (r.get("ab") or recording or verbose > 0):  # -v: in the verdict table
+        if status(r) == IMPROVEMENT and not (r.get("ab") or recording or verbose > 0):  # -v: in the verdict table
             hint = (r.get("verdict") or {}).get("hint") or "re-record the baseline with --llmperf-update"
             lines.append((f"    better than its baseline: {hint}", {"green": True}))
         if verbose > 0 and r.get("verdict", {}).get("metrics"):
@@ -131,9 +143,9 @@ def render(
     return lines
 
 
-def _missing_baselines(results: Sequence[Mapping[str, Any]], pair: str) -> list[Line]:
+def _missing_baselines(results: Sequence[RunDocument], pair: str) -> list[Line]:
     """One line after the table: how many tests have no baseline, and how to record theirs."""
-    tests = {r["nodeid"] for r in results if (r.get("verdict") or {}).get("status") == "NO_BASELINE"}
+    tests = {r["nodeid"] for r in results if (r.get("verdict") or {}).get("status") == NO_BASELINE}
     if not tests:
         return []
     count = "1 test has" if len(tests) == 1 else f"{len(tests)} tests have"
@@ -143,7 +155,7 @@ def _missing_baselines(results: Sequence[Mapping[str, Any]], pair: str) -> list[
 _AB_METRICS = (("ttft_p50", "TTFT50"), ("tpot_p50", "TPOT50"), ("e2e_p50", "E2E50"), ("output_tok_s", "tok/s"))
 
 
-def render_ab(results: Sequence[Mapping[str, Any]]) -> list[Line]:
+def render_ab(results: Sequence[RunDocument]) -> list[Line]:
     """The "B vs A" section of an A/B session: per test, B/A ratios of the gating medians and the verdict."""
     ab_results = [r for r in results if r.get("ab")]
     if not ab_results:
@@ -167,5 +179,5 @@ def render_ab(results: Sequence[Mapping[str, Any]]) -> list[Line]:
     return lines
 
 
-def _ratio(value: Any) -> str:
+def _ratio(value: float | None) -> str:
     return f"{'—':>7}" if value is None else f"{value:>7.3f}"

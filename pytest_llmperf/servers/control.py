@@ -8,7 +8,7 @@ headers and are scrubbed from any text that echoes them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import urlsplit
 
 from pytest_llmperf.errors import EndpointError
@@ -152,7 +152,17 @@ _OWNED_BY_ENGINE = {
 }
 
 
-def engine_info(url: str, api_key: str | None = None, *, timeout_s: float = 5.0) -> dict[str, Any]:
+class EngineInfo(TypedDict, total=False):
+    """What :func:`engine_info` found; ``engine`` and ``engine_version`` are always there."""
+
+    engine: str  # "unknown" when nothing identifies it
+    engine_version: str | None
+    server_header: str
+    owned_by: str
+    details: dict[str, str | int | float]  # a few scalar facts, such as llama.cpp's slot count
+
+
+def engine_info(url: str, api_key: str | None = None, *, timeout_s: float = 5.0) -> EngineInfo:
     """What the server says about itself, best effort; never raises for a missing endpoint.
 
     Tries ``/version`` (vLLM, TensorRT-LLM, the simulator), ``/props`` (llama.cpp), ``/get_server_info``
@@ -163,12 +173,12 @@ def engine_info(url: str, api_key: str | None = None, *, timeout_s: float = 5.0)
     """
     import httpx
 
-    info: dict[str, Any] = {"engine": "unknown", "engine_version": None}
-    details: dict[str, Any] = {}
+    info: EngineInfo = {"engine": "unknown", "engine_version": None}
+    details: dict[str, str | int | float] = {}
     reached = False
     last_error: Exception | None = None
 
-    def get_json(client: httpx.Client, path: str) -> Any:
+    def get_json(client: httpx.Client, path: str) -> object:
         nonlocal reached, last_error
         try:
             response = client.get(_join(url, path), headers=_headers(api_key), timeout=timeout_s)

@@ -59,8 +59,12 @@ import shutil
 import subprocess
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Protocol, TypeVar
+
+from pytest_llmperf.results import DisturbanceDict
 
 FOREIGN_CPU_LIMIT = 0.10
 STEAL_LIMIT = 0.05
@@ -121,13 +125,28 @@ class Disturbance:
     disturbed: bool
     reasons: tuple[str, ...]
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> DisturbanceDict:
         """Builtins only (tuples as lists), for JSON and JUnit properties."""
-        out: dict[str, Any] = {}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            out[field.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return {
+            "window_s": self.window_s,
+            "server_cpus": _listed(self.server_cpus),
+            "foreign_cpu_s": self.foreign_cpu_s,
+            "foreign_cpu_fraction": self.foreign_cpu_fraction,
+            "steal_fraction": self.steal_fraction,
+            "load_avg_1m": self.load_avg_1m,
+            "gpu_foreign_processes": _listed(self.gpu_foreign_processes),
+            "gpu_throttle_reasons": _listed(self.gpu_throttle_reasons),
+            "foreign_requests": self.foreign_requests,
+            "disturbed": self.disturbed,
+            "reasons": list(self.reasons),
+        }
+
+
+_T = TypeVar("_T")
+
+
+def _listed(items: tuple[_T, ...] | None) -> list[_T] | None:
+    return None if items is None else list(items)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -186,7 +205,7 @@ class GpuSample:
 # --- pure helpers --------------------------------------------------------------------------------------
 
 
-def core_times(times: Any) -> CoreTimes:
+def core_times(times: object) -> CoreTimes:
     """A :class:`CoreTimes` from one of psutil's per-cpu ``scputimes`` (fields absent on a platform count 0)."""
 
     def get(name: str) -> float:
@@ -444,23 +463,44 @@ def _cores_phrase(cpus: tuple[int, ...] | None, core_count: int) -> str:
 # --- sampling ------------------------------------------------------------------------------------------
 
 
-def _psutil() -> Any:
+def _psutil() -> ModuleType | None:
     """psutil, or None where it is missing (every figure it gives is then None)."""
     try:
         import psutil  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         return None
-    return psutil
+    module: ModuleType = psutil
+    return module
 
 
-def _cores(psutil: Any) -> tuple[CoreTimes, ...] | None:
+def _cores(psutil: ModuleType) -> tuple[CoreTimes, ...] | None:
     try:
         return tuple(core_times(times) for times in psutil.cpu_times(percpu=True))
     except (OSError, psutil.Error):
         return None
 
 
-def _proc_times(proc: Any) -> ProcTimes:
+class _CpuTimes(Protocol):
+    user: float
+    system: float
+
+
+class _Process(Protocol):
+    """What is read of a ``psutil.Process`` (psutil ships no type information)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def oneshot(self) -> AbstractContextManager[object]: ...
+
+    def ppid(self) -> int: ...
+
+    def create_time(self) -> float: ...
+
+    def cpu_times(self) -> _CpuTimes: ...
+
+
+def _proc_times(proc: _Process) -> ProcTimes:
     with proc.oneshot():
         times = proc.cpu_times()
         return ProcTimes(
@@ -472,7 +512,7 @@ def _proc_times(proc: Any) -> ProcTimes:
         )
 
 
-def _tree(psutil: Any, pid: int) -> tuple[ProcTimes, ...] | None:
+def _tree(psutil: ModuleType, pid: int) -> tuple[ProcTimes, ...] | None:
     """The process ``pid`` and its descendants now (None: it is gone or unreadable)."""
     try:
         root = psutil.Process(pid)
@@ -486,7 +526,7 @@ def _tree(psutil: Any, pid: int) -> tuple[ProcTimes, ...] | None:
     return tuple(out)
 
 
-def _own_cpu_s(psutil: Any, pid: int) -> float | None:
+def _own_cpu_s(psutil: ModuleType, pid: int) -> float | None:
     try:
         times = psutil.Process(pid).cpu_times()
     except (OSError, psutil.Error):
@@ -542,7 +582,7 @@ class _NvidiaSmi:
     def __init__(self) -> None:
         self.fields = list(_THROTTLE_FIELDS)
 
-    def sample(self, psutil: Any) -> GpuSample | None:
+    def sample(self, psutil: ModuleType | None) -> GpuSample | None:
         if shutil.which("nvidia-smi") is None:
             return None
         apps_argv = ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,process_name", "--format=csv,noheader"]

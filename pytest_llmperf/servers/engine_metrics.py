@@ -7,8 +7,9 @@ speculative-decoding acceptance, tokens processed. Parsing uses ``prometheus_cli
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
+from pytest_llmperf.results import ServerMetrics
 from pytest_llmperf.spec import Endpoint
 
 _TIMEOUT_S = 10.0
@@ -123,7 +124,7 @@ def wait_idle(endpoint: Endpoint, *, timeout_s: float, poll_s: float = 0.05) -> 
         time.sleep(poll_s)
 
 
-def deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+def deltas(before: Mapping[str, float], after: Mapping[str, float]) -> ServerMetrics:
     """Counters that moved between two scrapes, and the derived figures the engine allows."""
     moved = {name: after[name] - before.get(name, 0.0) for name in sorted(after) if after[name] != before.get(name)}
     derived: dict[str, float] = {}

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from pytest_llmperf.client.interrupts import deferred
-from pytest_llmperf.errors import ServerError, ServerExitedError, ServerStartTimeout
+from pytest_llmperf.errors import PortInUseError, ServerError, ServerProcessExited, ServerStartTimeout
 from pytest_llmperf.servers import registry
 
 if TYPE_CHECKING:
@@ -64,23 +64,6 @@ _BIND_FAILURE = re.compile(
 )
 # A 2xx health body that still says "not ready" (Dynamo's frontend answers 200 before workers register).
 _NOT_READY_STATUSES = frozenset({"unhealthy", "not_ready", "notready", "starting", "loading"})
-
-
-class ServerProcessExited(ServerExitedError):
-    """:class:`ServerExitedError` with its facts as attributes, for callers that attach them to reports."""
-
-    def __init__(
-        self, message: str, returncode: int | None = None, log_tail: str = "", log_path: Path | None = None
-    ) -> None:
-        super().__init__(message)
-        self.returncode = returncode
-        self.log_tail = log_tail
-        self.log_path = log_path
-
-
-class PortInUseError(ServerProcessExited):
-    """The server could not bind its port because something else holds it (``returncode`` is ``None``
-    when this was found before the start)."""
 
 
 # Every group started by this interpreter and not yet stopped; the atexit hook stops them.

@@ -36,10 +36,10 @@ import re
 import shlex
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from pytest_llmperf.errors import ServerError, SpecError
 
@@ -372,7 +372,7 @@ def load_profiles(path: Path) -> dict[str, Profile]:
     return profiles
 
 
-def _parse_profile(path: Path, name: str, settings: Any, known: Mapping[str, Profile]) -> Profile:
+def _parse_profile(path: Path, name: str, settings: object, known: Mapping[str, Profile]) -> Profile:
     where = f"{path}: profile {name!r}"
     if not isinstance(settings, dict):
         raise SpecError(f"{where}: expected a mapping of settings, got {type(settings).__name__}")
@@ -384,7 +384,7 @@ def _parse_profile(path: Path, name: str, settings: Any, known: Mapping[str, Pro
             )
 
     base_name = settings.get("extends")
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = {}  # checked field by field, then given to the dataclass
     if base_name is not None:
         if base_name not in known:
             raise SpecError(
@@ -417,7 +417,11 @@ def _parse_profile(path: Path, name: str, settings: Any, known: Mapping[str, Pro
     return profile
 
 
-def _check_field(where: str, key: str, value: Any) -> Any:
+# What a checked profile field holds (the command as a tuple, env values as strings, ...).
+_FieldValue: TypeAlias = tuple[str, ...] | dict[str, str] | dict[str, object] | str | float | None
+
+
+def _check_field(where: str, key: str, value: object) -> _FieldValue:
     def bad(expected: str) -> SpecError:
         return SpecError(f"{where}: field {key!r}: expected {expected}, got {value!r}")
 
@@ -474,7 +478,7 @@ def _check_field(where: str, key: str, value: Any) -> Any:
     raise AssertionError(f"unhandled profile field {key}")  # pragma: no cover - _YAML_KEYS is checked first
 
 
-def _did_you_mean(name: str, choices: Any) -> str:
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

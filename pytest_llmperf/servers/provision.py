@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pytest_llmperf._files import write_text_atomic
 from pytest_llmperf.errors import EndpointError, LLMPerfError, ServerError
@@ -64,8 +63,20 @@ def wait_for_endpoint(url: str, choice: ServerChoice) -> None:
         time.sleep(_PROBE_PAUSE_S)
 
 
-def describe(url: str, choice: ServerChoice, *, model: str | None = None, **known: Any) -> Endpoint:
-    """An :class:`Endpoint` for a server that answers: model from ``/v1/models`` unless given, engine facts."""
+def describe(
+    url: str,
+    choice: ServerChoice,
+    *,
+    model: str | None = None,
+    engine: str | None = None,
+    extra_body: dict[str, object] | None = None,
+    pid: int | None = None,
+    log_path: str | None = None,
+) -> Endpoint:
+    """An :class:`Endpoint` for a server that answers: model from ``/v1/models`` unless given, engine facts.
+
+    ``engine`` and ``extra_body`` are what a spawned server's profile says (else found out); ``pid`` and
+    ``log_path`` that server's process and log."""
     chosen = choice.model or model
     if chosen is None:
         models = control.fetch_models(url, choice.api_key)
@@ -73,8 +84,7 @@ def describe(url: str, choice: ServerChoice, *, model: str | None = None, **know
             raise EndpointError(f"{control.redact_url(url)}/v1/models lists no model; pass --llmperf-model=NAME")
         chosen = models[0]
     info = control.engine_info(url, choice.api_key)
-    engine = str(known.pop("engine", None) or info.get("engine") or "unknown")
-    extra_body = known.pop("extra_body", None)
+    engine = str(engine or info.get("engine") or "unknown")
     if extra_body is None and engine == "llama.cpp":
         # As the embedded profile does: per-chunk token counts (per-token ITL) and no prompt cache unless a
         # workload shares prefixes on purpose (the runner turns it back on for those).
@@ -91,7 +101,8 @@ def describe(url: str, choice: ServerChoice, *, model: str | None = None, **know
         # keep-alive (seen on every connection's first reuse under load); a connection per request avoids
         # failed attempts. Other engines keep connections, as vLLM's and SGLang's benchmark clients assume.
         reuse_connections=engine != "llama.cpp",
-        **known,
+        pid=pid,
+        log_path=log_path,
     )
 
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from pytest_llmperf._files import write_text_atomic
 
@@ -44,6 +44,25 @@ TOKEN_ENV = "PYTEST_LLMPERF_SERVER_TOKEN"
 _SAME_START_S = 0.1
 
 
+class _Owner(TypedDict):
+    owner_pid: int
+    owner_create_time: float | None
+
+
+class _Record(_Owner, total=False):
+    """One server's file, as written. Read back, it is JSON: :func:`sweep` checks what it acts on."""
+
+    pid: int
+    pgid: int
+    create_time: float
+    argv: list[str]
+    name: str
+    token: str
+    log_path: str
+    started_at: float
+    cmdline: list[str]  # the command once the server is ready (see note_command)
+
+
 def default_dir() -> Path:
     """``<cache>/servers``: one directory for every session of this user, so that each can find the others'."""
     from pytest_llmperf.servers.profiles import default_cache_dir
@@ -60,7 +79,8 @@ def record(directory: Path, *, pid: int, argv: Sequence[str], name: str, token: 
     started = start_time(pid)
     if started is None:
         return None
-    entry = {
+    owner = _owner(os.getpid())
+    entry: _Record = {
         "pid": pid,
         "pgid": pid,  # started in a new session: the group leader
         "create_time": started,
@@ -69,7 +89,8 @@ def record(directory: Path, *, pid: int, argv: Sequence[str], name: str, token: 
         "token": token,
         "log_path": str(log_path),
         "started_at": time.time(),
-        **_owner(os.getpid()),
+        "owner_pid": owner["owner_pid"],
+        "owner_create_time": owner["owner_create_time"],
     }
     path = directory / f"{pid}.json"
     try:
@@ -79,7 +100,7 @@ def record(directory: Path, *, pid: int, argv: Sequence[str], name: str, token: 
     return path
 
 
-def update(path: Path | None, **fields: Any) -> None:
+def update(path: Path | None, **fields: object) -> None:
     """Change fields of a record (best effort: a record that cannot be rewritten keeps its old values)."""
     if path is None:
         return
@@ -128,7 +149,7 @@ def sweep(directory: Path, *, timeout_s: float = 5.0) -> list[Finding]:
     findings: list[Finding] = []
     for path in sorted(directory.glob("*.json")):
         try:
-            entry = json.loads(path.read_text())
+            entry: _Record = json.loads(path.read_text())
             pid, pgid = int(entry["pid"]), int(entry["pgid"])
         except (OSError, ValueError, KeyError, TypeError):
             path.unlink(missing_ok=True)  # unreadable: it can describe nothing we could act on
@@ -143,7 +164,7 @@ def sweep(directory: Path, *, timeout_s: float = 5.0) -> list[Finding]:
     return findings
 
 
-def _settle(entry: dict[str, Any], pid: int, pgid: int, timeout_s: float) -> tuple[Finding | None, bool]:
+def _settle(entry: _Record, pid: int, pgid: int, timeout_s: float) -> tuple[Finding | None, bool]:
     """Act on one orphaned record: (what to say, whether the record can go)."""
     from pytest_llmperf.servers.process import stop_process_group
 
@@ -175,7 +196,7 @@ def _settle(entry: dict[str, Any], pid: int, pgid: int, timeout_s: float) -> tup
     return _denied(what, pgid), False
 
 
-def _stop_token_bearers(entry: dict[str, Any], pgid: int, what: str, timeout_s: float) -> Finding | None:
+def _stop_token_bearers(entry: _Record, pgid: int, what: str, timeout_s: float) -> Finding | None:
     """The recorded process has exited; stop what it left in its group, provided each process bears its token."""
     import psutil  # type: ignore[import-untyped,unused-ignore]
 
@@ -208,11 +229,11 @@ def _denied(what: str, pgid: int) -> Finding:
     )
 
 
-def _owner(pid: int) -> dict[str, Any]:
+def _owner(pid: int) -> _Owner:
     return {"owner_pid": pid, "owner_create_time": start_time(pid)}
 
 
-def _alive(pid: Any, create_time: Any) -> bool:
+def _alive(pid: object, create_time: object) -> bool:
     """Whether the owning session still runs: its pid exists, is no zombie, and started when recorded."""
     if not isinstance(pid, int):
         return False

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pytest_llmperf._files import replacing
+
+if TYPE_CHECKING:  # numpy is imported where the model is written, not with the plugin
+    import numpy as np
+    import numpy.typing as npt
 
 # Bump when the generator code changes in a way that changes the bytes written.
 _FORMAT_VERSION = 1
@@ -108,14 +112,8 @@ def ensure_tiny_model(cache_dir: Path) -> Path:
     with FileLock(str(path) + ".lock"):
         if path.is_file():  # another process wrote it while we waited for the lock
             return path
-        fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=cache_dir)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with replacing(path) as tmp:
             write_tiny_model(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -151,14 +149,15 @@ def build_vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def _uniform(bits: Any, shape: tuple[int, ...], scale: float) -> Any:
+def _uniform(bits: np.random.PCG64, shape: tuple[int, ...], scale: float) -> npt.NDArray[np.float32]:
     """Uniform weights in [-scale, scale) from raw PCG64 output (a version-stable stream)."""
     import numpy as np
 
     count = int(np.prod(shape))
-    raw = bits.random_raw(count)
+    raw: npt.NDArray[np.uint64] = bits.random_raw(count)
     unit = (raw >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-    return ((unit * 2.0 - 1.0) * scale).astype(np.float32).reshape(shape)
+    weights: npt.NDArray[np.float32] = ((unit * 2.0 - 1.0) * scale).astype(np.float32).reshape(shape)
+    return weights
 
 
 def write_tiny_model(path: Path) -> None:

@@ -12,13 +12,12 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import os
 import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from pytest_llmperf._files import write_text_atomic
 from pytest_llmperf.errors import SpecError
 from pytest_llmperf.sim.faults import FaultSpec, parse_fault
 from pytest_llmperf.sim.model import USAGE_STYLES, SimConfig
@@ -65,13 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_port_file(path: Path, port: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".port-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{port}\n")
-    os.replace(tmp, path)
-
-
 async def _main(config: SimConfig, port_file: Path | None) -> None:
     from pytest_llmperf.sim.app import READY_PREFIX, serve
 
@@ -83,7 +75,7 @@ async def _main(config: SimConfig, port_file: Path | None) -> None:
 
     def ready(url: str) -> None:
         if port_file is not None:
-            _write_port_file(port_file, int(url.rsplit(":", 1)[1]))
+            write_text_atomic(port_file, url.rsplit(":", 1)[1] + "\n")
         print(f"{READY_PREFIX} {url}", flush=True)
 
     await serve(config, on_ready=ready, stop=stop)

@@ -109,10 +109,12 @@ def test_slower_b_is_a_regression(pytester: pytest.Pytester, start_sim: Any) -> 
     assert r["ab"]["order"] == "random"
     assert set(r["ab"]["blocks"]) <= {"AB", "BA"}
     metrics = {m["name"]: m for m in r["verdict"]["metrics"]}
-    # The decode-bound metrics carry the injected 5 %; whichever is significant first decides.
+    # The decode-bound metrics carry the injected 30 %; whichever is significant first decides.
     assert {"REGRESSION"} & {metrics[n]["status"] for n in ("tpot_p50", "e2e_p50", "output_tok_s")}
     assert 1.2 < metrics["tpot_p50"]["estimate"] < 1.4
-    assert metrics["ttft_p50"]["status"] != "REGRESSION"  # the prefill path did not change
+    # Not "TTFT unchanged": the simulator's first token ends a step scaled like every other (about 1.3x here,
+    # idle or not), and only a busy machine, needing more blocks to decide, makes that significant too.
+    assert metrics["ttft_p50"]["estimate"] > 1
     props = junit_properties(pytester)
     assert props["llmperf.ab.verdict"] == "REGRESSION"
     assert "B vs A verdict: REGRESSION" in (pytester.path / "j.xml").read_text()

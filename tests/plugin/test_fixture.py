@@ -178,7 +178,7 @@ def test_ctrl_c_stops_promptly_and_keeps_what_was_measured(
     proc.send_signal(signal.SIGINT)
     started = time.monotonic()
     output, _ = proc.communicate(timeout=30)
-    assert time.monotonic() - started < 10, output
+    assert time.monotonic() - started < 20, output  # the run itself would take minutes; slack for a loaded machine
     assert "interrupted; partial results kept" in output
     document = json.loads(out.read_text())
     (result,) = document["results"]
@@ -292,7 +292,9 @@ def test_chat_calibration_waits_no_longer_than_the_workload_allows(pytester: pyt
             "the workload's request_timeout_s=1 s*"
         ]
     )
-    assert elapsed < 15  # the control plane's 30 s (before: 30 s, then silently on) is not waited for
+    # The control plane's 30 s (before: 30 s, then silently on) is not waited for, nor the server's 25 s; the
+    # rest is slack for a loaded machine.
+    assert elapsed < 20
 
 
 ONE_TEST = """

@@ -98,7 +98,7 @@ def test_cached_runs_are_inconclusive_against_a_baseline(pytester: pytest.Pytest
     pytester.makeconftest(SAME_PROMPTS_CONFTEST)
     # First session with the same prompts warms the cache; the next one is served from it.
     run(pytester, sim)
-    result, document = run(pytester, sim, "-W", "ignore::pytest_llmperf.harness.fixtures.LLMPerfInconclusive")
+    result, document = run(pytester, sim, "-W", "ignore::pytest_llmperf.LLMPerfInconclusive")
     verdict = document["results"][0]["verdict"]
     assert verdict["status"] == "INCONCLUSIVE", verdict
     assert "prefix cache" in verdict["reason"]

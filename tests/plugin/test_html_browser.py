@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from pytest_llmperf.report import plots
 from pytest_llmperf.report.html import write_html
 
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
@@ -198,12 +200,22 @@ class Page:
         self.screenshot = screenshot
 
 
+# Per plot: its size, the data drawn (line paths and point markers), and each pair of labels that overlap by more
+# than a sliver, as the browser laid them out.
 PAGE_FACTS = """JSON.stringify({
   title: document.title,
   plots: [...document.querySelectorAll('svg.plot')].map(s => {
     const r = s.getBoundingClientRect();
-    return {plot: s.dataset.plot, width: r.width, height: r.height,
-            drawn: s.querySelectorAll('circle, polyline').length};
+    const labels = [...s.querySelectorAll('.pt-label text, .mark-label text, .ref-label text')].map(
+      t => [t.textContent, t.getBoundingClientRect()]);
+    const overlaps = [];
+    labels.forEach(([a, p], i) => labels.slice(i + 1).forEach(([b, q]) => {
+      const w = Math.min(p.right, q.right) - Math.max(p.left, q.left);
+      const h = Math.min(p.bottom, q.bottom) - Math.max(p.top, q.top);
+      if (w > 1 && h > 1 && w * h > 4) overlaps.push(a + ' / ' + b);
+    }));
+    return {plot: s.dataset.plot, width: r.width, height: r.height, labels: labels.length, overlaps,
+            drawn: s.querySelectorAll('.series-line path, .front path, .series-points use').length};
   }),
   rows: document.querySelectorAll('table.results tbody tr').length,
   sweeps: document.querySelectorAll('section.sweep').length,
@@ -362,6 +374,7 @@ def check_page(page: Page, expected_plots: set[str]) -> None:
         assert plot["width"] > 100, plot
         assert plot["height"] > 100, plot
         assert plot["drawn"] > 0, plot
+        assert plot["overlaps"] == [], plot  # every label readable
     # Nothing overflows the window sideways (long ids are cut with an ellipsis).
     assert page.facts["pageWidth"] <= 1400, page.facts["pageWidth"]
 
@@ -371,6 +384,8 @@ def test_report_loads_and_draws_every_plot(browser: Chromium, tmp_path: Path, gp
     report = write_html(tmp_path / "report.html", sweep_document(gpus=gpus))
     page = open_page(browser, report, tmp_path / "report.png")
     check_page(page, {"throughput-latency", "throughput-interactivity", "ecdf-ttft", "ecdf-tpot", "ecdf-e2e"})
+    sweep_plots = [p for p in page.plots if not p["plot"].startswith("ecdf-")]
+    assert [p["labels"] for p in sweep_plots] == [2 * 7 + 2, 2 * 7 + 1]  # cX twice; SLO and capacity, capacity
     assert page.facts["title"] == "pytest-llmperf · gb200-fp4"
     assert page.facts["rows"] == 7
     assert page.facts["sweeps"] == 1
@@ -413,6 +428,27 @@ def test_report_of_a_real_session(browser: Chromium, tmp_path: Path, pytester: p
     page = open_page(browser, report, tmp_path / "report.png")
     check_page(page, {"throughput-latency", "throughput-interactivity", "ecdf-ttft", "ecdf-tpot", "ecdf-e2e"})
     assert page.facts["sweeps"] == 1
+
+
+def test_many_series_on_a_date_axis(browser: Chromium, tmp_path: Path) -> None:
+    """The plots module alone, as the history charts will use it: five series over dates, labelled points."""
+    days = [dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=d) for d in range(10)]
+    series = tuple(
+        plots.Series(f"engine {k}", tuple(days), tuple(900.0 + 80 * k + 30 * (d % 3) for d in range(10)),
+                     labels=tuple(f"r{d}" for d in range(0, 10, 3)))
+        for k in range(5)
+    )  # fmt: skip
+    plot = plots.Plot("history", "Throughput by day", "run date", "tok/s", series, (plots.RefLine(1000.0, "SLO", "y"),))
+    page_file = tmp_path / "history.html"
+    page_file.write_text(
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>history</title><style>{plots.PAGE_CSS}</style>'
+        f"</head><body>{plots.render_svg(plot)}</body></html>",
+        encoding="utf-8",
+    )
+    page = open_page(browser, page_file, tmp_path / "history.png")
+    check_page(page, {"history"})
+    (drawn,) = page.plots
+    assert drawn["labels"] == 5 * 4 + 1
 
 
 def test_the_harness_sees_console_errors(browser: Chromium, tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ def test_missing_program_fails_fast_with_what_to_do(pytester: pytest.Pytester) -
     pytester.makepyfile(SMALL_TEST)
     started = time.monotonic()
     result = pytester.runpytest("--llmperf-server=broken", f"--llmperf-profiles={profiles}")
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 60  # far below the default 120 s startup timeout, even on a loaded machine
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*no-such-engine-binary*no such program*"])
 
@@ -130,7 +130,7 @@ def test_server_exiting_at_once_shows_exit_code_and_log_tail(pytester: pytest.Py
     pytester.makepyfile(SMALL_TEST)
     started = time.monotonic()
     result = pytester.runpytest("--llmperf-server=crashing", f"--llmperf-profiles={profiles}")
-    assert time.monotonic() - started < 30  # far below the 120 s startup timeout
+    assert time.monotonic() - started < 60  # far below the 120 s startup timeout, even on a loaded machine
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*exited with code 3*", "*CUDA out of memory*"])
 

@@ -199,21 +199,39 @@ def test_config_changes_timing_at_run_time(sim: Client) -> None:
     assert sim.configure(reset=True)["decode_ms"] == 2.0
 
 
-def test_intended_and_actual_times_agree_on_an_idle_machine(sim: Client) -> None:
+def test_actual_times_are_never_early_and_follow_the_intended_schedule(sim: Client) -> None:
+    """What holds however busy the machine: a late loop may slip the schedule (steps start later, never
+    shorter), and chunks go out late, never early."""
     sim.configure(decode_ms=20, ttft_add_ms=10)
     sse = sim.completion(max_tokens=5, stream_options={"include_usage": True})
     record = sim.record(sse.chunks[0]["id"])
     intended, actual = record["intended_chunk_times_ms"], record["actual_chunk_times_ms"]
-    assert intended == pytest.approx([30, 50, 70, 90, 110], abs=0.01)
+    assert len(intended) == len(actual) == 5
     assert record["intended_ttft_ms"] == intended[0]
+    assert intended[0] >= 30 - 0.01
+    assert all(b - a >= 20 - 0.01 for a, b in itertools.pairwise(intended))
+    assert all(a >= i for a, i in zip(actual, intended, strict=True))
+    # The client, joined by id, never sees the first token before the simulator meant to send it; received_at
+    # is on the client's perf_counter clock (same host).
+    assert intended[0] <= (sse.times[0] - sse.sent_at) * 1000 + 1
+    assert sse.sent_at - 0.05 < record["received_at"] < sse.times[0]
+
+
+@pytest.mark.idle_machine
+def test_intended_and_actual_times_agree_on_an_idle_machine(sim: Client) -> None:
+    """The schedule kept to the millisecond: only an idle machine can promise that the simulator's thread and
+    the client get a core when they need one, so a loaded machine fails this and says nothing about the code."""
+    sim.configure(decode_ms=20, ttft_add_ms=10)
+    sse = sim.completion(max_tokens=5, stream_options={"include_usage": True})
+    record = sim.record(sse.chunks[0]["id"])
+    intended, actual = record["intended_chunk_times_ms"], record["actual_chunk_times_ms"]
+    assert intended == pytest.approx([30, 50, 70, 90, 110], abs=0.01)  # no slip
     assert len(actual) == 5
-    # Never early; late by little (generous: CI machines are noisy).
+    # Never early; late by little.
     assert all(0 <= a - i < 30 for a, i in zip(actual, intended, strict=True))
     # The client, joined by id, sees the same TTFT up to connection overheads.
     client_ttft_ms = (sse.times[0] - sse.sent_at) * 1000
     assert intended[0] <= client_ttft_ms + 1 < intended[0] + 60
-    # received_at is on the client's perf_counter clock (same host).
-    assert sse.sent_at - 0.05 < record["received_at"] < sse.times[0]
 
 
 def send_at_once(url: str, count: int, body: dict[str, Any]) -> None:
@@ -336,7 +354,9 @@ def test_run_in_thread_stops_cleanly_with_streams_in_flight() -> None:
         t0 = time.perf_counter()
     for reader in readers:
         reader.join(10)
-    assert time.perf_counter() - t0 < 5
+    # Cut by the shutdown, not by the readers' 10 s read timeout (that would be a ReadTimeout) nor the 60 s
+    # hang; below 10 s, with seconds of slack for a loaded machine.
+    assert time.perf_counter() - t0 < 9
     assert errors == ["RemoteProtocolError", "RemoteProtocolError"]
 
 

@@ -71,7 +71,9 @@ def test_hang_until_the_client_gives_up(sim: Client) -> None:
     sse = sim.stream("/v1/completions", {"prompt": "a", "max_tokens": 5, "stream": True}, read_timeout=0.5)
     assert sse.error == "ReadTimeout"
     assert len(sse.output) == 1
-    assert time.perf_counter() - t0 < 5
+    # The 0.5 s read timeout, not the client's default 10 s nor the 60 s hang; the rest is slack for a loaded
+    # machine.
+    assert time.perf_counter() - t0 < 8
     assert sim.records()[-1]["outcome"] == "hang"
 
 

@@ -1,12 +1,15 @@
 """The HTML report's structure: self-contained, plots present and labelled, hostile strings escaped, missing
-values shown as missing, regressions first, written atomically."""
+values shown as missing, regressions first, written atomically; and the plots module on its own (several series,
+a date axis, deterministic output, matplotlib loaded only when a report is drawn)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import math
+import functools
 import os
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any
 import pytest
 
 from pytest_llmperf.report import html as report_html
+from pytest_llmperf.report import plots
 from pytest_llmperf.report.html import ECDF_POINTS, pareto_front, render_html, write_html
 
 CONCURRENCIES = (1, 2, 4, 8, 16, 32, 64)
@@ -87,8 +91,16 @@ def sweep_result(c: int, gpus: int | None, *, nodeid: str | None = None) -> dict
     }
 
 
-def make_document(gpus: int | None = 4, extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def make_document(
+    gpus: int | None = 4, extra: list[dict[str, Any]] | None = None, *, per_request: bool = True
+) -> dict[str, Any]:
+    """The sweep, plus ``extra`` results. Without ``per_request`` arrays the sweep's 21 ECDF plots are "no data"
+    notes: tests of the table and the sweep plots then skip drawing them (each plot costs tens of ms)."""
     results = [sweep_result(c, gpus) for c in CONCURRENCIES]
+    if not per_request:
+        for r in results:
+            r["detail"] = {}
+            r["baseline"]["raw"] = {}
     endpoint = {
         "url": "http://gpu-node:8000",
         "model": "deepseek-v3.2",
@@ -115,8 +127,29 @@ def plot(text: str, kind: str) -> list[ET.Element]:
     return [s for s in svgs(text) if s.get("data-plot") == kind]
 
 
-def texts(svg: ET.Element, cls: str) -> list[str]:
-    return [t.text or "" for t in svg.iter(f"{SVG_NS}text") if cls in (t.get("class") or "").split()]
+def groups(svg: ET.Element, role: str) -> list[ET.Element]:
+    """The groups of one role (see ``plots.ROLES``), in drawing order."""
+    return [g for g in svg.iter(f"{SVG_NS}g") if role in (g.get("class") or "").split()]
+
+
+def texts(svg: ET.Element, role: str) -> list[str]:
+    return ["".join(t.itertext()) for g in groups(svg, role) for t in g.iter(f"{SVG_NS}text")]
+
+
+def series_of(group: ET.Element) -> int:
+    """The index of the series a group draws (its id ends in it)."""
+    return int((group.get("id") or "").rsplit("-", 1)[1])
+
+
+def vertices(group: ET.Element) -> int:
+    """Points of the lines drawn in a group."""
+    return sum(len(re.findall(r"[ML]", p.get("d", ""))) for p in group.iter(f"{SVG_NS}path"))
+
+
+@functools.cache
+def default_report() -> str:
+    """The report of ``make_document()``: drawn once for the tests that only read it."""
+    return render_html(make_document(), generated=WHEN)
 
 
 class Collector(HTMLParser):
@@ -144,7 +177,7 @@ def parse(text: str) -> Collector:
 
 
 def test_sweep_plots_are_drawn_and_labelled_by_concurrency() -> None:
-    text = render_html(make_document(), generated=WHEN)
+    text = default_report()
     (latency,) = plot(text, "throughput-latency")
     (interactivity,) = plot(text, "throughput-interactivity")
     for svg in (latency, interactivity):
@@ -154,56 +187,61 @@ def test_sweep_plots_are_drawn_and_labelled_by_concurrency() -> None:
         assert int(svg.get("width", "0")) > 0
         assert int(svg.get("height", "0")) > 0
         assert svg.find(f"{SVG_NS}title") is not None
+        assert texts(svg, "legend-label") == ["baseline", "current"]
+        assert {series_of(g) for g in groups(svg, "series-points")} == {0, 1}
     assert "output throughput (tok/s)" in texts(latency, "axis-label")
     assert "median end-to-end latency (ms)" in texts(latency, "axis-label")
     assert "output tok/s per GPU" in texts(interactivity, "axis-label")
-    fronts = [p for p in interactivity.iter(f"{SVG_NS}polyline") if p.get("data-role") == "pareto-front"]
-    assert {f.get("class") for f in fronts} == {"pareto cur", "pareto base"}
+    assert {series_of(g) for g in groups(latency, "series-line")} == {0, 1}  # each side joined by concurrency
+    fronts = groups(interactivity, "front")
+    assert {series_of(f) for f in fronts} == {0, 1}  # a Pareto front for baseline and current
+    assert not groups(interactivity, "series-line")  # the front replaces the concurrency order there
     # Every point of a concurrency sweep is on its own front here (more users: more throughput, less speed).
-    assert len(fronts[0].get("points", "").split()) == len(CONCURRENCIES)
+    assert vertices(fronts[0]) == len(CONCURRENCIES)
     # The SLO line and the capacity marker.
-    assert any("e2e_p50_ms" in t for t in texts(latency, "slo-label"))
-    assert [e for e in latency.iter() if e.get("data-role") == "capacity"]
-    assert "e2e_p50_ms cap. c≈12" in texts(interactivity, "capacity-label")
+    assert any("e2e_p50_ms" in t for t in texts(latency, "ref-label"))
+    assert groups(latency, "ref-line")
+    assert groups(latency, "mark")
+    assert "e2e_p50_ms cap. c≈12" in texts(interactivity, "mark-label")
 
 
 def test_slo_line_far_beyond_the_data_is_named_not_drawn() -> None:
-    document = make_document()
+    document = make_document(per_request=False)
     for r in document["results"]:
         r["slos"][0]["limit"] = 900000.0
     (latency,) = plot(render_html(document, generated=WHEN), "throughput-latency")
-    assert texts(latency, "slo-label") == ["SLO e2e_p50_ms ≤ 900000 (off scale →)"]
-    assert not [line for line in latency.iter(f"{SVG_NS}line") if line.get("class") == "slo"]
-    x_ticks = [
-        t.text for t in latency.iter(f"{SVG_NS}text") if t.get("class") == "tick" and t.get("text-anchor") == "middle"
-    ]
-    assert x_ticks[-1] == "60k"  # the axis still fits the data
+    assert texts(latency, "ref-label") == ["SLO e2e_p50_ms ≤ 900000 (off scale →)"]
+    assert not groups(latency, "ref-line")
+    x_ticks = texts(latency, "x-tick")
+    assert x_ticks[-1] in ("50k", "60k")  # the axis still fits the data (it ends at 52000)
 
 
 def test_capacity_at_slo_is_stated() -> None:
-    text = render_html(make_document(), generated=WHEN)
+    text = default_report()
     assert "e2e_p50_ms ≤ 15000: up to c≈12 (c8 meets it, c16 does not) · 3 users/GPU (4 GPUs)" in text
     assert "baseline: e2e_p50_ms ≤ 15000: up to c≈" in text
 
 
 def test_distributions_per_test_baseline_beside_current() -> None:
-    text = render_html(make_document(), generated=WHEN)
+    text = default_report()
     for metric in ("ttft", "tpot", "e2e"):
         figures = plot(text, f"ecdf-{metric}")
         assert len(figures) == len(CONCURRENCIES)
-        classes = {p.get("class") for p in figures[0].iter(f"{SVG_NS}polyline")}
-        assert classes == {"curve cur", "curve base"}
+        assert {series_of(g) for g in groups(figures[0], "series-line")} == {0, 1}
+        baseline, current = texts(figures[0], "legend-label")
+        assert baseline.startswith("baseline (n=30")
+        assert current.startswith("current (n=20")
     # TPOT per request is (e2e - ttft) / (n_out - 1): 12 s and 0.96 s over 1599 tokens for c8's first request.
     assert report_html._per_request(detail(1, 0.96, 12.0))["tpot"] == [pytest.approx(11040 / 1599)]
 
 
 def test_header_names_pair_endpoint_engine_model_and_date() -> None:
-    collector = parse(render_html(make_document(), generated=WHEN))
+    collector = parse(default_report())
     shown = " ".join(collector.data)
     for value in ("gb200-fp4", "http://gpu-node:8000", "vllm", "0.11.0", "deepseek-v3.2", "2026-01-02 03:04:05 UTC"):
         assert value in shown
     assert "pytest-llmperf · gb200-fp4" in shown
-    assert "my title" in render_html(make_document(), title="my title")
+    assert "my title" in render_html({"pair": "x", "endpoint": None, "results": []}, title="my title")
 
 
 def test_self_contained_no_scripts_no_fetches() -> None:
@@ -216,13 +254,20 @@ def test_self_contained_no_scripts_no_fetches() -> None:
         assert "src" not in attrs, tag
         if tag == "link":
             assert attrs.get("href", "").startswith("data:"), attrs  # type: ignore[union-attr]
+        for name in ("href", "xlink:href"):
+            if name in attrs and tag != "a":
+                assert (attrs[name] or "").startswith(("#", "data:")), (tag, attrs)
     assert "@import" not in text
-    assert "url(" not in text
+    # Plots refer to their own clip paths and markers only.
+    assert all(ref.startswith("#") for ref in re.findall(r"url\(([^)]*)\)", text))
+    # The only addresses are the endpoint (text in the header) and the SVG namespace names, which nothing fetches.
+    addresses = set(re.findall(r"https?://[^\s\"'<>]+", text))
+    assert addresses == {"http://gpu-node:8000", "http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
     assert '<meta charset="utf-8">' in text
 
 
 def test_hostile_unicode_and_long_ids_are_escaped_and_complete() -> None:
-    document = make_document(extra=[single(HOSTILE), single(UNICODE), single(LONG)])
+    document = make_document(extra=[single(HOSTILE), single(UNICODE), single(LONG)], per_request=False)
     document["pair"] = "<b>pair</b>"
     text = render_html(document, generated=WHEN)
     assert "<script" not in text
@@ -241,7 +286,7 @@ def test_hostile_unicode_and_long_ids_are_escaped_and_complete() -> None:
 
 
 def test_unknown_gpu_count_plots_per_server_and_never_zero() -> None:
-    document = make_document(gpus=None)
+    document = make_document(gpus=None, per_request=False)
     for r in document["results"]:
         assert "output_throughput_per_gpu" not in r["summary"]
     text = render_html(document, generated=WHEN)
@@ -274,7 +319,7 @@ def test_missing_metrics_render_as_dash_not_zero() -> None:
         slo_breached=True,
         slo_gating=True,
     )
-    text = render_html(make_document(extra=[failed]), generated=WHEN)
+    text = render_html(make_document(extra=[failed], per_request=False), generated=WHEN)
     row = re.search(r"<tr class=\"row-bad\">.*?test_all_failed.*?</tr>", text, flags=re.S)
     assert row is not None
     cells = re.findall(r'<td class="num">([^<]*)</td>', row.group(0))
@@ -292,7 +337,7 @@ def test_regressions_and_breaches_come_first() -> None:
         "metrics": [{"name": "tpot", "label": "median TPOT", "status": "REGRESSION", "gating": True, "estimate": 1.12}],
     }
     breach = single("perf/test_x.py::test_breached", slo_breached=True, slo_gating=True)
-    document = make_document(extra=[regression, breach])
+    document = make_document(extra=[regression, breach], per_request=False)
     text = render_html(document, generated=WHEN)
     table = text[text.index('<table class="results">') : text.index("</table>")]
     order = [m for m in re.findall(r'title="([^"]+)"><span class="path">', table)]
@@ -305,7 +350,7 @@ def test_regressions_and_breaches_come_first() -> None:
 def test_sglang_keys_and_derived_interactivity() -> None:
     r = single("perf/test_x.py::test_sglang")
     r["summary"] = {"median_e2e_latency_ms": 4321.0, "median_tpot_ms": 20.0, "completed": 3, "failed": 0}
-    text = render_html(make_document(extra=[r]), generated=WHEN)
+    text = render_html(make_document(extra=[r], per_request=False), generated=WHEN)
     row = re.search(r"<tr[^>]*>(?:(?!</tr>).)*test_sglang.*?</tr>", text, flags=re.S)
     assert row is not None
     assert "4,321" in row.group(0)
@@ -319,29 +364,33 @@ def test_pareto_front() -> None:
 
 
 def test_large_runs_are_downsampled() -> None:
-    document = make_document(extra=[single("perf/test_x.py::test_big", detail=detail(20000, 0.1, 2.0))])
+    big = single("perf/test_x.py::test_big", detail=detail(20000, 0.1, 2.0))
+    document = make_document(extra=[big], per_request=False)
     text = render_html(document, generated=WHEN)
     section = text[text.index('id="test-7"') :].split("</section>")[0]
     for svg in plot(section, "ecdf-e2e"):
-        for line in svg.iter(f"{SVG_NS}polyline"):
-            if line.get("class") == "curve cur":
-                assert len(line.get("points", "").split()) <= 2 * (ECDF_POINTS + 1)
+        current = [g for g in groups(svg, "series-line") if series_of(g) == 1]
+        assert current
+        assert vertices(current[0]) <= 2 * (ECDF_POINTS + 1)
     assert len(text) < 2_000_000
 
 
 def test_axis_ticks_are_readable() -> None:
-    axis = report_html._Axis.fit([3.1, 11.4], 0, 100, zero=False)
-    labels = [report_html._tick_label(t, axis.ticks) for t in axis.ticks]
-    assert labels == ["2", "4", "6", "8", "10", "12"]
-    axis = report_html._Axis.fit([0.0, 12.0], 0, 100)
-    assert [report_html._tick_label(t, axis.ticks) for t in axis.ticks] == ["0.0", "2.5", "5.0", "7.5", "10.0", "12.5"]
-    axis = report_html._Axis.fit([0.0, 52000.0], 0, 100)
-    assert [report_html._tick_label(t, axis.ticks) for t in axis.ticks][-1] == "60k"
-    flat = report_html._Axis.fit([5.0, 5.0], 0, 100, zero=False)
-    assert flat.lo < 5.0 < flat.hi
-    assert all(math.isfinite(t) for t in flat.ticks)
-    assert report_html._Axis.fit([5.0, 5.0], 0, 100).lo == 0.0
-    assert report_html._Axis.fit([], 0, 100).hi > 0
+    assert plots.tick_labels([2.0, 4.0, 6.0, 8.0, 10.0, 12.0]) == ["2", "4", "6", "8", "10", "12"]
+    assert plots.tick_labels([0.0, 2.5, 5.0, 7.5, 10.0, 12.5]) == ["0.0", "2.5", "5.0", "7.5", "10.0", "12.5"]
+    assert plots.tick_labels([0.0, 20000.0, 40000.0, 60000.0])[-1] == "60k"
+    assert plots.tick_labels([0.0, 0.2, 0.4]) == ["0.0", "0.2", "0.4"]
+    assert plots.tick_labels([1000.0, 1200.0]) == ["1,000", "1,200"]
+    # The report's axes use them: latency in thousands of ms reads "10k", "20k", ...
+    (latency,) = plot(default_report(), "throughput-latency")
+    assert all(t.endswith("k") or t == "0" for t in texts(latency, "x-tick"))
+    # One point (a flat axis) still gets finite, readable ticks.
+    flat = ET.fromstring(
+        plots.render_svg(plots.Plot("flat", "one point", "x", "y", (plots.Series("s", (5.0,), (5.0,)),)))
+    )
+    ticks = texts(flat, "x-tick") + texts(flat, "y-tick")
+    assert ticks
+    assert not [t for t in ticks if not t or "nan" in t or "inf" in t]
 
 
 def test_empty_document() -> None:
@@ -359,7 +408,8 @@ def test_no_sweep_without_several_concurrencies() -> None:
 
 def test_write_html_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "out" / "report.html"
-    written = write_html(target, make_document())
+    small = {"pair": "x", "endpoint": None, "results": [single("a.py::test_one")]}
+    written = write_html(target, small)
     assert written == target
     assert target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert oct(target.stat().st_mode & 0o777) == oct(0o644)
@@ -372,6 +422,95 @@ def test_write_html_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(os, "replace", refuse)
     with pytest.raises(OSError, match="disk full"):
-        write_html(target, make_document())
+        write_html(target, small)
     assert target.read_text(encoding="utf-8") == "previous report"
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.html"]  # no temporary file left behind
+
+
+# -- the plots module -------------------------------------------------------------------------------------------------
+
+DAYS = tuple(dt.datetime(2026, 3, d, 12, tzinfo=dt.timezone.utc) for d in range(1, 15))
+
+
+def history_plot() -> plots.Plot:
+    """What a history chart will need: many series over dates, point labels, a reference line on y, a mark."""
+    engines = ("vllm 0.10", "vllm 0.11", "sglang 0.5", "trt-llm 1.1")
+    series = tuple(
+        plots.Series(
+            name,
+            DAYS,
+            tuple(1000.0 + 90 * k + 25 * (d % 4) for d in range(len(DAYS))),
+            labels=tuple(f"r{d}" for d in range(len(DAYS))),
+            dashed=k == 0,
+        )
+        for k, name in enumerate(engines)
+    )
+    return plots.Plot(
+        "history",
+        "Output throughput by day",
+        "run date",
+        "output tok/s",
+        series,
+        ref_lines=(plots.RefLine(1100.0, "SLO ≥ 1100 tok/s", axis="y"),),
+        marks=(plots.Mark(DAYS[6], 1400.0, "upgrade"),),
+    )
+
+
+def test_many_series_on_a_date_axis() -> None:
+    text = plots.render_svg(history_plot(), "history")
+    svg = ET.fromstring(text)
+    assert texts(svg, "legend-label") == ["vllm 0.10", "vllm 0.11", "sglang 0.5", "trt-llm 1.1"]
+    assert {series_of(g) for g in groups(svg, "series-line")} == {0, 1, 2, 3}
+    assert len(texts(svg, "pt-label")) == 4 * len(DAYS)
+    assert texts(svg, "ref-label") == ["SLO ≥ 1100 tok/s"]
+    assert texts(svg, "mark-label") == ["upgrade"]
+    # Dates, not day numbers since 1970: ConciseDateFormatter names the month once and the days after it.
+    ticks = texts(svg, "x-tick")
+    assert any("Mar" in t for t in ticks), ticks
+    assert all(re.fullmatch(r"\d{2}|Mar|2026-Mar|Mar \d{2}", t) for t in ticks), ticks
+    # Every series got its own colour from the cycle.
+    strokes = [
+        re.findall(r"stroke: (#[0-9a-f]{6})", ET.tostring(g, encoding="unicode")) for g in groups(svg, "series-line")
+    ]
+    assert len({found[0] for found in strokes}) == 4
+
+
+def test_output_is_deterministic_and_ids_are_unique_per_figure() -> None:
+    first = plots.render_svg(history_plot(), "a")
+    assert plots.render_svg(history_plot(), "a") == first
+    other = plots.render_svg(history_plot(), "b")
+    ids_a = set(re.findall(r'\bid="([^"]+)"', first))
+    ids_b = set(re.findall(r'\bid="([^"]+)"', other))
+    assert ids_a
+    assert not ids_a & ids_b
+    assert all(i.startswith("a-") for i in ids_a)
+    assert render_html(make_document(), generated=WHEN) == default_report()
+    for unwanted in ("<?xml", "<!DOCTYPE", "<metadata", "matplotlib.org", "<style"):
+        assert unwanted not in first
+
+
+def test_plot_text_is_text_and_is_escaped() -> None:
+    name = "<script>&$\\alpha$"
+    svg = plots.render_svg(plots.Plot("k", "a <b> title", "x", "y", (plots.Series(name, (1.0, 2.0), (3.0, 4.0)),)))
+    assert "<script>" not in svg
+    assert texts(ET.fromstring(svg), "legend-label") == [name]  # verbatim: no TeX, no path outlines
+    assert texts(ET.fromstring(svg), "title") == ["a <b> title"]
+
+
+def test_inconsistent_inputs_are_refused() -> None:
+    with pytest.raises(ValueError, match="2 x values but 1 y values"):
+        plots.Series("s", (1.0, 2.0), (1.0,))
+    mixed = plots.Plot("k", "t", "x", "y", (plots.Series("a", (1.0,), (1.0,)), plots.Series("b", DAYS[:1], (1.0,))))
+    with pytest.raises(ValueError, match="mixes datetimes and numbers"):
+        plots.render_svg(mixed)
+    with pytest.raises(ValueError, match="uid"):
+        plots.render_svg(history_plot(), "1 bad")
+
+
+def test_matplotlib_is_imported_only_to_draw() -> None:
+    code = (
+        "import sys; import pytest_llmperf.plugin, pytest_llmperf.report.html, pytest_llmperf.report.plots; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

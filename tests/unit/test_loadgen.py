@@ -368,8 +368,10 @@ def test_duration_bounded_closed_loop_stops_dispatching(sim: str) -> None:
     result = run(sim, workload.replace(num_prompts=None))
     assert 2 <= len(result.records) < 1000
     assert [r.error for r in result.records if not r.ok] == []
-    last_start = max(r.start_s for r in result.records)
-    assert last_start - result.bench_start_s < 1.0 + 0.5
+    # Each worker checks the clock before each request, so past the 1 s at most one request per worker (sent
+    # when its check came just before the end) starts: a count, not a time, so a stalled loop cannot fail it.
+    late = [r for r in result.records if r.start_s - result.bench_start_s >= 1.0]
+    assert len(late) <= 2
 
 
 def test_open_loop_requests_start_on_schedule(sim: str) -> None:

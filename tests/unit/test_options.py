@@ -12,7 +12,7 @@ from pytest_llmperf.errors import BaselineError
 from pytest_llmperf.harness.fixtures import SESSION_KEY
 from pytest_llmperf.judge.baseline import BaselineStore
 from pytest_llmperf.servers import control
-from pytest_llmperf.spec import Endpoint, Launch, redact_url
+from pytest_llmperf.spec import AB_ORDERS, COMPAT_MODES, Endpoint, Launch, redact_url
 
 BROKEN_PROFILES = "profiles:\n  mine: {command: 'x --port {port}', startup_timeout_s: soon}\n"
 
@@ -56,6 +56,51 @@ def test_bad_values_are_usage_errors_naming_the_option(
     assert problem in message
 
 
+# Per option that checks its value: one it refuses, one it takes, and what the refusal must tell the user to give.
+REFUSED = {
+    "endpoint": ("127.0.0.1:8000", "http://127.0.0.1:8000", "expected an http(s) URL such as http://"),
+    "compat": ("tgi", "sglang", "expected one of vllm, sglang"),
+    "ready-timeout": ("0", "0.5", "expected a number of seconds > 0"),
+    "hardware": ("h200/x8", "h200x8", "use letters, digits, '.', '_' and '+' only"),
+    "precision": ("fp8-mtp", "fp8_mtp", "use letters, digits, '.', '_' and '+' only"),
+    "gpus": ("1.5", "8", "expected a whole number of GPUs >= 1"),
+    "inconclusive": ("ignore", "fail", "expected one of fail, warn, skip"),
+    "tolerance": ("5%", "0.05", "expected a number between 0 and 1"),
+    "session-spread": ("1", "0.1", "expected a number between 0 and 1"),
+    "repeats": ("0", "3", "expected a whole number >= 1"),
+    "progress": ("yes", "off", "expected one of auto, on, off"),
+    "environment-guard": ("maybe", "off", "expected on or off"),
+    "busy-poll": ("1", "on", "expected on or off"),
+    "compare": ("http://b:80x", "sim", "expected an http(s) URL such as http://"),
+    "compare-order": ("sideways", "random", "expected one of abba, random"),
+    "compare-pause": ("601", "0", "expected seconds between 0 and 600"),
+    "scale": ("2", "1", "expected auto or a number between 0 and 1"),
+    "update": ("bogus", "force", "expected one of yes, force"),
+}
+CHECKED = [option for option in options.OPTIONS if option.choices is not None or option.parse is not str]
+
+
+@pytest.mark.parametrize(
+    ("option", "source"),
+    [pytest.param(option, "command line", id=option.name) for option in CHECKED]
+    + [pytest.param(option, "ini", id=f"{option.name}-ini") for option in CHECKED if option.ini],
+)
+def test_each_option_refuses_a_bad_value_saying_what_to_give(
+    pytester: pytest.Pytester, option: options.Option, source: str
+) -> None:
+    bad, good, remedy = REFUSED[option.name]  # a KeyError: a new checked option needs a row above
+    if source == "ini":
+        pytester.makeini(f"[pytest]\n{option.dest} = {bad}\n")
+    with pytest.raises(pytest.UsageError) as caught:
+        options.resolve(pytester.parseconfig(*([f"{option.flag}={bad}"] if source == "command line" else [])))
+    message = str(caught.value)
+    assert message.startswith(f"{option.flag}={bad!r}"), message
+    assert remedy in message, message
+    assert (f"(ini {option.dest})" in message) == (source == "ini"), message
+    # The value given is taken, and on the command line it wins over a bad one in the ini.
+    assert options.resolve(pytester.parseconfig(f"{option.flag}={good}"))
+
+
 def test_an_unknown_profile_lists_the_available_ones_and_the_profiles_option(pytester: pytest.Pytester) -> None:
     (pytester.path / "mine.yaml").write_text("profiles:\n  mine: {extends: sim}\n")
     with pytest.raises(pytest.UsageError) as caught:
@@ -82,6 +127,11 @@ def test_pair_ids_accepted_at_start_up_are_those_the_baseline_store_takes(value:
     except BaselineError:
         stored = False
     assert bool(options._PAIR_ID.fullmatch(value)) == stored
+
+
+def test_the_choices_of_compat_and_compare_order_are_those_the_spec_takes() -> None:
+    assert tuple(mode.value for mode in options.Compat) == COMPAT_MODES
+    assert tuple(order.value for order in options.CompareOrder) == AB_ORDERS
 
 
 def test_a_bad_value_stops_pytest_before_collection(pytester: pytest.Pytester) -> None:

@@ -1,0 +1,86 @@
+"""The package's imports run one way: the layout the README's "Architecture" section draws is the one the code has.
+
+Every import counts, including those inside functions and under ``TYPE_CHECKING``: a lazy import is still a
+dependency a reader has to follow.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parents[1] / "pytest_llmperf"
+
+# What each subpackage may import from the project besides itself. The shared bottom layer (value objects,
+# errors, result types, file writers, the version) is open to all.
+BOTTOM = {"spec", "errors", "results", "_files", "__version__"}
+ALLOWED: dict[str, set[str]] = {
+    "client": BOTTOM,
+    "judge": BOTTOM,
+    "servers": BOTTOM | {"client"},  # the lifecycle defers Ctrl-C with the client's interrupt guard
+    "report": BOTTOM | {"judge"},  # verdict statuses, capacity curves
+    "sim": BOTTOM | {"client"},  # precise sleeps (client.timing)
+}
+CORE = ("client", "judge", "servers")
+
+
+def _unit(module: str) -> str:
+    """The subpackage or top-level module a dotted name belongs to: ``pytest_llmperf.judge.stats`` → ``judge``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports(path: Path) -> Iterator[str]:
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pytest_llmperf"):
+            if node.module == "pytest_llmperf":
+                yield from (f"pytest_llmperf.{alias.name}" for alias in node.names)
+            else:
+                yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+
+
+def _modules(package: str) -> list[Path]:
+    return sorted((PACKAGE / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_a_subpackage_imports_only_what_sits_below_it(package: str) -> None:
+    wrong = sorted(
+        f"{path.relative_to(PACKAGE.parent).as_posix()} imports {module}"
+        for path in _modules(package)
+        for module in _imports(path)
+        if module.startswith("pytest_llmperf") and _unit(module) not in ALLOWED[package] | {package}
+    )
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("package", CORE)
+def test_core_packages_do_not_import_pytest(package: str) -> None:
+    # The core runs in benchmarks, the simulator and (later) client processes on other hosts, without pytest.
+    wrong = sorted(
+        path.relative_to(PACKAGE.parent).as_posix()
+        for path in _modules(package)
+        for module in _imports(path)
+        if module == "pytest" or module.startswith(("_pytest", "pytest."))
+    )
+    assert not wrong, wrong
+
+
+def test_every_subpackage_is_placed() -> None:
+    # A new subpackage must be given its place (and its row in the README's table of packages).
+    subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert subpackages <= set(ALLOWED) | {"harness"}, subpackages - set(ALLOWED) - {"harness"}
+
+
+def test_the_readme_tables_every_subpackage() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    architecture = readme.partition("## Architecture")[2].partition("\n## ")[0]
+    assert architecture, "README.md has no '## Architecture' section"
+    subpackages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    missing = [name for name in subpackages if f"`{name}/`" not in architecture]
+    assert not missing, missing
