@@ -7,7 +7,7 @@ every call into ``pytest_llmperf`` (the simulator runs in another process and is
 setup to its verdict. Printed:
 
 - **files**: distinct package files entered;
-- **stops**: distinct functions entered;
+- **stops**: distinct functions entered (not module bodies run on import, not comprehensions);
 - **climbs back**: in the order functions are first entered, how often the reader returns to a file already
   opened after leaving it.
 
@@ -110,9 +110,11 @@ import pytest
 PACKAGE = os.environ["FACTS_PACKAGE"]
 SIM = os.path.join(PACKAGE, "sim") + os.sep
 calls = []
+# Module bodies run on import and comprehensions belong to their function: neither is a stop.
+SKIPPED = {"<module>", "<genexpr>", "<listcomp>", "<dictcomp>", "<setcomp>"}
 
 def _profile(frame, event, arg):
-    if event != "call":
+    if event != "call" or frame.f_code.co_name in SKIPPED:
         return
     path = frame.f_code.co_filename
     if path.startswith(PACKAGE) and not path.startswith(SIM):
@@ -135,7 +137,7 @@ class TracedPath:
     files: int
     stops: int
     climbs_back: int
-    order: list[str]
+    calls: list[tuple[str, str]]
 
 
 def trace_one_run() -> TracedPath:
@@ -149,28 +151,39 @@ def trace_one_run() -> TracedPath:
         if proc.returncode != 0:
             raise SystemExit(f"the traced test failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
         calls = [tuple(c) for c in json.loads(out.read_text(encoding="utf-8"))]
-    seen_functions: set[tuple[str, str]] = set()
-    first_order: list[str] = []
-    for call in calls:
-        if call not in seen_functions:
-            seen_functions.add(call)
-            first_order.append(call[0])
+    first_calls: list[tuple[str, str]] = list(dict.fromkeys(calls))  # each function once, in first-call order
+    return _path_facts(first_calls)
+
+
+def _path_facts(first_calls: list[tuple[str, str]]) -> TracedPath:
     opened: set[str] = set()
     climbs = 0
     current = None
-    for path in first_order:
+    for path, _ in first_calls:
         if path != current:
             if path in opened:
                 climbs += 1
             opened.add(path)
             current = path
-    return TracedPath(files=len(opened), stops=len(seen_functions), climbs_back=climbs, order=first_order)
+    return TracedPath(files=len(opened), stops=len(first_calls), climbs_back=climbs, calls=first_calls)
+
+
+def orchestration(traced: TracedPath, modules: list[str]) -> TracedPath:
+    """The same path seen only in the orchestrating modules (where a reader follows the flow between the
+    pure parts): ``modules`` are file paths or folders relative to the package's parent."""
+    kept = [call for call in traced.calls if any(call[0] == m or call[0].startswith(m + "/") for m in modules)]
+    return _path_facts(kept)
 
 
 def main() -> int:
     parser = make_parser(__doc__)
     parser.add_argument("--core", default="client,judge,servers", help="core packages (comma-separated)")
     parser.add_argument("--core-modules", default="", help="core flat modules instead (comma-separated names)")
+    parser.add_argument(
+        "--orchestration",
+        default="pytest_llmperf/harness",
+        help="orchestrating files or folders, comma-separated, relative to the package's parent",
+    )
     parser.add_argument("--no-trace", action="store_true", help="skip tracing one llmperf.run()")
     parser.add_argument("--quick", action="store_true", help="the static facts only (same as --no-trace)")
     args = parser.parse_args()
@@ -208,6 +221,11 @@ def main() -> int:
         traced = trace_one_run()
         print(
             f"\nOne llmperf.run(), traced: {traced.files} files, {traced.stops} stops, {traced.climbs_back} climbs back"
+        )
+        harness = orchestration(traced, args.orchestration.split(","))
+        print(
+            f"The same path in the orchestration ({args.orchestration}): {harness.files} files, "
+            f"{harness.stops} stops, {harness.climbs_back} climbs back"
         )
     return 0
 

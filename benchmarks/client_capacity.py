@@ -104,7 +104,7 @@ CLIENTS = {
 # Where vLLM keeps its request function, newest first; loaded by path, never through `import vllm`.
 VLLM_MODULES = ("vllm/benchmarks/lib/endpoint_request_func.py", "vllm/benchmarks/endpoint_request_func.py")
 VLLM_FUNCTION = "async_request_openai_completions"
-# `vllm bench serve`'s own client on the machine where the targets were set (issue #2), µs per event.
+# `vllm bench serve`'s own client on the machine where the targets were set, µs per event.
 DESIGN_REFERENCE_US = {"a": 33.0, "b": 14.0}
 # "No falling behind" (scenario a): the client receives the intended events at the intended rate, its ITL
 # median matches the intended step, and 99% of events arrive before the next step is due.
@@ -709,7 +709,8 @@ def relative_line(s: Scenario, runs: Sequence[dict[str, Any]], name: str, refere
     return (
         f"vs the {name} client in the same runs ({ref_us:.1f} µs/event): {ratio:.2f}× its CPU per event "
         f"(per-repeat {min(ratios):.2f}–{max(ratios):.2f}); the target is {s.target_us:g} of "
-        f"{DESIGN_REFERENCE_US[s.key]:g} µs = {wanted:.2f}× on the issue's machine, {wanted * ref_us:.1f} µs here "
+        f"{DESIGN_REFERENCE_US[s.key]:g} µs = {wanted:.2f}× on the machine the targets were set on, "
+        f"{wanted * ref_us:.1f} µs here "
         f"→ **{'PASS' if ratio <= wanted else 'MISS'}** relative"
     )
 

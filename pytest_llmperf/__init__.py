@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from pytest_llmperf.harness.runner import Result
+    from pytest_llmperf.judge.slo import SloResult
+    from pytest_llmperf.judge.verdict import MetricVerdict, Verdict
     from pytest_llmperf.spec import Endpoint, Launch, Workload
 
 __version__ = "0.1.0"
@@ -51,6 +53,7 @@ __all__ = [
     "LLMPerfLimitWarning",
     "LLMPerfWarning",
     "Launch",
+    "MetricVerdict",
     "PortInUseError",
     "Result",
     "RunInterrupted",
@@ -58,8 +61,10 @@ __all__ = [
     "ServerExitedError",
     "ServerProcessExited",
     "ServerStartTimeout",
+    "SloResult",
     "SpecError",
     "StreamError",
+    "Verdict",
     "Workload",
     "__version__",
 ]
@@ -68,7 +73,10 @@ __all__ = [
 _LAZY = {
     "Endpoint": "pytest_llmperf.spec",
     "Launch": "pytest_llmperf.spec",
+    "MetricVerdict": "pytest_llmperf.judge.verdict",
     "Result": "pytest_llmperf.harness.runner",
+    "SloResult": "pytest_llmperf.judge.slo",
+    "Verdict": "pytest_llmperf.judge.verdict",
     "Workload": "pytest_llmperf.spec",
 }
 

@@ -8,6 +8,7 @@ is spent.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -398,6 +399,7 @@ def resolve(config: pytest.Config) -> Settings:
     profiles_path = config.rootpath / value["profiles"] if value["profiles"] else None
     if value["server"] is not None:
         _check_profile(value["server"], value["profiles"], profiles_path)
+    _check_report_extra(value["report"])
     # What creates files or warns comes last, once no usage error can follow.
     baselines = _baselines_root(config, value["baselines"], value["update"])
     json_path, report_path = _writable(config, "json", value["json"]), _writable(config, "report", value["report"])
@@ -512,6 +514,20 @@ def _check_profile(server: str, profiles_text: str | None, profiles_path: Path |
             f"--llmperf-server={server!r}: {exc} Name that file with --llmperf-profiles=PATH"
             + (f" (now {profiles_text})." if profiles_text else ".")
         ) from None
+
+
+def _check_report_extra(report: str | None) -> None:
+    """The HTML report's charts are drawn with matplotlib, the extra ``html``: a missing one is said now, not
+    when the report is written at the end of the session, after the whole budget was spent."""
+    if report is not None and not _has_matplotlib():
+        raise pytest.UsageError(
+            f"--llmperf-report={report!r}: the HTML report draws its charts with matplotlib, which is not "
+            'installed; pip install "pytest-llmperf[html]" (or leave out --llmperf-report)'
+        )
+
+
+def _has_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _writable(config: pytest.Config, name: str, text: str | None) -> Path | None:

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf._files import write_text_atomic
 from pytest_llmperf.errors import DocumentError
 from pytest_llmperf.judge.capacity import CapacityRatio, PairComparison, compare_documents
 
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             for m, i in zip(measured, interpolated, strict=True)
         ]
-        args.json.write_text(json.dumps({"first": a, "second": b, "comparisons": rows}, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps({"first": a, "second": b, "comparisons": rows}, indent=2) + "\n")
     return 0
 
 

@@ -75,6 +75,12 @@ INCONCLUSIVE: Final = "INCONCLUSIVE"
 IMPROVEMENT: Final = "IMPROVEMENT"
 NO_BASELINE: Final = "NO_BASELINE"
 NOT_COMPARABLE: Final = "NOT_COMPARABLE"
+# A test's word in the reports when something outranks its verdict: a gating SLO failed (BREACH) or an advisory
+# one did (MISSED); the test failed or was interrupted.
+SLO_BREACH: Final = "SLO BREACH"
+SLO_MISSED: Final = "SLO MISSED"
+FAILED: Final = "FAILED"
+INTERRUPTED: Final = "INTERRUPTED"
 
 
 # --- the run summary -----------------------------------------------------------------------------------------

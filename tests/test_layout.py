@@ -59,6 +59,18 @@ def test_a_subpackage_imports_only_what_sits_below_it(package: str) -> None:
     assert not wrong, "\n".join(wrong)
 
 
+def test_the_bottom_layer_imports_only_itself() -> None:
+    # Value objects, result types, errors and the file writer: everything may import them because they import
+    # nothing above them.
+    wrong = sorted(
+        f"{name}.py imports {module}"
+        for name in sorted(BOTTOM - {"__version__"})
+        for module in _imports(PACKAGE / f"{name}.py")
+        if module.startswith("pytest_llmperf") and _unit(module) not in BOTTOM
+    )
+    assert not wrong, wrong
+
+
 @pytest.mark.parametrize("package", CORE)
 def test_core_packages_do_not_import_pytest(package: str) -> None:
     # The core runs in benchmarks, the simulator and (later) client processes on other hosts, without pytest.

@@ -34,8 +34,9 @@ def readme_test_commands() -> tuple[str, list[str]]:
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("# 2. The test suite"))
     block = lines[start : lines.index("```", start)]
-    install = next(line for line in block if "pip install" in line)
-    return install.split("pip install ", 1)[1], [line for line in block if line.startswith("python -m pytest ")]
+    steps = [step.strip() for line in block if not line.startswith("#") for step in line.split(" && ")]
+    install = next(step for step in steps if step.startswith("pip install "))
+    return install.removeprefix("pip install "), [step for step in steps if step.startswith("python -m pytest ")]
 
 
 def test_ci_runs_exactly_the_test_commands_the_readme_gives() -> None:

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from pytest_llmperf.spec import Endpoint, Workload
 
 
+FORCE_HINT = "--llmperf-update=force"  # how messages say to replace runs across a hard-key change
+
+
 class BaselineBook:
     def __init__(self, config: pytest.Config, settings: Settings, servers: ServerManager) -> None:
         self._config = config
@@ -62,7 +65,7 @@ class BaselineBook:
         if self._store is None:
             from pytest_llmperf.judge.baseline import BaselineStore
 
-            self._store = BaselineStore(self._settings.baselines, force_hint="--llmperf-update=force")
+            self._store = BaselineStore(self._settings.baselines, force_hint=FORCE_HINT)
         return self._store
 
     @property
@@ -102,8 +105,10 @@ class BaselineBook:
     def baseline_view(self, module_path: str, test_name: str, workload: Workload, endpoint: Endpoint) -> BaselineView:
         """This test's baseline entry as the verdict needs it. Raises BaselineError for an unreadable file (when
         updating, the update replaces it: the view is then empty) and, when updating without force, for an entry
-        whose hard keys changed: the one place that refusal is made."""
+        whose hard keys changed, before any load is spent (the store says the same at the write, should the
+        entry change in between)."""
         from pytest_llmperf.harness.judging import BaselineView
+        from pytest_llmperf.judge.baseline import hard_key_refusal
 
         updating = self._settings.update is not None
         try:
@@ -113,10 +118,7 @@ class BaselineBook:
                 return BaselineView()
             raise
         if updating and view.hard_diffs and self._settings.update != "force":
-            raise BaselineError(
-                f"{view.where}: refusing to update across a hard-key change ({'; '.join(view.hard_diffs)}); "
-                "rerun with --llmperf-update=force to replace the old runs"
-            )
+            raise BaselineError(hard_key_refusal(view.where, view.hard_diffs, len(view.runs), FORCE_HINT))
         return view
 
     def _view(self, module_path: str, test_name: str, workload: Workload, endpoint: Endpoint) -> BaselineView:

@@ -107,7 +107,17 @@ class LLMPerf:
         test_name += f"#{self._calls}" if self._calls else ""
         self._calls += 1
         sides = {"A": self.endpoint} if self.compare is None else {"A": self.endpoint, "B": self.compare}
-        measurements = Measurements(self._item, self._calls - 1, self._session, sides, self._publish)
+        measurements = Measurements(
+            self._item,
+            self._calls - 1,
+            sides,
+            settings=self._settings,
+            servers=self._servers,
+            session_id=self._session.session_id,
+            is_worker=self._session.role.is_worker,
+            publish=self._publish,
+            keep_partial=self._session.keep_partial,
+        )
         updating = self.compare is None and self._settings.update is not None  # never in A/B mode (a usage error)
         try:
             for endpoint in sides.values():

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from pytest_llmperf.client.datasets import PromptContext
     from pytest_llmperf.harness.markers import PerfSpec
     from pytest_llmperf.harness.runner import Result
-    from pytest_llmperf.harness.session import LLMPerfSession
+    from pytest_llmperf.harness.server_manager import ServerManager
+    from pytest_llmperf.options import Settings
     from pytest_llmperf.report.progress import LiveProgress
     from pytest_llmperf.results import DisturbanceDict, RunDocument, RunSummary, ServerMetrics
     from pytest_llmperf.servers.disturbance import DisturbanceMonitor
@@ -29,21 +30,32 @@ if TYPE_CHECKING:
 
 class Measurements:
     """``sides``: the servers of the call, ``{"A": ...}``, or ``{"A": ..., "B": ...}`` in A/B mode. ``publish``
-    attaches an entry to the test (the entry of a run whose server died)."""
+    attaches an entry to the test (the entry of a run whose server died); ``keep_partial`` takes the entry of an
+    interrupted run, which gets no call report. ``settings`` (busy polling, the environment guard, live progress),
+    ``servers`` (measurement turns, settling, the server watches), ``session_id`` (recorded in every summary) and
+    ``is_worker`` (an xdist worker shows no live progress) are all it needs of the session."""
 
     def __init__(
         self,
         item: pytest.Item,
         call: int,
-        session: LLMPerfSession,
         sides: Mapping[str, Endpoint],
+        *,
+        settings: Settings,
+        servers: ServerManager,
+        session_id: str,
+        is_worker: bool,
         publish: Callable[[RunDocument], None],
+        keep_partial: Callable[[RunDocument], None],
     ) -> None:
         self._item = item
         self._call = call  # the index of this llmperf.run() call in its test
-        self._session = session  # the settings, the session id, and where an interrupted run's entry goes
-        self._servers = session.servers
-        self._watches = session.servers.watches
+        self._settings = settings
+        self._servers = servers
+        self._watches = servers.watches
+        self._session_id = session_id
+        self._is_worker = is_worker
+        self._keep_partial = keep_partial
         self._sides = sides
         self._publish = publish
         self._counts: dict[str, int] = {}  # runs measured per side: the key of each run's prompt contents
@@ -80,7 +92,7 @@ class Measurements:
                     endpoint,
                     context,
                     progress=progress,
-                    busy_poll=self._session.settings.busy_poll,
+                    busy_poll=self._settings.busy_poll,
                     contents=contents,
                 )
             except RunInterrupted as interrupted:
@@ -91,7 +103,7 @@ class Measurements:
                     **self._partial_document(partial, endpoint, label, reason),
                     "interruption": reason,
                 }
-                self._session.keep_partial({"nodeid": self._item.nodeid, "outcome": "interrupted", **document})
+                self._keep_partial({"nodeid": self._item.nodeid, "outcome": "interrupted", **document})
                 raise
             finally:
                 if progress is not None:
@@ -105,7 +117,7 @@ class Measurements:
             if monitor is not None:
                 result.summary["disturbance"] = _stop_monitor(monitor, result, deltas)
         result.summary["measurement_lock_wait_s"] = slot["wait_s"]
-        result.summary["session_id"] = self._session.session_id
+        result.summary["session_id"] = self._session_id
         if settled is not None:
             result.summary["ab_idle_wait_s"], result.summary["ab_pause_s"] = settled
         if settled is not None and (settled[0] or 0.0) >= IDLE_TIMEOUT_S:
@@ -139,7 +151,7 @@ class Measurements:
 
     def _disturbance_monitor(self, endpoint: Endpoint) -> DisturbanceMonitor | None:
         """A started monitor of what else uses the server's resources during the run (None when switched off)."""
-        if not self._session.settings.environment_guard:
+        if not self._settings.environment_guard:
             return None
         from pytest_llmperf.servers.disturbance import DisturbanceMonitor
 
@@ -152,11 +164,11 @@ class Measurements:
         """Live progress on a terminal (never on xdist workers, whose output goes to the controller)."""
         from pytest_llmperf.report.progress import LiveProgress
 
-        setting = self._session.settings.progress
+        setting = self._settings.progress
         config = self._item.config
         terminal = config.pluginmanager.getplugin("terminalreporter")
         capture = config.pluginmanager.getplugin("capturemanager")
-        if setting == "off" or self._session.role.is_worker or terminal is None or capture is None:
+        if setting == "off" or self._is_worker or terminal is None or capture is None:
             return None
         if setting == "auto" and not terminal.isatty:
             return None

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from pytest_llmperf.client.datasets import PromptContext, asks_for_sharing, build_prompts
-from pytest_llmperf.client.loadgen import Progress
 from pytest_llmperf.results import EndpointDict, RunDocument, RunSummary, WorkloadDict
 from pytest_llmperf.spec import Endpoint, RunRecords, Workload
 
 if TYPE_CHECKING:
+    from pytest_llmperf.client.loadgen import Progress  # loadgen imports aiohttp: only when a run starts
     from pytest_llmperf.judge.slo import SloResult
     from pytest_llmperf.judge.verdict import Verdict
 

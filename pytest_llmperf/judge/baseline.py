@@ -376,6 +376,15 @@ class _Problem(Exception):
     """A validation problem inside an entry (turned into BaselineError with file and entry names)."""
 
 
+def hard_key_refusal(where: str, hard_diffs: Sequence[str], runs: int, force_hint: str) -> str:
+    """The one message for an update that would mix runs whose hard keys differ: said when the test looks its
+    entry up (before any load) and again at the write, should the entry have changed in between."""
+    return (
+        f"{where}: refusing to update across a hard-key change ({'; '.join(hard_diffs)}); its {runs} run(s) are "
+        f"not comparable with new ones: rerun with {force_hint} to replace them"
+    )
+
+
 class BaselineStore:
     """Baselines under ``root``; see the module documentation for the layout.
 
@@ -532,11 +541,7 @@ class BaselineStore:
         if old is not None:
             comparable, hard, soft = compare_fingerprint(old, fingerprint, workload)
             if not comparable and not force:
-                raise BaselineError(
-                    f"{path}: entry {test_name!r}: refusing to overwrite the baseline, its hard keys changed "
-                    f"({'; '.join(hard)}). Its {old.k} run(s) are not comparable with the new ones; pass the "
-                    f"force option ({self.force_hint}) to replace them"
-                )
+                raise BaselineError(hard_key_refusal(f"{path}: entry {test_name!r}", hard, old.k, self.force_hint))
             epoch, previous = old.epoch, [e.copy() for e in old.previous_epochs]
             if comparable:
                 why = _epoch_reason(old.fingerprint, fingerprint, differs)

@@ -63,8 +63,9 @@ def from_usage(records: Sequence[RequestRecord]) -> CacheUse | None:
 
 
 def from_metrics(counters: Mapping[str, float]) -> CacheUse | None:
-    """From the deltas of the server's ``/metrics`` counters over the run (``servermetrics.deltas``'s
-    ``counters``, which lists only counters that moved); None when the engine exports no such pair."""
+    """From the deltas of the server's ``/metrics`` counters over the run (the ``counters`` of
+    :func:`pytest_llmperf.servers.engine_metrics.deltas`, which lists only counters that moved); None when the
+    engine exports no such pair."""
     for engine, cached_name, prompt_name in _COUNTERS:
         prompts = counters.get(prompt_name)
         if prompts:

@@ -40,7 +40,18 @@ from pytest_llmperf.judge.capacity import (
 )
 from pytest_llmperf.report import plots
 from pytest_llmperf.report.tables import server_label
-from pytest_llmperf.results import IMPROVEMENT, INCONCLUSIVE, NO_BASELINE, NOT_COMPARABLE, PASS, REGRESSION
+from pytest_llmperf.results import (
+    FAILED,
+    IMPROVEMENT,
+    INCONCLUSIVE,
+    INTERRUPTED,
+    NO_BASELINE,
+    NOT_COMPARABLE,
+    PASS,
+    REGRESSION,
+    SLO_BREACH,
+    SLO_MISSED,
+)
 
 __all__ = ["render_html", "write_html"]
 
@@ -49,11 +60,11 @@ DASH = "—"
 ECDF_POINTS = 240
 # Status → (rank in the table, CSS class). Lower ranks come first.
 _RANK = {
-    "SLO BREACH": (0, "bad"),
+    SLO_BREACH: (0, "bad"),
     REGRESSION: (1, "bad"),
-    "FAILED": (2, "bad"),
-    "INTERRUPTED": (2, "bad"),
-    "SLO MISSED": (3, "warn"),
+    FAILED: (2, "bad"),
+    INTERRUPTED: (2, "bad"),
+    SLO_MISSED: (3, "warn"),
     INCONCLUSIVE: (4, "warn"),
     NOT_COMPARABLE: (5, "warn"),
     NO_BASELINE: (6, "info"),
@@ -126,7 +137,7 @@ def _status(result: Mapping[str, Any]) -> str:
     """The worst of: gating SLO breach, regression, failed test, advisory SLO miss, then the verdict."""
     breached = bool(result.get("slo_breached"))
     if breached and result.get("slo_gating", True):
-        return "SLO BREACH"
+        return SLO_BREACH
     verdict = str((result.get("verdict") or {}).get("status") or "")
     if verdict == REGRESSION:
         return verdict
@@ -134,7 +145,7 @@ def _status(result: Mapping[str, Any]) -> str:
     if outcome in ("failed", "interrupted"):
         return outcome.upper()
     if breached:
-        return "SLO MISSED"
+        return SLO_MISSED
     return verdict or DASH
 
 

@@ -96,6 +96,7 @@ _RC: dict[Any, Any] = {
 _LOCK = threading.Lock()
 _LABEL_SIZE = 10.0
 _POINT_RADIUS = 4.0  # px kept free around each plotted point, so that labels never hide one
+_MARK_RADIUS = 7.0  # the same around a mark (a larger diamond)
 
 
 @dataclass(frozen=True)
@@ -188,21 +189,35 @@ def render_svg(plot: Plot, uid: str | None = None) -> str:
         uid = "p" + hashlib.sha256(repr(plot).encode()).hexdigest()[:10]
     if not re.fullmatch(r"[A-Za-z][\w-]*", uid):
         raise ValueError(f"uid {uid!r}: letters, digits, '-' and '_' only, starting with a letter")
+    import importlib
     import io
 
-    import matplotlib as mpl
+    with _LOCK, warnings.catch_warnings():
+        # The first import of matplotlib and its dependencies (dateutil, pyparsing, PIL) may warn, e.g. of a
+        # deprecation: under a user's `-W error` that must not abort the report, so the modules a render loads are
+        # imported here with every warning ignored.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for module in (
+                "matplotlib",
+                "matplotlib.figure",
+                "matplotlib.style.core",
+                "matplotlib.backends.backend_svg",
+            ):
+                importlib.import_module(module)
+        import matplotlib as mpl  # imported above
 
-    with _LOCK, mpl.rc_context(), warnings.catch_warnings():
-        # matplotlib's own defaults, not a matplotlibrc of the user's: the same report on every machine.
-        mpl.rcdefaults()
-        mpl.rcParams.update(_RC)
-        # A glyph missing from the font or a cramped layout must not fail a test session that only wanted a
-        # report (pytest's "error" warning filters are active at session end, when the report is written).
-        warnings.simplefilter("ignore", UserWarning)
-        figure = _draw(plot)
-        buffer = io.StringIO()
-        # A bare Figure (no pyplot, no global figure registry) saved through the SVG backend.
-        figure.savefig(buffer, format="svg", metadata={"Date": None})
+        with mpl.rc_context():
+            # matplotlib's own defaults, not a matplotlibrc of the user's: the same report on every machine.
+            mpl.rcdefaults()
+            mpl.rcParams.update(_RC)
+            # A glyph missing from the font or a cramped layout must not fail a test session that only wanted a
+            # report (pytest's "error" warning filters are active at session end, when the report is written).
+            warnings.simplefilter("ignore", UserWarning)
+            figure = _draw(plot)
+            buffer = io.StringIO()
+            # A bare Figure (no pyplot, no global figure registry) saved through the SVG backend.
+            figure.savefig(buffer, format="svg", metadata={"Date": None})
     return _inline(buffer.getvalue(), plot, uid)
 
 
@@ -374,7 +389,7 @@ def _default_colors() -> Iterator[str]:
 
 _Rect = tuple[float, float, float, float]  # left, bottom, right, top in figure pixels
 _Spot = tuple[float, float, str, str]  # x, y in figure pixels (or an offset), horizontal and vertical alignment
-# Offsets (px) from a point and alignments to try for its label, nearest first.
+# Offsets (px) from a point drawn _POINT_RADIUS wide and alignments to try for its label, nearest first.
 _NEAR: list[_Spot] = [
     (6, 3, "left", "bottom"),
     (6, -3, "left", "top"),
@@ -385,8 +400,25 @@ _NEAR: list[_Spot] = [
     (8, 0, "left", "center"),
     (-8, 0, "right", "center"),
 ]
-# Then farther out, for crowded spots (points close together along a curve).
-_AROUND = _NEAR + [(dx * 1.5, dy * 4, ha, va) for dx, dy, ha, va in _NEAR if dy]
+# Then rings farther out, for crowded data (points close together along a curve, two sides that measured the
+# same): this many times the near distance, at these angles (degrees; up and right first, like _NEAR).
+_RINGS = (2, 3, 4, 5, 6)
+_ANGLES = (22.5, -22.5, 157.5, -157.5, 67.5, -67.5, 112.5, -112.5, 45, -45, 135, -135, 90, -90, 0, 180)
+
+
+def _around(px: float, py: float, radius: float) -> list[_Spot]:
+    """Spots for the label of a point at (px, py) drawn ``radius`` px wide: the near ones, then the rings. Each
+    ring spot is aligned so that the label extends away from the point."""
+    scale = (radius + 2) / (_POINT_RADIUS + 2)  # _NEAR starts a label 2 px beyond a point's edge
+    spots = [(px + dx * scale, py + dy * scale, ha, va) for dx, dy, ha, va in _NEAR]
+    for ring in _RINGS:
+        distance = 7 * scale * ring
+        for angle in _ANGLES:
+            c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+            ha = "left" if c > 0.3 else "right" if c < -0.3 else "center"
+            va = "bottom" if s > 0.3 else "top" if s < -0.3 else "center"
+            spots.append((px + distance * c, py + distance * s, ha, va))
+    return spots
 
 
 @functools.lru_cache(maxsize=1024)
@@ -445,16 +477,16 @@ def _place(
     """The first of ``spots`` where ``text`` stays inside ``box``, overlaps no label or point taken and crosses no
     line, else the least bad one. Its rectangle is then taken."""
     w, h = _text_size(text, weight)
-    best: tuple[float, _Rect, _Spot] | None = None
+    best: tuple[tuple[float, float, float], _Rect, _Spot] | None = None
     for x, y, ha, va in spots:
         rect = _rect(x, y, w, h, ha, va)
         outside = max(box[0] - rect[0], rect[2] - box[2], box[1] - rect[1], rect[3] - box[3], 0.0)
-        # Covering a point or a label hides it; crossing a line only blurs the text: weigh them so.
-        cost = 10 * sum(_overlap(rect, t) for t in taken) + 3 * sum(_crossing(g, rect) for g in lines)
-        cost += 1000 * outside * h
+        # Outside the axes a label may be cut off or cover the ticks; covering a point or a label hides it;
+        # crossing a line only blurs the text: each is worse than any amount of the next.
+        cost = (outside, sum(_overlap(rect, t) for t in taken), sum(_crossing(g, rect) for g in lines))
         if best is None or cost < best[0]:
             best = (cost, rect, (x, y, ha, va))
-        if cost == 0:
+        if not any(cost):
             break
     assert best is not None
     taken.append(best[1])
@@ -486,7 +518,7 @@ def _label(
                 taken.append((px - _POINT_RADIUS, py - _POINT_RADIUS, px + _POINT_RADIUS, py + _POINT_RADIUS))
     for mx, m in zip(marks_x, plot.marks, strict=True):
         px, py = to_px(mx, m.y)
-        taken.append((px - 7, py - 7, px + 7, py + 7))
+        taken.append((px - _MARK_RADIUS, py - _MARK_RADIUS, px + _MARK_RADIUS, py + _MARK_RADIUS))
     lines: list[_Segment] = []
     for s, xs in zip(plot.series, series_x, strict=True):
         paths = [(list(s.front), False)] if s.front else []
@@ -535,12 +567,10 @@ def _label(
         put(ref.label, _place(spots, ref.label, taken, lines, box), "ref-label", ref.color)
     for s, xs, color in zip(plot.series, series_x, colors, strict=True):
         for text, x, y in zip(s.labels, xs, s.y, strict=False):
-            px, py = to_px(x, y)
-            spots = [(px + dx, py + dy, ha, va) for dx, dy, ha, va in _AROUND]
+            spots = _around(*to_px(x, y), _POINT_RADIUS)
             put(text, _place(spots, text, taken, lines, box), "pt-label", color)
     for mx, m in zip(marks_x, plot.marks, strict=True):
-        px, py = to_px(mx, m.y)
-        spots = [(px + dx, py + dy, ha, va) for dx, dy, ha, va in _AROUND]
+        spots = _around(*to_px(mx, m.y), _MARK_RADIUS)
         put(m.label, _place(spots, m.label, taken, lines, box, "bold"), "mark-label", m.color, "bold")
 
 

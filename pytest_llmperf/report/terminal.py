@@ -6,7 +6,6 @@ Returns ``(text, markup)`` lines; the terminal writer colours them only on a TTY
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
 
 from pytest_llmperf.report.tables import render_verdict_table, server_label
 from pytest_llmperf.results import (
@@ -16,12 +15,12 @@ from pytest_llmperf.results import (
     NOT_COMPARABLE,
     PASS,
     REGRESSION,
+    SLO_BREACH,
     EndpointDict,
     RunDocument,
     WorkloadDict,
 )
 
-SLO_BREACH: Final = "SLO BREACH"  # a result's word when a gating SLO failed, whatever its verdict
 _ORDER = {SLO_BREACH: 0, REGRESSION: 1, INCONCLUSIVE: 2, NOT_COMPARABLE: 3, NO_BASELINE: 4}
 _COLOURS = {SLO_BREACH: "red", REGRESSION: "red", INCONCLUSIVE: "yellow", IMPROVEMENT: "green", PASS: "green"}
 TEST_WIDTH = 40

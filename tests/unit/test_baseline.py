@@ -147,7 +147,7 @@ def test_hard_key_change_is_refused_unless_forced(store: BaselineStore) -> None:
     with pytest.raises(BaselineError) as info:
         store.update(HW, PREC, MODULE, "test_a", fingerprint=fingerprint(model="other"), runs=[summary(3.0)])
     message = str(info.value)
-    assert "refusing to overwrite" in message
+    assert "refusing to update across a hard-key change" in message
     assert "model: baseline 'tiny-llama', now 'other'" in message
     assert "--llmperf-update=force" in message
     assert str(path_of(store)) in message

@@ -475,6 +475,49 @@ def test_many_series_on_a_date_axis() -> None:
     assert len({found[0] for found in strokes}) == 4
 
 
+def test_labels_of_crowded_points_keep_clear_of_each_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight concurrencies bunched at low latency (one far point sets the scale), baseline and current almost on
+    top of each other, the capacity mark and the SLO line among them: every label still finds a free spot."""
+    placed: list[tuple[str, tuple[float, ...], list[tuple[float, ...]], tuple[float, ...]]] = []
+    place = plots._place
+
+    def spy(spots: Any, text: str, taken: list[Any], lines: Any, box: Any, weight: str = "normal") -> Any:
+        before = list(taken)
+        spot = place(spots, text, taken, lines, box, weight)
+        placed.append((text, taken[-1], before, box))
+        return spot
+
+    monkeypatch.setattr(plots, "_place", spy)
+    n = 8
+    e2e = [20 + 15 * (k / (n - 1)) ** 2 for k in range(n)] + [120.0]
+    throughput = [100 + 150 * (k / (n - 1)) ** 0.5 for k in range(n)] + [1200.0]
+    names = tuple(f"c{2**k}" for k in range(n + 1))
+    cap = n // 2
+    crowded = plots.Plot(
+        "throughput-latency",
+        "Output throughput vs median E2E latency",
+        "median end-to-end latency (ms)",
+        "output throughput (tok/s)",
+        (
+            plots.Series(
+                "baseline", tuple(x * 1.04 for x in e2e), tuple(y * 0.98 for y in throughput), names, dashed=True
+            ),
+            plots.Series("current", tuple(e2e), tuple(throughput), names),
+        ),
+        ref_lines=(plots.RefLine(e2e[cap] + 1, f"SLO e2e_p50_ms ≤ {e2e[cap] + 1:.0f}"),),
+        marks=(plots.Mark(e2e[cap], throughput[cap], f"e2e_p50_ms cap. c≈{2**cap}"),),
+    )
+    svg = ET.fromstring(plots.render_svg(crowded))
+    assert len(texts(svg, "pt-label")) == 2 * (n + 1)
+    assert len(placed) == 2 * (n + 1) + 2  # and the SLO line's and the mark's
+    for text, rect, taken_before, box in placed:
+        # Inside the axes, and clear of every point, mark and label placed before it (so of every other label).
+        assert box[0] <= rect[0] < rect[2] <= box[2], text
+        assert box[1] <= rect[1] < rect[3] <= box[3], text
+        clashes = [t for t in taken_before if plots._overlap(rect, t) > 0]
+        assert not clashes, (text, rect, clashes)
+
+
 def test_output_is_deterministic_and_ids_are_unique_per_figure() -> None:
     first = plots.render_svg(history_plot(), "a")
     assert plots.render_svg(history_plot(), "a") == first
@@ -514,3 +557,20 @@ def test_matplotlib_is_imported_only_to_draw() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_warning_on_importing_matplotlib_does_not_abort_the_report() -> None:
+    """Under a user's ``-W error``, a deprecation warned by matplotlib or a dependency on its first import."""
+    code = (
+        "import importlib.abc, sys, warnings\n"
+        "class Warns(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('matplotlib', 'PIL', 'dateutil', 'pyparsing'):\n"
+        "            warnings.warn(f'importing {name} is deprecated', DeprecationWarning)\n"
+        "sys.meta_path.insert(0, Warns())\n"
+        "from pytest_llmperf.report import plots\n"
+        "print(plots.render_svg(plots.Plot('k', 't', 'x', 'y', (plots.Series('a', (1.0, 2.0), (3.0, 4.0)),)))[:4])\n"
+    )
+    run = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "<svg"

@@ -142,6 +142,30 @@ def test_a_bad_value_stops_pytest_before_collection(pytester: pytest.Pytester) -
     assert "collected" not in result.stdout.str()
 
 
+def test_a_report_without_the_html_extra_is_refused_at_start_up(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(options, "_has_matplotlib", lambda: False)
+    with pytest.raises(pytest.UsageError) as caught:
+        options.resolve(pytester.parseconfig("--llmperf-report=out/report.html"))
+    message = str(caught.value)
+    assert message.startswith("--llmperf-report='out/report.html': "), message
+    assert 'pip install "pytest-llmperf[html]"' in message, message
+    assert not (pytester.path / "out").exists()  # refused before anything is created
+    # Without a report, matplotlib is not needed.
+    assert options.resolve(pytester.parseconfig("--llmperf-json=out.json")).report_path is None
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest("--llmperf-report=report.html")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "ERROR: --llmperf-report='report.html': " in result.stderr.str()
+    assert 'pip install "pytest-llmperf[html]"' in result.stderr.str()
+    assert "collected" not in result.stdout.str()
+
+
+def test_the_html_extra_is_found_where_it_is_installed() -> None:
+    assert options._has_matplotlib()  # the dev extra installs it
+
+
 # --- API key variables named but not set: a warning, never a stop -------------------------------------------
 
 
