@@ -14,7 +14,49 @@ where readers already fall back on defaults.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final, Literal, TypeAlias, TypedDict
+from typing import Literal, TypeAlias, TypedDict
+
+from pytest_llmperf.status import (
+    FAILED as FAILED,
+)
+from pytest_llmperf.status import (
+    IMPROVEMENT as IMPROVEMENT,
+)
+from pytest_llmperf.status import (
+    INCONCLUSIVE as INCONCLUSIVE,
+)
+from pytest_llmperf.status import (
+    INTERRUPTED as INTERRUPTED,
+)
+from pytest_llmperf.status import (
+    NO_BASELINE as NO_BASELINE,
+)
+from pytest_llmperf.status import (
+    NOT_COMPARABLE as NOT_COMPARABLE,
+)
+from pytest_llmperf.status import (
+    PASS as PASS,
+)
+from pytest_llmperf.status import (
+    REGRESSION as REGRESSION,
+)
+from pytest_llmperf.status import (
+    SLO_BREACH as SLO_BREACH,
+)
+from pytest_llmperf.status import (
+    SLO_MISSED as SLO_MISSED,
+)
+from pytest_llmperf.status import (
+    OverallStatus as OverallStatus,
+)
+from pytest_llmperf.status import (
+    Reference as Reference,
+)
+
+# The status words live in pytest_llmperf.status (loaded when pytest starts); re-exported for the documents.
+from pytest_llmperf.status import (
+    Status as Status,
+)
 
 __all__ = [
     "IMPROVEMENT",
@@ -59,29 +101,6 @@ JSONValue: TypeAlias = bool | int | float | str | list["JSONValue"] | dict[str, 
 # A run's figures as verdicts, SLO checks and baselines read them: a RunSummary or a BaselineRun, looked up by
 # keys computed at run time (``metrics.stat_key``), so any mapping of figures will do.
 RunFigures: TypeAlias = Mapping[str, object]
-
-# --- verdict statuses ----------------------------------------------------------------------------------------
-
-Status = Literal["REGRESSION", "PASS", "INCONCLUSIVE", "IMPROVEMENT"]  # of one metric
-OverallStatus = Literal["REGRESSION", "PASS", "INCONCLUSIVE", "IMPROVEMENT", "NO_BASELINE", "NOT_COMPARABLE"]
-Reference = Literal["baseline", "A"]  # what a verdict compares with: stored runs, or A/B mode's server A
-
-# Plain strings, not an Enum: they travel in JSON and through execnet, and appear in f-strings, as the words.
-# Defined here rather than in judge.verdict (which re-exports them) so that the reports, imported when the
-# plugin loads, need not import scipy to name them.
-REGRESSION: Final = "REGRESSION"
-PASS: Final = "PASS"
-INCONCLUSIVE: Final = "INCONCLUSIVE"
-IMPROVEMENT: Final = "IMPROVEMENT"
-NO_BASELINE: Final = "NO_BASELINE"
-NOT_COMPARABLE: Final = "NOT_COMPARABLE"
-# A test's word in the reports when something outranks its verdict: a gating SLO failed (BREACH) or an advisory
-# one did (MISSED); the test failed or was interrupted.
-SLO_BREACH: Final = "SLO BREACH"
-SLO_MISSED: Final = "SLO MISSED"
-FAILED: Final = "FAILED"
-INTERRUPTED: Final = "INTERRUPTED"
-
 
 # --- the run summary -----------------------------------------------------------------------------------------
 

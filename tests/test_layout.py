@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).parents[1] / "pytest_llmperf"
 
 # What each subpackage may import from the project besides itself. The shared bottom layer (value objects,
 # errors, result types, file writers, the version) is open to all.
-BOTTOM = {"spec", "errors", "results", "_files", "__version__"}
+BOTTOM = {"spec", "errors", "results", "status", "_files", "__version__"}
 ALLOWED: dict[str, set[str]] = {
     "client": BOTTOM,
     "judge": BOTTOM,

@@ -18,7 +18,7 @@ import pytest
 
 from pytest_llmperf.errors import BaselineError
 from pytest_llmperf.options import Settings
-from pytest_llmperf.results import IMPROVEMENT, REGRESSION
+from pytest_llmperf.status import IMPROVEMENT, REGRESSION
 
 if TYPE_CHECKING:
     from pytest_llmperf.harness.judging import BaselineView, Judgement

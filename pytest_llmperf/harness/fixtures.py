@@ -24,8 +24,8 @@ from pytest_llmperf.harness.measuring import Measurements
 from pytest_llmperf.harness.server_manager import Side
 from pytest_llmperf.harness.session import RESULTS_KEY, LLMPerfSession
 from pytest_llmperf.report.junit import properties
-from pytest_llmperf.results import INCONCLUSIVE, REGRESSION
 from pytest_llmperf.spec import Endpoint, redact_url
+from pytest_llmperf.status import INCONCLUSIVE, REGRESSION
 
 if TYPE_CHECKING:
     from pytest_llmperf.harness.judging import ABJudgement, BaselineView, Judgement

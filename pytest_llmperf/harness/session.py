@@ -24,7 +24,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -34,9 +34,11 @@ from pytest_llmperf.harness.baseline_book import BaselineBook
 from pytest_llmperf.harness.server_manager import ServerManager
 from pytest_llmperf.harness.xdist import XdistRole
 from pytest_llmperf.options import Settings
-from pytest_llmperf.results import RunDocument, SessionDocument
 
-RESULTS_KEY = pytest.StashKey[list[RunDocument]]()
+if TYPE_CHECKING:
+    from pytest_llmperf.results import RunDocument, SessionDocument
+
+RESULTS_KEY = pytest.StashKey["list[RunDocument]"]()  # a string: results.py is for type checkers only
 PARTIAL_DIR = "partial"  # in the run directory: interrupted runs of xdist workers, for the controller
 
 # The embedded engine is a tiny model on one CPU core: published GPU workloads shrink 20× to run in minutes.

@@ -22,10 +22,12 @@ import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from pytest_llmperf.errors import SpecError
-from pytest_llmperf.results import RunFigures, SloDict, SloResultDict
+
+if TYPE_CHECKING:
+    from pytest_llmperf.results import RunFigures, SloDict, SloResultDict
 
 __all__ = [
     "LATENCY_METRICS",
@@ -72,7 +74,7 @@ class Slo:
     implicit: bool = False
 
     def as_dict(self) -> SloDict:
-        return cast(SloDict, dataclasses.asdict(self))  # SloDict names exactly these fields
+        return cast("SloDict", dataclasses.asdict(self))  # SloDict names exactly these fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,7 @@ class SloResult:
     implicit: bool = False
 
     def as_dict(self) -> SloResultDict:
-        return cast(SloResultDict, dataclasses.asdict(self))  # SloResultDict names exactly these fields
+        return cast("SloResultDict", dataclasses.asdict(self))  # SloResultDict names exactly these fields
 
 
 def split_slo_kwargs(kwargs: Mapping[str, object]) -> tuple[dict[str, object], dict[str, object]]:

@@ -8,9 +8,10 @@ Appended to ``item.user_properties`` (not ``record_property``), so they are writ
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-from pytest_llmperf.results import RunDocument, RunSummary
+if TYPE_CHECKING:
+    from pytest_llmperf.results import RunDocument, RunSummary
 
 Property: TypeAlias = tuple[str, str | float | None]
 

@@ -97,3 +97,16 @@ def test_importing_the_package_loads_nothing_heavy() -> None:
     on_import, with_value_objects = (json.loads(line) for line in out.splitlines())
     assert on_import == []
     assert with_value_objects == []
+
+
+def test_loading_the_plugin_loads_no_heavy_module_and_no_typed_documents() -> None:
+    # What every pytest start pays once the plugin is installed: the typed documents (results.py) serve type
+    # checkers, the status words come from the small status.py.
+    watched = (*HEAVY, "matplotlib", "pytest_llmperf.results")
+    code = (
+        "import json, sys\n"
+        "import pytest, pytest_llmperf.plugin\n"
+        f"print(json.dumps(sorted(m for m in {watched!r} if m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == []
