@@ -104,7 +104,7 @@ def _chat_output(delta: Any, text: str | None) -> bool | None:
 class StreamParser:
     """One response body: :meth:`feed` each read, then :meth:`finish` once the body has ended."""
 
-    __slots__ = ("_buffer", "_foreign", "chat", "done", "events", "record")
+    __slots__ = ("_buffer", "_foreign", "_silent", "chat", "done", "events", "record")
 
     def __init__(self, record: RequestRecord, chat: bool) -> None:
         self.record = record
@@ -113,6 +113,7 @@ class StreamParser:
         self.events = 0  # output events recorded
         self._buffer = b""  # the unfinished last line
         self._foreign = b""  # the start of any lines that are not SSE at all, for the message if nothing else came
+        self._silent = b""  # the chunks that came before any output event, for the message if none ever came
 
     def feed(self, data: bytes, now: float) -> bool:
         """Take one read that arrived at ``now``; True once ``[DONE]`` has been seen (later bytes are ignored)."""
@@ -149,7 +150,8 @@ class StreamParser:
                 raise StreamError("empty", "stream closed with no output and no [DONE]")
             raise StreamError("truncated", "stream closed before [DONE]")
         if not self.record.event_times_s:
-            raise StreamError("empty", "stream finished without any output event")
+            chunks = f": the server sent {excerpt(self._silent.strip())}" if self._silent else ""
+            raise StreamError("empty", f"stream finished without any output event{chunks}")
 
     def _line(self, line: bytes, now: float) -> bool:
         """Handle one SSE line; True at ``[DONE]``."""
@@ -179,6 +181,8 @@ class StreamParser:
             raise StreamError(
                 "malformed", f"stream chunk of an unexpected shape ({why}): {excerpt(payload.strip())}"
             ) from None
+        if not self.record.event_times_s and len(self._silent) < EXCERPT_CHARS:  # only until the first output
+            self._silent += payload.strip() + b"\n"
         return False
 
     def _chunk(self, chunk: dict[str, Any], now: float) -> None:

@@ -99,6 +99,19 @@ def test_incomplete_streams_fail_at_the_end(stream: bytes, kind: str, text: str)
     assert caught.value.kind == kind
 
 
+def test_a_stream_without_output_says_what_the_server_sent_instead() -> None:
+    # A chat stream whose only chunks are the role and the finish: the message shows them, so a user can tell a
+    # model that said nothing from a parser that missed something.
+    p = parser(chat=True)
+    p.feed(b'data: {"choices":[{"delta":{"role":"assistant"}}]}\n\n', 1.0)
+    p.feed(b'data: {"choices":[{"delta":{},"finish_reason":"length"}]}\n\ndata: [DONE]\n\n', 2.0)
+    with pytest.raises(StreamError, match="without any output event") as caught:
+        p.finish(3.0)
+    assert caught.value.kind == "empty"
+    assert '"role":"assistant"' in str(caught.value)
+    assert '"finish_reason":"length"' in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("line", "kind"),
     [
