@@ -163,9 +163,14 @@ def test_corrupt_baseline_names_file_and_entry_and_is_left_alone(pytester: pytes
 @pytest.mark.parametrize(("policy", "outcome"), [("fail", "failed"), ("skip", "skipped"), ("warn", "passed")])
 def test_inconclusive_policy(pytester: pytest.Pytester, sim: str, policy: str, outcome: str) -> None:
     # One baseline run and one candidate run, 15 % slower per token with δ = 10 %: too slow to pass, not the
-    # gross effect (≥ 3 × δ on the log scale) that a single baseline run would need for a regression.
+    # gross effect (≥ 3 × δ on the log scale) that a single baseline run would need for a regression. The
+    # slowdown is per token; TTFT (≈ 10 ms) is not under test and on a loaded CI machine moved 37 % between two
+    # single runs, a gross effect at δ = 10 %: it gets a tolerance it cannot reach by noise.
     pytester.makepyfile(
-        test_decode=PERF_TEST.replace("repeats=5", "repeats=1").replace('tolerance={"ttft_p50": 0.15}', "tolerance=0.1")
+        test_decode=PERF_TEST.replace("repeats=5", "repeats=1").replace(
+            'tolerance={"ttft_p50": 0.15}',
+            'tolerance={"ttft_p50": 0.9, "tpot_p50": 0.1, "e2e_p50": 0.1, "output_tok_s": 0.1}',
+        )
     )
     run(pytester, sim, "--llmperf-update")[0].assert_outcomes(passed=1)
     httpx.post(f"{sim}/sim/config", json={"slowdown_per_token_pct": 15}, timeout=10).raise_for_status()
