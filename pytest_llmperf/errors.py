@@ -13,6 +13,7 @@ Every message ends with what to do next, so a failing CI log is actionable.
     │   │       └── PortInUseError      it could not bind its port (or something already listens there)
     │   └── ServerStartTimeout          it never became ready before the deadline
     ├── BaselineError                   a stored baseline cannot be read or written
+    ├── HistoryError                    the history database cannot be opened, migrated, read or written
     └── DocumentError                   ``python -m pytest_llmperf.pairs``: a file is not a session document
 
     RunInterrupted (KeyboardInterrupt)  Ctrl-C during a run; carries what was measured so far
@@ -43,6 +44,7 @@ __all__ = [
     "BaselineError",
     "DocumentError",
     "EndpointError",
+    "HistoryError",
     "LLMPerfConfigWarning",
     "LLMPerfError",
     "LLMPerfInconclusive",
@@ -111,6 +113,11 @@ class ServerStartTimeout(ServerError):
 
 class BaselineError(LLMPerfError):
     """A baseline file cannot be read or written."""
+
+
+class HistoryError(LLMPerfError):
+    """The history database (``--llmperf-history``) cannot be opened, migrated, read or written. Its message
+    names the database with any password hidden."""
 
 
 class DocumentError(LLMPerfError):

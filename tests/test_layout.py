@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "servers": BOTTOM | {"client"},  # the lifecycle defers Ctrl-C with the client's interrupt guard
     "report": BOTTOM | {"judge"},  # verdict statuses, capacity curves
     "sim": BOTTOM | {"client"},  # precise sleeps (client.timing)
+    "history": BOTTOM | {"judge", "report"},  # metric directions and spreads; the trend report's charts
 }
 CORE = ("client", "judge", "servers")
 
