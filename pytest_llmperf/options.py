@@ -64,6 +64,7 @@ class Settings:
     compare_pause_s: float
     busy_poll: bool
     environment_guard: bool = True  # a REGRESSION seen while something disturbed the server is INCONCLUSIVE
+    history: str | None = None  # the history database's SQLAlchemy URL (None: no history)
 
     def __repr__(self) -> str:  # never show the key, nor credentials in a URL
         endpoint = None if self.endpoint is None else redact_url(self.endpoint)
@@ -171,6 +172,23 @@ def _pair_id(text: str) -> str:
         raise _Refused(
             "use letters, digits, '.', '_' and '+' only, starting with a letter or digit (it names the baseline "
             "directory <hardware>-<precision>, where '-' joins the two), e.g. h200x8 and fp8 or fp8_mtp"
+        )
+    return text
+
+
+HISTORY_DEFAULT = "default"  # --llmperf-history alone: SQLite under the rootdir
+_HISTORY_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
+def _history_url(text: str) -> str:
+    """A database URL (SQLAlchemy's form) or ``default``; anything else, a test path taken as the value above all,
+    is refused saying the forms."""
+    scheme = text.partition(":")[0].partition("+")[0].lower() if "://" in text else ""
+    if text != HISTORY_DEFAULT and scheme not in _HISTORY_SCHEMES:
+        raise _Refused(
+            "expected a database URL, sqlite:///path/history.db or postgresql://user@host/db (the password from "
+            "PGPASSWORD or ~/.pgpass), or --llmperf-history alone (after the test paths) for "
+            "sqlite:///<rootdir>/.llmperf/history.db"
         )
     return text
 
@@ -326,6 +344,14 @@ OPTIONS: tuple[Option, ...] = (
         default="off",
     ),
     Option(
+        "history",
+        "URL",
+        "Append every run to a history database: alone, SQLite under <rootdir>/.llmperf/history.db; or "
+        "sqlite:///PATH, postgresql://USER@HOST/DB. Read by `python -m pytest_llmperf.history`",
+        parse=_history_url,
+        bare=HISTORY_DEFAULT,
+    ),
+    Option(
         "compare",
         "URL|PROFILE",
         "A/B mode: run every perf test interleaved on the server under test (A) and this one (B) and judge B vs A",
@@ -400,6 +426,7 @@ def resolve(config: pytest.Config) -> Settings:
     if value["server"] is not None:
         _check_profile(value["server"], value["profiles"], profiles_path)
     _check_report_extra(value["report"])
+    history = _history(config, value["history"])
     # What creates files or warns comes last, once no usage error can follow.
     baselines = _baselines_root(config, value["baselines"], value["update"])
     json_path, report_path = _writable(config, "json", value["json"]), _writable(config, "report", value["report"])
@@ -414,6 +441,7 @@ def resolve(config: pytest.Config) -> Settings:
         report_path=report_path,
         api_key=api_key,
         compare_api_key=compare_api_key,
+        history=history,
     )
 
 
@@ -524,6 +552,21 @@ def _check_report_extra(report: str | None) -> None:
             f"--llmperf-report={report!r}: the HTML report draws its charts with matplotlib, which is not "
             'installed; pip install "pytest-llmperf[html]" (or leave out --llmperf-report)'
         )
+
+
+def _history(config: pytest.Config, url: str | None) -> str | None:
+    """The history database's URL, ``default`` made concrete; its libraries (the extra ``history``) are checked
+    now. Whether the database itself opens is checked when the session starts, by the controller."""
+    if url is None:
+        return None
+    if importlib.util.find_spec("sqlalchemy") is None:
+        raise pytest.UsageError(
+            "--llmperf-history: the history database needs SQLAlchemy, which is not installed; "
+            'pip install "pytest-llmperf[history]" (or leave out --llmperf-history)'
+        )
+    if url == HISTORY_DEFAULT:
+        return "sqlite:///" + (config.rootpath / ".llmperf" / "history.db").as_posix()
+    return url
 
 
 def _has_matplotlib() -> bool:

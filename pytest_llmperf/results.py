@@ -373,6 +373,8 @@ class MetricVerdictDict(TypedDict, total=False):
     sessions_baseline: int | None
     sigma_session: float | None
     session_prior: bool
+    session_source: str | None
+    sessions_history: int | None
     requests_candidate: int | None
     requests_baseline: int | None
     reference: Reference
@@ -524,6 +526,7 @@ class RunDocument(TypedDict, total=False):
     workload: WorkloadDict
     summary: RunSummary
     endpoint: EndpointDict
+    fingerprint: FingerprintDict  # what the runs were measured on (B's in A/B mode): the history's columns
     baseline_key: str
     runs: list[RunSummary]
     verdict: VerdictDict

@@ -23,7 +23,7 @@ from pytest_llmperf.status import IMPROVEMENT, REGRESSION
 if TYPE_CHECKING:
     from pytest_llmperf.harness.judging import BaselineView, Judgement
     from pytest_llmperf.harness.runner import Result
-    from pytest_llmperf.harness.server_manager import ServerManager
+    from pytest_llmperf.harness.server_manager import ServerManager, Side
     from pytest_llmperf.judge.baseline import BaselineStore, Fingerprint
     from pytest_llmperf.judge.verdict import Verdict
     from pytest_llmperf.results import BaselineUpdate, RequestDetail, RunDocument
@@ -82,13 +82,13 @@ class BaselineBook:
                 self._git_commit = None
         return self._git_commit if isinstance(self._git_commit, str) else None
 
-    def fingerprint(self, workload: Workload, endpoint: Endpoint) -> Fingerprint:
+    def fingerprint(self, workload: Workload, endpoint: Endpoint, side: Side = "A") -> Fingerprint:
         import datetime
 
         from pytest_llmperf import __version__
         from pytest_llmperf.judge.baseline import Fingerprint, command_hash, workload_hash
 
-        argv, port = self._servers.spawned_command() or (None, None)
+        argv, port = self._servers.spawned_command(side) or (None, None)
         return Fingerprint(
             hardware=self.hardware_id,
             precision=self.precision,

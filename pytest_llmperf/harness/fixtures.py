@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
@@ -131,7 +131,7 @@ class LLMPerf:
             # A's calibration builds the prompts of both sides: the same prompts, seeds and lengths on A and B.
             context = self._servers.prompt_context(spec.workload, self.endpoint)
             measure = functools.partial(measurements.measure, spec, context)
-            judgement = self._judge(spec, baseline, measure, updating)
+            judgement = self._judge(spec, baseline, measure, updating, f"{module_path}::{test_name}")
         except LLMPerfError as exc:
             _fail(str(exc))
         result = judgement.results[-1]
@@ -145,7 +145,12 @@ class LLMPerf:
         return result
 
     def _judge(
-        self, spec: PerfSpec, baseline: BaselineView | None, measure: Callable[[str], Result], updating: bool
+        self,
+        spec: PerfSpec,
+        baseline: BaselineView | None,
+        measure: Callable[[str], Result],
+        updating: bool,
+        test_id: str,
     ) -> Judgement | ABJudgement:
         """Measure until the verdict is decided: against ``baseline``, or (None) B vs A in interleaved blocks."""
         from pytest_llmperf.harness import judging
@@ -170,7 +175,24 @@ class LLMPerf:
             family_size=self._session.family_size,
             record_all=updating,
             session_prior=self._session.session_spread,
+            history=self._earlier_sessions(test_id, spec, baseline),
         )
+
+    def _earlier_sessions(
+        self, test_id: str, spec: PerfSpec, baseline: BaselineView
+    ) -> Mapping[str, list[list[float]]]:
+        """The history's earlier sessions of this test, by summary key, while the baseline holds too few sessions
+        to estimate the between-session spread itself (nothing to ask otherwise)."""
+        from pytest_llmperf.judge.stats import MIN_SESSIONS
+        from pytest_llmperf.judge.verdict import METRICS
+
+        history = self._session.history
+        sessions = {str(run.get("session")) for run in baseline.runs}
+        if not history.enabled or not baseline.runs or len(sessions) >= MIN_SESSIONS:
+            return {}
+        keys = [d.key(spec.workload.compat) for d in METRICS.values() if d.scale == "ratio"]
+        fingerprint = self._book.fingerprint(spec.workload, self.endpoint)
+        return history.earlier_sessions(test_id, fingerprint, keys, self._session.session_id)
 
     def _document(
         self,
@@ -187,9 +209,12 @@ class LLMPerf:
         from pytest_llmperf.judge import metrics
 
         last = judgement.results[-1]
+        side: Side = "A" if self.compare is None else "B"
+        measured = self.endpoint if self.compare is None else self.compare
         document: RunDocument = {
             **last.as_dict(),
-            "endpoint": endpoint_dict(self.endpoint if self.compare is None else self.compare),
+            "endpoint": endpoint_dict(measured),
+            "fingerprint": self._book.fingerprint(spec.workload, measured, side).as_dict(),
             "baseline_key": f"{module_path}::{test_name}",
             "runs": [r.summary for r in judgement.results],
             "verdict": judgement.verdict.as_dict(),

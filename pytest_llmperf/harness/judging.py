@@ -80,6 +80,7 @@ def run_until_decided(
     family_size: int | None,
     record_all: bool,
     session_prior: float = SESSION_SD_PRIOR,
+    history: Mapping[str, Sequence[Sequence[float]]] | None = None,
 ) -> Judgement:
     """Measure at least once and at most ``budget`` times. ``record_all`` (baseline update) runs the whole budget."""
     tolerances = resolve_tolerances(global_tolerance, spec.tolerance)
@@ -103,6 +104,7 @@ def run_until_decided(
             soft_diffs=baseline.soft_diffs,
             where=baseline.where,
             session_prior=session_prior,
+            history=history,
         )
         if all(invalid_reasons(r) for r in results) and verdict.status not in (NO_BASELINE, NOT_COMPARABLE):
             verdict = without_runs(_left_out(results), len(results))

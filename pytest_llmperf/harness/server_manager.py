@@ -82,9 +82,9 @@ class ServerManager:
         """This process started A itself (not attached, not shared)."""
         return "A" in self._spawned
 
-    def spawned_command(self) -> tuple[list[str], int | None] | None:
-        """A's command and port when this process spawned it, for the baseline fingerprint."""
-        spawned = self._spawned.get("A")
+    def spawned_command(self, side: Side = "A") -> tuple[list[str], int | None] | None:
+        """A side's command and port when this process spawned it, for the baseline fingerprint."""
+        spawned = self._spawned.get(side)
         return (spawned.process.argv, urlsplit(spawned.endpoint.url).port) if spawned is not None else None
 
     def open(self, side: Side) -> Endpoint | None:

@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_llmperf._files import jsonable, write_json_atomic, write_text_atomic
+from pytest_llmperf.errors import HistoryError
 from pytest_llmperf.harness import server_manager
 from pytest_llmperf.harness.baseline_book import BaselineBook
+from pytest_llmperf.harness.history_link import HistoryLink
 from pytest_llmperf.harness.server_manager import ServerManager
 from pytest_llmperf.harness.xdist import XdistRole
 from pytest_llmperf.options import Settings
@@ -60,10 +62,12 @@ class LLMPerfSession:
         self.role = XdistRole(config)
         self.servers = ServerManager(config, settings, self.role)
         self.book = BaselineBook(config, settings, self.servers)
+        self.history = HistoryLink(settings.history, config.rootpath)
         self.results: list[RunDocument] = []
         self.family_size: int | None = None  # gating claims of the session, for the verdict's correction
         self.holm_lines: list[str] = []
         self.written: list[str] = []  # "JSON results PATH" lines for the terminal summary, as JUnit's xml file
+        self.unwritten: list[str] = []  # outputs that failed, for the terminal summary (in red)
         self._session_id: str | None = None
 
     @property
@@ -141,9 +145,11 @@ class LLMPerfSession:
 
     # -- hooks -----------------------------------------------------------------------------------------
 
+    @pytest.hookimpl(tryfirst=True)  # before xdist starts its workers: a bad database stops the session alone
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if self.role.is_worker:
             return
+        self.history.check()
         server_manager.stop_leftovers(self.config)
         if self.config.pluginmanager.has_plugin("dsession") and server_manager.may_spawn(self.settings):
             # The xdist controller stops the workers' shared server: a SIGTERM must reach that teardown too.
@@ -175,6 +181,8 @@ class LLMPerfSession:
             self._results_summary(terminalreporter)
         for what in self.written:
             terminalreporter.write_sep("-", f"llmperf {what}")
+        for what in self.unwritten:
+            terminalreporter.write_sep("-", f"llmperf {what}", red=True)
 
     def _results_summary(self, tr: Any) -> None:
         from pytest_llmperf.report import terminal
@@ -198,6 +206,7 @@ class LLMPerfSession:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.role.is_worker:
+            self.history.close()
             return
         self.close_run_dir(session)
         failed = False
@@ -209,8 +218,27 @@ class LLMPerfSession:
         if failed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if not self.results and self.settings.json_path is None and self.settings.report_path is None:
+            self.history.close()
             return  # not a perf session: detect no hardware, write nothing
         self._write_reports()
+        if self.results and self.history.enabled and not self._record_history() and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        self.history.close()
+
+    def _record_history(self) -> bool:
+        """Append the session's runs to the history, last, once every file is written; False when it failed."""
+        try:
+            line = self.history.record(
+                self.results, session_id=self.session_id, pair=self.book.pair, git_commit=self.book.git_commit
+            )
+        except HistoryError as exc:
+            self.unwritten.append(
+                f"history NOT written: {exc} (the JSON, HTML and baseline files are; import the JSON later with "
+                "python -m pytest_llmperf.history import)"
+            )
+            return False
+        self.written.append(line)
+        return True
 
     def _write_reports(self) -> None:
         endpoint = self.servers.described.get("A")

@@ -8,8 +8,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pytest_llmperf.results import JSONValue
-
 
 @dataclass(frozen=True, slots=True)
 class CiRun:
@@ -53,7 +51,7 @@ class RunRecord:
     precision: str
     model: str
     workload_hash: str
-    workload: Mapping[str, JSONValue]
+    workload: Mapping[str, object]  # JSON-able (a WorkloadDict)
     engine: str | None
     engine_version: str | None
     server_command_hash: str | None
@@ -64,8 +62,8 @@ class RunRecord:
     outcome: str | None  # the test's pytest outcome ("passed", "failed", ...); None when imported from baselines
     verdict_status: str | None
     metrics: Mapping[str, float]
-    verdict: Mapping[str, JSONValue] | None = None
-    slos: tuple[Mapping[str, JSONValue], ...] = ()
+    verdict: Mapping[str, object] | None = None  # JSON-able (a VerdictDict)
+    slos: tuple[Mapping[str, object], ...] = ()  # JSON-able (SloResultDicts)
 
 
 @dataclass(frozen=True, slots=True)

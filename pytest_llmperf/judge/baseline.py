@@ -77,6 +77,7 @@ __all__ = [
     "Fingerprint",
     "command_hash",
     "compare_fingerprint",
+    "read_entries",
     "reduce_summary",
     "stable_hash",
     "workload_hash",
@@ -451,7 +452,7 @@ class BaselineStore:
         for name, array in arrays.items():
             run_id, _, fld = name.partition("__")
             if run_id in ids:
-                out.setdefault(run_id, {})[fld] = array.tolist()
+                out.setdefault(run_id, {})[fld] = cast("list[float]", array.tolist())  # numpy types it by dimension
         return out
 
     # --- writing -----------------------------------------------------------------------------------------
@@ -757,6 +758,14 @@ def _read_doc(path: Path, test_name: str) -> _File | None:
     if unknown:
         raise BaselineError(f"{path}: unknown top-level key(s) {unknown} (entry {test_name!r}); {_RECORD_HINT}")
     return {"schema_version": version, "entries": entries}
+
+
+def read_entries(path: Path) -> list[BaselineEntry]:
+    """Every entry of one baseline file, in file order (``history import`` reads whole files)."""
+    doc = _read_doc(path, "*")
+    if doc is None:
+        raise BaselineError(f"{path}: no such baseline file")
+    return [_parse_entry(raw, path, str(name)) for name, raw in doc["entries"].items()]
 
 
 def _parse_entry(raw: object, path: Path, test_name: str) -> BaselineEntry:

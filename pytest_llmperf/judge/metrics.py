@@ -129,6 +129,11 @@ class _Measured(NamedTuple):
 _EMPTY = np.zeros(0, dtype=np.float64)
 
 
+def _floats(values: npt.NDArray[np.float64]) -> list[float]:
+    """A 1-D array as a list of floats (numpy's stubs type ``tolist`` by dimension, differently by version)."""
+    return cast("list[float]", values.tolist())
+
+
 def per_request(record: RequestRecord, compat: str = "vllm") -> RequestMetrics:
     """The per-request metrics of ``record`` under ``compat`` (``"vllm"`` or ``"sglang"``)."""
     m = _measure(record, _check_compat(compat))
@@ -136,8 +141,8 @@ def per_request(record: RequestRecord, compat: str = "vllm") -> RequestMetrics:
         ttft_s=m.ttft_s,
         e2e_s=m.e2e_s,
         tpot_s=m.tpot_s,
-        itl_chunk_s=m.itl_chunk_s.tolist(),
-        itl_token_s=None if m.itl_token_s is None else m.itl_token_s.tolist(),
+        itl_chunk_s=_floats(m.itl_chunk_s),
+        itl_token_s=None if m.itl_token_s is None else _floats(m.itl_token_s),
         n_in=m.n_in,
         n_out=m.n_out,
         n_out_source=m.n_out_source,
@@ -266,7 +271,7 @@ def detailed(run: RunRecords, *, compat: str | None = None) -> RequestDetail:
         out["input_lens"].append(m.n_in)
         out["output_lens"].append(m.n_out)
         out["ttfts"].append(m.ttft_s)
-        out["itls"].append(m.itl_chunk_s.tolist())
+        out["itls"].append(_floats(m.itl_chunk_s))
         out["latencies"].append(m.e2e_s)
         out["start_times"].append(float(r.start_s))
         out["errors"].append(m.error)

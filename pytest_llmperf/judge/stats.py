@@ -222,6 +222,10 @@ class SessionSpread:
     sigma_run: float  # within-session SD used
     estimated: bool  # False: the prior stood in for the between-session SD
     sigma_session_estimate: float | None  # the data's own estimate (None with fewer than MIN_SESSIONS)
+    # Where the between-session SD comes from: the baseline's sessions, the history's (sessions of the same test,
+    # pair, workload and epoch, when the baseline holds fewer than MIN_SESSIONS), or the prior.
+    source: Literal["baseline", "history", "prior"] = "baseline"
+    history_sessions: int | None = None  # sessions of the history behind a "history" estimate
 
 
 def session_spread(
@@ -230,8 +234,14 @@ def session_spread(
     *,
     prior: float = SESSION_SD_PRIOR,
     noise_floor: float = DEFAULT_NOISE_FLOOR,
+    history: Sequence[Sequence[float]] = (),
 ) -> tuple[SessionSpread, float, float]:
-    """(spread, df of σ_s², df of σ_e²) for :func:`compare_sessions`; ``math.inf`` df marks a value taken as known."""
+    """(spread, df of σ_s², df of σ_e²) for :func:`compare_sessions`; ``math.inf`` df marks a value taken as known.
+
+    ``history``: log values per session of earlier sessions of the same test, pair, workload and epoch (the
+    history database). Below :data:`MIN_SESSIONS` baseline sessions the between-session SD is estimated from
+    them, when there are at least as many, instead of assumed: the same estimate, shrunk towards the prior alike.
+    """
     groups = [list(g) for g in baseline_sessions if len(g) > 0]
     within_ss = math.fsum(_mean_var(g)[1] * (len(g) - 1) for g in [*groups, list(candidate)] if len(g) > 1)
     within_df = sum(len(g) - 1 for g in [*groups, list(candidate)] if len(g) > 1)
@@ -243,16 +253,32 @@ def session_spread(
         # One or two baseline runs say nothing trustworthy about run-to-run spread (as in compare_log).
         sigma_e, df_e = noise_floor, math.inf
     s = len(groups)
-    if s < MIN_SESSIONS:
-        spread = SessionSpread(s, max(prior, MIN_SIGMA), sigma_e, False, None)
-        return spread, math.inf, df_e
+    if s >= MIN_SESSIONS:
+        sigma_s, estimate, df_s = _between_sessions(groups, sigma_e, prior)
+        return SessionSpread(s, sigma_s, sigma_e, True, estimate), df_s, df_e
+    past = [list(g) for g in history if len(g) > 0]
+    if len(past) >= MIN_SESSIONS:
+        # The history's own run-to-run spread separates its session means from its runs' noise (the candidate's
+        # and baseline's stay the sigma_run of this comparison).
+        past_df = sum(len(g) - 1 for g in past if len(g) > 1)
+        past_ss = math.fsum(_mean_var(g)[1] * (len(g) - 1) for g in past if len(g) > 1)
+        sigma_past = max(math.sqrt(past_ss / past_df), MIN_SIGMA) if past_df > 0 else sigma_e
+        sigma_s, estimate, df_s = _between_sessions(past, sigma_past, prior)
+        spread = SessionSpread(s, sigma_s, sigma_e, True, estimate, source="history", history_sessions=len(past))
+        return spread, df_s, df_e
+    return SessionSpread(s, max(prior, MIN_SIGMA), sigma_e, False, None, source="prior"), math.inf, df_e
+
+
+def _between_sessions(groups: Sequence[Sequence[float]], sigma_run: float, prior: float) -> tuple[float, float, float]:
+    """(σ_s used, the data's own estimate, df of σ_s²) from the session means of ``groups`` (≥ MIN_SESSIONS):
+    their variance less the part the runs' noise explains, shrunk towards ``prior`` with PRIOR_SESSIONS weight."""
+    s = len(groups)
     means = [math.fsum(g) / len(g) for g in groups]
     _, var_means = _mean_var(means)
     h = math.fsum(1 / len(g) for g in groups) / s
-    estimate = max(0.0, var_means - sigma_e**2 * h)
+    estimate = max(0.0, var_means - sigma_run**2 * h)
     shrunk = (PRIOR_SESSIONS * prior**2 + (s - 1) * estimate) / (PRIOR_SESSIONS + s - 1)
-    spread = SessionSpread(s, max(math.sqrt(shrunk), MIN_SIGMA), sigma_e, True, math.sqrt(estimate))
-    return spread, float(PRIOR_SESSIONS + s - 1), df_e
+    return max(math.sqrt(shrunk), MIN_SIGMA), math.sqrt(estimate), float(PRIOR_SESSIONS + s - 1)
 
 
 def compare_sessions(
@@ -261,6 +287,7 @@ def compare_sessions(
     *,
     prior: float = SESSION_SD_PRIOR,
     noise_floor: float = DEFAULT_NOISE_FLOOR,
+    history: Sequence[Sequence[float]] = (),
 ) -> tuple[LogComparison, SessionSpread]:
     """Candidate runs of one (new) session against baseline runs grouped by their session; see ``sessions`` in
     the module doc. The baseline mean is the mean of its session means, so a session with many runs does not
@@ -269,7 +296,7 @@ def compare_sessions(
     m = len(candidate)
     if m < 1 or not groups:
         raise ValueError(f"need at least one candidate run and one baseline session (got m={m}, S={len(groups)})")
-    spread, df_s, df_e = session_spread(candidate, groups, prior=prior, noise_floor=noise_floor)
+    spread, df_s, df_e = session_spread(candidate, groups, prior=prior, noise_floor=noise_floor, history=history)
     s = len(groups)
     h = math.fsum(1 / len(g) for g in groups) / s
     mean_b = math.fsum(math.fsum(g) / len(g) for g in groups) / s

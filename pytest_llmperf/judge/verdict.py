@@ -248,6 +248,8 @@ class MetricVerdict:
     sessions_baseline: int | None = None
     sigma_session: float | None = None
     session_prior: bool = False
+    session_source: str | None = None  # "baseline", "history" or "prior": where sigma_session comes from
+    sessions_history: int | None = None  # the history's sessions behind a "history" sigma_session
     # Pooled request counts behind an error-rate comparison (None for ratio metrics).
     requests_candidate: int | None = None
     requests_baseline: int | None = None
@@ -368,6 +370,7 @@ def judge(
     compat: str | None = None,
     noise_floor: float = stats.DEFAULT_NOISE_FLOOR,
     session_prior: float = stats.SESSION_SD_PRIOR,
+    history: Mapping[str, Sequence[Sequence[float]]] | None = None,
     hard_diffs: Sequence[str] = (),
     soft_diffs: Sequence[str] = (),
     where: str = "",
@@ -381,7 +384,10 @@ def judge(
     :data:`DEFAULT_GATING`). ``family_size``: the number of gating claims in the session's Holm family, if
     known (see the module doc). ``compat``: summary key flavour, default the runs' ``compat_mode``.
     ``looks``: the number of looks of a sequential loop (:func:`planned_looks`); significance is tested at
-    ``alpha / looks``. ``baseline_runs=None`` (or empty) gives :func:`missing_baseline`; non-empty ``hard_diffs`` gives
+    ``alpha / looks``. ``history``: per summary key, the values of earlier sessions of this test, pair, workload
+    and epoch, one list per session (the history database): the between-session spread is estimated from them
+    while the baseline holds fewer than 3 sessions (see ``stats.session_spread``). ``baseline_runs=None`` (or
+    empty) gives :func:`missing_baseline`; non-empty ``hard_diffs`` gives
     :func:`not_comparable`. ``where`` names the baseline for messages.
     """
     if not candidate_runs:
@@ -395,7 +401,13 @@ def judge(
     return _judged(
         candidate_runs,
         baseline_runs,
-        _Comparison(paired=False, noise_floor=noise_floor, session_prior=session_prior, soft_diffs=tuple(soft_diffs)),
+        _Comparison(
+            paired=False,
+            noise_floor=noise_floor,
+            session_prior=session_prior,
+            soft_diffs=tuple(soft_diffs),
+            history={} if history is None else dict(history),
+        ),
         tolerances=tolerances,
         gating=gating,
         alpha=alpha,
@@ -449,6 +461,7 @@ class _Comparison:
     noise_floor: float = stats.DEFAULT_NOISE_FLOOR  # stored baselines: the spread assumed for few runs
     session_prior: float = stats.SESSION_SD_PRIOR  # stored baselines: the between-session spread assumed
     soft_diffs: tuple[str, ...] = ()  # stored baselines: fingerprint changes to show
+    history: Mapping[str, Sequence[Sequence[float]]] = dataclasses.field(default_factory=dict)  # per summary key
 
     @property
     def reference(self) -> Reference:
@@ -694,7 +707,7 @@ def _measure(
         return MetricVerdict(status=INCONCLUSIVE, reason=f"{d.label} not measured: {side} {why}", futile=True, **common)
 
     sign = 1.0 if d.direction == "lower" else -1.0
-    cmp, spread = _compare(c_vals, b_vals, base, how)
+    cmp, spread = _compare(c_vals, b_vals, base, how, key)
     effect = sign * cmp.delta
     up, lo = cmp.upper(PASS_ALPHA), cmp.lower(PASS_ALPHA)
     effect_upper, effect_lower = (up, lo) if sign > 0 else (-lo, -up)
@@ -720,12 +733,14 @@ def _measure(
         sessions_baseline=None if spread is None else spread.sessions,
         sigma_session=None if spread is None else spread.sigma_session,
         session_prior=spread is not None and not spread.estimated,
+        session_source=None if spread is None else spread.source,
+        sessions_history=None if spread is None else spread.history_sessions,
         **common,
     )
 
 
 def _compare(
-    c_vals: Sequence[float], b_vals: Sequence[float], base: Sequence[RunFigures], how: _Comparison
+    c_vals: Sequence[float], b_vals: Sequence[float], base: Sequence[RunFigures], how: _Comparison, key: str
 ) -> tuple[stats.LogComparison, stats.SessionSpread | None]:
     """The comparison on the log scale. A/B: paired, by the per-block log ratios, so a drift slower than a
     block cancels. Stored baseline: the candidate against baseline runs nested in their sessions, with the
@@ -733,8 +748,13 @@ def _compare(
     c_logs, b_logs = stats.log_values(c_vals), stats.log_values(b_vals)
     if how.paired:
         return stats.compare_paired([c - b for c, b in zip(c_logs, b_logs, strict=True)]), None
+    past = [
+        stats.log_values(positive)
+        for positive in ([v for v in g if v > 0] for g in how.history.get(key, ()))
+        if positive
+    ]
     return stats.compare_sessions(
-        c_logs, _by_session(base, b_logs), prior=how.session_prior, noise_floor=how.noise_floor
+        c_logs, _by_session(base, b_logs), prior=how.session_prior, noise_floor=how.noise_floor, history=past
     )
 
 
@@ -958,7 +978,13 @@ def _sessions_plan(r: MetricVerdict, margin: float, level: float) -> str:
     assert r.sessions_baseline
     runs_per_session = max(r.runs_candidate, r.runs_baseline / r.sessions_baseline)
     total = stats.sessions_needed(r.sigma, r.sigma_session, runs_per_session, margin, alpha=level, power=POWER)
-    spread = f"between-session spread {r.sigma_session:.1%}" + (" (prior)" if r.session_prior else "")
+    spread = f"between-session spread {r.sigma_session:.1%}" + (
+        " (prior)"
+        if r.session_prior
+        else f" (from {r.sessions_history} sessions in the history)"
+        if r.session_source == "history"
+        else ""
+    )
     if r.session_prior:
         more = stats.MIN_SESSIONS - r.sessions_baseline
         return (
@@ -1046,7 +1072,17 @@ def _assemble(
         reason += f" [baseline has only {k} run(s): noise floor used; record more with --llmperf-update]"
     sessions = next((x.sessions_baseline for x in gating if x.sessions_baseline), None)
     prior = next((x.sigma_session for x in gating if x.session_prior and x.sigma_session), stats.SESSION_SD_PRIOR)
-    if not ab and sessions is not None and sessions < stats.MIN_SESSIONS:
+    borrowed = [x for x in gating if x.session_source == "history" and x.sigma_session is not None]
+    if not ab and sessions is not None and sessions < stats.MIN_SESSIONS and borrowed:
+        spreads = ", ".join(f"{x.label} {x.sigma_session:.1%}" for x in borrowed)
+        most = max(x.sessions_history or 0 for x in borrowed)
+        reason += (
+            f" [baseline from {sessions} session(s): the between-session spread is estimated from up to {most} "
+            f"earlier sessions in the history ({spreads})"
+            + ("" if len(borrowed) == len(gating) else f"; {prior:.0%} assumed for the other metrics")
+            + "]"
+        )
+    elif not ab and sessions is not None and sessions < stats.MIN_SESSIONS:
         reason += (
             f" [baseline from {sessions} session(s): the between-session spread cannot be estimated before "
             f"{stats.MIN_SESSIONS}, so {prior:.0%} is assumed; a baseline grows strong by "

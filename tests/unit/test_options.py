@@ -76,6 +76,7 @@ REFUSED = {
     "compare-pause": ("601", "0", "expected seconds between 0 and 600"),
     "scale": ("2", "1", "expected auto or a number between 0 and 1"),
     "update": ("bogus", "force", "expected one of yes, force"),
+    "history": ("tests/", "sqlite:///h.db", "expected a database URL, sqlite:///path/history.db or postgresql://"),
 }
 CHECKED = [option for option in options.OPTIONS if option.choices is not None or option.parse is not str]
 

@@ -1,0 +1,281 @@
+"""What a session adds to the history: a :class:`SessionRecord` and one :class:`RunRecord` per measured run,
+built from the session's result documents (the ``--llmperf-json`` shape) or from a baseline file's runs.
+
+The same builders serve the plugin at the end of a session and ``history import`` of older documents, so a run
+looks the same in the database however it got there. Nothing secret reaches a record: endpoints are stored as
+engine, version and model only (never their URL), and a CI run's URL loses any ``user:password@`` part.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pytest_llmperf.history.model import CiRun, RunRecord, SessionRecord
+from pytest_llmperf.judge.baseline import EPOCH_KEYS, BaselineEntry, stable_hash, workload_hash
+from pytest_llmperf.results import BaselineRun, FingerprintDict, RunDocument, RunSummary
+
+# Summary keys that are numbers but not measurements of the run: they would be series without meaning.
+_NOT_METRICS = frozenset({"started_at_unix", "ended_at_unix", "warmup_requests"})
+
+
+def utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO date or date-time as aware UTC (a naive one is taken as UTC); ``ValueError`` when it is neither."""
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+# --- the session ---------------------------------------------------------------------------------------------
+
+
+def ci_run(env: Mapping[str, str]) -> CiRun | None:
+    """The CI run named by the environment: GitHub Actions, GitLab CI, Buildkite or Jenkins (in that order)."""
+    if env.get("GITHUB_ACTIONS") == "true" and env.get("GITHUB_RUN_ID"):
+        run_id = env["GITHUB_RUN_ID"] + (f".{env['GITHUB_RUN_ATTEMPT']}" if env.get("GITHUB_RUN_ATTEMPT") else "")
+        server, repo = env.get("GITHUB_SERVER_URL"), env.get("GITHUB_REPOSITORY")
+        url = f"{server}/{repo}/actions/runs/{env['GITHUB_RUN_ID']}" if server and repo else None
+        return CiRun("github", run_id, _public_url(url))
+    if env.get("GITLAB_CI") == "true" and (env.get("CI_JOB_ID") or env.get("CI_PIPELINE_ID")):
+        run_id = env.get("CI_JOB_ID") or env["CI_PIPELINE_ID"]
+        return CiRun("gitlab", run_id, _public_url(env.get("CI_JOB_URL") or env.get("CI_PIPELINE_URL")))
+    if env.get("BUILDKITE") == "true" and env.get("BUILDKITE_BUILD_ID"):
+        return CiRun("buildkite", env["BUILDKITE_BUILD_ID"], _public_url(env.get("BUILDKITE_BUILD_URL")))
+    if env.get("JENKINS_URL") and (env.get("BUILD_TAG") or env.get("BUILD_ID")):
+        return CiRun("jenkins", env.get("BUILD_TAG") or env["BUILD_ID"], _public_url(env.get("BUILD_URL")))
+    return None
+
+
+def git_branch(env: Mapping[str, str], rootdir: Path | None) -> str | None:
+    """The branch under test: CI variables first (a CI checkout is often a detached HEAD), then git itself."""
+    for name in ("GITHUB_HEAD_REF", "GITHUB_REF_NAME", "CI_COMMIT_REF_NAME", "BUILDKITE_BRANCH", "BRANCH_NAME"):
+        if env.get(name):
+            return env[name]
+    if env.get("GIT_BRANCH"):  # Jenkins' git plugin: "origin/main"
+        return env["GIT_BRANCH"].removeprefix("origin/")
+    if rootdir is None:
+        return None
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=rootdir, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    branch = done.stdout.strip()
+    return branch if done.returncode == 0 and branch and branch != "HEAD" else None
+
+
+def _public_url(url: str | None) -> str | None:
+    """``url`` without a ``user:password@`` part (CI systems do not put one there; a proxy's rewrite might)."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+
+
+# --- runs ----------------------------------------------------------------------------------------------------
+
+
+def numeric_metrics(summary: Mapping[str, object]) -> dict[str, float]:
+    """Every finite number of a run summary by its key (booleans and bookkeeping keys left out)."""
+    found: dict[str, float] = {}
+    for key, value in summary.items():
+        if key in _NOT_METRICS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(value):
+            found[key] = float(value)
+    return found
+
+
+def epoch_key(fingerprint: Mapping[str, object]) -> str:
+    """The baseline epoch a run belongs to, as a short hash of the fingerprint's epoch keys: runs with another
+    engine build, server command or plugin version measure another thing (``judge.baseline.EPOCH_KEYS``)."""
+    return stable_hash({key: fingerprint.get(key) for key in EPOCH_KEYS}, 12)
+
+
+def split_pair(pair: str) -> tuple[str, str]:
+    """``"<hardware>-<precision>"`` → its parts (neither part may hold a ``-``)."""
+    hardware, _, precision = pair.rpartition("-")
+    return (hardware, precision) if hardware else (pair, "")
+
+
+def runs_of_document(document: RunDocument, *, session_id: str, pair: str) -> list[RunRecord]:
+    """The runs of one test's result document: its runs (B's in A/B mode, then A's), each with the test's
+    verdict; the SLO checks belong to the last run, as the document keeps only those."""
+    fingerprint: Mapping[str, object] = document.get("fingerprint") or {}
+    workload: Mapping[str, object] = dict(document.get("workload") or {})
+    endpoint = document.get("endpoint") or {}
+    hardware, precision = split_pair(pair)
+    verdict = document.get("verdict")
+    ab = document.get("ab")
+    sides: list[tuple[str, Sequence[RunSummary]]] = (
+        [("B", ab.get("runs_b") or []), ("A", ab.get("runs_a") or [])] if ab else [("", document.get("runs") or [])]
+    )
+    # The baseline key is the node id, with "#1", "#2" for a test's further llmperf.run() calls.
+    test_id = document.get("baseline_key") or document.get("nodeid") or "?"
+    status = verdict.get("status") if verdict else None
+    records = []
+    for side, runs in sides:
+        for index, summary in enumerate(runs):
+            last = side in ("", "B") and index == len(runs) - 1
+            records.append(
+                RunRecord(
+                    session_id=session_id,
+                    test_id=test_id,
+                    run_index=index,
+                    side=side,
+                    started_at=_time(summary.get("started_at_unix")),
+                    ended_at=_time(summary.get("ended_at_unix")),
+                    pair=pair,
+                    hardware=str(fingerprint.get("hardware") or hardware),
+                    precision=str(fingerprint.get("precision") or precision),
+                    model=str(fingerprint.get("model") or endpoint.get("model") or ""),
+                    workload_hash=str(fingerprint.get("workload_hash") or workload_hash(workload)),
+                    workload=workload,
+                    engine=_text(fingerprint.get("engine") or endpoint.get("engine")),
+                    engine_version=_text(fingerprint.get("engine_version") or endpoint.get("engine_version")),
+                    server_command_hash=_text(fingerprint.get("server_command_hash")),
+                    plugin_version=_text(fingerprint.get("plugin_version")),
+                    epoch_key=epoch_key(fingerprint),
+                    compat_mode=str(summary.get("compat_mode") or workload.get("compat") or "vllm"),
+                    valid=not summary.get("invalid_reasons"),
+                    outcome=document.get("outcome"),
+                    verdict_status=status,
+                    metrics=numeric_metrics(summary),
+                    verdict=dict(verdict) if verdict else None,
+                    slos=tuple(dict(s) for s in document.get("slos") or ()) if last else (),
+                )
+            )
+    return records
+
+
+def session_of_documents(
+    documents: Sequence[RunDocument],
+    *,
+    session_id: str,
+    pair: str,
+    plugin_version: str | None,
+    git_commit: str | None,
+    git_branch: str | None,
+    ci: CiRun | None,
+    fallback_time: datetime,
+    source: str = "pytest",
+) -> tuple[SessionRecord, list[RunRecord]]:
+    """The session and its runs; the session spans its runs' times (``fallback_time`` when none has one)."""
+    runs = [run for document in documents for run in runs_of_document(document, session_id=session_id, pair=pair)]
+    times = [t for run in runs for t in (run.started_at, run.ended_at) if t is not None]
+    session = SessionRecord(
+        session_id=session_id,
+        started_at=min(times, default=fallback_time),
+        ended_at=max(times, default=fallback_time),
+        pair=pair,
+        plugin_version=plugin_version,
+        git_commit=git_commit,
+        git_branch=git_branch,
+        ci=ci,
+        source=source,
+    )
+    return session, runs
+
+
+def sessions_in_document(documents: Iterable[RunDocument]) -> dict[str, list[RunDocument]]:
+    """An imported JSON document's results by the session their runs name (one, for a document written by
+    ``--llmperf-json``; a merged document may hold several)."""
+    found: dict[str, list[RunDocument]] = {}
+    for document in documents:
+        runs = document.get("runs") or []
+        session = next((str(r["session_id"]) for r in runs if r.get("session_id")), None)
+        found.setdefault(session or "", []).append(document)
+    return found
+
+
+def sessions_of_entry(entry: BaselineEntry, *, test_id: str, pair: str) -> list[tuple[SessionRecord, list[RunRecord]]]:
+    """A baseline entry's runs, its earlier epochs' too, as the sessions that recorded them, each dated by its
+    runs' ``recorded_at``. Baselines keep no verdicts, SLO checks or run times: those columns stay empty."""
+    workload: Mapping[str, object] = dict(entry.workload or {})
+    epochs: list[tuple[FingerprintDict, Sequence[BaselineRun]]] = [
+        (e["fingerprint"], e["runs"]) for e in entry.previous_epochs
+    ]
+    epochs.append((entry.fingerprint.as_dict(), entry.runs))
+    by_session: dict[str, list[tuple[FingerprintDict, BaselineRun]]] = {}
+    for epoch_fingerprint, epoch_runs in epochs:
+        for run in epoch_runs:
+            by_session.setdefault(str(run.get("session") or f"baseline-{entry.workload_hash}"), []).append(
+                (epoch_fingerprint, run)
+            )
+    hardware, precision = split_pair(pair)
+    found = []
+    for session_id, pairs in by_session.items():
+        times = [t for _, run in pairs if (t := _recorded(run)) is not None]
+        if not times:
+            continue  # an undated run cannot be placed in a series
+        records = [
+            RunRecord(
+                session_id=session_id,
+                test_id=test_id,
+                run_index=index,
+                side="",
+                started_at=_recorded(run),
+                ended_at=None,
+                pair=pair,
+                hardware=fingerprint.get("hardware") or hardware,
+                precision=fingerprint.get("precision") or precision,
+                model=fingerprint.get("model") or "",
+                workload_hash=fingerprint.get("workload_hash") or entry.workload_hash,
+                workload=workload,
+                engine=fingerprint.get("engine"),
+                engine_version=fingerprint.get("engine_version"),
+                server_command_hash=fingerprint.get("server_command_hash"),
+                plugin_version=fingerprint.get("plugin_version"),
+                epoch_key=epoch_key(fingerprint),
+                compat_mode=str(run.get("compat_mode") or "vllm"),
+                valid=True,  # a baseline keeps valid runs only
+                outcome=None,
+                verdict_status=None,
+                metrics=numeric_metrics(run),
+            )
+            for index, (fingerprint, run) in enumerate(pairs)
+        ]
+        fingerprint = pairs[-1][0]
+        session = SessionRecord(
+            session_id=session_id,
+            started_at=min(times),
+            ended_at=max(times),
+            pair=pair,
+            plugin_version=fingerprint.get("plugin_version"),
+            git_commit=fingerprint.get("git_commit"),
+            source="import:baseline",
+        )
+        found.append((session, records))
+    return found
+
+
+def _recorded(run: Mapping[str, object]) -> datetime | None:
+    text = run.get("recorded_at")
+    if not isinstance(text, str):
+        return None
+    try:
+        return parse_time(text)
+    except ValueError:
+        return None
+
+
+def _time(value: object) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return utc(float(value))
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
