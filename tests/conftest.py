@@ -1,4 +1,5 @@
-"""Shared fixtures: a simulator process on loopback, started once per test session (per xdist worker)."""
+"""Shared fixtures: a simulator process on loopback, started once per test session (per xdist worker); a headless
+Chromium for the tests of HTML pages (see ``headless_chromium.py``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import psutil  # noqa: F401
 import pytest
 import scipy.stats  # noqa: F401
 import yaml  # noqa: F401
+from headless_chromium import Chromium, require_chromium
 
 # httpcore imports its network backend on the first connection; do that here too, or a backend imported
 # inside one pytester run and dropped after it would raise exceptions that httpx no longer recognizes.
@@ -164,3 +166,19 @@ def llamacpp() -> None:
     if os.environ.get("LLMPERF_SKIP_LLAMACPP"):
         pytest.skip(message)
     pytest.fail(message + " (or set LLMPERF_SKIP_LLAMACPP=1 to skip the tests that need it)")
+
+
+@pytest.fixture(scope="module")
+def chromium_binary() -> str:
+    return require_chromium()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    root = tmp_path_factory.mktemp("chromium")
+    chromium = Chromium(chromium_binary, root / "profile")
+    try:
+        chromium.send("Browser.getVersion")
+        yield chromium
+    finally:
+        chromium.close()

@@ -60,7 +60,7 @@ def sweep_curves(
                 key=lambda p: p.concurrency,
             )
             if len(points) >= 2:
-                curves.setdefault(title, []).append(SweepCurve(title, _label(point), tuple(points)))
+                curves.setdefault(title, []).append(SweepCurve(_label(point), tuple(points)))
     return curves
 
 

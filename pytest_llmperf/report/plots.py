@@ -36,6 +36,7 @@ __all__ = [
     "Plot",
     "RefLine",
     "Series",
+    "Span",
     "has_data",
     "render_svg",
     "tick_labels",
@@ -46,6 +47,8 @@ XValue = float | _dt.datetime
 # Colours of the page's palette (report/html.py uses the same values in its CSS).
 REF_COLOR = "#b3261e"
 MARK_COLOR = "#d9730d"
+SPAN_COLOR = "#1f5fa8"
+_SPAN_ALPHA = 0.1
 _FG, _MUTED, _FRAME, _GRID = "#1d232b", "#5b6573", "#9aa3ad", "#eceff2"
 
 ROLES = (
@@ -57,6 +60,7 @@ ROLES = (
     "ref-label",
     "mark",
     "mark-label",
+    "span",
     "legend-label",
     "axis-label",
     "title",
@@ -148,6 +152,17 @@ class Mark:
 
 
 @dataclass(frozen=True)
+class Span:
+    """A shaded band across the plot from ``start`` to ``end`` on the x axis (an epoch, a period), behind the data.
+    ``label`` names it in the legend. A band of no width (``start == end``) is drawn as a narrow one."""
+
+    start: XValue
+    end: XValue
+    label: str = ""
+    color: str = SPAN_COLOR
+
+
+@dataclass(frozen=True)
 class Plot:
     """A whole chart. ``kind`` becomes the ``data-plot`` attribute; sizes are CSS pixels."""
 
@@ -163,6 +178,7 @@ class Plot:
     y_limits: tuple[float, float] | None = None
     width: int = 560
     height: int = 380
+    spans: tuple[Span, ...] = ()
 
 
 def has_data(plot: Plot) -> bool:
@@ -228,11 +244,12 @@ def _is_date(value: XValue) -> bool:
     return isinstance(value, _dt.datetime)
 
 
-def _x_numbers(plot: Plot) -> tuple[bool, list[list[float]], list[float], list[float]]:
-    """Whether x is a date axis, and every x value (series, marks, x reference lines) as a plain number."""
+def _x_numbers(plot: Plot) -> tuple[bool, list[list[float]], list[float], list[float], list[tuple[float, float]]]:
+    """Whether x is a date axis, and every x value (series, marks, x reference lines, spans) as a plain number."""
     mdates = _dates()
     values: list[XValue] = [x for s in plot.series for x in s.x] + [m.x for m in plot.marks]
     values += [r.value for r in plot.ref_lines if r.axis == "x"]
+    values += [x for span in plot.spans for x in (span.start, span.end)]
     dates = {_is_date(v) for v in values}
     if len(dates) > 1:
         raise ValueError(f"plot {plot.kind!r} mixes datetimes and numbers on its x axis")
@@ -242,7 +259,8 @@ def _x_numbers(plot: Plot) -> tuple[bool, list[list[float]], list[float], list[f
         return float(mdates.date2num(v)) if isinstance(v, _dt.datetime) else float(v)
 
     series_x = [[number(v) for v in s.x] for s in plot.series]
-    return is_date, series_x, [number(m.x) for m in plot.marks], [number(r.value) for r in plot.ref_lines]
+    spans = [(number(span.start), number(span.end)) for span in plot.spans]
+    return is_date, series_x, [number(m.x) for m in plot.marks], [number(r.value) for r in plot.ref_lines], spans
 
 
 def _shown(value: float, data: Sequence[float], scale: Literal["linear", "log", "date"]) -> int:
@@ -266,8 +284,10 @@ def _shown(value: float, data: Sequence[float], scale: Literal["linear", "log", 
 
 
 def _draw(plot: Plot) -> Figure:
+    from matplotlib.artist import Artist
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
     from matplotlib.ticker import Formatter
 
     class Readable(Formatter):
@@ -281,12 +301,12 @@ def _draw(plot: Plot) -> Figure:
 
     figure = Figure(figsize=(plot.width / 72, plot.height / 72), dpi=72, layout="constrained")
     ax = figure.add_subplot()
-    is_date, series_x, marks_x, refs_value = _x_numbers(plot)
+    is_date, series_x, marks_x, refs_value, spans_x = _x_numbers(plot)
     if plot.x_log:
         ax.set_xscale("log")
     if plot.y_log:
         ax.set_yscale("log")
-    handles: list[Line2D] = []
+    handles: list[Artist] = []
     cycle = iter(_default_colors())
     colors = [s.color or next(cycle) for s in plot.series]
     for k, (s, xs, color) in enumerate(zip(plot.series, series_x, colors, strict=True)):
@@ -308,6 +328,18 @@ def _draw(plot: Plot) -> Figure:
         handles.append(
             Line2D([], [], color=color, linestyle=style, linewidth=1.6, marker="o" if markers else None, markersize=5)
         )
+    span_names: list[str] = []
+    for k, (span, (x0, x1)) in enumerate(zip(plot.spans, spans_x, strict=True)):
+        lo, hi = sorted((x0, x1))
+        band: Artist
+        if hi > lo:
+            band = ax.axvspan(lo, hi, facecolor=span.color, alpha=_SPAN_ALPHA, linewidth=0, zorder=0)
+        else:  # no width: a narrow band, as wide as a point marker
+            band = ax.axvline(lo, color=span.color, alpha=_SPAN_ALPHA, linewidth=2 * _POINT_RADIUS, zorder=0)
+        band.set_gid(f"span-{k}")
+        if span.label:
+            handles.append(Patch(facecolor=span.color, alpha=_SPAN_ALPHA * 2, linewidth=0))
+            span_names.append(span.label)
     for k, (m, mx) in enumerate(zip(plot.marks, marks_x, strict=True)):
         mark = ax.scatter([mx], [m.y], s=90, marker="D", c=m.color, edgecolors="white", linewidths=1, zorder=4)
         mark.set_gid(f"mark-{k}")
@@ -330,6 +362,9 @@ def _draw(plot: Plot) -> Figure:
     if plot.y_limits is not None:
         ax.set_ylim(*plot.y_limits)
     if is_date:
+        every_x = [x for xs in series_x for x in xs] + marks_x + [x for span in spans_x for x in span]
+        if every_x and min(every_x) == max(every_x):  # one date: a few days around it, not years
+            ax.set_xlim(every_x[0] - 3, every_x[0] + 3)
         mdates = _dates()
         locator = mdates.AutoDateLocator()
         ax.xaxis.set_major_locator(locator)
@@ -346,7 +381,7 @@ def _draw(plot: Plot) -> Figure:
     ax.set_xlabel(plot.x_label)
     ax.set_ylabel(plot.y_label)
     if handles:
-        names = [s.name for s in plot.series]
+        names = [s.name for s in plot.series] + span_names
         if len(handles) <= 3:
             # Few series: one line above the plot, right-aligned under the title.
             legend = ax.legend(handles, names, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(handles))

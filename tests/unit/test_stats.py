@@ -170,6 +170,35 @@ def test_sessions_known_answer_with_the_prior() -> None:
     assert math.isinf(cmp.df)
 
 
+def test_sessions_known_answer_with_the_spread_of_the_history() -> None:
+    # One baseline session (the prior would stand in), four earlier sessions in the history whose runs agree
+    # within each session (σ_e of the history ≈ 0) and whose means are 0, 0.1, −0.1, 0: their variance is
+    # 0.02/3, shrunk towards the 3 % prior with 2 pseudo-sessions: σ_s² = (2·0.0009 + 3·0.02/3) / 5 = 0.00436.
+    history = [[0.0, 0.0], [0.1, 0.1], [-0.1, -0.1], [0.0, 0.0]]
+    cmp, spread = stats.compare_sessions([0.05], [[0.0, 0.02]], history=history)
+    assert spread.source == "history"
+    assert spread.history_sessions == 4
+    assert spread.estimated
+    assert spread.sessions == 1
+    assert spread.sigma_session_estimate == pytest.approx(math.sqrt(0.02 / 3), rel=1e-6)
+    assert spread.sigma_session == pytest.approx(math.sqrt(0.00436), rel=1e-6)
+    # The candidate and baseline keep their own run-to-run spread (floored at 3 % below 3 baseline runs).
+    assert spread.sigma_run == pytest.approx(0.03)
+    assert cmp.se == pytest.approx(math.sqrt(0.00436 * 2 + 0.0009 * 1.5), rel=1e-6)
+    assert cmp.df < 50  # the between-session part has 5 df now, not taken as known
+
+
+def test_the_history_is_not_used_with_too_few_sessions_nor_when_the_baseline_has_enough() -> None:
+    _, few = stats.compare_sessions([0.05], [[0.0, 0.02]], history=[[0.0], [0.2]])
+    assert few.source == "prior"
+    assert few.sigma_session == pytest.approx(0.03)
+    baseline = [[0.0, 0.01], [0.02, 0.03], [0.01, 0.0]]
+    _, own = stats.compare_sessions([0.05], baseline, history=[[0.0], [0.5], [-0.5], [0.3]])
+    _, alone = stats.compare_sessions([0.05], baseline)
+    assert own.source == "baseline"
+    assert own == alone
+
+
 def test_sessions_mean_weighs_each_session_alike() -> None:
     # A session of ten runs at 0 and one of a single run at 0.2: the baseline mean is 0.1, not 0.018.
     cmp, _ = stats.compare_sessions([0.1], [[0.0] * 10, [0.2]])

@@ -158,6 +158,38 @@ def test_a_one_session_baseline_uses_the_prior_and_says_so() -> None:
     assert judge(runs(5, scale=1.02, seed=40), runs(40, seed=1, sessions=20)).status == PASS
 
 
+def test_a_one_session_baseline_borrows_the_spread_of_the_history_and_says_so() -> None:
+    # The same one-session baseline, and twenty earlier sessions in the history that agree within 0.5 %: the
+    # between-session spread is measured there, not assumed, and the 2 % difference is decided (PASS at 5 %).
+    one_session = runs(10, seed=1)
+    rng = random.Random(7)
+    calm = [[20.0 * math.exp(rng.gauss(0, 0.005)) for _ in range(3)] for _ in range(20)]
+    v = judge(runs(5, scale=1.02, seed=40), one_session, history={"median_tpot_ms": calm})
+    m = v.metric("tpot_p50")
+    assert not m.session_prior
+    assert m.session_source == "history"
+    assert m.sessions_history == 20
+    assert m.sigma_session is not None
+    assert m.sigma_session < 0.03  # shrunk towards the prior from a near-zero estimate
+    assert m.status == PASS
+    assert "estimated from up to 20 earlier sessions in the history (median TPOT" in v.reason
+    assert "assumed for the other metrics" in v.reason  # only TPOT had a history here
+    # Without the history, the prior stands (the test above): the history is what decided it.
+    assert judge(runs(5, scale=1.02, seed=40), one_session).metric("tpot_p50").status == INCONCLUSIVE
+
+
+def test_a_spread_out_history_keeps_a_difference_open() -> None:
+    # Earlier sessions that sat ±8 % apart: a 6 % slowdown on a one-session baseline is no regression.
+    one_session = runs(10, seed=1)
+    spread_out = [[20.0 * f] * 2 for f in (0.92, 1.0, 1.08, 0.95, 1.05, 1.0)]
+    v = judge(runs(5, scale=1.06, seed=40), one_session, history={"median_tpot_ms": spread_out})
+    m = v.metric("tpot_p50")
+    assert m.session_source == "history"
+    assert m.sigma_session is not None
+    assert m.sigma_session > 0.04
+    assert m.status == INCONCLUSIVE
+
+
 def test_session_offsets_widen_the_interval() -> None:
     # Five sessions whose means differ by ±6 %: the estimated between-session SD dominates, and a candidate
     # 8 % slower is not called a regression (its own session could sit there).
