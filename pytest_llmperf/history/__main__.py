@@ -13,16 +13,19 @@ pytest's rootdir is that directory).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_llmperf.errors import BaselineError, HistoryError
-from pytest_llmperf.history.model import Acknowledgement, Series
+from pytest_llmperf.history.model import Acknowledgement
 from pytest_llmperf.history.records import parse_time
+
+if TYPE_CHECKING:
+    from pytest_llmperf.history.database import HistoryDatabase
 
 DEFAULT_DB = "sqlite:///.llmperf/history.db"
 ENV_DB = "LLMPERF_HISTORY"
@@ -44,9 +47,7 @@ def _changes(args: argparse.Namespace) -> int:
     from pytest_llmperf.history.changes import find_changes, format_changes, should_fail
 
     with _database(args) as database:
-        series = database.series(
-            test_pattern=args.test, metrics=_metrics(args), since=args.since, pair=args.pair
-        )
+        series = database.series(test_pattern=args.test, metrics=_metrics(args), since=args.since, pair=args.pair)
         acks = database.acks()
     changes = [change for s in series for change in find_changes(s)]
     changes.sort(key=lambda c: c.at)
@@ -88,17 +89,15 @@ def _report(args: argparse.Namespace) -> int:
     from pytest_llmperf.history.trend import write_trend
 
     with _database(args) as database:
-        series = database.series(
-            test_pattern=args.test, metrics=_metrics(args), since=args.since, pair=args.pair
-        )
-        sweep_series = database.series(
-            test_pattern=args.test, metrics=SWEEP_METRICS, since=args.since, pair=args.pair
-        )
+        series = database.series(test_pattern=args.test, metrics=_metrics(args), since=args.since, pair=args.pair)
+        sweep_series = database.series(test_pattern=args.test, metrics=SWEEP_METRICS, since=args.since, pair=args.pair)
         workloads = database.workloads({s.key.workload_hash for s in sweep_series})
     changes = [change for s in series for change in find_changes(s)]
     sweeps = sweep_curves(sweep_series, workloads, chosen=args.sweep or ())
     write_trend(args.out, series, changes, sweeps)
-    print(f"trend report of {len(series)} series ({len(changes)} change(s), {len(sweeps)} sweep(s)) written to {args.out}")
+    print(
+        f"trend report of {len(series)} series ({len(changes)} change(s), {len(sweeps)} sweep(s)) written to {args.out}"
+    )
     return 0
 
 
@@ -154,7 +153,9 @@ def _date(text: str) -> datetime:
     try:
         return parse_time(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (expected e.g. 2026-10-01 or 2026-10-01T12:00)") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date (expected e.g. 2026-10-01 or 2026-10-01T12:00)"
+        ) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -167,12 +168,19 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, help: str, run: object) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(command=run)
-        sub.add_argument("--db", metavar="URL", help=f"database URL or SQLite file (default: ${ENV_DB}, else {DEFAULT_DB})")
+        sub.add_argument(
+            "--db", metavar="URL", help=f"database URL or SQLite file (default: ${ENV_DB}, else {DEFAULT_DB})"
+        )
         return sub
 
     def selection(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--test", metavar="PATTERN", help="test ids to look at (fnmatch pattern, e.g. '*sweep*')")
-        sub.add_argument("--metric", action="append", metavar="KEY", help="summary key, e.g. median_tpot_ms (repeat for more); default: the gating metrics")
+        sub.add_argument(
+            "--metric",
+            action="append",
+            metavar="KEY",
+            help="summary key, e.g. median_tpot_ms (repeat for more); default: the gating metrics",
+        )
         sub.add_argument("--all-metrics", action="store_true", help="every metric the runs recorded")
         sub.add_argument("--since", type=_date, metavar="DATE", help="sessions started on or after DATE")
         sub.add_argument("--pair", metavar="PAIR", help="one hardware-precision pair, e.g. h200x8-fp8")

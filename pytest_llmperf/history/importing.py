@@ -33,7 +33,9 @@ def import_paths(database: HistoryDatabase, paths: Sequence[Path]) -> str:
             runs += database.append(session, records)
             sessions += 1
     if files == 0:
-        raise HistoryError(f"nothing to import in {', '.join(map(str, paths))}: expected .json documents or .yaml baselines")
+        raise HistoryError(
+            f"nothing to import in {', '.join(map(str, paths))}: expected .json documents or .yaml baselines"
+        )
     already = f"; {skipped} session(s) already stored" if skipped else ""
     return f"imported {runs} run(s) of {sessions} session(s) from {files} file(s){already}"
 
@@ -61,7 +63,9 @@ def _document_sessions(path: Path) -> list[tuple[SessionRecord, list[RunRecord]]
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise HistoryError(f"{path}: not a readable JSON document ({exc})") from None
     if not isinstance(document, dict) or not isinstance(document.get("results"), list) or "pair" not in document:
-        raise HistoryError(f"{path}: not a pytest-llmperf session document (written by --llmperf-json): no pair/results")
+        raise HistoryError(
+            f"{path}: not a pytest-llmperf session document (written by --llmperf-json): no pair/results"
+        )
     results = [cast("RunDocument", r) for r in document["results"] if isinstance(r, dict)]
     fallback = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
     found = []
