@@ -53,7 +53,7 @@ def _changes(args: argparse.Namespace) -> int:
     changes.sort(key=lambda c: c.at)
     failing = should_fail(changes, acks, fail_on="any" if args.fail_on == "any" else "worse")
     print(f"{len(series)} series, {sum(len(s.points) for s in series)} session values: {len(changes)} change(s)")
-    for line in format_changes(changes):
+    for line in format_changes(changes, acks):
         print(line)
     if args.fail_on == "never" or not failing:
         return 0
