@@ -21,6 +21,8 @@ import prometheus_client.parser  # noqa: F401
 import psutil  # noqa: F401
 import pytest
 import scipy.stats  # noqa: F401
+import sqlalchemy.dialects.postgresql
+import sqlalchemy.dialects.sqlite  # noqa: F401
 import yaml  # noqa: F401
 from headless_chromium import Chromium, require_chromium
 
