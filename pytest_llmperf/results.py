@@ -510,6 +510,7 @@ class ABDocument(TypedDict, total=False):
     blocks: list[str]  # "AB" or "BA" per block
     runs_a: list[RunSummary]
     runs_b: list[RunSummary]
+    fingerprint_a: FingerprintDict  # what A's runs were measured on (the document's fingerprint is B's)
     detail_a: RequestDetail | dict[str, list[object]]  # empty when A never ran
 
 

@@ -228,7 +228,9 @@ class LLMPerf:
         }
         if isinstance(judgement, ABJudgement):
             assert self.compare is not None
-            return {**document, **_ab_fields(self.endpoint, self.compare, self._settings.compare_order, judgement)}
+            ab = _ab_fields(self.endpoint, self.compare, self._settings.compare_order, judgement)
+            ab["ab"]["fingerprint_a"] = self._book.fingerprint(spec.workload, self.endpoint, "A").as_dict()
+            return {**document, **ab}
         assert baseline is not None
         fields = self._book.update_fields(module_path, test_name, judgement, spec.workload, self.endpoint)
         return {**document, "baseline": baseline.as_dict(), **fields}

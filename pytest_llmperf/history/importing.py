@@ -5,6 +5,7 @@ session. Importing twice adds nothing: a session already stored is skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -23,21 +24,54 @@ if TYPE_CHECKING:
 
 def import_paths(database: HistoryDatabase, paths: Sequence[Path]) -> str:
     """Import every JSON document and baseline file under ``paths``; one line saying what was added."""
-    sessions = runs = skipped = files = 0
+    # One session's runs can sit in many files (a baseline file per test module): gathered first, then appended
+    # whole, since a session already stored is never added to.
+    gathered: dict[str, tuple[SessionRecord, list[RunRecord]]] = {}
+    files = 0
     for path in _files(paths):
         files += 1
         for session, records in _sessions(path):
-            if database.has_session(session.session_id):
-                skipped += 1
-                continue
-            runs += database.append(session, records)
-            sessions += 1
+            if session.session_id in gathered:
+                known, runs_so_far = gathered[session.session_id]
+                gathered[session.session_id] = (_spanning(known, session), [*runs_so_far, *records])
+            else:
+                gathered[session.session_id] = (session, list(records))
+    sessions = runs = skipped = 0
+    for session, records in sorted(gathered.values(), key=lambda found: found[0].started_at):
+        if database.has_session(session.session_id):
+            skipped += 1
+            continue
+        runs += database.append(session, _unique(records))
+        sessions += 1
     if files == 0:
         raise HistoryError(
             f"nothing to import in {', '.join(map(str, paths))}: expected .json documents or .yaml baselines"
         )
     already = f"; {skipped} session(s) already stored" if skipped else ""
     return f"imported {runs} run(s) of {sessions} session(s) from {files} file(s){already}"
+
+
+def _spanning(a: SessionRecord, b: SessionRecord) -> SessionRecord:
+    """One session seen in two files: the span of both, and what either knows."""
+    return dataclasses.replace(
+        a,
+        started_at=min(a.started_at, b.started_at),
+        ended_at=max(a.ended_at, b.ended_at),
+        git_commit=a.git_commit or b.git_commit,
+        plugin_version=a.plugin_version or b.plugin_version,
+    )
+
+
+def _unique(records: Sequence[RunRecord]) -> list[RunRecord]:
+    """The same run read twice (a JSON document and the baseline it updated) is stored once."""
+    seen: set[tuple[str, str, int]] = set()
+    kept = []
+    for record in sorted(records, key=lambda r: r.verdict is None):  # a document's record knows more
+        key = (record.test_id, record.side, record.run_index)
+        if key not in seen:
+            seen.add(key)
+            kept.append(record)
+    return kept
 
 
 def _files(paths: Iterable[Path]) -> Iterator[Path]:

@@ -113,20 +113,26 @@ def split_pair(pair: str) -> tuple[str, str]:
 def runs_of_document(document: RunDocument, *, session_id: str, pair: str) -> list[RunRecord]:
     """The runs of one test's result document: its runs (B's in A/B mode, then A's), each with the test's
     verdict; the SLO checks belong to the last run, as the document keeps only those."""
-    fingerprint: Mapping[str, object] = document.get("fingerprint") or {}
+    measured: Mapping[str, object] = document.get("fingerprint") or {}
     workload: Mapping[str, object] = dict(document.get("workload") or {})
-    endpoint = document.get("endpoint") or {}
+    served: Mapping[str, object] = document.get("endpoint") or {}
     hardware, precision = split_pair(pair)
     verdict = document.get("verdict")
     ab = document.get("ab")
-    sides: list[tuple[str, Sequence[RunSummary]]] = (
-        [("B", ab.get("runs_b") or []), ("A", ab.get("runs_a") or [])] if ab else [("", document.get("runs") or [])]
+    # A/B mode: both servers' runs, each with its own fingerprint (documents without fingerprint_a: A's engine).
+    sides: list[tuple[str, Sequence[RunSummary], Mapping[str, object], Mapping[str, object]]] = (
+        [
+            ("B", ab.get("runs_b") or [], measured, served),
+            ("A", ab.get("runs_a") or [], ab.get("fingerprint_a") or {}, ab.get("a") or {}),
+        ]
+        if ab
+        else [("", document.get("runs") or [], measured, served)]
     )
     # The baseline key is the node id, with "#1", "#2" for a test's further llmperf.run() calls.
     test_id = document.get("baseline_key") or document.get("nodeid") or "?"
     status = verdict.get("status") if verdict else None
     records = []
-    for side, runs in sides:
+    for side, runs, fingerprint, endpoint in sides:
         for index, summary in enumerate(runs):
             last = side in ("", "B") and index == len(runs) - 1
             records.append(

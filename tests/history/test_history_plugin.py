@@ -245,3 +245,24 @@ def test_a_bad_date_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixtu
         history_main(["changes", "--db", f"sqlite:///{tmp_path / 'h.db'}", "--since", "last week"])
     assert exited.value.code == 2
     assert "'last week' is not a date" in capsys.readouterr().err
+
+
+def test_import_gathers_a_session_spread_over_many_baseline_files(tmp_path: Path) -> None:
+    # The committed baselines of examples/: one --llmperf-update session wrote many files (a file per module).
+    from pytest_llmperf.judge.baseline import read_entries
+
+    root = Path(__file__).parents[2] / "baselines"
+    entries = [entry for path in sorted(root.rglob("*.yaml")) for entry in read_entries(path)]
+    dated = sum(
+        1
+        for entry in entries
+        for runs in (entry.runs, *(e["runs"] for e in entry.previous_epochs))
+        for run in runs
+        if run.get("recorded_at")
+    )
+    sessions = {str(run.get("session")) for entry in entries for run in entry.runs}
+    db = tmp_path / "h.db"
+    assert history_main(["import", "--db", f"sqlite:///{db}", str(root)]) == 0
+    stored = stored_runs(db)
+    assert len(stored) == dated
+    assert sessions <= {session for _, session in stored}

@@ -94,11 +94,21 @@ def test_a_further_run_call_is_its_own_test_and_an_old_document_without_fingerpr
     assert (run.hardware, run.precision, run.model, run.engine) == ("cpu_x", "default", "m", "vllm")
 
 
-def test_ab_documents_give_both_sides() -> None:
-    ab = document(ab={"runs_a": [summary(9.0, 1.0)], "runs_b": [summary(10.0, 2.0), summary(10.5, 3.0)]})
+def test_ab_documents_give_both_sides_each_with_its_own_fingerprint() -> None:
+    a_fingerprint = {**FINGERPRINT, "engine_version": "0.10.0"}
+    ab = document(
+        ab={
+            "runs_a": [summary(9.0, 1.0)],
+            "runs_b": [summary(10.0, 2.0), summary(10.5, 3.0)],
+            "fingerprint_a": a_fingerprint,
+            "a": {"engine": "vllm", "engine_version": "0.10.0"},
+        }
+    )
     runs = records.runs_of_document(ab, session_id="s", pair="p-q")  # type: ignore[arg-type]
     assert [(r.side, r.run_index) for r in runs] == [("B", 0), ("B", 1), ("A", 0)]
     assert [len(r.slos) for r in runs] == [0, 1, 0]
+    assert [r.engine_version for r in runs] == ["0.11.0", "0.11.0", "0.10.0"]
+    assert runs[2].epoch_key == records.epoch_key(a_fingerprint) != runs[0].epoch_key
 
 
 def test_the_session_spans_its_runs_and_names_its_ci_run() -> None:
