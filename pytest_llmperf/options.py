@@ -180,17 +180,20 @@ HISTORY_DEFAULT = "default"  # --llmperf-history alone: SQLite under the rootdir
 _HISTORY_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
 def _history_url(text: str) -> str:
-    """A database URL (SQLAlchemy's form) or ``default``; anything else, a test path taken as the value above all,
-    is refused saying the forms."""
+    """A database URL (SQLAlchemy's form), an SQLite file (``*.db``, relative to the rootdir) or ``default``;
+    anything else, a test path taken as the value above all, is refused saying the forms."""
     scheme = text.partition(":")[0].partition("+")[0].lower() if "://" in text else ""
-    if text != HISTORY_DEFAULT and scheme not in _HISTORY_SCHEMES:
-        raise _Refused(
-            "expected a database URL, sqlite:///path/history.db or postgresql://user@host/db (the password from "
-            "PGPASSWORD or ~/.pgpass), or --llmperf-history alone (after the test paths) for "
-            "sqlite:///<rootdir>/.llmperf/history.db"
-        )
-    return text
+    if text == HISTORY_DEFAULT or scheme in _HISTORY_SCHEMES or (not scheme and text.endswith(_SQLITE_SUFFIXES)):
+        return text
+    raise _Refused(
+        "expected a database URL, sqlite:///path/history.db or postgresql://user@host/db (the password from "
+        "PGPASSWORD or ~/.pgpass), an SQLite file such as perf/history.db, or --llmperf-history alone (after the "
+        "test paths) for sqlite:///<rootdir>/.llmperf/history.db"
+    )
 
 
 def _on_off(text: str) -> bool:
@@ -457,7 +460,14 @@ def _value(config: pytest.Config, option: Option) -> object:
     try:
         return option.value(text)
     except _Refused as exc:
-        raise pytest.UsageError(f"{option.flag}={redact_url(text)!r}{source}: {exc}") from None
+        raise pytest.UsageError(f"{option.flag}={_without_credentials(text)!r}{source}: {exc}") from None
+
+
+def _without_credentials(text: str) -> str:
+    """A refused value fit for a message: whatever stands between ``://`` and the last ``@`` goes, since a
+    database password may hold ``/`` or ``?``, which end the authority for :func:`redact_url`."""
+    scheme, sep, rest = text.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}" if sep and "@" in rest else text
 
 
 def _text(value: object) -> str | None:
@@ -566,6 +576,8 @@ def _history(config: pytest.Config, url: str | None) -> str | None:
         )
     if url == HISTORY_DEFAULT:
         return "sqlite:///" + (config.rootpath / ".llmperf" / "history.db").as_posix()
+    if "://" not in url:  # an SQLite file, relative to the rootdir as the baselines are
+        return "sqlite:///" + (config.rootpath / url).as_posix()
     return url
 
 

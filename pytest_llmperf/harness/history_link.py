@@ -10,6 +10,7 @@ than three sessions.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_llmperf.errors import HistoryError
+from pytest_llmperf.errors import HistoryError, LLMPerfConfigWarning
 
 if TYPE_CHECKING:
     from pytest_llmperf.history.database import HistoryDatabase
@@ -26,8 +27,9 @@ if TYPE_CHECKING:
 
 
 class HistoryLink:
-    def __init__(self, url: str | None, rootdir: Path) -> None:
+    def __init__(self, url: str | None, rootdir: Path, *, is_worker: bool) -> None:
         self._url = url
+        self._is_worker = is_worker
         self._rootdir = rootdir
         self._database: HistoryDatabase | None = None
         self._unreadable: str | None = None  # why reading failed once (then the verdict's prior stands)
@@ -42,16 +44,18 @@ class HistoryLink:
         if self._url is None:
             return
         try:
-            self._open()
+            self._open(write=True)
         except HistoryError as exc:
             raise pytest.UsageError(f"--llmperf-history: {exc}") from None
 
-    def _open(self) -> HistoryDatabase:
+    def _open(self, *, write: bool) -> HistoryDatabase:
+        """The database, opened once per process: by the controller to write (created, migrated, proven
+        writable), by an xdist worker only to read."""
         from pytest_llmperf.history.database import HistoryDatabase
 
         assert self._url is not None
         if self._database is None:
-            self._database = HistoryDatabase.open(self._url)
+            self._database = HistoryDatabase.open(self._url, write=write)
         return self._database
 
     def close(self) -> None:
@@ -71,7 +75,7 @@ class HistoryLink:
 
         fields = fingerprint.as_dict()
         try:
-            database = self._open()
+            database = self._open(write=not self._is_worker)
             return {
                 key: database.session_values(
                     test_id=test_id,
@@ -85,6 +89,13 @@ class HistoryLink:
             }
         except HistoryError as exc:
             self._unreadable = str(exc)
+            warnings.warn(
+                LLMPerfConfigWarning(
+                    f"--llmperf-history: earlier sessions cannot be read ({exc}); verdicts assume the prior "
+                    "between-session spread, as without a history"
+                ),
+                stacklevel=2,
+            )
             return {}
 
     def record(self, documents: Sequence[RunDocument], *, session_id: str, pair: str, git_commit: str | None) -> str:
@@ -102,7 +113,7 @@ class HistoryLink:
             ci=ci_run(os.environ),
             fallback_time=self.started_at,
         )
-        database = self._open()
+        database = self._open(write=True)
         written = database.append(session, runs)
         tests = len({run.test_id for run in runs})
         return (

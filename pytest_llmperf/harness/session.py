@@ -62,7 +62,7 @@ class LLMPerfSession:
         self.role = XdistRole(config)
         self.servers = ServerManager(config, settings, self.role)
         self.book = BaselineBook(config, settings, self.servers)
-        self.history = HistoryLink(settings.history, config.rootpath)
+        self.history = HistoryLink(settings.history, config.rootpath, is_worker=self.role.is_worker)
         self.results: list[RunDocument] = []
         self.family_size: int | None = None  # gating claims of the session, for the verdict's correction
         self.holm_lines: list[str] = []
@@ -231,11 +231,10 @@ class LLMPerfSession:
             line = self.history.record(
                 self.results, session_id=self.session_id, pair=self.book.pair, git_commit=self.book.git_commit
             )
-        except HistoryError as exc:
-            self.unwritten.append(
-                f"history NOT written: {exc} (the JSON, HTML and baseline files are; import the JSON later with "
-                "python -m pytest_llmperf.history import)"
-            )
+        except Exception as exc:  # whatever it is: the files are written, and the summary must say it
+            kept = " (the JSON file is written: import it later with python -m pytest_llmperf.history import)"
+            why = str(exc) if isinstance(exc, HistoryError) else f"{type(exc).__name__}: {exc}"
+            self.unwritten.append(f"history NOT written: {why}" + (kept if self.settings.json_path else ""))
             return False
         self.written.append(line)
         return True

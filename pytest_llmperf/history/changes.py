@@ -45,7 +45,6 @@ import math
 import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 import numpy as np
@@ -60,6 +59,8 @@ __all__ = [
     "MIN_MAGNITUDE",
     "MIN_SESSIONS",
     "WINDOW_LEN",
+    "acknowledge",
+    "change_word",
     "find_changes",
     "format_changes",
     "is_gating",
@@ -72,6 +73,9 @@ MAX_PVALUE = 1e-5
 MIN_MAGNITUDE = 0.0
 WINDOW_LEN = 50
 MIN_SESSIONS = 3
+# How far (in sessions) an acknowledged change may move and stay acknowledged: its place is re-estimated as
+# sessions arrive (the tests saw it move by one or two); a change further on is another change.
+ACK_SLACK = 2
 
 # Counts and fractions of requests, where 0 is an ordinary value: analysed on their own scale, not in logs.
 _OWN_SCALE = frozenset(
@@ -116,8 +120,12 @@ def find_changes(
     min_magnitude: float = MIN_MAGNITUDE,
     window_len: int = WINDOW_LEN,
     min_sessions: int = MIN_SESSIONS,
+    gating: bool | None = None,
 ) -> list[Change]:
     """The persistent shifts in ``series``, oldest first (the module docstring says how they are found).
+
+    ``gating``: whether the series' metric gates its test (the test's stored verdict says); None: whether it
+    gates by default (:func:`is_gating`).
 
     A change needs ``min_sessions`` sessions on each side of it, so a series of fewer than ``2 × min_sessions``
     usable sessions (6 by default) has none: with fewer, one odd session could not be told from a shift.
@@ -149,7 +157,7 @@ def find_changes(
         warnings.simplefilter("ignore", RuntimeWarning)
         found = _detect(values, log_scale, max_pvalue, min_magnitude, window_len, min_sessions)
     direction = metric_direction(metric)
-    gating = is_gating(metric)
+    gates = is_gating(metric) if gating is None else gating
     changes = []
     for index, mean_1, mean_2, p_value in found:
         if log_scale:
@@ -169,7 +177,10 @@ def find_changes(
                 ratio=ratio,
                 p_value=p_value,
                 worse=worse,
-                gating=gating,
+                gating=gates,
+                nearby=tuple(
+                    p.session_id for p in series.points[max(0, used[index] - ACK_SLACK) : used[index] + ACK_SLACK + 1]
+                ),
             )
         )
     return changes
@@ -258,19 +269,22 @@ def _refine(points: list[Any], values: list[float], min_sessions: int) -> None:
 
 
 def unacknowledged(changes: Sequence[Change], acks: Sequence[Acknowledgement]) -> list[Change]:
-    """The changes no acknowledgement covers. An acknowledgement covers a change when its pattern matches the
-    test id (``fnmatch``, case-sensitive), its metric is None or the change's metric, and the change happened
-    at or before its ``until``."""
+    """The changes no acknowledgement covers. An acknowledgement covers a change of its series whose first
+    session after it is the acknowledged one or within :data:`ACK_SLACK` sessions of it: a change found later,
+    elsewhere in the series, is new, however old its date."""
     return [change for change in changes if _ack_for(change, acks) is None]
+
+
+def acknowledge(change: Change, *, by: str | None, reason: str, now: datetime) -> Acknowledgement:
+    """The acknowledgement of ``change``, as ``history ack`` stores it."""
+    return Acknowledgement(
+        key=change.key, session_id=change.after.session_id, at=change.at, by=by, reason=reason, recorded_at=now
+    )
 
 
 def _ack_for(change: Change, acks: Sequence[Acknowledgement]) -> Acknowledgement | None:
     for ack in acks:
-        if (
-            fnmatchcase(change.key.test_id, ack.test_pattern)
-            and (ack.metric is None or ack.metric == change.key.metric)
-            and change.at <= ack.until
-        ):
+        if ack.key == change.key and ack.session_id in (change.nearby or (change.after.session_id,)):
             return ack
     return None
 
@@ -292,7 +306,7 @@ def format_changes(changes: Sequence[Change], acks: Sequence[Acknowledgement] = 
         tests/test_serve.py::test_decode · median_tpot_ms (gating) · pair h100-fp8 · workload 3f2a1b9c0d
           2026-05-04 02:13 UTC: session s41 (commit 0123456789, engine 0.9.1) → session s42 (commit ...)
           +5.1% (worse): geometric mean 12.3 ms → 12.93 ms, p = 2e-20
-          acknowledged until 2026-05-10 00:00 UTC by alice: new engine version
+          acknowledged by alice on 2026-05-10 09:00 UTC: new engine version
 
     The word in brackets follows from the sign of the change and the metric's direction ("worse", "better",
     or "change" for a metric without one)."""
@@ -305,17 +319,19 @@ def format_changes(changes: Sequence[Change], acks: Sequence[Acknowledgement] = 
         lines.append(f"  {_when(change.at)}: {_session(change.before)} → {_session(change.after)}")
         before, after = _value(change.mean_before, unit), _value(change.mean_after, unit)
         mean = "geometric mean" if _log_scale(key.metric) else "mean"
-        size, word, p = _size(change), _word(change), _p(change.p_value)
+        size, word, p = _size(change), change_word(change), _p(change.p_value)
         lines.append(f"  {size} ({word}): {mean} {before} → {after}, {p}")
         ack = _ack_for(change, acks)
         if ack is not None:
             by = f" by {ack.by}" if ack.by else ""
             reason = f": {ack.reason}" if ack.reason else ""
-            lines.append(f"  acknowledged until {_when(ack.until)}{by}{reason}")
+            lines.append(f"  acknowledged{by} on {_when(ack.recorded_at)}{reason}")
     return lines
 
 
-def _word(change: Change) -> str:
+def change_word(change: Change) -> str:
+    """ "worse", "better", or "change" for a metric without a direction: what the printed lines and the trend
+    report call a change."""
     if change.worse:
         return "worse"
     return "better" if metric_direction(change.key.metric) is not None else "change"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, cast
 from pytest_llmperf.errors import HistoryError
 from pytest_llmperf.history.model import RunRecord, SessionRecord
 from pytest_llmperf.history.records import session_of_documents, sessions_in_document, sessions_of_entry
-from pytest_llmperf.judge.baseline import read_entries
+from pytest_llmperf.judge.baseline import read_entries, stable_hash
 
 if TYPE_CHECKING:
     from pytest_llmperf.history.database import HistoryDatabase
@@ -27,10 +27,12 @@ def import_paths(database: HistoryDatabase, paths: Sequence[Path]) -> str:
     # One session's runs can sit in many files (a baseline file per test module): gathered first, then appended
     # whole, since a session already stored is never added to.
     gathered: dict[str, tuple[SessionRecord, list[RunRecord]]] = {}
-    files = 0
+    files = undated = 0
     for path in _files(paths):
         files += 1
-        for session, records in _sessions(path):
+        found, left_out = _sessions(path)
+        undated += left_out
+        for session, records in found:
             if session.session_id in gathered:
                 known, runs_so_far = gathered[session.session_id]
                 gathered[session.session_id] = (_spanning(known, session), [*runs_so_far, *records])
@@ -47,8 +49,9 @@ def import_paths(database: HistoryDatabase, paths: Sequence[Path]) -> str:
         raise HistoryError(
             f"nothing to import in {', '.join(map(str, paths))}: expected .json documents or .yaml baselines"
         )
-    already = f"; {skipped} session(s) already stored" if skipped else ""
-    return f"imported {runs} run(s) of {sessions} session(s) from {files} file(s){already}"
+    already = f"; {skipped} session(s) already stored (skipped whole)" if skipped else ""
+    left = f"; {undated} baseline run(s) without a recorded_at date left out" if undated else ""
+    return f"imported {runs} run(s) of {sessions} session(s) from {files} file(s){already}{left}"
 
 
 def _spanning(a: SessionRecord, b: SessionRecord) -> SessionRecord:
@@ -64,10 +67,10 @@ def _spanning(a: SessionRecord, b: SessionRecord) -> SessionRecord:
 
 def _unique(records: Sequence[RunRecord]) -> list[RunRecord]:
     """The same run read twice (a JSON document and the baseline it updated) is stored once."""
-    seen: set[tuple[str, str, int]] = set()
+    seen: set[tuple[str, str, str, str, int]] = set()
     kept = []
     for record in sorted(records, key=lambda r: r.verdict is None):  # a document's record knows more
-        key = (record.test_id, record.side, record.run_index)
+        key = (record.test_id, record.pair, record.workload_hash, record.side, record.run_index)
         if key not in seen:
             seen.add(key)
             kept.append(record)
@@ -84,10 +87,11 @@ def _files(paths: Iterable[Path]) -> Iterator[Path]:
             raise HistoryError(f"{path}: no such file or directory")
 
 
-def _sessions(path: Path) -> list[tuple[SessionRecord, list[RunRecord]]]:
+def _sessions(path: Path) -> tuple[list[tuple[SessionRecord, list[RunRecord]]], int]:
+    """The file's sessions, and how many of its runs could not be placed (baseline runs without a date)."""
     if path.suffix == ".yaml":
         return _baseline_sessions(path)
-    return _document_sessions(path)
+    return _document_sessions(path), 0
 
 
 def _document_sessions(path: Path) -> list[tuple[SessionRecord, list[RunRecord]]]:
@@ -107,7 +111,8 @@ def _document_sessions(path: Path) -> list[tuple[SessionRecord, list[RunRecord]]
         found.append(
             session_of_documents(
                 documents,
-                session_id=session_id or f"import-{path.stem}-{int(fallback.timestamp())}",
+                # A document without a session id (an old one) is named by its content: imported once.
+                session_id=session_id or f"import-{stable_hash(document, 12)}",
                 pair=str(document["pair"]),
                 plugin_version=_plugin_version(documents),
                 git_commit=_git_commit(documents),
@@ -120,13 +125,15 @@ def _document_sessions(path: Path) -> list[tuple[SessionRecord, list[RunRecord]]
     return found
 
 
-def _baseline_sessions(path: Path) -> list[tuple[SessionRecord, list[RunRecord]]]:
+def _baseline_sessions(path: Path) -> tuple[list[tuple[SessionRecord, list[RunRecord]]], int]:
     """A baseline file ``<root>/<pair>/<module path>.yaml``: every entry's runs as the sessions that recorded them."""
     pair, module = _pair_and_module(path)
     found = []
+    runs = 0
     for entry in read_entries(path):
         found.extend(sessions_of_entry(entry, test_id=f"{module}::{entry.test_name}", pair=pair))
-    return found
+        runs += len(entry.runs) + sum(len(e["runs"]) for e in entry.previous_epochs)
+    return found, runs - sum(len(records) for _, records in found)
 
 
 def _pair_and_module(path: Path) -> tuple[str, str]:

@@ -98,11 +98,13 @@ class Series:
 
 @dataclass(frozen=True, slots=True)
 class Acknowledgement:
-    """``history ack``: changes of matching series up to ``until`` are known and no longer fail ``changes``."""
+    """``history ack``: one change known and accepted, so that ``history changes`` no longer fails on it. It names
+    the change by its series and the first session after it, as found when acknowledged; the same change found a
+    few sessions off later (its place is re-estimated as sessions arrive) is still covered, a new change is not."""
 
-    test_pattern: str  # fnmatch pattern over test ids ("*" for all)
-    metric: str | None  # None: every metric
-    until: datetime
+    key: SeriesKey
+    session_id: str  # the first session after the change
+    at: datetime  # that session's start (UTC)
     by: str | None
     reason: str
     recorded_at: datetime = field(compare=False)
@@ -124,6 +126,9 @@ class Change:
     p_value: float
     worse: bool
     gating: bool
+    # The sessions around it (up to ACK_SLACK either side of ``after``): an acknowledgement naming one of them
+    # covers this change, whose place may move by a session or two as later sessions arrive.
+    nearby: tuple[str, ...] = ()
 
     @property
     def at(self) -> datetime:

@@ -20,7 +20,17 @@ from pytest_llmperf.judge.baseline import EPOCH_KEYS, BaselineEntry, stable_hash
 from pytest_llmperf.results import BaselineRun, FingerprintDict, RunDocument, RunSummary
 
 # Summary keys that are numbers but not measurements of the run: they would be series without meaning.
-_NOT_METRICS = frozenset({"started_at_unix", "ended_at_unix", "warmup_requests"})
+_NOT_METRICS = frozenset(
+    {
+        "started_at_unix",
+        "ended_at_unix",
+        "warmup_requests",
+        "gpu_count",
+        "measurement_lock_wait_s",
+        "ab_idle_wait_s",
+        "ab_pause_s",
+    }
+)
 
 
 def utc(timestamp: float) -> datetime:
@@ -157,9 +167,10 @@ def runs_of_document(document: RunDocument, *, session_id: str, pair: str) -> li
                     compat_mode=str(summary.get("compat_mode") or workload.get("compat") or "vllm"),
                     valid=not summary.get("invalid_reasons"),
                     outcome=document.get("outcome"),
-                    verdict_status=status,
+                    # The verdict judges B (or the stored-baseline candidate): A's runs are its reference.
+                    verdict_status=None if side == "A" else status,
                     metrics=numeric_metrics(summary),
-                    verdict=dict(verdict) if verdict else None,
+                    verdict=dict(verdict) if verdict and side != "A" else None,
                     slos=tuple(dict(s) for s in document.get("slos") or ()) if last else (),
                 )
             )
@@ -217,9 +228,9 @@ def sessions_of_entry(entry: BaselineEntry, *, test_id: str, pair: str) -> list[
     by_session: dict[str, list[tuple[FingerprintDict, BaselineRun]]] = {}
     for epoch_fingerprint, epoch_runs in epochs:
         for run in epoch_runs:
-            by_session.setdefault(str(run.get("session") or f"baseline-{entry.workload_hash}"), []).append(
-                (epoch_fingerprint, run)
-            )
+            # Runs of version-1 files carry no session: one per test, pair and workload, as the baseline read them.
+            legacy = f"baseline-{stable_hash([pair, test_id, entry.workload_hash], 12)}"
+            by_session.setdefault(str(run.get("session") or legacy), []).append((epoch_fingerprint, run))
     hardware, precision = split_pair(pair)
     found = []
     for session_id, pairs in by_session.items():

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from pytest_llmperf.history.model import Series, SessionPoint
 from pytest_llmperf.history.records import parse_time
 from pytest_llmperf.history.trend import SweepCurve, SweepPoint
+from pytest_llmperf.judge.baseline import stable_hash
 
 INTERACTIVITY = "interactivity"
 PER_GPU = "output_throughput_per_gpu"
@@ -25,43 +26,63 @@ def sweep_name(test_id: str) -> str:
 def sweep_curves(
     series: Sequence[Series], workloads: Mapping[str, Mapping[str, object]], chosen: Sequence[str] = ()
 ) -> dict[str, list[SweepCurve]]:
-    """Per sweep (and pair), one curve per chosen session: ``chosen`` holds dates (the last session on or before
-    that day) or engine versions (the last session with it); by default the sweep's first and last session.
-    A sweep needs at least two concurrencies with both interactivity and output throughput per GPU measured."""
-    values: dict[tuple[str, str], dict[str, dict[str, dict[str, float]]]] = {}  # sweep → session → test → metric
-    sessions: dict[tuple[str, str], dict[str, SessionPoint]] = {}
+    """Per sweep, one curve per chosen session: ``chosen`` holds dates (the last session on or before that day)
+    or engine versions (the last session with it); by default the sweep's first and last session that measured
+    a curve. A sweep is the tests of one function and pair whose workloads differ in concurrency alone, with at
+    least two concurrencies measured (interactivity and output throughput per GPU) in one session."""
+    values: dict[tuple[str, str, str], dict[str, dict[str, dict[str, float]]]] = {}  # sweep → session → test
+    sessions: dict[tuple[str, str, str], dict[str, SessionPoint]] = {}
     concurrency: dict[str, float] = {}
+    shapes: dict[tuple[str, str, str], str] = {}
     for s in series:
-        level = _concurrency(workloads.get(s.key.workload_hash, {}))
+        workload = workloads.get(s.key.workload_hash, {})
+        level = _concurrency(workload)
         if s.key.metric not in (INTERACTIVITY, PER_GPU) or level is None:
             continue
         concurrency[s.key.test_id] = level
-        group = (sweep_name(s.key.test_id), s.key.pair)
+        rest = {k: v for k, v in workload.items() if k != "concurrency"}
+        group = (sweep_name(s.key.test_id), s.key.pair, stable_hash(rest, 12))
+        shapes[group] = _shape(rest)
         for point in s.points:
             values.setdefault(group, {}).setdefault(point.session_id, {}).setdefault(s.key.test_id, {})[
                 s.key.metric
             ] = point.value
             sessions.setdefault(group, {})[point.session_id] = point
     curves: dict[str, list[SweepCurve]] = {}
-    for (name, pair), by_session in sorted(values.items()):
-        if len({concurrency[test] for session in by_session.values() for test in session}) < 2:
-            continue  # not a sweep: one concurrency
-        ordered = sorted(sessions[(name, pair)].values(), key=lambda p: p.at)
-        picked = _pick(ordered, chosen)
-        title = f"{name} ({pair})"
-        for point in picked:
-            tests = by_session[point.session_id]
-            points = sorted(
-                (
-                    SweepPoint(concurrency[test], figures[INTERACTIVITY], figures[PER_GPU])
-                    for test, figures in tests.items()
-                    if INTERACTIVITY in figures and PER_GPU in figures
-                ),
-                key=lambda p: p.concurrency,
-            )
-            if len(points) >= 2:
-                curves.setdefault(title, []).append(SweepCurve(_label(point), tuple(points)))
+    for group, by_session in sorted(values.items()):
+        name, pair, _ = group
+        drawn = {
+            session: points
+            for session, tests in by_session.items()
+            if len(points := _points(tests, concurrency)) >= 2  # a curve: two concurrencies at least
+        }
+        if not drawn:
+            continue
+        ordered = sorted((sessions[group][session] for session in drawn), key=lambda p: p.at)
+        title = f"{name} ({pair}{shapes[group]})"
+        for point in _pick(ordered, chosen):
+            curves.setdefault(title, []).append(SweepCurve(_label(point), drawn[point.session_id]))
     return curves
+
+
+def _points(tests: Mapping[str, Mapping[str, float]], concurrency: Mapping[str, float]) -> tuple[SweepPoint, ...]:
+    return tuple(
+        sorted(
+            (
+                SweepPoint(concurrency[test], figures[INTERACTIVITY], figures[PER_GPU])
+                for test, figures in tests.items()
+                if INTERACTIVITY in figures and PER_GPU in figures
+            ),
+            key=lambda p: p.concurrency,
+        )
+    )
+
+
+def _shape(workload: Mapping[str, object]) -> str:
+    """ ", 1024/1024 tokens": what tells apart sweeps of one test function (a parameter of lengths besides
+    concurrency); the workload hash tells them apart in any case."""
+    lengths = workload.get("input_len"), workload.get("output_len")
+    return f", {lengths[0]}/{lengths[1]} tokens" if all(isinstance(n, int) for n in lengths) else ""
 
 
 def _concurrency(workload: Mapping[str, object]) -> float | None:

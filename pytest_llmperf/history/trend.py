@@ -28,6 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from pytest_llmperf._files import write_text_atomic
+from pytest_llmperf.history.changes import change_word
 from pytest_llmperf.history.model import Change, Series, SeriesKey, SessionPoint
 from pytest_llmperf.history.naming import metric_label, metric_unit
 from pytest_llmperf.report import plots
@@ -122,11 +123,12 @@ def _day(at: _dt.datetime) -> str:
 
 
 def _p_text(p: float) -> str:
-    """A p-value short: 0.03 → "0.03", 1.2e-06 → "1e-6", 0 → "<1e-16"."""
+    """A p-value short: 0.03 → "0.03", 1.2e-06 → "1e-6", 0 (a t-test's p underflows on a large step) →
+    "<1e-300", as the command line prints it."""
     if not math.isfinite(p):
         return "?"
     if p <= 0:
-        return "<1e-16"
+        return "<1e-300"
     if p >= 0.001:
         return f"{p:.2g}"
     return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{p:.0e}").replace("e+", "e")
@@ -210,7 +212,7 @@ def _change_cell(changes: Sequence[Change]) -> str:
     items = []
     for c in changes:
         cls = "bad" if c.worse else "good"
-        word = "worse" if c.worse else "better"
+        word = change_word(c)
         gating = "" if c.gating else ", advisory"
         items.append(f'<li class="{cls}">{_e(_day(c.at))}: {_e(change_label(c))} ({word}{gating})</li>')
     return f'<ul class="changes">{"".join(items)}</ul>'
@@ -344,12 +346,12 @@ def _changes_table(changes: Sequence[Change], anchors: Mapping[SeriesKey, str]) 
             f'<td class="num">{_e(_value(c.mean_before, c.key.metric))}</td>'
             f'<td class="num">{_e(_value(c.mean_after, c.key.metric))}</td>'
             f'<td class="num">{_e(change_label(c))}</td>'
-            f'<td><span class="badge {cls}">{"worse" if c.worse else "better"}</span></td>'
+            f'<td><span class="badge {cls}">{change_word(c)}</span></td>'
             f"<td>{'gating' if c.gating else 'advisory'}</td></tr>"
         )
     return (
-        '<table class="changes"><thead><tr><th>date</th><th>test</th><th>metric</th><th>mean before</th>'
-        "<th>mean after</th><th>change</th><th>direction</th><th>metric kind</th></tr></thead>"
+        '<table class="changes"><thead><tr><th>date</th><th>test</th><th>metric</th><th>geometric mean before</th>'
+        "<th>geometric mean after</th><th>change</th><th>direction</th><th>metric kind</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 

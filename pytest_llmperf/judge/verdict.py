@@ -1072,14 +1072,17 @@ def _assemble(
         reason += f" [baseline has only {k} run(s): noise floor used; record more with --llmperf-update]"
     sessions = next((x.sessions_baseline for x in gating if x.sessions_baseline), None)
     prior = next((x.sigma_session for x in gating if x.session_prior and x.sigma_session), stats.SESSION_SD_PRIOR)
-    borrowed = [x for x in gating if x.session_source == "history" and x.sigma_session is not None]
+    # Ratio metrics carry a between-session spread (the error rate pools requests instead).
+    spread_metrics = [x for x in gating if x.scale == "ratio" and x.sigma_session is not None]
+    borrowed = [x for x in spread_metrics if x.session_source == "history"]
+    assumed = [x for x in spread_metrics if x.session_source == "prior"]
     if not ab and sessions is not None and sessions < stats.MIN_SESSIONS and borrowed:
         spreads = ", ".join(f"{x.label} {x.sigma_session:.1%}" for x in borrowed)
         most = max(x.sessions_history or 0 for x in borrowed)
         reason += (
             f" [baseline from {sessions} session(s): the between-session spread is estimated from up to {most} "
             f"earlier sessions in the history ({spreads})"
-            + ("" if len(borrowed) == len(gating) else f"; {prior:.0%} assumed for the other metrics")
+            + (f"; {prior:.0%} assumed for {', '.join(x.label for x in assumed)}" if assumed else "")
             + "]"
         )
     elif not ab and sessions is not None and sessions < stats.MIN_SESSIONS:

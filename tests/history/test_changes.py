@@ -16,6 +16,7 @@ import pytest
 
 from pytest_llmperf.history.changes import (
     MIN_SESSIONS,
+    acknowledge,
     find_changes,
     format_changes,
     is_gating,
@@ -126,6 +127,15 @@ def test_a_clean_step_is_placed_exactly() -> None:
     # Otava's windows alone place it a few sessions off at times; the least-squares refinement does not.
     values = noisy(100, 14, step_at=37, step=1.3)
     assert [c.index for c in find_changes(series(values))] == [37]
+
+
+def test_a_change_names_the_sessions_around_it_and_its_gating_may_be_given() -> None:
+    s = series(noisy(100, 14, step_at=37, step=1.3))
+    (change,) = find_changes(s)
+    assert change.nearby == tuple(p.session_id for p in s.points[35:40])
+    assert change.gating  # TPOT gates by default
+    (advisory,) = find_changes(s, gating=False)  # as a test's stored verdict may say
+    assert not advisory.gating
 
 
 def test_a_step_otava_merge_step_would_lose_is_found() -> None:
@@ -286,27 +296,30 @@ def a_change(
         p_value=3e-12,
         worse=worse,
         gating=gating,
+        nearby=tuple(p.session_id for p in s.points[day - 2 : day + 3]),
     )
 
 
-def ack(pattern: str = "*", metric: str | None = None, until_day: int = 40, reason: str = "known") -> Acknowledgement:
-    return Acknowledgement(pattern, metric, T0 + dt.timedelta(days=until_day), "alice", reason, T0)
+def ack(change: Change, *, reason: str = "known", day: int | None = None) -> Acknowledgement:
+    """The acknowledgement of ``change`` (as found on ``day``, when given: its place may have moved since)."""
+    found = change if day is None else a_change(test_id=change.key.test_id, metric=change.key.metric, day=day)
+    return acknowledge(found, by="alice", reason=reason, now=T0)
 
 
-def test_an_acknowledgement_covers_matching_changes_up_to_its_date() -> None:
+def test_an_acknowledgement_covers_its_change_and_no_other() -> None:
     change = a_change()
     assert unacknowledged([change], []) == [change]
-    assert unacknowledged([change], [ack()]) == []  # at its `until`
-    assert unacknowledged([change], [ack(until_day=39)]) == [change]  # before the change
-    assert unacknowledged([change], [ack("perf/test_serve.py::*")]) == []
-    assert unacknowledged([change], [ack("perf/test_serve.py::test_decode[[]sim]")]) == []
-    assert unacknowledged([change], [ack("perf/test_other.py::*")]) == [change]
-    assert unacknowledged([change], [ack("PERF/*")]) == [change]  # test ids are case-sensitive
-    assert unacknowledged([change], [ack(metric="median_tpot_ms")]) == []
-    assert unacknowledged([change], [ack(metric="median_ttft_ms")]) == [change]
-    assert unacknowledged([change], [ack(metric="median_ttft_ms"), ack(until_day=45)]) == []
-    later = a_change(day=44)
-    assert unacknowledged([change, later], [ack(until_day=42)]) == [later]
+    assert unacknowledged([change], [ack(change)]) == []
+    # The same change found a session or two off as later sessions arrived is still the one acknowledged.
+    assert unacknowledged([change], [ack(change, day=38)]) == []
+    assert unacknowledged([change], [ack(change, day=42)]) == []
+    # A change further on, another metric or another test is not.
+    assert unacknowledged([change], [ack(change, day=37)]) == [change]
+    assert unacknowledged([change], [ack(a_change(metric="median_ttft_ms"))]) == [change]
+    assert unacknowledged([change], [ack(a_change(test_id="perf/test_other.py::test_x"))]) == [change]
+    # The gap the date rule left: a step acknowledged before it showed (its change dated before the ack) fails.
+    later = a_change(day=46)
+    assert unacknowledged([change, later], [ack(change)]) == [later]
 
 
 def test_should_fail_on_unacknowledged_worse_gating_changes() -> None:
@@ -317,8 +330,8 @@ def test_should_fail_on_unacknowledged_worse_gating_changes() -> None:
     changes = [worse, better, advisory, throughput_down]
     assert should_fail(changes, []) == [worse, throughput_down]
     assert should_fail(changes, [], fail_on="any") == [worse, better, throughput_down]
-    assert should_fail(changes, [ack(metric="median_tpot_ms")]) == [throughput_down]
-    assert should_fail(changes, [ack()], fail_on="any") == []
+    assert should_fail(changes, [ack(worse)]) == [throughput_down]
+    assert should_fail(changes, [ack(c) for c in changes], fail_on="any") == []
     assert should_fail([], []) == []
     with pytest.raises(ValueError, match="fail_on"):
         should_fail(changes, [], fail_on="better")  # type: ignore[arg-type]
@@ -399,7 +412,7 @@ def test_unknown_commit_and_engine_are_left_out() -> None:
 
 def test_acknowledged_changes_say_so() -> None:
     change = a_change()
-    lines = format_changes([change, a_change(day=45)], [ack(until_day=42, reason="new engine")])
+    lines = format_changes([change, a_change(day=45)], [ack(change, reason="new engine")])
     assert len(lines) == 7
-    assert lines[3] == "  acknowledged until 2026-02-16 02:30 UTC by alice: new engine"
+    assert lines[3] == f"  acknowledged by alice on {T0:%Y-%m-%d %H:%M} UTC: new engine"
     assert not any("acknowledged" in line for line in lines[4:])

@@ -109,6 +109,9 @@ def test_ab_documents_give_both_sides_each_with_its_own_fingerprint() -> None:
     assert [len(r.slos) for r in runs] == [0, 1, 0]
     assert [r.engine_version for r in runs] == ["0.11.0", "0.11.0", "0.10.0"]
     assert runs[2].epoch_key == records.epoch_key(a_fingerprint) != runs[0].epoch_key
+    # The verdict judged B against A: A's rows do not carry it.
+    assert [r.verdict_status for r in runs] == ["PASS", "PASS", None]
+    assert runs[2].verdict is None
 
 
 def test_the_session_spans_its_runs_and_names_its_ci_run() -> None:

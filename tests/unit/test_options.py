@@ -243,3 +243,23 @@ def test_transport_errors_are_described_for_a_url_with_a_bad_port() -> None:
     message = control._describe_transport_error(exc, "http://u:pw@127.0.0.1:99999/v1/models", 1.0)
     assert "nothing listens on 127.0.0.1:99999" in message
     assert "pw" not in message
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("--llmperf-history", "sqlite:///{root}/.llmperf/history.db"),
+        ("--llmperf-history=perf/h.db", "sqlite:///{root}/perf/h.db"),
+        ("--llmperf-history=postgresql://perf@db/llmperf", "postgresql://perf@db/llmperf"),
+    ],
+)
+def test_history_urls(pytester: pytest.Pytester, given: str, expected: str) -> None:
+    settings = options.resolve(pytester.parseconfig(given))
+    assert settings.history == expected.format(root=pytester.path.as_posix())
+
+
+def test_a_refused_history_url_never_shows_its_password(pytester: pytest.Pytester) -> None:
+    with pytest.raises(pytest.UsageError) as caught:
+        options.resolve(pytester.parseconfig("--llmperf-history=postgresq://u:pa/ss?x@db/h"))
+    assert "pa/ss" not in str(caught.value)
+    assert "db/h" in str(caught.value)

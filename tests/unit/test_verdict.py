@@ -173,7 +173,11 @@ def test_a_one_session_baseline_borrows_the_spread_of_the_history_and_says_so() 
     assert m.sigma_session < 0.03  # shrunk towards the prior from a near-zero estimate
     assert m.status == PASS
     assert "estimated from up to 20 earlier sessions in the history (median TPOT" in v.reason
-    assert "assumed for the other metrics" in v.reason  # only TPOT had a history here
+    # Only TPOT had a history here: the other ratio metrics are named with the prior they assumed.
+    assert "; 3% assumed for median TTFT, median E2E, output throughput]" in v.reason
+    everything = {key: calm for key in ("median_ttft_ms", "median_tpot_ms", "median_e2el_ms", "output_throughput")}
+    full = judge(runs(5, scale=1.02, seed=40), one_session, history=everything)
+    assert "assumed" not in full.reason  # the error rate has no between-session spread to assume
     # Without the history, the prior stands (the test above): the history is what decided it.
     assert judge(runs(5, scale=1.02, seed=40), one_session).metric("tpot_p50").status == INCONCLUSIVE
 
