@@ -54,7 +54,7 @@ QUICK = [
             "| database | tests × runs | figures per run | rows per session | s per session | min | max |",
             "## Read",
             "| database | sessions | query | series | points | s |",
-            "## Migration",
+            "| database | sessions stored | tests × runs | figures per run | rows per session | s per session |",
             "## Targets",
             "QUICK",
         ),

@@ -27,9 +27,8 @@ if TYPE_CHECKING:
 
 
 class HistoryLink:
-    def __init__(self, url: str | None, rootdir: Path, *, is_worker: bool) -> None:
+    def __init__(self, url: str | None, rootdir: Path) -> None:
         self._url = url
-        self._is_worker = is_worker
         self._rootdir = rootdir
         self._database: HistoryDatabase | None = None
         self._unreadable: str | None = None  # why reading failed once (then the verdict's prior stands)
@@ -54,6 +53,9 @@ class HistoryLink:
         from pytest_llmperf.history.database import HistoryDatabase
 
         assert self._url is not None
+        if self._database is not None and write and not self._database.writable:
+            self._database.close()
+            self._database = None
         if self._database is None:
             self._database = HistoryDatabase.open(self._url, write=write)
         return self._database
@@ -75,7 +77,7 @@ class HistoryLink:
 
         fields = fingerprint.as_dict()
         try:
-            database = self._open(write=not self._is_worker)
+            database = self._open(write=False)
             return {
                 key: database.session_values(
                     test_id=test_id,

@@ -62,7 +62,7 @@ class LLMPerfSession:
         self.role = XdistRole(config)
         self.servers = ServerManager(config, settings, self.role)
         self.book = BaselineBook(config, settings, self.servers)
-        self.history = HistoryLink(settings.history, config.rootpath, is_worker=self.role.is_worker)
+        self.history = HistoryLink(settings.history, config.rootpath)
         self.results: list[RunDocument] = []
         self.family_size: int | None = None  # gating claims of the session, for the verdict's correction
         self.holm_lines: list[str] = []

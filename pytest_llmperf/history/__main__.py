@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_llmperf.errors import BaselineError, HistoryError
-from pytest_llmperf.history.model import Acknowledgement
 from pytest_llmperf.history.records import parse_time
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from pytest_llmperf.history.database import HistoryDatabase
+    from pytest_llmperf.history.model import Change
 
 DEFAULT_DB = "sqlite:///.llmperf/history.db"
+_EXTRA_MODULES = frozenset({"otava", "matplotlib", "sqlalchemy", "psycopg"})  # the extra history-analysis
 ENV_DB = "LLMPERF_HISTORY"
 
 
@@ -38,21 +41,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (HistoryError, BaselineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in _EXTRA_MODULES:
+            raise
+        print(
+            f"error: {exc.name} is not installed; the history commands need the extra: "
+            'pip install "pytest-llmperf[history-analysis]"',
+            file=sys.stderr,
+        )
+        return 2
 
 
 # --- commands ------------------------------------------------------------------------------------------------
 
 
 def _changes(args: argparse.Namespace) -> int:
-    from pytest_llmperf.history.changes import find_changes, format_changes, should_fail
+    from pytest_llmperf.history.changes import format_changes, should_fail
 
-    with _database(args) as database:
-        series = database.series(test_pattern=args.test, metrics=_metrics(args), since=args.since, pair=args.pair)
+    with _database(args, write=False) as database:
+        changes = _found(database, args)
         acks = database.acks()
-    changes = [change for s in series for change in find_changes(s)]
-    changes.sort(key=lambda c: c.at)
     failing = should_fail(changes, acks, fail_on="any" if args.fail_on == "any" else "worse")
-    print(f"{len(series)} series, {sum(len(s.points) for s in series)} session values: {len(changes)} change(s)")
     for line in format_changes(changes, acks):
         print(line)
     if args.fail_on == "never" or not failing:
@@ -60,51 +69,69 @@ def _changes(args: argparse.Namespace) -> int:
     print(
         f"\n{len(failing)} unacknowledged change(s) in a gating metric"
         + (" for the worse" if args.fail_on == "worse" else "")
-        + ": review them, then `python -m pytest_llmperf.history ack --reason ...`",
+        + ": review them, then `python -m pytest_llmperf.history ack --reason ...` (same selection)",
         file=sys.stderr,
     )
     return 1
 
 
 def _ack(args: argparse.Namespace) -> int:
+    """Acknowledge the changes found now in the selection (each one by its series and session): a change that
+    appears later is new and fails ``changes`` again."""
+    from pytest_llmperf.history.changes import acknowledge, format_changes, unacknowledged
+
     now = datetime.now(timezone.utc)
-    ack = Acknowledgement(
-        test_pattern=args.test or "*",
-        metric=args.metric[0] if args.metric else None,
-        until=args.until or now,
-        by=args.by or os.environ.get("USER") or None,
-        reason=args.reason,
-        recorded_at=now,
-    )
-    with _database(args) as database:
-        database.add_ack(ack)
-    what = f"{ack.test_pattern}" + (f" ({ack.metric})" if ack.metric else "")
-    print(f"acknowledged the changes of {what} up to {ack.until.isoformat(timespec='minutes')}")
+    by = args.by or os.environ.get("USER") or None
+    with _database(args, write=True) as database:
+        changes = _found(database, args)
+        new = unacknowledged(changes, database.acks())
+        acks = [acknowledge(change, by=by, reason=args.reason, now=now) for change in new]
+        for ack in acks:
+            database.add_ack(ack)
+    for line in format_changes(new, acks):
+        print(line)
+    print(f"acknowledged {len(acks)} change(s)" + (f" ({len(changes) - len(new)} were already)" if changes else ""))
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
+def _found(database: HistoryDatabase, args: argparse.Namespace) -> list[Change]:
+    """The changes of the selected series, oldest first, each gating as its test's latest verdict gated."""
     from pytest_llmperf.history.changes import find_changes
+
+    gating = database.gating_metrics()
+    series = database.series(test_pattern=args.test, metrics=_metrics(args, gating), since=args.since, pair=args.pair)
+    changes = [
+        change
+        for s in series
+        for change in find_changes(s, gating=s.key.metric in gating[s.key.test_id] if s.key.test_id in gating else None)
+    ]
+    changes.sort(key=lambda c: c.at)
+    sessions = len({p.session_id for s in series for p in s.points})
+    print(f"{len(series)} series over {sessions} session(s): {len(changes)} change(s)")
+    return changes
+
+
+def _report(args: argparse.Namespace) -> int:
     from pytest_llmperf.history.sweeps import sweep_curves
     from pytest_llmperf.history.trend import write_trend
 
-    with _database(args) as database:
-        series = database.series(test_pattern=args.test, metrics=_metrics(args), since=args.since, pair=args.pair)
+    with _database(args, write=False) as database:
+        changes = _found(database, args)
+        series = database.series(
+            test_pattern=args.test, metrics=_metrics(args, database.gating_metrics()), since=args.since, pair=args.pair
+        )
         sweep_series = database.series(test_pattern=args.test, metrics=SWEEP_METRICS, since=args.since, pair=args.pair)
         workloads = database.workloads({s.key.workload_hash for s in sweep_series})
-    changes = [change for s in series for change in find_changes(s)]
     sweeps = sweep_curves(sweep_series, workloads, chosen=args.sweep or ())
     write_trend(args.out, series, changes, sweeps)
-    print(
-        f"trend report of {len(series)} series ({len(changes)} change(s), {len(sweeps)} sweep(s)) written to {args.out}"
-    )
+    print(f"trend report of {len(series)} series ({len(sweeps)} sweep(s)) written to {args.out}")
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
     from pytest_llmperf.history.importing import import_paths
 
-    with _database(args) as database:
+    with _database(args, write=True) as database:
         summary = import_paths(database, args.paths)
     print(summary)
     return 0
@@ -115,27 +142,31 @@ def _import(args: argparse.Namespace) -> int:
 SWEEP_METRICS = ("interactivity", "output_throughput_per_gpu", "output_throughput")
 
 
-def _metrics(args: argparse.Namespace) -> Sequence[str] | None:
-    """The metrics asked for; by default the gating metrics in both compat spellings."""
+def _metrics(args: argparse.Namespace, gating: Mapping[str, frozenset[str]]) -> Sequence[str] | None:
+    """The metrics asked for; by default those that gate: by default (in both compat spellings) and as the tests'
+    stored verdicts gated (a test that made p99 TTFT gating)."""
     if args.all_metrics:
         return None
     if args.metric:
         return list(args.metric)
     from pytest_llmperf.judge.verdict import DEFAULT_GATING, METRICS
 
-    return sorted({METRICS[name].key(compat) for name in DEFAULT_GATING for compat in ("vllm", "sglang")})
+    defaults = {METRICS[name].key(compat) for name in DEFAULT_GATING for compat in ("vllm", "sglang")}
+    return sorted(defaults.union(*gating.values()))
 
 
 class _database:
-    """The database named by the arguments, closed on exit."""
+    """The database named by the arguments, closed on exit: read-only for ``changes`` and ``report`` (a missing
+    database is an error there, never an empty history that passes)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, *, write: bool) -> None:
         self._url = _url(args.db or os.environ.get(ENV_DB) or DEFAULT_DB)
+        self._write = write
 
     def __enter__(self) -> HistoryDatabase:
         from pytest_llmperf.history.database import HistoryDatabase
 
-        self._database = HistoryDatabase.open(self._url)
+        self._database = HistoryDatabase.open(self._url, write=self._write)
         return self._database
 
     def __exit__(self, *exc: object) -> None:
@@ -194,10 +225,13 @@ def _parser() -> argparse.ArgumentParser:
         help="exit 1 on an unacknowledged change of a gating metric: for the worse (default), in any direction, never",
     )
 
-    ack = command("ack", "Acknowledge the changes found so far, so that `changes` no longer fails on them.", _ack)
-    ack.add_argument("--test", metavar="PATTERN", help="test ids the acknowledgement covers (default: all)")
-    ack.add_argument("--metric", action="append", metavar="KEY", help="the one metric it covers (default: all)")
-    ack.add_argument("--until", type=_date, metavar="DATE", help="changes up to DATE (default: now)")
+    ack = command(
+        "ack",
+        "Acknowledge the changes `changes` finds now in the selection, so that it no longer fails on them "
+        "(a change found later is new).",
+        _ack,
+    )
+    selection(ack)
     ack.add_argument("--by", metavar="NAME", help="who acknowledges (default: $USER)")
     ack.add_argument("--reason", required=True, help="why, e.g. 'expected: engine upgrade to 0.12'")
 

@@ -1,302 +1,80 @@
 """The history database: every session's runs, one row per run, in SQLite (the default, one file per project) or
-PostgreSQL (shared by a team), through SQLAlchemy Core.
-
-Tables (all named ``llmperf_*``, so a shared database can hold other things too):
-
-    llmperf_meta          key → value; ``schema_version``
-    llmperf_sessions      one row per pytest session (or imported document)
-    llmperf_runs          one row per measured run, with its workload, verdict and SLO checks as JSON text
-    llmperf_run_metrics   the runs' figures in long form: (run_id, name, value), what a Grafana panel reads
-    llmperf_series        one row per series: (test_id, pair, workload_hash, metric)
-    llmperf_points        one row per series and session: the median of the session's valid runs, their count
-                          and the latest of them; written with the runs, so that :meth:`HistoryDatabase.series`
-                          reads one row per session instead of grouping every run's figures
-    llmperf_acks          ``history ack``: known changes
+PostgreSQL (shared by a team), through SQLAlchemy Core. The tables and their versions are
+:mod:`~pytest_llmperf.history.schema`'s; URLs and error messages :mod:`~pytest_llmperf.history.urls`'.
 
 Which runs make a point: the valid ones (``valid``) of the server under test, i.e. every side but ``"B"`` (the
 build A/B mode compares with it: its runs are stored, but a series follows one server).
 :meth:`HistoryDatabase.session_values` reads the same runs.
 
 Every database problem is a :class:`~pytest_llmperf.errors.HistoryError` naming the database with its password
-hidden and saying what to do. :meth:`HistoryDatabase.open` connects, creates or migrates the schema and checks
-that the database is writable, so that a wrong URL, an unreachable server, a read-only or damaged file or a
-database written by a newer release fails there, at the start of a session, not after its measurements.
+hidden and saying what to do. Opening checks what the work ahead needs, so that a wrong URL or database fails
+there, not later:
+
+- ``HistoryDatabase.open(url)`` (a writer: the session that appends, ``history ack``, ``history import``)
+  connects, creates the database and its tables or migrates an older schema, and checks that the database takes
+  writes, so that an unreachable server, a read-only or damaged file or a database written by a newer release
+  fails at the start of a session, not after its measurements.
+- ``HistoryDatabase.open(url, write=False)`` (a reader: xdist workers reading earlier sessions for the verdict,
+  ``history changes`` and ``history report``) writes nothing: it never creates a database (a missing SQLite
+  file is an error), never migrates, and refuses a database that is not a history of the current schema
+  version. On SQLite it opens the file with ``mode=rw`` (never created) and ``PRAGMA query_only``; on
+  PostgreSQL its transactions are ``READ ONLY``, so a role granted only SELECT can read.
 
 Concurrency: SQLite runs in WAL mode with a 30 s busy timeout and takes its write lock at the start of every
 writing transaction (``BEGIN IMMEDIATE``), so sessions of several processes append one after the other; on
 PostgreSQL a unique session id and ``ON CONFLICT DO NOTHING`` for new series do the same, and an advisory lock
-serialises schema migrations.
+serialises schema changes.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import gc
 import itertools
 import json
 import math
 import sqlite3
+import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine
 
 from pytest_llmperf.errors import HistoryError
+from pytest_llmperf.history import schema
 from pytest_llmperf.history.model import Acknowledgement, RunRecord, Series, SeriesKey, SessionPoint, SessionRecord
-from pytest_llmperf.results import JSONValue
+from pytest_llmperf.history.schema import ACKS, META, POINTS, RUN_METRICS, RUNS, SCHEMA_VERSION, SERIES, SESSIONS, aware
+from pytest_llmperf.history.urls import (
+    URL_FORMS,
+    default_url,
+    display_url,
+    explain,
+    first_line,
+    parse_url,
+    url_secrets,
+    with_driver,
+)
+from pytest_llmperf.results import NO_BASELINE, NOT_COMPARABLE, JSONValue
 
 __all__ = ["SCHEMA_VERSION", "HistoryDatabase", "default_url", "display_url"]
 
-SCHEMA_VERSION: Final = 2
-URL_FORMS: Final = "sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
 # How long SQLite waits for another process's write lock, and PostgreSQL for a connection.
 SQLITE_BUSY_S: Final = 30
 CONNECT_TIMEOUT_S: Final = 5
 # The side whose runs are not the server under test (A/B mode's other build).
 _OTHER_SIDE: Final = "B"
-# pg_advisory_xact_lock key serialising schema changes ("llmperf" in ASCII).
-_MIGRATION_LOCK: Final = 0x6C6C6D70657266
+# Verdicts that judged no metric (their "metrics" list is empty): they say nothing about what a test gates.
+_UNJUDGED: Final = (NO_BASELINE, NOT_COMPARABLE)
 _IN_CHUNK: Final = 500  # values per SQL IN list
-_UTC = timezone.utc
 _NO_RUN: Final[tuple[str | None, str]] = (None, "")  # a point's engine version and epoch key when its run is not found
-
-
-# --- schema ----------------------------------------------------------------------------------------------------
-
-
-class _UtcDateTime(sa.types.TypeDecorator[datetime]):
-    """A timezone-aware UTC datetime: ``timestamptz`` on PostgreSQL; on SQLite SQLAlchemy's fixed-width ISO text
-    of the UTC time (which sorts and compares as the times do). Read back as aware UTC on both."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        utc = _aware(value).astimezone(_UTC)
-        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=_UTC) if value.tzinfo is None else value.astimezone(_UTC)
-
-
-# 64-bit ids on PostgreSQL; on SQLite INTEGER PRIMARY KEY, the rowid (64-bit there anyway).
-_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-METADATA = sa.MetaData()
-
-META = sa.Table(
-    "llmperf_meta",
-    METADATA,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
-)
-
-SESSIONS = sa.Table(
-    "llmperf_sessions",
-    METADATA,
-    sa.Column("id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("session_id", sa.Text, nullable=False),
-    sa.Column("started_at", _UtcDateTime, nullable=False),
-    sa.Column("ended_at", _UtcDateTime, nullable=False),
-    sa.Column("pair", sa.Text, nullable=False),
-    sa.Column("plugin_version", sa.Text),
-    sa.Column("git_commit", sa.Text),
-    sa.Column("git_branch", sa.Text),
-    sa.Column("ci_provider", sa.Text),
-    sa.Column("ci_run_id", sa.Text),
-    sa.Column("ci_url", sa.Text),
-    sa.Column("source", sa.Text, nullable=False),
-    sa.UniqueConstraint("session_id", name="llmperf_sessions_session_id"),
-    sa.Index("llmperf_sessions_started_at", "started_at"),
-)
-
-RUNS = sa.Table(
-    "llmperf_runs",
-    METADATA,
-    sa.Column("id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("session_ref", _ID, sa.ForeignKey("llmperf_sessions.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("test_id", sa.Text, nullable=False),
-    sa.Column("run_index", sa.Integer, nullable=False),
-    sa.Column("side", sa.Text, nullable=False),
-    sa.Column("started_at", _UtcDateTime),
-    sa.Column("ended_at", _UtcDateTime),
-    sa.Column("pair", sa.Text, nullable=False),
-    sa.Column("hardware", sa.Text, nullable=False),
-    sa.Column("precision", sa.Text, nullable=False),
-    sa.Column("model", sa.Text, nullable=False),
-    sa.Column("workload_hash", sa.Text, nullable=False),
-    sa.Column("workload", sa.Text, nullable=False),  # JSON
-    sa.Column("engine", sa.Text),
-    sa.Column("engine_version", sa.Text),
-    sa.Column("server_command_hash", sa.Text),
-    sa.Column("plugin_version", sa.Text),
-    sa.Column("epoch_key", sa.Text, nullable=False),
-    sa.Column("compat_mode", sa.Text, nullable=False),
-    sa.Column("valid", sa.Boolean, nullable=False),
-    sa.Column("outcome", sa.Text),
-    sa.Column("verdict_status", sa.Text),
-    sa.Column("verdict", sa.Text),  # JSON, NULL without a verdict
-    sa.Column("slos", sa.Text),  # JSON list, NULL without SLO checks
-    # A session's runs of one test (joins, and session_values' "has this session a run" probe) ...
-    sa.Index("llmperf_runs_session", "session_ref", "test_id"),
-    # ... and one test's runs on one pair, workload and epoch in one session (session_values: whether a session
-    # has one is a single lookup, so the newest sessions are found by walking them newest first).
-    sa.Index("llmperf_runs_key", "test_id", "pair", "workload_hash", "epoch_key", "session_ref"),
-    sa.Index("llmperf_runs_workload", "workload_hash"),  # workloads()
-)
-
-RUN_METRICS = sa.Table(
-    "llmperf_run_metrics",
-    METADATA,
-    sa.Column("run_id", _ID, sa.ForeignKey("llmperf_runs.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("value", sa.Double, nullable=False),
-    sqlite_with_rowid=False,  # stored in (run_id, name) order: a run's figures are one read
-)
-
-ACKS = sa.Table(
-    "llmperf_acks",
-    METADATA,
-    sa.Column("id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("test_pattern", sa.Text, nullable=False),
-    sa.Column("metric", sa.Text),  # NULL: every metric
-    sa.Column("until", _UtcDateTime, nullable=False),
-    sa.Column("acked_by", sa.Text),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("recorded_at", _UtcDateTime, nullable=False),
-)
-
-# --- added in version 2 ---
-
-SERIES = sa.Table(
-    "llmperf_series",
-    METADATA,
-    sa.Column("id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("test_id", sa.Text, nullable=False),
-    sa.Column("pair", sa.Text, nullable=False),
-    sa.Column("workload_hash", sa.Text, nullable=False),
-    sa.Column("metric", sa.Text, nullable=False),
-    sa.UniqueConstraint("test_id", "pair", "workload_hash", "metric", name="llmperf_series_key"),
-)
-
-POINTS = sa.Table(
-    "llmperf_points",
-    METADATA,
-    sa.Column("series_id", _ID, sa.ForeignKey("llmperf_series.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("session_ref", _ID, sa.ForeignKey("llmperf_sessions.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("value", sa.Double, nullable=False),  # the median of the session's valid runs
-    sa.Column("runs", sa.Integer, nullable=False),  # how many
-    # The latest of those runs (its engine version and epoch key). No foreign key: a point goes with its
-    # session (the cascade above), and a key here would make every deletion of runs scan this table.
-    sa.Column("run_ref", _ID, nullable=False),
-    sa.Index("llmperf_points_session", "session_ref"),
-    sqlite_with_rowid=False,  # stored in (series_id, session_ref) order: a series is one read
-)
-
-
-# --- migrations ------------------------------------------------------------------------------------------------
-
-
-def _v1_to_v2(conn: Connection) -> None:
-    """Version 2 keeps each session's median per series (``llmperf_series``, ``llmperf_points``), written with
-    the runs; version 1 had only the runs' figures, which ``series()`` read and grouped on every call (one row
-    per run and metric, 5× the rows at 5 runs a session, and a median per group in Python): 6.6 s against 1.8 s
-    for every metric of 10,000 sessions on SQLite, 9.7 s against 2.7 s on PostgreSQL
-    (``benchmarks/results/history_write.md``). Fills both tables from the stored runs, session by session
-    (≈15 s for those 10,000 sessions).
-
-    The tables' version-2 form is the current one; a later version that changes them must freeze it here."""
-    SERIES.create(conn)
-    POINTS.create(conn)
-    session_refs = list(conn.scalars(sa.select(SESSIONS.c.id).order_by(SESSIONS.c.id)))
-    for start in range(0, len(session_refs), 200):
-        chunk = session_refs[start : start + 200]
-        query = (
-            sa.select(RUNS.c.session_ref, RUNS.c.id, RUNS.c.test_id, RUNS.c.pair, RUNS.c.workload_hash)
-            .add_columns(RUN_METRICS.c.name, RUN_METRICS.c.value)
-            .join(RUN_METRICS, RUN_METRICS.c.run_id == RUNS.c.id)
-            .where(RUNS.c.session_ref.in_(chunk), _counted_run())
-            .order_by(RUNS.c.session_ref, RUNS.c.id)
-        )
-        by_session: dict[int, dict[int, _RunFigures]] = {}
-        for session_ref, run_id, test_id, pair, workload_hash, name, value in conn.execute(query):
-            runs = by_session.setdefault(session_ref, {})
-            run = runs.get(run_id)
-            if run is None:
-                run = runs[run_id] = _RunFigures(run_id, test_id, pair, workload_hash, {})
-            run.metrics[name] = value
-        for session_ref, runs in by_session.items():
-            _write_points(conn, session_ref, list(runs.values()))
-
-
-# MIGRATIONS[n - 1] takes a database from version n to n + 1, inside the one transaction of ``open``.
-MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (_v1_to_v2,)
-assert len(MIGRATIONS) == SCHEMA_VERSION - 1
-
-
-# --- URLs ------------------------------------------------------------------------------------------------------
-
-
-def default_url(rootdir: Path) -> str:
-    """``sqlite:///<rootdir>/.llmperf/history.db``."""
-    return f"sqlite:///{(rootdir / '.llmperf' / 'history.db').as_posix()}"
-
-
-def display_url(url: str) -> str:
-    """``url`` with its password (and any secret in its query) shown as ``***``; a HistoryError, that does not
-    repeat it, when it is malformed."""
-    parsed = _parse(url)
-    if not _secrets(parsed):
-        return url.strip()
-    hidden = {key: "***" for key in parsed.query if _secret_key(key)}
-    return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
-
-
-def _parse(url: str) -> URL:
-    try:
-        return make_url(url.strip())
-    except (sa_exc.ArgumentError, ValueError, TypeError):
-        # The message SQLAlchemy gives repeats the string, password and all.
-        raise HistoryError(
-            f"the history database URL is not a database URL: expected {URL_FORMS} (--llmperf-history)"
-        ) from None
-
-
-def _secret_key(key: str) -> bool:
-    """A query parameter that holds a secret (libpq takes ``password`` there too)."""
-    return any(word in key.lower() for word in ("password", "secret", "token"))
-
-
-def _secrets(url: URL) -> list[str]:
-    """The secrets in a URL, to keep out of every message."""
-    found = [url.password] if url.password else []
-    for key, value in url.query.items():
-        if _secret_key(key):
-            found += [value] if isinstance(value, str) else list(value)
-    return [secret for secret in found if secret]
-
-
-def _with_driver(url: URL, shown: str) -> URL:
-    """The dialects this module knows, with psycopg 3 for PostgreSQL unless another driver is named."""
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return url
-    if backend in ("postgresql", "postgres"):
-        driver = url.get_driver_name() if "+" in url.drivername else "psycopg"
-        return url.set(drivername=f"postgresql+{driver}")
-    raise HistoryError(f"history database {shown}: {backend!r} databases are not supported; use {URL_FORMS}")
 
 
 # --- the database ----------------------------------------------------------------------------------------------
@@ -305,22 +83,26 @@ def _with_driver(url: URL, shown: str) -> URL:
 class HistoryDatabase:
     """An open history database. Use :meth:`open`; close it (or use it as a context manager) when done."""
 
-    def __init__(self, engine: Engine, shown: str, secrets: Sequence[str]) -> None:
+    def __init__(self, engine: Engine, shown: str, secrets: Sequence[str], *, write: bool) -> None:
         self._engine: Engine | None = engine
         self._shown = shown
         self._secrets = tuple(secrets)
+        self._write = write
         self._version = 0
 
     # -- opening and closing --
 
     @classmethod
-    def open(cls, url: str) -> HistoryDatabase:
-        """Connect, create or migrate the schema, and check that the database takes writes."""
+    def open(cls, url: str, *, write: bool = True) -> HistoryDatabase:
+        """Connect and check what the work ahead needs. ``write`` (the default): create the database and its
+        tables, or migrate an older schema, and check that it takes writes. ``write=False``: write nothing;
+        refuse a database that does not exist, is not a history or has another schema version."""
         shown = display_url(url)
-        parsed = _with_driver(_parse(url), shown)
+        parsed = with_driver(parse_url(url), shown)
+        hidden = url_secrets(parsed)
         if parsed.get_backend_name() == "sqlite":
-            _make_parent(parsed, shown)
-        db = cls(_create_engine(parsed, shown), shown, _secrets(parsed))
+            parsed = _sqlite_writer_url(parsed, shown) if write else _sqlite_reader_url(parsed, shown)
+        db = cls(_create_engine(parsed, shown, hidden, write=write), shown, hidden, write=write)
         try:
             db._version = db._prepare()
         except BaseException:
@@ -342,7 +124,7 @@ class HistoryDatabase:
         self.close()
 
     def __repr__(self) -> str:
-        return f"HistoryDatabase({self._shown!r}, schema_version={self._version})"
+        return f"HistoryDatabase({self._shown!r}, schema_version={self._version}, write={self._write})"
 
     @property
     def schema_version(self) -> int:
@@ -352,19 +134,24 @@ class HistoryDatabase:
     def url_for_display(self) -> str:
         return self._shown
 
+    @property
+    def writable(self) -> bool:
+        """Whether it was opened to write (``open(url)``) rather than only to read (``open(url, write=False)``)."""
+        return self._write
+
     # -- writing --
 
     def append(self, session: SessionRecord, runs: Sequence[RunRecord]) -> int:
         """Store a session and its runs in one transaction; the number of runs written, 0 when a session with
         this id is stored already (so importing a document twice adds nothing)."""
-        _aware(session.started_at)
-        _aware(session.ended_at)
+        aware(session.started_at)
+        aware(session.ended_at)
         for run in runs:
             if run.session_id != session.session_id:
                 raise ValueError(f"run {run.test_id}#{run.run_index} belongs to session {run.session_id!r}")
             for when in (run.started_at, run.ended_at):
                 if when is not None:
-                    _aware(when)
+                    aware(when)
         try:
             with self._transaction("append a session to", write=True) as conn:
                 if self._session_ref(conn, session.session_id) is not None:
@@ -394,13 +181,17 @@ class HistoryDatabase:
         return len(runs)
 
     def add_ack(self, ack: Acknowledgement) -> None:
+        """Store an acknowledgement of one change."""
         row = {
-            "test_pattern": ack.test_pattern,
-            "metric": ack.metric,
-            "until": _aware(ack.until),
+            "test_id": ack.key.test_id,
+            "pair": ack.key.pair,
+            "workload_hash": ack.key.workload_hash,
+            "metric": ack.key.metric,
+            "session_id": ack.session_id,
+            "at": aware(ack.at),
             "acked_by": ack.by,
             "reason": ack.reason,
-            "recorded_at": _aware(ack.recorded_at),
+            "recorded_at": aware(ack.recorded_at),
         }
         with self._transaction("record an acknowledgement in", write=True) as conn:
             conn.execute(ACKS.insert(), [row])
@@ -412,19 +203,58 @@ class HistoryDatabase:
             return self._session_ref(conn, session_id) is not None
 
     def acks(self) -> list[Acknowledgement]:
+        """Every acknowledgement, in the order they were recorded."""
         query = sa.select(ACKS).order_by(ACKS.c.recorded_at, ACKS.c.id)
         with self._transaction("read the acknowledgements in") as conn:
             return [
                 Acknowledgement(
-                    test_pattern=row.test_pattern,
-                    metric=row.metric,
-                    until=row.until,
+                    key=SeriesKey(row.test_id, row.pair, row.workload_hash, row.metric),
+                    session_id=row.session_id,
+                    at=row.at,
                     by=row.acked_by,
                     reason=row.reason,
                     recorded_at=row.recorded_at,
                 )
                 for row in conn.execute(query)
             ]
+
+    def gating_metrics(self, test_ids: Iterable[str] | None = None) -> dict[str, frozenset[str]]:
+        """Per test id (of ``test_ids``, default every stored test), the summary keys of the metrics that gated
+        in the test's most recent stored verdict: that of its newest session (by start) with a verdict that
+        judged metrics (a NO_BASELINE or NOT_COMPARABLE verdict judges none, so says nothing about what the
+        test gates). Tests without such a verdict are left out."""
+        wanted = None if test_ids is None else sorted(set(test_ids))
+        if wanted is not None and not wanted:
+            return {}
+        newest_first = sa.func.row_number().over(
+            partition_by=RUNS.c.test_id,
+            order_by=(SESSIONS.c.started_at.desc(), SESSIONS.c.id.desc(), RUNS.c.id.desc()),
+        )
+        judged = sa.and_(
+            RUNS.c.verdict.is_not(None),
+            sa.or_(RUNS.c.verdict_status.is_(None), RUNS.c.verdict_status.not_in(_UNJUDGED)),
+        )
+        chunks: list[list[str] | None] = (
+            [None] if wanted is None else [wanted[i : i + _IN_CHUNK] for i in range(0, len(wanted), _IN_CHUNK)]
+        )
+        out: dict[str, frozenset[str]] = {}
+        with self._transaction("read the verdicts in") as conn:
+            for chunk in chunks:
+                of_tests = [] if chunk is None else [RUNS.c.test_id.in_(chunk)]
+                ranked = (
+                    sa.select(RUNS.c.id, newest_first.label("rank"))
+                    .join(SESSIONS, SESSIONS.c.id == RUNS.c.session_ref)
+                    .where(judged, *of_tests)
+                    .subquery()
+                )
+                latest = sa.select(ranked.c.id).where(ranked.c.rank == 1)
+                # Two steps: the ranking carries ids only, and just the winners' verdicts are read.
+                query = sa.select(RUNS.c.test_id, RUNS.c.verdict).where(RUNS.c.id.in_(latest))
+                for test_id, text in conn.execute(query):
+                    keys = _gating_keys(text)
+                    if keys is not None:
+                        out[test_id] = keys
+        return out
 
     def series(
         self,
@@ -452,7 +282,7 @@ class HistoryDatabase:
         chosen = POINTS.join(SERIES, SERIES.c.id == POINTS.c.series_id)
         of_points = list(of_series)  # which points
         if since is not None:
-            recent = SESSIONS.c.started_at >= _aware(since)
+            recent = SESSIONS.c.started_at >= aware(since)
             chosen = chosen.join(SESSIONS, SESSIONS.c.id == POINTS.c.session_ref)
             of_points.append(recent)
             sessions_query = sessions_query.where(recent)
@@ -482,21 +312,20 @@ class HistoryDatabase:
         # Oldest first: the sessions' order once, then each series' points in it.
         rank = {ref: i for i, ref in enumerate(sorted(sessions, key=lambda ref: (sessions[ref][1], sessions[ref][0])))}
         out: list[Series] = []
-        with _no_gc():  # hundreds of thousands of new objects, none in a cycle
-            for series_id, group in itertools.groupby(points, key=_first):
-                key = keys.get(series_id)
-                if key is None:
-                    continue
-                found = [row for row in group if row[1] in rank]
-                found.sort(key=lambda row: rank[row[1]])
-                made: list[SessionPoint] = []
-                for _, session_ref, value, count, run_ref in found:
-                    session_id, at, git_commit, git_branch = sessions[session_ref]
-                    engine_version, epoch_key = latest.get(run_ref, _NO_RUN)
-                    made.append(
-                        SessionPoint(session_id, at, value, count, git_commit, git_branch, engine_version, epoch_key)
-                    )
-                out.append(Series(key, tuple(made)))
+        for series_id, group in itertools.groupby(points, key=_first):
+            key = keys.get(series_id)
+            if key is None:
+                continue
+            found = [row for row in group if row[1] in rank]
+            found.sort(key=lambda row: rank[row[1]])
+            made: list[SessionPoint] = []
+            for _, session_ref, value, count, run_ref in found:
+                session_id, at, git_commit, git_branch = sessions[session_ref]
+                engine_version, epoch_key = latest.get(run_ref, _NO_RUN)
+                made.append(
+                    SessionPoint(session_id, at, value, count, git_commit, git_branch, engine_version, epoch_key)
+                )
+            out.append(Series(key, tuple(made)))
         out.sort(key=lambda series: (series.key.test_id, series.key.pair, series.key.workload_hash, series.key.metric))
         return out
 
@@ -575,58 +404,41 @@ class HistoryDatabase:
     @contextmanager
     def _transaction(self, doing: str, *, write: bool = False) -> Iterator[Connection]:
         """A connection in a transaction, committed when the block ends; every database error a HistoryError
-        saying what was being done. ``write``: on SQLite, take the write lock at the start."""
+        saying what was being done. ``write``: on SQLite, take the write lock at the start; refused when the
+        database was opened to read. A reader's transactions are read-only on PostgreSQL."""
         if self._engine is None:
             raise HistoryError(f"history database {self._shown}: cannot {doing} it: it is closed")
+        if write and not self._write:
+            raise HistoryError(
+                f"history database {self._shown}: cannot {doing} it: it was opened to read (write=False)"
+            )
         try:
             with self._engine.connect() as conn:
                 if write:
                     conn.execution_options(llmperf_write=True)
+                elif not self._write and conn.dialect.name == "postgresql":
+                    conn.execution_options(postgresql_readonly=True)
                 with conn.begin():
                     yield conn
         except sa_exc.SQLAlchemyError as exc:
             raise HistoryError(self._explain(f"cannot {doing} it", exc)) from exc
 
     def _prepare(self) -> int:
-        """Create or migrate the schema and check the database takes writes, in one transaction; the version."""
+        """The schema version, checked; a writer also creates or migrates the schema and checks that the
+        database takes writes, all in one transaction."""
+        if not self._write:
+            with self._transaction("open") as conn:
+                return schema.check_version(conn, self._shown)
         with self._transaction("open", write=True) as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
-            version = self._migrate(conn)
+            version = schema.create_or_migrate(conn, self._shown)
             # The write probe: a row in, and out again.
             probe = f"write_probe:{uuid.uuid4().hex}"
             conn.execute(META.insert(), [{"key": probe[:64], "value": "1"}])
             conn.execute(META.delete().where(META.c.key == probe[:64]))
         return version
 
-    def _migrate(self, conn: Connection) -> int:
-        if not sa.inspect(conn).has_table(META.name):
-            METADATA.create_all(conn)
-            conn.execute(META.insert(), [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
-            return SCHEMA_VERSION
-        stamp = conn.execute(sa.select(META.c.value).where(META.c.key == "schema_version")).scalar_one_or_none()
-        try:
-            version = int(stamp) if stamp is not None else 0
-        except ValueError:
-            version = 0
-        if version < 1:
-            raise HistoryError(
-                f"history database {self._shown}: its {META.name} table has no schema version: it is not a "
-                "pytest-llmperf history (or was damaged); use another database"
-            )
-        if version > SCHEMA_VERSION:
-            raise HistoryError(
-                f"history database {self._shown}: it was written by a newer pytest-llmperf (schema version "
-                f"{version}; this one knows up to {SCHEMA_VERSION}); upgrade pytest-llmperf or use another database"
-            )
-        for step in MIGRATIONS[version - 1 :]:
-            step(conn)
-        if version < SCHEMA_VERSION:
-            conn.execute(META.update().where(META.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
-        return SCHEMA_VERSION
-
     def _explain(self, what: str, exc: BaseException) -> str:
-        return _explain(self._shown, self._secrets, what, exc)
+        return explain(self._shown, self._secrets, what, exc, write=self._write, busy_s=SQLITE_BUSY_S)
 
 
 # --- writing helpers -------------------------------------------------------------------------------------------
@@ -669,7 +481,7 @@ def _write_points(conn: Connection, session_ref: int, runs: Sequence[_RunFigures
     if not values:
         return
     ids = _series_ids(conn, set(values))
-    rows = [(ids[key], session_ref, _median(found), len(found), latest[key]) for key, found in values.items()]
+    rows = [(ids[key], session_ref, statistics.median(found), len(found), latest[key]) for key, found in values.items()]
     _insert_many(conn, POINTS, ("series_id", "session_ref", "value", "runs", "run_ref"), rows)
 
 
@@ -799,12 +611,6 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    half = len(ordered) // 2
-    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
-
-
 def _first(row: Sequence[Any]) -> Any:
     return row[0]
 
@@ -817,23 +623,6 @@ def _plain_rows(conn: Connection, query: sa.Select[Any]) -> list[tuple[Any, ...]
         return list(result.cursor.fetchall())
     finally:
         result.close()
-
-
-@contextmanager
-def _no_gc() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _aware(when: datetime) -> datetime:
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"{when.isoformat()} has no time zone: the history stores timezone-aware times")
-    return when
 
 
 def _like_prefix(pattern: str) -> str:
@@ -856,13 +645,30 @@ def _like_prefix(pattern: str) -> str:
     return "%" if set(like) == {"%"} else like
 
 
+def _gating_keys(text: str | None) -> frozenset[str] | None:
+    """The summary keys of a stored verdict's gating metrics; None when it lists no metrics (or is damaged)."""
+    try:
+        verdict = json.loads(text) if text else None
+    except ValueError:
+        return None
+    metrics = verdict.get("metrics") if isinstance(verdict, dict) else None
+    if not isinstance(metrics, list) or not metrics:
+        return None
+    return frozenset(
+        str(m["key"])
+        for m in metrics
+        if isinstance(m, dict) and m.get("gating") is True and isinstance(m.get("key"), str)
+    )
+
+
 # --- connecting ------------------------------------------------------------------------------------------------
 
 
-def _make_parent(url: URL, shown: str) -> None:
+def _sqlite_writer_url(url: URL, shown: str) -> URL:
+    """A writer's SQLite URL, as given; the file's directory is created."""
     database = url.database or ""
     if not database or database == ":memory:" or database.startswith("file:"):
-        return
+        return url
     try:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -870,13 +676,34 @@ def _make_parent(url: URL, shown: str) -> None:
             f"history database {shown}: cannot create its directory ({exc.strerror or exc}); "
             "point --llmperf-history at a writable place"
         ) from None
+    return url
 
 
-def _create_engine(url: URL, shown: str) -> Engine:
+def _sqlite_reader_url(url: URL, shown: str) -> URL:
+    """A reader's SQLite URL: the file, which must exist, as an SQLite URI with ``mode=rw`` (opened for reading
+    and writing as a writer's connection would be, so that closing the last connection tidies the WAL files away,
+    but never created); a URI the URL gives already gets ``mode=rw`` unless it names a mode."""
+    database = url.database or ""
+    if not database or database == ":memory:":
+        return url  # an empty database in memory: the schema check refuses it
+    if database.startswith("file:"):
+        return url if "mode" in url.query else url.update_query_dict({"mode": "rw", "uri": "true"})
+    path = Path(database)
+    if not path.is_file():
+        raise HistoryError(
+            f"no history database at {shown}: run pytest with --llmperf-history first, or give --db"
+            + (" (it names a directory)" if path.is_dir() else "")
+        )
+    # The URI's path is percent-encoded: a file name may hold "?", "#" or "%".
+    uri = "file:" + quote(path.absolute().as_posix(), safe="/")
+    return url.set(database=uri, query={"mode": "rw", "uri": "true"})
+
+
+def _create_engine(url: URL, shown: str, hidden: Sequence[str], *, write: bool) -> Engine:
     try:
         if url.get_backend_name() == "sqlite":
             engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_S})
-            sa.event.listen(engine, "connect", _sqlite_connect)
+            sa.event.listen(engine, "connect", _sqlite_writer_connect if write else _sqlite_reader_connect)
             sa.event.listen(engine, "begin", _sqlite_begin)
             return engine
         return sa.create_engine(
@@ -886,12 +713,12 @@ def _create_engine(url: URL, shown: str) -> Engine:
         )
     except (sa_exc.SQLAlchemyError, ImportError) as exc:
         raise HistoryError(
-            f"history database {shown}: cannot use its driver ({_first_line(str(exc), _secrets(url))}); "
+            f"history database {shown}: cannot use its driver ({first_line(str(exc), hidden)}); "
             "install pytest-llmperf[history] or use " + URL_FORMS
         ) from None
 
 
-def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+def _sqlite_writer_connect(dbapi_connection: Any, connection_record: Any) -> None:
     # Transactions are begun by _sqlite_begin, not by the sqlite3 module (whose implicit BEGIN SQLAlchemy
     # documents as broken for this).
     dbapi_connection.isolation_level = None
@@ -903,6 +730,18 @@ def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
         # up to the last transactions before a power loss.
         _wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_reader_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # As a writer's, without the switch to WAL (a write; the writer that created the file made it); query_only
+    # makes every statement that would change the database fail.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_S * 1000)}")
+        cursor.execute("PRAGMA query_only = ON")
     finally:
         cursor.close()
 
@@ -929,40 +768,3 @@ def _sqlite_begin(conn: Connection) -> None:
     # SQLite resolves by failing one at once, busy timeout or not).
     write = conn.get_execution_options().get("llmperf_write", False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-
-# --- error messages --------------------------------------------------------------------------------------------
-
-
-def _first_line(text: str, secrets: Sequence[str]) -> str:
-    line = text.strip().splitlines()[0].strip() if text.strip() else ""
-    for secret in secrets:
-        line = line.replace(secret, "***")
-    return line
-
-
-def _explain(shown: str, secrets: Sequence[str], what: str, exc: BaseException) -> str:
-    """``history database URL: what (the driver's words); what to do``."""
-    orig = getattr(exc, "orig", None) or exc
-    said = _first_line(str(orig), secrets)
-    lowered = said.lower()
-    sqlstate = getattr(orig, "sqlstate", None) or ""
-    if "not a database" in lowered or "malformed" in lowered or "file is encrypted" in lowered:
-        advice = "it is not an SQLite database or is damaged: point --llmperf-history at another file, or move it away"
-    elif "readonly" in lowered or "read-only" in lowered or sqlstate == "25006":
-        advice = "it is read-only: make it writable or point --llmperf-history at another database"
-    elif "unable to open" in lowered:
-        advice = "check that the path names a file in a directory this user may write"
-    elif "locked" in lowered or "busy" in lowered:
-        advice = f"another process held it for more than {SQLITE_BUSY_S} s: try again, or use another database"
-    elif sqlstate == "42501":
-        advice = "this user may not write to it: grant it CREATE and INSERT, or use another database"
-    elif sqlstate.startswith("28") or "authentication" in lowered or "password" in lowered:
-        advice = "check the user name and password in the URL"
-    elif sqlstate == "3D000" or ("database" in lowered and "does not exist" in lowered):
-        advice = "create the database first (createdb), or name an existing one"
-    elif isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or sqlstate.startswith("08"):
-        advice = "check that the server runs and is reachable at that host and port, and the URL's credentials"
-    else:
-        advice = f"check --llmperf-history ({URL_FORMS})"
-    return f"history database {shown}: {what}" + (f" ({said})" if said else "") + f"; {advice}"

@@ -1,12 +1,15 @@
-"""The history database (history/database.py) on SQLite and on a real PostgreSQL server: what goes in comes back
-(medians per session with known answers, filters, acknowledgements, times as aware UTC), concurrent sessions of
-several processes, the schema's migration from version 1, and every way opening can fail, each with one clear
-message that never shows a password. The write and read speeds are measured by ``benchmarks/history_write.py``."""
+"""The history database (history/database.py, schema.py, urls.py) on SQLite and on a real PostgreSQL server:
+what goes in comes back (medians per session with known answers, filters, acknowledgements, the gating metrics of
+the latest verdicts, times as aware UTC), concurrent sessions of several processes, opening to read (which writes
+nothing, creates nothing and refuses what it cannot read), the migration machinery with a step the test adds,
+and every way opening can fail, each with one clear message that never shows a password. The write and read
+speeds are measured by ``benchmarks/history_write.py``."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -23,9 +26,9 @@ import pytest
 import sqlalchemy as sa
 
 from pytest_llmperf.errors import HistoryError
-from pytest_llmperf.history import database
+from pytest_llmperf.history import database, schema
 from pytest_llmperf.history.database import SCHEMA_VERSION, HistoryDatabase, default_url, display_url
-from pytest_llmperf.history.model import Acknowledgement, CiRun, RunRecord, SessionRecord
+from pytest_llmperf.history.model import Acknowledgement, CiRun, RunRecord, SeriesKey, SessionRecord
 
 T0 = datetime(2026, 1, 5, 2, 30, tzinfo=timezone.utc)
 TEST = "perf/test_serve.py::test_decode[sim]"
@@ -110,7 +113,7 @@ def raw(url: str) -> Iterator[sa.Connection]:
 
 def test_a_new_database_has_the_current_schema_and_opens_again(history_url: str) -> None:
     with HistoryDatabase.open(history_url) as db:
-        assert db.schema_version == SCHEMA_VERSION == 2
+        assert db.schema_version == SCHEMA_VERSION == 1
         assert db.series() == []
         assert db.acks() == []
         assert not db.has_session("s1")
@@ -120,7 +123,7 @@ def test_a_new_database_has_the_current_schema_and_opens_again(history_url: str)
         assert db.has_session("s1")
     with raw(history_url) as conn:
         tables = set(sa.inspect(conn).get_table_names())
-    assert {t.name for t in database.METADATA.sorted_tables} <= tables
+    assert {t.name for t in schema.METADATA.sorted_tables} <= tables
 
 
 def test_appending_a_stored_session_again_adds_nothing(history_url: str) -> None:
@@ -277,10 +280,12 @@ def test_session_values_are_the_newest_sessions_runs_of_one_test_workload_and_ep
 def test_acknowledgements_round_trip(history_url: str) -> None:
     plus_two = timezone(timedelta(hours=2))
     acks = [
-        Acknowledgement("*", None, T0, None, "new driver", recorded_at=T0 + timedelta(hours=1)),
         Acknowledgement(
-            TEST,
-            METRIC,
+            SeriesKey(TEST, PAIR, "w1", METRIC), "s40", T0, None, "new driver", recorded_at=T0 + timedelta(hours=1)
+        ),
+        Acknowledgement(
+            SeriesKey(OTHER, "gpu-fp8", "w2", "output_throughput"),
+            "s41",
             datetime(2026, 1, 6, 12, 0, tzinfo=plus_two),
             "ana",
             "known",
@@ -288,13 +293,91 @@ def test_acknowledgements_round_trip(history_url: str) -> None:
         ),
     ]
     with HistoryDatabase.open(history_url) as db:
-        for ack in acks:
+        for ack in reversed(acks):  # read back in the order recorded, not stored
             db.add_ack(ack)
         stored = db.acks()
     assert stored == acks
     assert [a.recorded_at for a in stored] == [a.recorded_at for a in acks]  # not compared by ==
-    assert all(a.until.utcoffset() == timedelta(0) and a.recorded_at.tzinfo is timezone.utc for a in stored)
-    assert stored[1].until == datetime(2026, 1, 6, 10, 0, tzinfo=timezone.utc)
+    assert all(a.at.utcoffset() == timedelta(0) and a.recorded_at.tzinfo is timezone.utc for a in stored)
+    assert stored[1].at == datetime(2026, 1, 6, 10, 0, tzinfo=timezone.utc)
+    with raw(history_url) as conn:
+        columns = [c["name"] for c in sa.inspect(conn).get_columns("llmperf_acks")]
+    assert columns == [
+        "id",
+        "test_id",
+        "pair",
+        "workload_hash",
+        "metric",
+        "session_id",
+        "at",
+        "acked_by",
+        "reason",
+        "recorded_at",
+    ]
+
+
+def verdict(*metrics: tuple[str, bool], status: str = "PASS") -> dict[str, object]:
+    """A stored verdict's JSON form with these (summary key, gating) metrics."""
+    return {"status": status, "metrics": [{"name": key, "key": key, "gating": gating} for key, gating in metrics]}
+
+
+def test_gating_metrics_are_those_of_each_tests_latest_verdict_that_judged_metrics(history_url: str) -> None:
+    older = verdict((METRIC, True), ("median_ttft_ms", True), ("median_itl_ms", False))
+    newer = verdict((METRIC, True), ("median_ttft_ms", False), ("output_throughput", True), status="REGRESSION")
+    unjudged = {"status": "NO_BASELINE", "metrics": []}
+    advisory = verdict((METRIC, False))
+    tests = {name: f"perf/test_g.py::test_{name}" for name in ("changed", "fell_back", "bare", "advisory", "ab")}
+
+    def judged(sid: str, test: str, stored: dict[str, object] | None, **fields: object) -> list[RunRecord]:
+        status = None if stored is None else str(stored["status"])
+        return [
+            run(sid, i, {METRIC: 1.0}, test_id=tests[test], verdict=stored, verdict_status=status, **fields)
+            for i in range(2)
+        ]
+
+    with HistoryDatabase.open(history_url) as db:
+        assert db.gating_metrics() == {}
+        # Appended newest first (an import of older documents): the newest session's verdict still wins.
+        db.append(
+            session("new", 2),
+            [
+                *judged("new", "changed", newer),
+                *judged("new", "fell_back", unjudged),
+                *judged("new", "bare", None),
+                *judged("new", "advisory", advisory),
+            ],
+        )
+        db.append(
+            session("old", 1),
+            [
+                *judged("old", "changed", older),
+                *judged("old", "fell_back", older),
+                *judged("old", "bare", None),
+                *judged("old", "ab", older, side="A"),
+                *judged("old", "ab", older, side="B", valid=False),
+            ],
+        )
+        everything = db.gating_metrics()
+        assert everything == {
+            tests["changed"]: frozenset({METRIC, "output_throughput"}),
+            tests["fell_back"]: frozenset({METRIC, "median_ttft_ms"}),  # NO_BASELINE judged nothing
+            tests["advisory"]: frozenset(),
+            tests["ab"]: frozenset({METRIC, "median_ttft_ms"}),
+        }
+        assert tests["bare"] not in everything  # never had a verdict
+        assert db.gating_metrics([tests["changed"], tests["bare"], "missing"]) == {
+            tests["changed"]: frozenset({METRIC, "output_throughput"})
+        }
+        assert db.gating_metrics([]) == {}
+        assert db.gating_metrics(iter([tests["ab"]])) == {tests["ab"]: frozenset({METRIC, "median_ttft_ms"})}
+
+
+def test_gating_metrics_of_more_tests_than_an_in_list_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(database, "_IN_CHUNK", 2)
+    with HistoryDatabase.open(f"sqlite:///{(tmp_path / 'h.db').as_posix()}") as db:
+        measured = [run("s1", i, {METRIC: 1.0}, test_id=f"t{i}", verdict=verdict((f"m{i}", True))) for i in range(5)]
+        db.append(session("s1", 0), measured)
+        assert db.gating_metrics([f"t{i}" for i in range(6)]) == {f"t{i}": frozenset({f"m{i}"}) for i in range(5)}
 
 
 def test_times_are_stored_as_utc_and_naive_times_refused(history_url: str) -> None:
@@ -438,187 +521,228 @@ def test_sessions_of_several_processes_are_all_stored(history_url: str, tmp_path
         assert conn.execute(sa.text("SELECT count(*) FROM llmperf_series")).scalar_one() == 3 * 2
 
 
-# --- migrations ----------------------------------------------------------------------------------------------------
+# --- schema versions ---------------------------------------------------------------------------------------------
 
 
-def v1_metadata() -> sa.MetaData:
-    """The schema of version 1, as it was (frozen here: the code's tables may change, this may not)."""
-    meta = sa.MetaData()
-    big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-    when = sa.DateTime(timezone=True)
-    sa.Table(
-        "llmperf_meta",
-        meta,
-        sa.Column("key", sa.String(64), primary_key=True),
-        sa.Column("value", sa.Text, nullable=False),
-    )
-    sa.Table(
-        "llmperf_sessions",
-        meta,
-        sa.Column("id", big_id, primary_key=True, autoincrement=True),
-        sa.Column("session_id", sa.Text, nullable=False),
-        sa.Column("started_at", when, nullable=False),
-        sa.Column("ended_at", when, nullable=False),
-        sa.Column("pair", sa.Text, nullable=False),
-        *(sa.Column(name, sa.Text) for name in ("plugin_version", "git_commit", "git_branch")),
-        *(sa.Column(name, sa.Text) for name in ("ci_provider", "ci_run_id", "ci_url")),
-        sa.Column("source", sa.Text, nullable=False),
-        sa.UniqueConstraint("session_id", name="llmperf_sessions_session_id"),
-        sa.Index("llmperf_sessions_started_at", "started_at"),
-    )
-    sa.Table(
-        "llmperf_runs",
-        meta,
-        sa.Column("id", big_id, primary_key=True, autoincrement=True),
-        sa.Column("session_ref", big_id, sa.ForeignKey("llmperf_sessions.id", ondelete="CASCADE"), nullable=False),
-        sa.Column("test_id", sa.Text, nullable=False),
-        sa.Column("run_index", sa.Integer, nullable=False),
-        sa.Column("side", sa.Text, nullable=False),
-        sa.Column("started_at", when),
-        sa.Column("ended_at", when),
-        *(sa.Column(name, sa.Text, nullable=False) for name in ("pair", "hardware", "precision", "model")),
-        sa.Column("workload_hash", sa.Text, nullable=False),
-        sa.Column("workload", sa.Text, nullable=False),
-        *(sa.Column(name, sa.Text) for name in ("engine", "engine_version", "server_command_hash", "plugin_version")),
-        sa.Column("epoch_key", sa.Text, nullable=False),
-        sa.Column("compat_mode", sa.Text, nullable=False),
-        sa.Column("valid", sa.Boolean, nullable=False),
-        *(sa.Column(name, sa.Text) for name in ("outcome", "verdict_status", "verdict", "slos")),
-        sa.Index("llmperf_runs_session", "session_ref", "test_id"),
-        sa.Index("llmperf_runs_key", "test_id", "pair", "workload_hash", "epoch_key", "session_ref"),
-        sa.Index("llmperf_runs_workload", "workload_hash"),
-    )
-    sa.Table(
-        "llmperf_run_metrics",
-        meta,
-        sa.Column("run_id", big_id, sa.ForeignKey("llmperf_runs.id", ondelete="CASCADE"), primary_key=True),
-        sa.Column("name", sa.Text, primary_key=True),
-        sa.Column("value", sa.Double, nullable=False),
-        sqlite_with_rowid=False,
-    )
-    sa.Table(
-        "llmperf_acks",
-        meta,
-        sa.Column("id", big_id, primary_key=True, autoincrement=True),
-        sa.Column("test_pattern", sa.Text, nullable=False),
-        sa.Column("metric", sa.Text),
-        sa.Column("until", when, nullable=False),
-        sa.Column("acked_by", sa.Text),
-        sa.Column("reason", sa.Text, nullable=False),
-        sa.Column("recorded_at", when, nullable=False),
-    )
-    return meta
-
-
-def write_v1(url: str) -> None:
-    """A version-1 database with two sessions (one of them with an invalid run) and an acknowledgement."""
-    meta = v1_metadata()
-    t = meta.tables
-    naive = T0.replace(tzinfo=None) if url.startswith("sqlite") else T0  # v1 on SQLite: UTC without an offset
+def stored_version(url: str) -> str:
     with raw(url) as conn:
-        meta.create_all(conn)
-        conn.execute(t["llmperf_meta"].insert(), [{"key": "schema_version", "value": "1"}])
-        for day, (sid, values) in enumerate((("old1", [3.0, 1.0, 2.0, 50.0]), ("old2", [4.0, 6.0])), start=1):
-            start = naive + timedelta(days=day)
-            ref = conn.execute(
-                t["llmperf_sessions"].insert().returning(t["llmperf_sessions"].c.id),
-                [
-                    {
-                        "session_id": sid,
-                        "started_at": start,
-                        "ended_at": start,
-                        "pair": PAIR,
-                        "source": "pytest",
-                        "git_commit": f"c{day}",
-                    }
-                ],
-            ).scalar_one()
-            for index, value in enumerate(values):
-                run_id = conn.execute(
-                    t["llmperf_runs"].insert().returning(t["llmperf_runs"].c.id),
-                    [
-                        {
-                            "session_ref": ref,
-                            "test_id": TEST,
-                            "run_index": index,
-                            "side": "",
-                            "pair": PAIR,
-                            "hardware": "cpu_x",
-                            "precision": "default",
-                            "model": "tiny",
-                            "workload_hash": "w1",
-                            "workload": '{"concurrency":4}',
-                            "engine_version": f"b{day}",
-                            "epoch_key": "e1",
-                            "compat_mode": "vllm",
-                            "valid": value != 50.0,
-                        }
-                    ],
-                ).scalar_one()
-                conn.execute(
-                    t["llmperf_run_metrics"].insert(),
-                    [
-                        {"run_id": run_id, "name": METRIC, "value": value},
-                        {"run_id": run_id, "name": "completed", "value": 64.0},
-                    ],
-                )
-        conn.execute(
-            t["llmperf_acks"].insert(),
-            [{"test_pattern": "*", "until": naive, "reason": "kept", "recorded_at": naive}],
-        )
+        found = conn.execute(sa.select(schema.META.c.value).where(schema.META.c.key == "schema_version"))
+        return str(found.scalar_one())
 
 
-def test_a_version_1_database_is_migrated_with_its_data(history_url: str) -> None:
-    write_v1(history_url)
+def add_note(conn: sa.Connection) -> None:
+    """A real step from version 1 to a version 2 the test makes up: a column and an index."""
+    conn.exec_driver_sql("ALTER TABLE llmperf_sessions ADD COLUMN note TEXT")
+    conn.exec_driver_sql("CREATE INDEX llmperf_sessions_note ON llmperf_sessions (note)")
+
+
+def test_a_writer_migrates_an_older_database_with_its_data_and_a_reader_refuses_it_until_then(
+    history_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ack = Acknowledgement(SeriesKey(TEST, PAIR, "w1", METRIC), "s2", T0, "ana", "kept", recorded_at=T0)
+    with HistoryDatabase.open(history_url) as db:
+        db.append(session("s1", 1), runs("s1", [3.0, 1.0, 2.0]))
+        db.append(session("s2", 2), runs("s2", [4.0, 6.0]))
+        db.add_ack(ack)
+    assert schema.SCHEMA_VERSION == 1
+    assert schema.MIGRATIONS == ()
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema, "MIGRATIONS", (add_note,))
+    older = (
+        r"its schema is version 1, older than this pytest-llmperf's 2: open it once with pytest --llmperf-history "
+        r"\(or `python -m pytest_llmperf.history import`\) to migrate it"
+    )
+    with pytest.raises(HistoryError, match=older):
+        HistoryDatabase.open(history_url, write=False)
+    assert stored_version(history_url) == "1"
     with HistoryDatabase.open(history_url) as db:
         assert db.schema_version == 2
-        # The points of version 2 are computed from the stored runs: medians of the valid ones.
-        assert points(db, metrics=[METRIC]) == {(TEST, PAIR, "w1", METRIC): [("old1", 2.0, 3), ("old2", 5.0, 2)]}
-        [series] = db.series(metrics=["completed"])
-        assert [(p.value, p.runs, p.engine_version, p.git_commit) for p in series.points] == [
-            (64.0, 3, "b1", "c1"),
-            (64.0, 2, "b2", "c2"),
-        ]
-        assert series.points[0].at == T0 + timedelta(days=1)
-        assert [(a.test_pattern, a.reason, a.until) for a in db.acks()] == [("*", "kept", T0)]
-        assert db.session_values(test_id=TEST, pair=PAIR, workload_hash="w1", epoch_key="e1", metric=METRIC) == [
-            [4.0, 6.0],
-            [3.0, 1.0, 2.0],
-        ]
-        db.append(session("new", 5), runs("new", [7.0]))
-        assert [p.session_id for p in db.series(metrics=[METRIC])[0].points] == ["old1", "old2", "new"]
-    with HistoryDatabase.open(history_url) as db:  # migrated once
+        assert points(db) == {(TEST, PAIR, "w1", METRIC): [("s1", 2.0, 3), ("s2", 5.0, 2)]}
+        assert db.acks() == [ack]
+        db.append(session("s3", 3), runs("s3", [7.0]))
+    assert stored_version(history_url) == "2"
+    with raw(history_url) as conn:
+        inspector = sa.inspect(conn)
+        assert "note" in [c["name"] for c in inspector.get_columns("llmperf_sessions")]
+        assert "llmperf_sessions_note" in [i["name"] for i in inspector.get_indexes("llmperf_sessions")]
+    with HistoryDatabase.open(history_url, write=False) as db:  # migrated once; now it reads
         assert db.schema_version == 2
-        assert len(db.series(metrics=[METRIC])[0].points) == 3
+        assert [p.session_id for p in db.series()[0].points] == ["s1", "s2", "s3"]
+    with HistoryDatabase.open(history_url) as db:
+        assert db.schema_version == 2
+
+
+def test_a_failed_migration_step_leaves_the_database_as_it_was(
+    history_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with HistoryDatabase.open(history_url) as db:
+        db.append(session("s1", 1), runs("s1", [1.0]))
+
+    def half_done(conn: sa.Connection) -> None:
+        add_note(conn)
+        conn.exec_driver_sql("ALTER TABLE llmperf_no_such_table ADD COLUMN x TEXT")
+
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema, "MIGRATIONS", (half_done,))
+    with pytest.raises(HistoryError, match=r"cannot open it .*no_such_table"):
+        HistoryDatabase.open(history_url)
+    assert stored_version(history_url) == "1"
+    with raw(history_url) as conn:
+        assert "note" not in [c["name"] for c in sa.inspect(conn).get_columns("llmperf_sessions")]
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(schema, "MIGRATIONS", ())
+    with HistoryDatabase.open(history_url, write=False) as db:
+        assert db.has_session("s1")
 
 
 def stamp(url: str, value: str | None) -> None:
-    version = database.META.c.key == "schema_version"
+    version = schema.META.c.key == "schema_version"
     with raw(url) as conn:
         if value is None:
-            conn.execute(database.META.delete().where(version))
+            conn.execute(schema.META.delete().where(version))
         else:
-            conn.execute(database.META.update().where(version).values(value=value))
+            conn.execute(schema.META.update().where(version).values(value=value))
 
 
-def test_a_database_of_a_newer_release_is_refused_and_left_alone(history_url: str) -> None:
+@pytest.mark.parametrize("write", [True, False], ids=["writer", "reader"])
+def test_a_database_of_a_newer_release_is_refused_and_left_alone(history_url: str, write: bool) -> None:
     with HistoryDatabase.open(history_url) as db:
         db.append(session("s1", 0), runs("s1", [1.0]))
     stamp(history_url, "3")
     with pytest.raises(HistoryError, match=r"written by a newer pytest-llmperf \(schema version 3; .*upgrade"):
-        HistoryDatabase.open(history_url)
+        HistoryDatabase.open(history_url, write=write)
+    assert stored_version(history_url) == "3"
     with raw(history_url) as conn:
-        version = conn.execute(sa.select(database.META.c.value).where(database.META.c.key == "schema_version"))
-        assert version.scalar_one() == "3"
-        assert conn.execute(sa.select(sa.func.count()).select_from(database.META)).scalar_one() == 1
+        assert conn.execute(sa.select(sa.func.count()).select_from(schema.META)).scalar_one() == 1
 
 
+@pytest.mark.parametrize("write", [True, False], ids=["writer", "reader"])
 @pytest.mark.parametrize("version", [None, "two"])
-def test_a_history_table_without_a_version_is_refused(history_url: str, version: str | None) -> None:
+def test_a_history_table_without_a_version_is_refused(history_url: str, version: str | None, write: bool) -> None:
     HistoryDatabase.open(history_url).close()
     stamp(history_url, version)
     with pytest.raises(HistoryError, match="no schema version: it is not a pytest-llmperf history"):
-        HistoryDatabase.open(history_url)
+        HistoryDatabase.open(history_url, write=write)
+
+
+# --- opening to read ----------------------------------------------------------------------------------------------
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_reader_reads_what_a_writer_wrote_and_writes_nothing(history_url: str, tmp_path: Path) -> None:
+    with HistoryDatabase.open(history_url) as db:
+        db.append(session("s1", 0), runs("s1", [1.0, 3.0], verdict=verdict((METRIC, True))))
+    before = files(tmp_path)
+    with HistoryDatabase.open(history_url, write=False) as db:
+        assert (db.writable, db.schema_version) == (False, SCHEMA_VERSION)
+        assert repr(db) == f"HistoryDatabase({display_url(history_url)!r}, schema_version=1, write=False)"
+        assert points(db) == {(TEST, PAIR, "w1", METRIC): [("s1", 2.0, 2)]}
+        assert db.gating_metrics() == {TEST: frozenset({METRIC})}
+        assert db.acks() == []
+        with pytest.raises(HistoryError, match="cannot append a session to it: it was opened to read"):
+            db.append(session("s2", 1), runs("s2", [1.0]))
+        ack = Acknowledgement(SeriesKey(TEST, PAIR, "w1", METRIC), "s1", T0, None, "known", recorded_at=T0)
+        with pytest.raises(HistoryError, match="cannot record an acknowledgement in it: it was opened to read"):
+            db.add_ack(ack)
+        assert not db.has_session("s2")
+    # SQLite: the file as it was, byte for byte, and no WAL files left behind.
+    assert files(tmp_path) == before
+
+
+def test_a_reader_never_creates_a_database(history_url: str, tmp_path: Path) -> None:
+    if history_url.startswith("sqlite"):
+        expected = f"no history database at {history_url}: run pytest with --llmperf-history first, or give --db"
+        with pytest.raises(HistoryError, match=re.escape(expected)):
+            HistoryDatabase.open(history_url, write=False)
+        missing_dir = f"sqlite:///{(tmp_path / 'no' / 'such' / 'history.db').as_posix()}"
+        with pytest.raises(HistoryError, match="no history database at"):
+            HistoryDatabase.open(missing_dir, write=False)
+        assert list(tmp_path.iterdir()) == []
+        with pytest.raises(HistoryError, match=r"no history database at .*names a directory"):
+            HistoryDatabase.open(f"sqlite:///{tmp_path.as_posix()}", write=False)
+        return
+    # PostgreSQL: the database exists but holds no history; nothing is created in it.
+    with pytest.raises(HistoryError, match=r"not a pytest-llmperf history database .*llmperf_meta.*--db"):
+        HistoryDatabase.open(history_url, write=False)
+    with raw(history_url) as conn:
+        assert sa.inspect(conn).get_table_names() == []
+
+
+def test_a_reader_refuses_a_database_without_the_history_tables(history_url: str, tmp_path: Path) -> None:
+    with raw(history_url) as conn:
+        conn.exec_driver_sql("CREATE TABLE notes (body TEXT)")
+    with pytest.raises(HistoryError, match="not a pytest-llmperf history database"):
+        HistoryDatabase.open(history_url, write=False)
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")  # an empty file is an empty SQLite database
+    with pytest.raises(HistoryError, match="not a pytest-llmperf history database"):
+        HistoryDatabase.open(f"sqlite:///{empty.as_posix()}", write=False)
+    assert empty.read_bytes() == b""
+    with pytest.raises(HistoryError, match="not a pytest-llmperf history database"):
+        HistoryDatabase.open("sqlite://", write=False)  # in memory: empty by definition
+
+
+def test_a_reader_opens_files_whose_names_hold_uri_characters(tmp_path: Path) -> None:
+    path = tmp_path / "odd ?#%name" / "history.db"
+    with HistoryDatabase.open(f"sqlite:///{path.as_posix()}") as db:
+        db.append(session("s1", 0), runs("s1", [1.0]))
+    with HistoryDatabase.open(f"sqlite:///{path.as_posix()}", write=False) as db:
+        assert db.has_session("s1")
+    uri = f"sqlite:///file:{path.as_posix().replace('%', '%25').replace('?', '%3F').replace('#', '%23')}?uri=true"
+    with HistoryDatabase.open(uri, write=False) as db:  # a URI of the user's own: never created either
+        assert db.has_session("s1")
+    gone = f"sqlite:///file:{(tmp_path / 'gone.db').as_posix()}?uri=true"
+    with pytest.raises(HistoryError, match=r"cannot open it .*unable to open.*a history database this user may read"):
+        HistoryDatabase.open(gone, write=False)
+    assert not (tmp_path / "gone.db").exists()
+
+
+def test_a_reader_opens_a_sqlite_file_it_may_not_write(tmp_path: Path) -> None:
+    prefix = unprivileged()
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = folder / "history.db"
+    url = f"sqlite:///{path.as_posix()}"
+    with HistoryDatabase.open(url) as db:
+        db.append(session("s1", 0), runs("s1", [1.0]))
+    path.chmod(0o444)
+    try:
+        said = subprocess.run(
+            [*prefix, sys.executable, "-c", OPENER, url, "read"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=ROOT,
+        )
+        assert said.returncode == 0, said.stderr[-3000:]
+        assert said.stdout.strip() == "opened"
+    finally:
+        path.chmod(0o644)
+
+
+def test_the_fixture_stops_a_cluster_a_killed_session_left_and_spares_live_ones(postgres_cluster: Any) -> None:
+    fixtures = sys.modules[type(postgres_cluster).__module__]  # tests/history/conftest.py
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    left = fixtures.start_cluster(postgres_cluster.bin_dir, postgres_cluster.run_as)
+    try:
+        assert fixtures.postmaster(left.data) is not None
+        assert not fixtures.abandoned(left.root)  # this process owns it
+        (left.root / fixtures.OWNER).write_text(json.dumps({"pid": dead_pid, "create_time": 0.0}), encoding="utf-8")
+        assert fixtures.abandoned(left.root)
+        removed = fixtures.stop_abandoned(postgres_cluster.bin_dir, postgres_cluster.run_as, left.root.parent)
+        assert left.root in removed
+        assert not left.root.exists()
+        assert postgres_cluster.root not in removed
+        assert fixtures.postmaster(postgres_cluster.data) is not None  # ours still runs
+        HistoryDatabase.open(postgres_cluster.new_database()).close()
+    finally:
+        fixtures.stop_cluster(postgres_cluster.bin_dir, postgres_cluster.run_as, left.data)
+        shutil.rmtree(left.root, ignore_errors=True)
 
 
 # --- opening fails clearly -----------------------------------------------------------------------------------------
@@ -659,7 +783,7 @@ import sys
 from pytest_llmperf.errors import HistoryError
 from pytest_llmperf.history.database import HistoryDatabase
 try:
-    HistoryDatabase.open(sys.argv[1]).close()
+    HistoryDatabase.open(sys.argv[1], write=sys.argv[2] == "write").close()
 except HistoryError as exc:
     print(exc)
 else:
@@ -694,7 +818,7 @@ def test_a_sqlite_file_without_write_permission_is_refused(tmp_path: Path) -> No
         for folder_mode in (0o755, 0o555):  # the file read-only; then its directory too
             folder.chmod(folder_mode)
             said = subprocess.run(
-                [*prefix, sys.executable, "-c", OPENER, url],
+                [*prefix, sys.executable, "-c", OPENER, url, "write"],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -736,23 +860,41 @@ def test_without_returning_runs_are_inserted_one_by_one(tmp_path: Path, monkeypa
         assert points(db) == {(TEST, PAIR, "w1", METRIC): [("s1", 2.0, 3)]}
 
 
-def test_a_postgresql_user_that_may_not_write_is_refused(postgres_cluster: Any) -> None:
+def test_a_postgresql_role_that_may_only_read_opens_to_read_but_not_to_write(postgres_cluster: Any) -> None:
     url = postgres_cluster.new_database()
-    HistoryDatabase.open(url).close()  # the owner creates the tables
+    with HistoryDatabase.open(url) as db:  # the owner creates the tables and writes
+        db.append(session("s1", 0), runs("s1", [1.0, 3.0]))
+        db.add_ack(Acknowledgement(SeriesKey(TEST, PAIR, "w1", METRIC), "s1", T0, None, "known", recorded_at=T0))
     secret = "reader-Secret-99"
-    role = f"reader_{url.rsplit('/', 1)[1]}"  # roles are the server's: one per test database
-
-    def as_reader(url: str) -> str:
-        return url.replace(f"{url.split('//')[1].split('@')[0]}@", f"{role}:{secret}@")
-
-    with raw(url) as conn:
-        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
-        conn.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    reader = postgres_cluster.new_role(url, secret)  # CONNECT, USAGE on the schema, SELECT on the tables
+    with HistoryDatabase.open(reader, write=False) as db:
+        assert not db.writable
+        assert points(db) == {(TEST, PAIR, "w1", METRIC): [("s1", 2.0, 2)]}
+        assert len(db.acks()) == 1
+        assert db.has_session("s1")
+        assert db.workloads(["w1"]) == {"w1": {"input_len": 128, "output_len": 64, "concurrency": 4}}
+        assert db.session_values(test_id=TEST, pair=PAIR, workload_hash="w1", epoch_key="e1", metric=METRIC)
+        assert db.gating_metrics() == {}
     with pytest.raises(HistoryError, match="this user may not write to it: grant it CREATE and INSERT") as caught:
-        HistoryDatabase.open(as_reader(url))
+        HistoryDatabase.open(reader)
     secret_free(caught.value, secret)
+    empty = postgres_cluster.new_database()
     with pytest.raises(HistoryError, match="this user may not write to it"):
-        HistoryDatabase.open(as_reader(postgres_cluster.new_database()))  # where it would create the tables
+        HistoryDatabase.open(postgres_cluster.new_role(empty, secret))  # where it would create the tables
+    with pytest.raises(HistoryError, match="not a pytest-llmperf history database"):
+        HistoryDatabase.open(postgres_cluster.new_role(empty, secret), write=False)
+    unreadable = postgres_cluster.new_role(url, secret, select=False)
+    with pytest.raises(HistoryError, match="this user may not read it: grant it USAGE on the schema and SELECT"):
+        HistoryDatabase.open(unreadable, write=False)
+
+
+def test_a_readers_postgresql_transactions_are_read_only(postgres_cluster: Any) -> None:
+    url = postgres_cluster.new_database()
+    HistoryDatabase.open(url).close()
+    with HistoryDatabase.open(url, write=False) as db, db._transaction("read") as conn:
+        assert conn.exec_driver_sql("SHOW transaction_read_only").scalar_one() == "on"
+        with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
+            conn.execute(schema.META.insert(), [{"key": "x", "value": "y"}])
 
 
 def test_a_missing_directory_is_created_and_an_impossible_one_refused(tmp_path: Path) -> None:
@@ -806,7 +948,7 @@ def test_the_url_is_shown_without_its_password(history_url: str) -> None:
     with HistoryDatabase.open(history_url) as db:
         shown = db.url_for_display
         assert shown == display_url(history_url)
-        assert repr(db) == f"HistoryDatabase({shown!r}, schema_version=2)"
+        assert repr(db) == f"HistoryDatabase({shown!r}, schema_version=1, write=True)"
         if history_url.startswith("postgresql"):
             password = history_url.split(":")[2].split("@")[0]
             assert password not in shown

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -61,11 +62,39 @@ def test_a_session_appends_its_runs_to_the_default_database(pytester: pytest.Pyt
     assert len({session for _, session in stored_runs(db)}) == 2
 
 
-def test_under_xdist_the_controller_writes_each_run_once(pytester: pytest.Pytester, sim_url: str) -> None:
+def test_under_xdist_the_controller_writes_each_run_once(
+    pytester: pytest.Pytester, sim_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # this test may itself run in an xdist worker
     pytester.makepyfile(test_decode=PERF_TEST + PERF_TEST.replace("test_decode(", "test_other(").split("\n", 2)[2])
+    # Every opening of the database, by whom and how, in a file beside it.
+    pytester.makeconftest(
+        """
+        import os
+        from pytest_llmperf.history import database
+
+        ORIGINAL = database.HistoryDatabase.open.__func__
+
+        def recording(cls, url, *, write=True):
+            with open("opened.txt", "a") as f:
+                f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'controller')} {write}\\n")
+            return ORIGINAL(cls, url, write=write)
+
+        def pytest_configure(config):
+            database.HistoryDatabase.open = classmethod(recording)
+
+        def pytest_unconfigure(config):
+            database.HistoryDatabase.open = classmethod(ORIGINAL)
+        """
+    )
     db = pytester.path / "h.db"
-    result = run(pytester, sim_url, "-n", "2", "--llmperf-json=r.json", f"--llmperf-history=sqlite:///{db}")
+    result = pytester.runpytest_subprocess(
+        f"--llmperf-endpoint={sim_url}", "-n", "2", "--llmperf-json=r.json", f"--llmperf-history=sqlite:///{db}"
+    )
     result.assert_outcomes(passed=2)
+    opened = (pytester.path / "opened.txt").read_text().split("\n")
+    assert "controller True" in opened
+    assert all(line.endswith("False") for line in opened if line.startswith("gw")), opened
     document = json.loads((pytester.path / "r.json").read_text())
     assert len(stored_runs(db)) == sum(len(r["runs"]) for r in document["results"])
     assert len({session for _, session in stored_runs(db)}) == 1
@@ -164,12 +193,13 @@ def test_the_verdict_borrows_the_between_session_spread_from_the_history(
 # --- changes, ack and report over a known history -----------------------------------------------------------------
 
 
-def _step_history(url: str, *, sessions: int = 60, step_at: int = 40, step: float = 1.05) -> None:
-    """A test whose median TPOT steps up 5 % (2 % noise) at session ``step_at``; the engine changes there too."""
-    rng = random.Random(3)
+def _step_history(url: str, *, sessions: int = 60, step_at: int = 40, step: float = 1.05, first: int = 0) -> None:
+    """A test whose median TPOT steps up 5 % (2 % noise) at session ``step_at``; the engine changes there too.
+    Sessions ``first`` to ``sessions - 1`` (the same values whenever written)."""
     start = datetime(2026, 9, 1, tzinfo=timezone.utc)
     with HistoryDatabase.open(url) as database:
-        for i in range(sessions):
+        for i in range(first, sessions):
+            rng = random.Random(i)
             at = start + timedelta(days=i)
             version = "0.11.0" if i < step_at else "0.12.0"
             tpot = 10.0 * (step if i >= step_at else 1.0) * math.exp(rng.gauss(0, 0.02))
@@ -210,15 +240,32 @@ def test_changes_finds_the_step_and_gates_until_acknowledged(
     out = capsys.readouterr()
     assert "t.py::test_decode" in out.out
     assert "median_tpot_ms" in out.out or "median TPOT" in out.out
-    assert "2026-10-1" in out.out  # session 40: 2026-10-11
-    assert "0.11.0" in out.out
-    assert "0.12.0" in out.out
+    assert re.search(r"2026-10-1[0-2] 00:00 UTC: session s0(39|40|41)", out.out)  # the step at session 40 ± 1
+    assert "engine 0.12.0" in out.out
     assert "unacknowledged change(s) in a gating metric for the worse" in out.err
     assert history_main(["changes", "--db", url, "--fail-on", "never"]) == 0
     capsys.readouterr()
     assert history_main(["ack", "--db", url, "--reason", "engine upgrade to 0.12.0", "--by", "ci"]) == 0
+    assert "acknowledged 2 change(s)" in capsys.readouterr().out
     assert history_main(["changes", "--db", url]) == 0
-    assert "acknowledged" in capsys.readouterr().out
+    assert "acknowledged by ci on" in capsys.readouterr().out
+
+
+def test_a_step_that_shows_after_the_acknowledgement_still_fails(tmp_path: Path) -> None:
+    # 40 flat sessions and a +10 % step at 40: one night after the step nothing shows (3 sessions a side are
+    # needed), someone acknowledges "everything so far"; once the step shows, it is new and fails the gate.
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    _step_history(url, sessions=41, step=1.10)
+    assert history_main(["changes", "--db", url]) == 0
+    assert history_main(["ack", "--db", url, "--reason", "nothing to see"]) == 0
+    _step_history(url, sessions=49, step=1.10, first=41)
+    assert history_main(["changes", "--db", url]) == 1
+
+
+def test_read_commands_refuse_a_missing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert history_main(["changes", "--db", str(tmp_path / "typo.db")]) == 2
+    assert "no history database" in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists()
 
 
 def test_changes_on_a_flat_history_finds_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -236,8 +283,9 @@ def test_report_writes_a_self_contained_trend_page(tmp_path: Path, capsys: pytes
     page = out.read_text()
     assert "t.py::test_decode" in page
     assert "<svg" in page
-    assert "<script src" not in page
-    assert "2 series (2 change(s)" in capsys.readouterr().out  # TPOT up, throughput down: one step each
+    assert "<script" not in page
+    assert "http://" not in page.replace("http://www.w3.org/", "")  # SVG namespaces only: nothing fetched
+    assert "2 series over 60 session(s): 2 change(s)" in capsys.readouterr().out  # TPOT up, throughput down
 
 
 def test_a_bad_date_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
