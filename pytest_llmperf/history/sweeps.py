@@ -15,6 +15,9 @@ from pytest_llmperf.judge.baseline import stable_hash
 
 INTERACTIVITY = "interactivity"
 PER_GPU = "output_throughput_per_gpu"
+PER_SERVER = "output_throughput"  # where the GPU count is unknown (a CPU engine, an endpoint without --llmperf-gpus)
+# What a concurrency sweep varies besides concurrency: the prompt count (often 10 × c) and the run's length.
+_SWEPT = frozenset({"concurrency", "num_prompts", "duration_s", "warmup"})
 _PARAMETERS = re.compile(r"\[[^\]]*\]$")
 
 
@@ -28,8 +31,9 @@ def sweep_curves(
 ) -> dict[str, list[SweepCurve]]:
     """Per sweep, one curve per chosen session: ``chosen`` holds dates (the last session on or before that day)
     or engine versions (the last session with it); by default the sweep's first and last session that measured
-    a curve. A sweep is the tests of one function and pair whose workloads differ in concurrency alone, with at
-    least two concurrencies measured (interactivity and output throughput per GPU) in one session."""
+    a curve. A sweep is the tests of one function and pair whose workloads differ in concurrency (and the prompt
+    count or length that follow it) alone, with at least two concurrencies measured (interactivity and output
+    throughput, per GPU where the GPU count is known) in one session."""
     values: dict[tuple[str, str, str], dict[str, dict[str, dict[str, float]]]] = {}  # sweep → session → test
     sessions: dict[tuple[str, str, str], dict[str, SessionPoint]] = {}
     concurrency: dict[str, float] = {}
@@ -37,10 +41,10 @@ def sweep_curves(
     for s in series:
         workload = workloads.get(s.key.workload_hash, {})
         level = _concurrency(workload)
-        if s.key.metric not in (INTERACTIVITY, PER_GPU) or level is None:
+        if s.key.metric not in (INTERACTIVITY, PER_GPU, PER_SERVER) or level is None:
             continue
         concurrency[s.key.test_id] = level
-        rest = {k: v for k, v in workload.items() if k != "concurrency"}
+        rest = {k: v for k, v in workload.items() if k not in _SWEPT}
         group = (sweep_name(s.key.test_id), s.key.pair, stable_hash(rest, 12))
         shapes[group] = _shape(rest)
         for point in s.points:
@@ -51,27 +55,33 @@ def sweep_curves(
     curves: dict[str, list[SweepCurve]] = {}
     for group, by_session in sorted(values.items()):
         name, pair, _ = group
+        # Per GPU when every session of the sweep knew its GPU count, else per server, for every curve alike.
+        throughput = PER_GPU if all(PER_GPU in f for t in by_session.values() for f in t.values()) else PER_SERVER
         drawn = {
             session: points
             for session, tests in by_session.items()
-            if len(points := _points(tests, concurrency)) >= 2  # a curve: two concurrencies at least
+            if len(points := _points(tests, concurrency, throughput)) >= 2  # a curve: two concurrencies at least
         }
         if not drawn:
             continue
         ordered = sorted((sessions[group][session] for session in drawn), key=lambda p: p.at)
         title = f"{name} ({pair}{shapes[group]})"
         for point in _pick(ordered, chosen):
-            curves.setdefault(title, []).append(SweepCurve(_label(point), drawn[point.session_id]))
+            curves.setdefault(title, []).append(
+                SweepCurve(_label(point), drawn[point.session_id], per_gpu=throughput == PER_GPU)
+            )
     return curves
 
 
-def _points(tests: Mapping[str, Mapping[str, float]], concurrency: Mapping[str, float]) -> tuple[SweepPoint, ...]:
+def _points(
+    tests: Mapping[str, Mapping[str, float]], concurrency: Mapping[str, float], throughput: str
+) -> tuple[SweepPoint, ...]:
     return tuple(
         sorted(
             (
-                SweepPoint(concurrency[test], figures[INTERACTIVITY], figures[PER_GPU])
+                SweepPoint(concurrency[test], figures[INTERACTIVITY], figures[throughput])
                 for test, figures in tests.items()
-                if INTERACTIVITY in figures and PER_GPU in figures
+                if INTERACTIVITY in figures and throughput in figures
             ),
             key=lambda p: p.concurrency,
         )

@@ -81,6 +81,8 @@ class SweepCurve:
 
     label: str
     points: tuple[SweepPoint, ...]
+    # False: the GPU count was unknown, and ``throughput_per_gpu`` holds the server's whole output throughput.
+    per_gpu: bool = True
 
 
 _NO_SWEEPS: Mapping[str, Sequence[SweepCurve]] = MappingProxyType({})
@@ -286,11 +288,14 @@ def _sweep_plot(curves: Sequence[SweepCurve]) -> plots.Plot:
                     tuple(f"c{p.concurrency:g}" for p in points),
                 )
             )
+    per_gpu = all(curve.per_gpu for curve in curves)
     return plots.Plot(
         "sweep-trend",
-        "Throughput per GPU vs interactivity",
+        "Throughput per GPU vs interactivity" if per_gpu else "Throughput per server vs interactivity",
         "interactivity (tok/s/user)",
-        "output throughput per GPU (tok/s/GPU)",
+        "output throughput per GPU (tok/s/GPU)"
+        if per_gpu
+        else "output throughput per server (tok/s; GPU count unknown)",
         tuple(series),
         width=760,
         height=460,
@@ -311,8 +316,9 @@ def _sweep_table(curves: Sequence[SweepCurve]) -> str:
         else:
             cells = '<td colspan="3" class="muted">no points</td>'
         rows.append(f"<tr><td>{_e(curve.label)}</td>{cells}</tr>")
+    unit = "tok/s/GPU" if all(c.per_gpu for c in curves) else "tok/s (per server)"
     return (
-        '<table class="sweep"><thead><tr><th>curve</th><th>concurrencies</th><th>best tok/s/GPU</th>'
+        f'<table class="sweep"><thead><tr><th>curve</th><th>concurrencies</th><th>best {unit}</th>'
         f"<th>best tok/s/user</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 
 from pytest_llmperf.history.model import Series, SeriesKey, SessionPoint
@@ -30,7 +31,8 @@ def sweep(function: str, shape: str, levels: dict[int, tuple[float, float]], day
 def workloads(shape: str, levels: list[int]) -> dict[str, dict[str, object]]:
     lengths = {"1k1k": (1024, 1024), "8k1k": (8192, 1024)}[shape]
     return {
-        f"{shape}-{c}": {"input_len": lengths[0], "output_len": lengths[1], "concurrency": c, "seed": 0} for c in levels
+        f"{shape}-{c}": {"input_len": lengths[0], "output_len": lengths[1], "concurrency": c, "num_prompts": 10 * c}
+        for c in levels
     }
 
 
@@ -82,3 +84,15 @@ def test_a_session_without_a_curve_is_not_picked_and_one_concurrency_is_no_sweep
 def test_sweep_name_drops_the_parameters() -> None:
     assert sweep_name("m.py::test_1k_1k[4]") == "m.py::test_1k_1k"
     assert sweep_name("m.py::TestX::test_y") == "m.py::TestX::test_y"
+
+
+def test_without_a_gpu_count_the_curves_are_per_server() -> None:
+    series = [
+        Series(dataclasses.replace(s.key, metric="output_throughput"), s.points)
+        if s.key.metric == "output_throughput_per_gpu"
+        else s
+        for s in sweep("test_sweep", "1k1k", {1: (100.0, 50.0), 8: (60.0, 300.0)})
+    ]
+    (curves,) = sweep_curves(series, workloads("1k1k", [1, 8])).values()
+    assert [c.per_gpu for c in curves] == [False, False]
+    assert [p.throughput_per_gpu for p in curves[0].points] == [50.0, 300.0]  # the server's whole throughput
