@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import traceback
+import types
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -725,7 +726,8 @@ def test_a_reader_opens_a_sqlite_file_it_may_not_write(tmp_path: Path) -> None:
 
 
 def test_the_fixture_stops_a_cluster_a_killed_session_left_and_spares_live_ones(postgres_cluster: Any) -> None:
-    fixtures = sys.modules[type(postgres_cluster).__module__]  # tests/history/conftest.py
+    # tests/history/conftest.py's functions: both conftest modules are named "conftest", so sys.modules cannot say.
+    fixtures = types.SimpleNamespace(**type(postgres_cluster).new_database.__globals__)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(gone.stdout)
     left = fixtures.start_cluster(postgres_cluster.bin_dir, postgres_cluster.run_as)
