@@ -21,6 +21,7 @@ Every message ends with what to do next, so a failing CI log is actionable.
     LLMPerfWarning (UserWarning)        base of the warnings, to filter them all at once
     ├── LLMPerfConfigWarning            an option that probably does not do what was meant (unset key variable)
     ├── LLMPerfLimitWarning             a workload may exceed this machine's limits (open files, ports)
+    ├── LLMPerfDatasetWarning           a dataset file has fewer usable prompts than a run sends: prompts repeat
     └── LLMPerfInconclusive             a verdict stayed open within its run budget (--llmperf-inconclusive=warn)
 
 Not here, on purpose, as private to the code that raises them: ``_Shape`` (``client/sse.py``) and ``_Problem``
@@ -46,6 +47,7 @@ __all__ = [
     "EndpointError",
     "HistoryError",
     "LLMPerfConfigWarning",
+    "LLMPerfDatasetWarning",
     "LLMPerfError",
     "LLMPerfInconclusive",
     "LLMPerfLimitWarning",
@@ -142,6 +144,10 @@ class LLMPerfConfigWarning(LLMPerfWarning):
 
 class LLMPerfLimitWarning(LLMPerfWarning):
     """A workload that may exceed this machine's limits (e.g. more requests in flight than open files allowed)."""
+
+
+class LLMPerfDatasetWarning(LLMPerfWarning):
+    """A dataset file left fewer usable prompts (after its length filters) than a run sends, so prompts repeat."""
 
 
 class LLMPerfInconclusive(LLMPerfWarning):

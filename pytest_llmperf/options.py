@@ -65,6 +65,7 @@ class Settings:
     busy_poll: bool
     environment_guard: bool = True  # a REGRESSION seen while something disturbed the server is INCONCLUSIVE
     history: str | None = None  # the history database's SQLAlchemy URL (None: no history)
+    gpu_cost_per_hour: float | None = None  # USD per GPU-hour (None: the profile's, else unknown)
 
     def __repr__(self) -> str:  # never show the key, nor credentials in a URL
         endpoint = None if self.endpoint is None else redact_url(self.endpoint)
@@ -196,6 +197,16 @@ def _history_url(text: str) -> str:
     )
 
 
+def _price(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise _Refused("expected a price in USD per GPU-hour > 0, such as 2.5")
+    return value
+
+
 def _on_off(text: str) -> bool:
     if text not in {switch.value for switch in Switch}:
         raise _Refused("expected on or off")
@@ -287,6 +298,14 @@ OPTIONS: tuple[Option, ...] = (
         "GPUs behind the endpoint, for per-GPU throughput. Default: the profile's, else unknown",
         field="gpus",
         parse=Number(1, low_in=True, whole=True, unit="GPUs"),
+    ),
+    Option(
+        "gpu-cost-per-hour",
+        "USD",
+        "Price of one GPU-hour, for the cost per million tokens (needs the GPU count). Default: the profile's, "
+        "else unknown",
+        field="gpu_cost_per_hour",
+        parse=_price,
     ),
     Option("profiles", "PATH", "YAML file of your own server profiles (see the README)"),
     Option("baselines", "DIR", "Baseline root. Default: baselines/ under the rootdir", default="baselines"),

@@ -69,6 +69,7 @@ __all__ = [
     "BaselineRun",
     "BaselineUpdate",
     "BaselineViewDict",
+    "DatasetLensDict",
     "DisturbanceDict",
     "EndpointDict",
     "FingerprintDict",
@@ -211,6 +212,14 @@ class PromptCacheFields(TypedDict, total=False):
     cached_prompt_source: str
 
 
+class DatasetLensDict(TypedDict):
+    """``harness.runner.dataset_lens``: what a dataset file's prompts asked for, on average (the workload's
+    ``input_len``/``output_len`` do not apply to files)."""
+
+    input_len_mean: float
+    output_len_mean: float
+
+
 class RunSummary(LatencyStats, total=False):
     """One run's summary: ``metrics.summarize()`` with vLLM's keys (``vllm bench serve --save-result``), or
     SGLang's in sglang mode, then what the harness adds to it (below the marked line)."""
@@ -233,7 +242,7 @@ class RunSummary(LatencyStats, total=False):
     total_input_tokens: int
     total_output_tokens: int
     request_throughput: float | None
-    input_throughput: float | None  # sglang mode
+    input_throughput: float | None  # SGLang's key, in both modes
     output_throughput: float | None
     total_token_throughput: float | None  # vllm mode
     total_throughput: float | None  # sglang mode
@@ -245,9 +254,16 @@ class RunSummary(LatencyStats, total=False):
     max_output_tokens_per_s: float | None
     max_concurrent_requests: int | None
     gpu_count: int
+    input_throughput_per_gpu: float | None
     output_throughput_per_gpu: float | None
     total_token_throughput_per_gpu: float | None
     total_throughput_per_gpu: float | None
+    # with the GPU count and --llmperf-gpu-cost-per-hour (absent when either is unknown)
+    gpu_cost_per_hour: float
+    cost_per_million_output_tokens: float | None
+    cost_per_million_total_tokens: float | None
+    output_tokens_per_dollar: float | None
+    total_tokens_per_dollar: float | None
     per_token_itl_source: str
     interactivity: float | None
     mean_tokens_per_chunk: float | None
@@ -272,11 +288,21 @@ class RunSummary(LatencyStats, total=False):
     invalid_reasons: list[str]  # why the run does not describe the test's work; empty for a valid run
     prompt_contents: str | None
     prefix_sharing: bool
+    dataset_lens: DatasetLensDict  # dataset files: the mean lengths the prompts asked for
     cached_prompt_tokens: int | None
     cached_prompt_fraction: float | None
     cached_prompt_source: str
     disturbance: DisturbanceDict
     server_metrics: ServerMetrics
+    # servers.engine_metrics.add_spec_decode: vLLM's names, from the server's counters (absent when nothing drafted)
+    spec_decode_draft_tokens: int
+    spec_decode_accepted_tokens: int
+    spec_decode_acceptance_rate: float  # percent
+    spec_decode_num_drafts: int
+    spec_decode_acceptance_length: float
+    date: str  # as vllm bench serve --save-result writes them: the end of the run (local time, %Y%m%d-%H%M%S),
+    model_id: str  # the model asked for,
+    max_concurrency: int | None  # the concurrency limit (None: unbounded)
     measurement_lock_wait_s: float
     session_id: str
     ab_idle_wait_s: float | None  # A/B mode: the wait for the other server to go idle, and the pause after it
@@ -435,6 +461,7 @@ class WorkloadDict(TypedDict, total=False):
     input_len: int
     output_len: int
     range_ratio: float
+    range_rule: str | None
     prefix_len: int
     prefix_reuse: bool
     num_prompts: int | None
@@ -449,6 +476,8 @@ class WorkloadDict(TypedDict, total=False):
     per_token_usage: bool
     request_timeout_s: float
     compat: str
+    dataset_output_len: int | None
+    dataset_context_len: int | None
 
 
 class EndpointDict(TypedDict, total=False):
@@ -459,6 +488,7 @@ class EndpointDict(TypedDict, total=False):
     engine: str
     engine_version: str | None
     gpu_count: int | None
+    gpu_cost_per_hour: float | None
     extra_body: dict[str, object]
     reuse_connections: bool
     pid: int | None

@@ -17,6 +17,8 @@ Api = Literal["completions", "chat"]
 CompatMode = Literal["vllm", "sglang"]
 APIS: tuple[str, ...] = ("completions", "chat")
 COMPAT_MODES: tuple[str, ...] = ("vllm", "sglang")
+# Range-ratio rules (Workload.range_rule): vLLM's [L(1−r), L(1+r)]; SGLang's [L·r, L], which InferenceMAX used.
+RANGE_RULES: tuple[str, ...] = ("vllm", "sglang", "inferencemax")
 AB_ORDERS: tuple[str, ...] = ("abba", "random")  # order of A and B within A/B mode's blocks
 
 
@@ -51,6 +53,9 @@ class Workload:
     input_len: int = 128
     output_len: int = 64
     range_ratio: float = 0.0
+    # How range_ratio spreads random lengths: "vllm" [L(1−r), L(1+r)], "sglang" (or "inferencemax", its old
+    # rule) [L·r, L]; None follows ``compat``. See client/datasets.py::sample_lengths.
+    range_rule: str | None = None
     prefix_len: int = 0
     # True: the shared prefix is the same in every run and session (measures serving from a warm prefix cache);
     # False: each run draws its own, so only requests of one run share it.
@@ -67,6 +72,11 @@ class Workload:
     per_token_usage: bool = True
     request_timeout_s: float = 600.0
     compat: CompatMode = "vllm"
+    # Dataset files only (ShareGPT as ``sglang.bench_serving --sharegpt-output-len/--sharegpt-context-len`` and
+    # ``vllm bench serve --sharegpt-output-len`` filter it; see client/datasets.py): every request's output length,
+    # instead of the reply's; and the most prompt + output tokens a conversation may have to be sent.
+    dataset_output_len: int | None = None
+    dataset_context_len: int | None = None
 
     def __post_init__(self) -> None:
         problems = workload_problems(self)
@@ -83,9 +93,10 @@ class Workload:
 # Accepted types per field (``bool`` is not an ``int`` here: ``concurrency=True`` is a mistake).
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("input_len", "output_len", "prefix_len", "warmup", "seed"), (int,)),
-    **dict.fromkeys(("num_prompts", "concurrency"), (int, type(None))),
+    **dict.fromkeys(("num_prompts", "concurrency", "dataset_output_len", "dataset_context_len"), (int, type(None))),
     **dict.fromkeys(("range_ratio", "request_rate", "burstiness", "request_timeout_s"), (int, float)),
     **dict.fromkeys(("duration_s", "temperature"), (int, float, type(None))),
+    "range_rule": (str, type(None)),
     **dict.fromkeys(("ignore_eos", "per_token_usage", "prefix_reuse"), (bool,)),
     **dict.fromkeys(("api", "dataset", "compat"), (str,)),
 }
@@ -120,6 +131,9 @@ def workload_problems(w: Workload) -> list[str]:
             problems.append(f"{name}={value!r} (expected an int >= 0)")
     if not 0.0 <= w.range_ratio < 1.0:
         problems.append(f"range_ratio={w.range_ratio!r} (expected 0 <= range_ratio < 1)")
+    if w.range_rule is not None and w.range_rule not in RANGE_RULES:
+        rules = ", ".join(RANGE_RULES)
+        problems.append(f"range_rule={w.range_rule!r} (expected one of {rules}, or None to follow compat)")
     if w.num_prompts is None and w.duration_s is None:
         problems.append("neither num_prompts nor duration_s is set (set one to bound the run)")
     if w.num_prompts is not None and (isinstance(w.num_prompts, bool) or w.num_prompts < 1):
@@ -134,6 +148,24 @@ def workload_problems(w: Workload) -> list[str]:
         problems.append(f"burstiness={w.burstiness!r} (expected a number > 0; 1 is Poisson)")
     if not w.request_timeout_s > 0:
         problems.append(f"request_timeout_s={w.request_timeout_s!r} (expected a number > 0)")
+    problems.extend(_dataset_length_problems(w))
+    return problems
+
+
+def _dataset_length_problems(w: Workload) -> list[str]:
+    problems = []
+    given = [name for name in ("dataset_output_len", "dataset_context_len") if getattr(w, name) is not None]
+    if given and w.dataset == "random":
+        problems.append(
+            f"{' and '.join(given)} set with dataset='random' (they apply to dataset files; "
+            "random prompts take input_len and output_len)"
+        )
+    # sglang.bench_serving refuses --sharegpt-output-len below 4 ("output_len too small").
+    low = 4 if w.compat == "sglang" else 1
+    if w.dataset_output_len is not None and w.dataset_output_len < low:
+        problems.append(f"dataset_output_len={w.dataset_output_len!r} (expected an int >= {low} or None)")
+    if w.dataset_context_len is not None and w.dataset_context_len < 2:
+        problems.append(f"dataset_context_len={w.dataset_context_len!r} (expected an int >= 2 or None)")
     return problems
 
 
@@ -151,6 +183,8 @@ class Endpoint:
     engine: str = "unknown"
     engine_version: str | None = None
     gpu_count: int | None = None
+    # USD per GPU-hour (--llmperf-gpu-cost-per-hour, or the profile's): prices the tokens when the GPUs are known.
+    gpu_cost_per_hour: float | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
     # False for servers that drop a kept-alive connection after each stream (llama.cpp does, while
     # advertising keep-alive): the load generator then opens a connection per request instead of failing.

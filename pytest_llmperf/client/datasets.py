@@ -15,6 +15,29 @@ prefix cache can serve them. Shared prefixes (``prefix_len``) stay shared within
 unless ``prefix_reuse`` asks for one prefix across runs and sessions. Dataset files cannot have new contents, so
 each run prepends its own short salt to every prompt: sharing inside the file stays sharing inside the run, and
 nothing is shared across runs.
+
+ShareGPT files are sampled as the workload's compat mode's tool samples them (read from the tools' source):
+
+* both: conversations with at least two turns are kept (``conversations``; SGLang also reads ``conversation``),
+  shuffled with ``random.Random(seed)`` (the tools call ``random.seed(seed)`` then ``random.shuffle``, which
+  gives the same order), and walked in that order until enough pairs survive. The prompt is the first turn,
+  the reply the second; lengths are counted with the server's (or the local) tokenizer. The output length is
+  ``dataset_output_len`` when given (``--sharegpt-output-len``), else the reply's token count.
+* ``compat="sglang"``: ``sglang.bench_serving`` (``python/sglang/benchmark/datasets/sharegpt.py``,
+  ``sample_sharegpt_requests``): a pair is pruned when its prompt or output is under 2 tokens, or when
+  ``dataset_context_len`` (``--sharegpt-context-len``) is given and prompt + output exceeds it. SGLang's default
+  context limit is ``None``: no limit. An output override under 4 is refused, as SGLang does.
+* ``compat="vllm"``: ``vllm bench serve`` (``vllm/benchmarks/datasets/sharegpt.py``, ``ShareGPTDataset.sample``
+  with ``vllm/benchmarks/datasets/utils.py::is_valid_sequence`` at its defaults): pruned when the prompt is
+  under 4 tokens, the output is under 4 (not checked when overridden), the prompt is over 1024, or prompt +
+  output is over 2048 (also with an override: with ``dataset_output_len=1600`` only prompts of at most 448
+  tokens survive). vLLM has no context option; ``dataset_context_len``, when given, prunes prompt + output
+  over it as well.
+
+JSONL files: ``dataset_output_len`` replaces every line's output length and ``dataset_context_len`` prunes as
+above; no other filter. When fewer prompts survive than a run sends, they repeat (each pass over them with a
+salt of its own, so a repeat is no prefix-cache hit) and a :class:`LLMPerfDatasetWarning` says how many were
+available and how many were asked for: SGLang would send fewer requests, vLLM oversamples with replacement.
 """
 
 from __future__ import annotations
@@ -22,11 +45,12 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_llmperf.errors import SpecError
+from pytest_llmperf.errors import LLMPerfDatasetWarning, SpecError
 from pytest_llmperf.spec import Prompt, Workload
 
 Tokenize = Callable[[str], list[int]]
@@ -44,6 +68,16 @@ _MAX_CALIBRATION_ROUNDS = 8
 # Words of the per-run salt before dataset-file prompts: (1/100)^4 odds that two runs share one.
 _SALT_WORDS = 4
 
+# vLLM's is_valid_sequence defaults (vllm/benchmarks/datasets/utils.py) and SGLang's "too short" bound.
+VLLM_MIN_LEN = 4
+VLLM_MAX_PROMPT_LEN = 1024
+VLLM_MAX_TOTAL_LEN = 2048
+SGLANG_MIN_LEN = 2
+
+# A dataset row: the prompt, and the reply's text (ShareGPT), an output length (JSONL) or None (JSONL, none
+# given). A malformed ShareGPT entry keeps its place as None so the shuffle orders rows as the tools do.
+_Row = tuple[str, int | str | None] | None
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PromptContext:
@@ -59,14 +93,17 @@ class PromptContext:
 
 
 def sample_lengths(workload: Workload, count: int, rng: random.Random) -> list[tuple[int, int]]:
-    """(input_len, output_len) per request with the range-ratio rule of the workload's compat mode.
+    """(input_len, output_len) per request with the range-ratio rule ``workload.range_rule`` names, else the
+    compat mode's.
 
-    vllm: integers uniform on ``[floor(L(1-r)), ceil(L(1+r))]``; sglang: uniform on ``[max(1, int(L r)), L]``.
+    vllm: integers uniform on ``[floor(L(1-r)), ceil(L(1+r))]``; sglang (and inferencemax, which used SGLang's
+    rule): uniform on ``[max(1, int(L r)), L]``.
     """
     r = workload.range_ratio
+    rule = workload.range_rule or workload.compat
 
     def one(length: int) -> int:
-        if workload.compat == "sglang":
+        if rule in ("sglang", "inferencemax"):
             low, high = max(1, int(length * r)), length
         else:
             low, high = max(1, math.floor(length * (1 - r))), max(1, math.ceil(length * (1 + r)))
@@ -97,7 +134,8 @@ def build_prompts(workload: Workload, count: int, context: PromptContext, *, con
             f"dataset={workload.dataset!r} is neither 'random' nor an existing file; "
             "give a ShareGPT .json file or a .jsonl file of {'prompt': ..., 'output_len': ...} lines"
         )
-    rows = _read_jsonl(path) if path.suffix == ".jsonl" else _read_sharegpt(path)
+    sharegpt = path.suffix != ".jsonl"
+    rows: list[_Row] = _read_sharegpt(path, workload.compat) if sharegpt else [*_read_jsonl(path)]
     if not rows:
         raise SpecError(f"dataset {path} holds no usable prompts; check its format (ShareGPT JSON or JSONL)")
     rng.shuffle(rows)
@@ -106,20 +144,96 @@ def build_prompts(workload: Workload, count: int, context: PromptContext, *, con
     def count_tokens(text: str) -> int:
         return len(tokenize(text)) if tokenize else _estimate_tokens(text)
 
-    salt = ""
-    if contents and not workload.prefix_reuse:
-        vocabulary = context.words or COMMON_WORDS
-        salt = " ".join(content_rng.choice(vocabulary) for _ in range(_SALT_WORDS)) + " "
+    usable = _usable(rows, workload, count_tokens, count, sharegpt=sharegpt)
+    if not usable:
+        raise SpecError(
+            f"dataset {path}: no prompt survives {_rules(workload, sharegpt)}; "
+            "loosen dataset_context_len or dataset_output_len, or use another file"
+        )
+    if len(usable) < count:
+        warnings.warn(
+            LLMPerfDatasetWarning(
+                f"dataset {path.name}: {len(usable)} distinct prompt(s) survive {_rules(workload, sharegpt)}, "
+                f"but {count} were asked for: prompts repeat (up to {math.ceil(count / len(usable))} times each). "
+                "Use a larger file or fewer prompts (num_prompts), or loosen dataset_context_len"
+            ),
+            stacklevel=2,
+        )
+    vocabulary = context.words or COMMON_WORDS
+    salts: list[str] = []
+
+    def salt(repeat: int) -> str:
+        # One salt per run and pass over the rows: a repeated prompt is new to the prefix cache too.
+        if not contents or workload.prefix_reuse:
+            return ""
+        while len(salts) <= repeat:
+            salts.append(" ".join(content_rng.choice(vocabulary) for _ in range(_SALT_WORDS)) + " ")
+        return salts[repeat]
+
     prompts: list[Prompt] = []
     for i in range(count):
-        text, wanted_out = rows[i % len(rows)]
-        text = salt + text
-        # A ShareGPT reply's length stands in for the wanted output length, as in vLLM's sampler.
-        n_out = count_tokens(wanted_out) if isinstance(wanted_out, str) else (wanted_out or workload.output_len)
+        repeat, j = divmod(i, len(usable))
+        text, n_out = usable[j]
+        text = salt(repeat) + text
         prompts.append(
-            Prompt(prompt=text, input_len=count_tokens(text) + _overhead(workload, context), output_len=max(1, n_out))
+            Prompt(prompt=text, input_len=count_tokens(text) + _overhead(workload, context), output_len=n_out)
         )
     return prompts
+
+
+def _rules(workload: Workload, sharegpt: bool) -> str:
+    """The filters of ``workload`` in words, for messages."""
+    context = "" if workload.dataset_context_len is None else f", dataset_context_len={workload.dataset_context_len}"
+    if not sharegpt:
+        return f"the JSONL filters ({context[2:] or 'none'})"
+    if workload.compat == "sglang":
+        return f"sglang.bench_serving's ShareGPT filters (prompt and output >= {SGLANG_MIN_LEN} tokens{context})"
+    return (
+        f"vllm bench serve's ShareGPT filters (prompt >= {VLLM_MIN_LEN} and <= {VLLM_MAX_PROMPT_LEN} tokens, "
+        f"prompt + output <= {VLLM_MAX_TOTAL_LEN}{context})"
+    )
+
+
+def _usable(
+    rows: Sequence[_Row], workload: Workload, count_tokens: Callable[[str], int], wanted: int, *, sharegpt: bool
+) -> list[tuple[str, int]]:
+    """(prompt, output_len) of the rows that pass the compat mode's filters, in order, stopping at ``wanted``."""
+    override, context = workload.dataset_output_len, workload.dataset_context_len
+    usable: list[tuple[str, int]] = []
+    for row in rows:
+        if len(usable) >= wanted:
+            break
+        if row is None:
+            continue
+        text, wanted_out = row
+        prompt_len = count_tokens(text)
+        if override is not None:
+            n_out = override
+        elif isinstance(wanted_out, str):
+            n_out = count_tokens(wanted_out)  # the reply's length, as both tools take it
+        else:
+            n_out = wanted_out or workload.output_len
+        if context is not None and prompt_len + n_out > context:
+            continue
+        if sharegpt and not _passes(prompt_len, n_out, workload):
+            continue
+        if not text.strip():
+            continue  # never send an empty prompt (the tools would have pruned it as too short)
+        usable.append((text, max(1, n_out)))
+    return usable
+
+
+def _passes(prompt_len: int, output_len: int, workload: Workload) -> bool:
+    """Whether a ShareGPT pair survives the length rules of ``workload.compat`` (see the module docstring)."""
+    if workload.compat == "sglang":
+        return prompt_len >= SGLANG_MIN_LEN and output_len >= SGLANG_MIN_LEN
+    output_checked = workload.dataset_output_len is None
+    return not (
+        prompt_len < VLLM_MIN_LEN
+        or (output_checked and output_len < VLLM_MIN_LEN)
+        or prompt_len > VLLM_MAX_PROMPT_LEN
+        or prompt_len + output_len > VLLM_MAX_TOTAL_LEN
+    )
 
 
 def _overhead(workload: Workload, context: PromptContext) -> int:
@@ -192,21 +306,25 @@ def _estimate_tokens(text: str) -> int:
     return max(1, round(len(text.split()) * 1.3))
 
 
-def _read_sharegpt(path: Path) -> list[tuple[str, int | str | None]]:
+def _read_sharegpt(path: Path, compat: str) -> list[_Row]:
+    """The (prompt, reply) of every conversation of two turns or more, in file order; a malformed one as None."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SpecError(f"cannot read ShareGPT dataset {path}: {exc}") from exc
     if not isinstance(data, list):
         raise SpecError(f"ShareGPT dataset {path} must be a JSON list of {{'conversations': [...]}} entries")
-    rows: list[tuple[str, int | str | None]] = []
+    rows: list[_Row] = []
     for entry in data:
         turns = entry.get("conversations") if isinstance(entry, dict) else None
+        if turns is None and compat == "sglang" and isinstance(entry, dict):
+            turns = entry.get("conversation")  # SGLang reads either key; vLLM only "conversations"
         if not isinstance(turns, list) or len(turns) < 2:
             continue
-        prompt, reply = turns[0].get("value"), turns[1].get("value")
-        if isinstance(prompt, str) and isinstance(reply, str) and prompt.strip():
-            rows.append((prompt, reply))
+        first, second = turns[0], turns[1]
+        prompt = first.get("value") if isinstance(first, dict) else None
+        reply = second.get("value") if isinstance(second, dict) else None
+        rows.append((prompt, reply) if isinstance(prompt, str) and isinstance(reply, str) else None)
     return rows
 
 

@@ -94,10 +94,11 @@ class Measurements:
                     progress=progress,
                     busy_poll=self._settings.busy_poll,
                     contents=contents,
+                    goodput_slos_ms=spec.goodput_slos_ms,
                 )
             except RunInterrupted as interrupted:
                 # Ctrl-C skips the call report, so hand the partial result to the session directly.
-                partial = runner.summarize(interrupted.partial, endpoint)
+                partial = runner.summarize(interrupted.partial, endpoint, goodput_slos_ms=spec.goodput_slos_ms)
                 reason = partial.run.notes[-1] if partial.run.notes else "interrupted"
                 document: RunDocument = {
                     **self._partial_document(partial, endpoint, label, reason),
@@ -127,6 +128,7 @@ class Measurements:
             )
         if deltas is not None:
             result.summary["server_metrics"] = deltas
+            engine_metrics.add_spec_decode(result.summary, deltas)
         _account_prompt_cache(result, deltas)
         if exited is not None:  # keep what was measured, then fail the test with the server's fate
             self._publish({**self._partial_document(result, endpoint, label, exited), "server_exited": exited})

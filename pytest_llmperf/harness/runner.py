@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from pytest_llmperf.client.datasets import PromptContext, asks_for_sharing, build_prompts
-from pytest_llmperf.results import EndpointDict, RunDocument, RunSummary, WorkloadDict
-from pytest_llmperf.spec import Endpoint, RunRecords, Workload
+from pytest_llmperf.results import DatasetLensDict, EndpointDict, RunDocument, RunSummary, WorkloadDict
+from pytest_llmperf.spec import Endpoint, Prompt, RunRecords, Workload
 
 if TYPE_CHECKING:
     from pytest_llmperf.client.loadgen import Progress  # loadgen imports aiohttp: only when a run starts
@@ -125,7 +125,18 @@ def measure(
     result = summarize(records, endpoint, goodput_slos_ms=goodput_slos_ms)
     result.summary["prompt_contents"] = contents or None
     result.summary["prefix_sharing"] = asks_for_sharing(workload)
+    if workload.dataset != "random" and prompts:
+        result.summary["dataset_lens"] = dataset_lens(prompts)
     return result
+
+
+def dataset_lens(prompts: Sequence[Prompt]) -> DatasetLensDict:
+    """The mean input and output lengths ``prompts`` asked for: what a report shows for a dataset file, whose
+    lengths are its own and not the workload's ``input_len``/``output_len``."""
+    return {
+        "input_len_mean": sum(p.input_len for p in prompts) / len(prompts),
+        "output_len_mean": sum(p.output_len for p in prompts) / len(prompts),
+    }
 
 
 def with_prompt_cache(endpoint: Endpoint, sharing: bool) -> Endpoint:
@@ -142,11 +153,20 @@ def with_prompt_cache(endpoint: Endpoint, sharing: bool) -> Endpoint:
 def summarize(records: RunRecords, endpoint: Endpoint, *, goodput_slos_ms: Mapping[str, float] | None = None) -> Result:
     from pytest_llmperf.judge import metrics
 
-    summary = metrics.summarize(records, gpu_count=endpoint.gpu_count, goodput_slos_ms=goodput_slos_ms)
+    summary = metrics.summarize(
+        records,
+        gpu_count=endpoint.gpu_count,
+        goodput_slos_ms=goodput_slos_ms,
+        gpu_cost_per_hour=endpoint.gpu_cost_per_hour,
+    )
     # Wall-clock bounds of the measured window, comparable across processes (xdist workers, reports).
     offset = time.time() - time.perf_counter()
     summary["started_at_unix"] = records.bench_start_s + offset
     summary["ended_at_unix"] = records.bench_end_s + offset
+    # Keys of vllm bench serve --save-result that users diff against its files.
+    summary["date"] = time.strftime("%Y%m%d-%H%M%S", time.localtime(summary["ended_at_unix"]))
+    summary["model_id"] = endpoint.model
+    summary["max_concurrency"] = records.workload.concurrency
     # Reasons the run does not describe the test's work (filled by the fixture, e.g. an unrequested cache hit).
     summary["invalid_reasons"] = []
     return Result(workload=records.workload, summary=summary, run=records)

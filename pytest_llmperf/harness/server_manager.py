@@ -102,6 +102,7 @@ class ServerManager:
             api_key=s.api_key if side == "A" else s.compare_api_key,
             ready_timeout_s=s.ready_timeout_s,
             gpu_count=s.gpus,
+            gpu_cost_per_hour=s.gpu_cost_per_hour,
         )
         attach_to = s.endpoint if side == "A" else (s.compare if is_url(s.compare or "") else None)
         if attach_to is not None:

@@ -91,14 +91,20 @@ _GATING = frozenset(METRICS[name].key(compat) for name in DEFAULT_GATING for com
 
 def metric_direction(metric_key: str) -> Literal["lower", "higher"] | None:
     """Which way is better for a summary key: the verdict's metric definitions, else the key's shape
-    (``*_ms``, ``error_rate``, ``failed``, ``connection_retries``: lower; ``*throughput*``, ``*goodput*``,
-    ``*_per_s``, ``interactivity``, ``slo_attainment``, ``good_requests``: higher). None for keys that are
-    neither (``duration``, ``completed``, ``concurrency``, token totals, ...): their changes are never *worse*."""
+    (``*_ms``, ``error_rate``, ``failed``, ``connection_retries``, ``cost_per_*``: lower; ``*throughput*``,
+    ``*goodput*``, ``*_per_s``, ``*_per_dollar``, ``interactivity``, ``slo_attainment``, ``good_requests``:
+    higher). None for keys that are neither (``duration``, ``completed``, ``concurrency``, token totals, ...):
+    their changes are never *worse*."""
     if metric_key in _KNOWN:
         return _KNOWN[metric_key]
-    if metric_key.endswith("_ms") or metric_key in _LOWER:
+    if metric_key.endswith("_ms") or metric_key in _LOWER or metric_key.startswith("cost_per_"):
         return "lower"
-    if "throughput" in metric_key or "goodput" in metric_key or metric_key.endswith("_per_s") or metric_key in _HIGHER:
+    if (
+        "throughput" in metric_key
+        or "goodput" in metric_key
+        or metric_key.endswith(("_per_s", "_per_dollar"))
+        or metric_key in _HIGHER
+    ):
         return "higher"
     return None
 

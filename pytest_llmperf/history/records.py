@@ -29,6 +29,8 @@ _NOT_METRICS = frozenset(
         "measurement_lock_wait_s",
         "ab_idle_wait_s",
         "ab_pause_s",
+        "max_concurrency",  # the workload's, as vLLM's result file repeats it
+        "gpu_cost_per_hour",  # the price given, not a measurement
     }
 )
 

@@ -163,7 +163,12 @@ def stable_hash(obj: object, length: int = 16) -> str:
 
 # Workload fields added after baselines were first recorded, with their defaults: a field at its default is left
 # out of the hash, so entries recorded before it existed stay comparable; any other value counts as usual.
-_LATER_FIELD_DEFAULTS: dict[str, object] = {"prefix_reuse": False}
+_LATER_FIELD_DEFAULTS: dict[str, object] = {
+    "prefix_reuse": False,
+    "range_rule": None,
+    "dataset_output_len": None,
+    "dataset_context_len": None,
+}
 
 
 def command_hash(argv: Sequence[str], port: int | None) -> str:

@@ -11,7 +11,9 @@ against concurrency, in order of increasing concurrency: the points up to the fi
 limit meet it, and the capacity is interpolated linearly between the last point that meets it and the first
 that does not. A point's value is the median of its runs' values (the run is the unit of replication, as in
 the verdicts). When every point meets the limit the capacity is the largest measured concurrency and is only
-a lower bound; when the smallest measured concurrency already breaches it the capacity is 0 ("none").
+a lower bound; when the smallest measured concurrency already breaches it the capacity is 0 ("none"). Each run
+is read under the keys of its own compatibility mode (``p90_e2el_ms`` in vllm mode, ``p90_e2e_latency_ms`` in
+sglang mode), and ``tok_s_per_user`` falls back on 1000 / median TPOT where a run has no ``interactivity``.
 
 Users per GPU = capacity / GPU count; it is omitted (``None``) when the GPU count is unknown, never 0.
 Between two pairs (say GB200 NVFP4 and H200 FP8) the per-GPU ratio says how many more users each GPU of the
@@ -128,6 +130,19 @@ class SweepPoint:
         values = [float(v) for run in self.run_summaries() if _is_number(v := run.get(key))]
         return statistics.median(values) if values else None
 
+    def slo_value(self, slo: str) -> float | None:
+        """Median over the runs of the figure SLO ``slo`` bounds, each run read with the keys of its own
+        compatibility mode (``median_e2el_ms`` in vllm mode, ``median_e2e_latency_ms`` in sglang mode);
+        ``tok_s_per_user`` falls back on 1000 / median TPOT where a run has no ``interactivity``."""
+        values = []
+        for result in self.results:
+            listed = [r for r in result.get("runs") or () if isinstance(r, Mapping)]
+            for run in listed or [result.get("summary") or {}]:
+                value = _run_slo_value(run, slo, _result_mode(result))
+                if value is not None:
+                    values.append(value)
+        return statistics.median(values) if values else None
+
     def baseline_value(self, key: str) -> float | None:
         """Median over the baseline runs recorded for this point; ``None`` without a baseline."""
         values = []
@@ -203,15 +218,65 @@ def sweeps_of(document: Mapping[str, object], *, min_points: int = 2) -> list[Sw
     return group_sweeps(results, gpu_count=gpus, min_points=min_points)
 
 
-def _summary_key(name: str) -> str | None:
-    """The vLLM-mode summary key an SLO reads (``e2e_p50_ms`` → ``median_e2el_ms``); None if not capacity-like."""
+# The end-to-end latency's name in each compatibility mode (as judge.metrics.stat_key spells it).
+_E2E_NAME: dict[str, str] = {"vllm": "e2el", "sglang": "e2e_latency"}
+
+
+def _summary_key(name: str, compat: str = "vllm") -> str | None:
+    """The summary key an SLO reads in ``compat`` mode (``e2e_p50_ms`` → ``median_e2el_ms`` in vllm mode,
+    ``median_e2e_latency_ms`` in sglang mode), as :func:`pytest_llmperf.judge.slo.summary_key` gives it;
+    None if the SLO is not capacity-like."""
     if name in _PER_USER_SLOS:
         return _PER_USER_SLOS[name]
     match = _LATENCY_SLO.match(name)
     if match is None:
         return None
     metric, stat = match.groups()
-    return f"{'median' if stat == 'p50' else stat}_{'e2el' if metric == 'e2e' else metric}_ms"
+    e2e = _E2E_NAME.get(compat, _E2E_NAME["vllm"])
+    return f"{'median' if stat == 'p50' else stat}_{e2e if metric == 'e2e' else metric}_ms"
+
+
+def _result_mode(result: Mapping[str, object]) -> str | None:
+    """The compatibility mode a result's workload names (None when it does not say)."""
+    mode = _mapping(result.get("workload")).get("compat")
+    return mode if mode in _E2E_NAME else None
+
+
+def _run_mode(run: Mapping[str, object], fallback: str | None) -> str:
+    """A run's compatibility mode: its ``compat_mode``, else its result's, else what its keys say."""
+    mode = run.get("compat_mode")
+    if isinstance(mode, str) and mode in _E2E_NAME:
+        return mode
+    if fallback is not None:
+        return fallback
+    return "sglang" if any(str(k).endswith("_e2e_latency_ms") for k in run) else "vllm"
+
+
+def _run_slo_value(run: Mapping[str, object], slo: str, fallback_mode: str | None) -> float | None:
+    key = _summary_key(slo, _run_mode(run, fallback_mode))
+    if key is None:
+        return None
+    value = run.get(key)
+    if _is_number(value):
+        return float(value)
+    if slo == "tok_s_per_user":  # documents without ``interactivity``: 1000 / median TPOT, as the HTML plots it
+        tpot = run.get("median_tpot_ms")
+        if _is_number(tpot) and tpot > 0:
+            return 1000.0 / float(tpot)
+    return None
+
+
+def _sweep_key(sweep: Sweep, slo: str) -> str:
+    """The summary key(s) ``slo`` reads in the modes of the sweep's runs (``a / b`` when they differ)."""
+    keys: list[str] = []
+    for point in sweep.points:
+        for result in point.results:
+            listed = [r for r in _items(result.get("runs")) if isinstance(r, Mapping)]
+            for run in listed or [_mapping(result.get("summary"))]:
+                key = _summary_key(slo, _run_mode(run, _result_mode(result)))
+                if key is not None and key not in keys:
+                    keys.append(key)
+    return " / ".join(keys) or (_summary_key(slo) or "")
 
 
 class _SloEntry(NamedTuple):
@@ -352,11 +417,12 @@ def capacity_at_slo(sweep: Sweep, slo: str, limit: float | None = None, *, gpu_c
         limit = entry.limit
     if not (_is_number(limit) and limit > 0):
         raise ValueError(f"SLO limit {limit!r} must be a finite number > 0")
-    key = (entry.key or default_key) if entry is not None else default_key
+    # Each run is read in its own compatibility mode (a sweep's results could carry either mode's keys).
+    key = _sweep_key(sweep, slo)
     kind: Literal["max", "min"] = "min" if slo in _PER_USER_SLOS else "max"
     gpus = gpu_count if gpu_count is not None else sweep.gpu_count
 
-    values = [(p.concurrency, p.value(key)) for p in sweep.points]
+    values = [(p.concurrency, p.slo_value(slo)) for p in sweep.points]
     points = tuple((c, v, _meets(v, limit, kind)) for c, v in values)
     first_breach = next((i for i, (_, _, ok) in enumerate(points) if not ok), None)
     non_monotonic = first_breach is not None and any(ok for _, _, ok in points[first_breach + 1 :])

@@ -13,7 +13,12 @@ Two compatibility modes (``--llmperf-compat``; README, "What is measured") read 
 - N_out falls back to the requested ``output_len`` (not the event count) when the server sent no usage;
 - N_in is always the dataset length (vLLM prefers ``usage.prompt_tokens``);
 - keys: ``*_e2e_latency_ms`` for ``*_e2el_ms``, ``total_throughput`` for ``total_token_throughput``, plus
-  ``input_throughput``, ``concurrency`` (Little's law), ``max_itl_ms`` and, with SLOs, ``slo_attainment``.
+  ``concurrency`` (Little's law), ``max_itl_ms`` and, with SLOs, ``slo_attainment``.
+
+Both modes also write ``input_throughput`` (SGLang's key; vLLM prints no such figure), per-GPU throughputs when
+the GPU count is known (``input_throughput_per_gpu``, ``output_throughput_per_gpu`` and the total under the
+mode's key + ``_per_gpu``, as InferenceX divides them) and, when the price of a GPU-hour is known too, the cost
+of a million tokens (:func:`cost_figures`).
 
 Success is ours in both modes: HTTP 200 and at least one output event (``RequestRecord.ok``); SGLang's
 empty 200 responses that enter its statistics with TTFT 0 are not reproduced.
@@ -43,7 +48,9 @@ __all__ = [
     "DEFAULT_PERCENTILES",
     "GOODPUT_METRICS",
     "RequestMetrics",
+    "cost_figures",
     "detailed",
+    "per_gpu_figures",
     "per_request",
     "stat_key",
     "summarize",
@@ -299,13 +306,15 @@ def summarize(
     gpu_count: int | None = None,
     goodput_slos_ms: Mapping[str, float] | None = None,
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    gpu_cost_per_hour: float | None = None,
 ) -> RunSummary:
     """The run summary: vLLM-compatible keys (or SGLang's with ``compat="sglang"``), builtins only.
 
     Latency statistics are over successful requests: ``np.mean``, ``np.median``, population ``np.std`` and
     linear ``np.percentile``, in ms. ``percentiles`` picks the ``p<P>_*`` keys. ``goodput_slos_ms`` maps
     ``ttft``/``tpot``/``e2el`` to a maximum in ms. Per-GPU throughputs appear only when ``gpu_count`` is
-    given. Invalid arguments raise :class:`SpecError`; the records are never modified.
+    given, and the cost keys only when ``gpu_cost_per_hour`` (USD per GPU-hour) is given as well.
+    Invalid arguments raise :class:`SpecError`; the records are never modified.
     """
     mode = _check_compat(run.workload.compat if compat is None else compat)
     pcts = _check_percentiles(percentiles)
@@ -313,6 +322,7 @@ def summarize(
     bad_gpus = isinstance(gpu_count, bool) or not isinstance(gpu_count, int) or gpu_count < 1
     if gpu_count is not None and bad_gpus:
         raise SpecError(f"gpu_count={gpu_count!r} (expected an int >= 1, or None when unknown)")
+    _check_price(gpu_cost_per_hour)
 
     records = run.records
     measured = [_measure(r, mode) for r in records]
@@ -358,8 +368,8 @@ def summarize(
         return x / dur if dur > 0 else None
 
     s["request_throughput"] = rate(completed)
-    if mode == "sglang":
-        s["input_throughput"] = rate(total_in)
+    # SGLang's key, written in vLLM mode too (prefill throughput); N_in as the mode counts it.
+    s["input_throughput"] = rate(total_in)
     out_tp, total_tp = rate(total_out), rate(total_in + total_out)
     s["output_throughput"] = out_tp
     if mode == "sglang":
@@ -383,12 +393,12 @@ def summarize(
 
     if gpu_count is not None:
         s["gpu_count"] = gpu_count
-        s["output_throughput_per_gpu"] = None if out_tp is None else out_tp / gpu_count
-        total_per_gpu = None if total_tp is None else total_tp / gpu_count
-        if mode == "sglang":
-            s["total_throughput_per_gpu"] = total_per_gpu
-        else:
-            s["total_token_throughput_per_gpu"] = total_per_gpu
+        # Keys that follow the mode (the total's): written through a plain-dict view, as in _add_stats.
+        figures = cast("dict[str, object]", s)
+        figures.update(per_gpu_figures(s, gpu_count))
+        if gpu_cost_per_hour is not None:
+            s["gpu_cost_per_hour"] = float(gpu_cost_per_hour)
+            figures.update(cost_figures(s, gpu_count, gpu_cost_per_hour))
 
     ms = [m for _, m in good]
     _add_stats(s, "ttft", np.array([m.ttft_s for m in ms], dtype=np.float64), pcts)
@@ -443,6 +453,76 @@ def summarize(
     s["interrupted"] = bool(run.interrupted)
     s["notes"] = list(run.notes)
     return s
+
+
+_TOTAL_KEYS = ("total_token_throughput", "total_throughput")  # vLLM's key, SGLang's
+
+
+def _figure(summary: Mapping[str, object], *keys: str) -> float | None:
+    """The first of ``keys`` that holds a number in ``summary`` (a bool is not one)."""
+    for key in keys:
+        value = summary.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def per_gpu_figures(summary: Mapping[str, object], gpu_count: int) -> dict[str, float | None]:
+    """Throughputs per GPU of a summary (either mode), as InferenceX's ``process_result.py`` divides them.
+
+    ``input_throughput_per_gpu`` (prefill, e.g. GB300's 7,360 tok/s/GPU), ``output_throughput_per_gpu`` and the
+    total under the summary's own key + ``_per_gpu`` (``total_token_throughput_per_gpu`` in vLLM mode,
+    ``total_throughput_per_gpu`` in sglang mode). A throughput the summary lacks is ``None`` (its per-GPU figure
+    applies but is unknown); the input throughput of an older vLLM-mode summary is total − output.
+    """
+    if isinstance(gpu_count, bool) or not isinstance(gpu_count, int) or gpu_count < 1:
+        raise SpecError(f"gpu_count={gpu_count!r} (expected an int >= 1)")
+    out_tp, total_tp = _figure(summary, "output_throughput"), _figure(summary, *_TOTAL_KEYS)
+    in_tp = _figure(summary, "input_throughput")
+    if in_tp is None and total_tp is not None and out_tp is not None:
+        in_tp = total_tp - out_tp
+    total_key = "total_throughput" if summary.get("compat_mode") == "sglang" else "total_token_throughput"
+
+    def per_gpu(value: float | None) -> float | None:
+        return None if value is None else value / gpu_count
+
+    return {
+        "input_throughput_per_gpu": per_gpu(in_tp),
+        "output_throughput_per_gpu": per_gpu(out_tp),
+        f"{total_key}_per_gpu": per_gpu(total_tp),
+    }
+
+
+def cost_figures(
+    summary: Mapping[str, object], gpu_count: int | None, gpu_cost_per_hour: float | None
+) -> dict[str, float | None]:
+    """What a summary's tokens cost, as InferenceX prices them: ``gpu_cost_per_hour × gpu_count`` dollars buy
+    an hour of throughput (tokens/s × 3600).
+
+    Keys: ``cost_per_million_output_tokens``, ``cost_per_million_total_tokens`` (USD) and
+    ``output_tokens_per_dollar``, ``total_tokens_per_dollar``. Empty (no key at all, never 0) when the price or
+    the GPU count is unknown. A throughput the summary lacks gives ``None``; a throughput of 0 costs ``None``
+    per million tokens (no token was bought) and buys 0 tokens per dollar. E.g. 1,000 output tok/s on 8 GPUs
+    at $2 per GPU-hour: $16/h for 3.6 M tok/h, $4.444 per million output tokens.
+    """
+    if gpu_count is None or gpu_cost_per_hour is None:
+        return {}
+    if isinstance(gpu_count, bool) or not isinstance(gpu_count, int) or gpu_count < 1:
+        raise SpecError(f"gpu_count={gpu_count!r} (expected an int >= 1, or None when unknown)")
+    _check_price(gpu_cost_per_hour)
+    dollars_per_hour = float(gpu_cost_per_hour) * gpu_count
+    out: dict[str, float | None] = {}
+    for name, value in (("output", _figure(summary, "output_throughput")), ("total", _figure(summary, *_TOTAL_KEYS))):
+        tokens_per_hour = None if value is None else value * 3600.0
+        out[f"cost_per_million_{name}_tokens"] = dollars_per_hour / tokens_per_hour * 1e6 if tokens_per_hour else None
+        out[f"{name}_tokens_per_dollar"] = None if tokens_per_hour is None else tokens_per_hour / dollars_per_hour
+    return out
+
+
+def _check_price(price: float | None) -> None:
+    number = isinstance(price, (int, float)) and not isinstance(price, bool)
+    if price is not None and not (number and math.isfinite(price) and price > 0):
+        raise SpecError(f"gpu_cost_per_hour={price!r} (expected a finite price in USD > 0, or None when unknown)")
 
 
 def _meets_slos(m: _Measured, slos: Mapping[str, float]) -> bool:

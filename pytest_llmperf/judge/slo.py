@@ -6,7 +6,8 @@ adjustment. Names:
 
 - latency maxima ``<metric>_<stat>_ms``, metric ∈ {ttft, tpot, itl, e2e}, stat ∈ {mean, p50, p90, p95, p99};
 - throughput minima ``output_tok_s``, ``total_tok_s``, ``request_s``, ``output_tok_s_per_gpu``,
-  ``tok_s_per_user`` (interactivity, 1000 / median TPOT);
+  ``tok_s_per_user`` (interactivity, 1000 / median TPOT), ``input_tok_s_per_gpu`` (prefill),
+  ``total_tok_s_per_gpu`` and ``goodput_req_s`` (vLLM's ``request_goodput``: needs the ``goodput`` keyword);
 - ``error_rate`` maximum, a fraction in [0, 1]; 0 by default, so any failed request fails the test unless
   the test allows some.
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LATENCY_METRICS",
     "LATENCY_STATS",
+    "PER_GPU_SLOS",
     "SLO_NAMES",
     "THROUGHPUT_SLOS",
     "Slo",
@@ -52,7 +54,12 @@ THROUGHPUT_SLOS: dict[str, tuple[str, str, str]] = {
     "request_s": ("request_throughput", "request_throughput", "req/s"),
     "output_tok_s_per_gpu": ("output_throughput_per_gpu", "output_throughput_per_gpu", "tok/s/GPU"),
     "tok_s_per_user": ("interactivity", "interactivity", "tok/s/user"),
+    "input_tok_s_per_gpu": ("input_throughput_per_gpu", "input_throughput_per_gpu", "tok/s/GPU"),
+    "total_tok_s_per_gpu": ("total_token_throughput_per_gpu", "total_throughput_per_gpu", "tok/s/GPU"),
+    "goodput_req_s": ("request_goodput", "request_goodput", "req/s"),
 }
+# SLOs that read a per-GPU figure: not measured when the GPU count is unknown.
+PER_GPU_SLOS: tuple[str, ...] = ("output_tok_s_per_gpu", "input_tok_s_per_gpu", "total_tok_s_per_gpu")
 SLO_NAMES: tuple[str, ...] = (
     *(f"{m}_{s}_ms" for m in LATENCY_METRICS for s in LATENCY_STATS),
     *THROUGHPUT_SLOS,
@@ -165,8 +172,13 @@ def summary_key(name: str, compat: str = "vllm") -> str:
 
 
 def _not_measured_reason(name: str, key: str, summary: RunFigures) -> str:
-    if name == "output_tok_s_per_gpu" and key not in summary:
+    if name in PER_GPU_SLOS and key not in summary:
         return "not measured: the GPU count is unknown, so per-GPU throughput cannot be computed (set the GPU count)"
+    if name == "goodput_req_s" and key not in summary:
+        return (
+            "not measured: no goodput SLOs were given, so no request_goodput was computed "
+            '(add goodput={"ttft_ms": ..., "tpot_ms": ...} to the marker)'
+        )
     if key not in summary:
         return f"not measured: the run summary has no {key!r}"
     if name == "tok_s_per_user":

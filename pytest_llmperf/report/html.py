@@ -22,6 +22,7 @@ import datetime as _dt
 import html
 import math
 import os
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from pytest_llmperf.results import (
     REGRESSION,
     SLO_BREACH,
     SLO_MISSED,
+    RunSummary,
 )
 
 __all__ = ["render_html", "write_html"]
@@ -233,9 +235,17 @@ def _baseline_capacity(sweep: Sweep, slo: str, limit: float) -> Capacity | None:
 
 
 def _side(
-    name: str, curve: _SweepCurve, xs: list[float | None], ys: list[float | None], *, reference: bool, front: bool
+    name: str,
+    curve: _SweepCurve,
+    xs: list[float | None],
+    ys: list[float | None],
+    *,
+    reference: bool,
+    front: bool,
+    color: str | None = None,
 ) -> plots.Series | None:
-    """One side's points labelled ``cX`` by concurrency: joined in concurrency order, or by their Pareto front."""
+    """One side's points labelled ``cX`` by concurrency: joined in concurrency order, or by their Pareto front.
+    ``color`` overrides the side's colour (the overlay of several configurations gives each its own)."""
     points, labels = [], []
     for c, x, y in zip(curve.concurrency, xs, ys, strict=True):
         if x is not None and y is not None:
@@ -249,7 +259,7 @@ def _side(
         tuple(x for x, _ in points),
         tuple(y for _, y in points),
         tuple(labels),
-        color=_BASE_COLOR if reference else _CUR_COLOR,
+        color=color or (_BASE_COLOR if reference else _CUR_COLOR),
         dashed=reference,
         join="none" if front else "line",
         front=tuple(points.index(p) for p in on_front) if front else None,
@@ -269,7 +279,7 @@ def _capacity_mark(
     return plots.Mark(x, y, f"{cap.slo} cap. c{prefix}{cap.concurrency:.3g}")
 
 
-def _capacity_text(cap: Capacity, base: Capacity | None) -> str:
+def _capacity_text(cap: Capacity, base: Capacity | None, base_name: str = "baseline") -> str:
     cls = "bad" if cap.status == "none" else "good" if cap.status == "met" else "info"
     parts = [
         f'<li class="capacity-line {cls}" data-slo="{_e(cap.slo)}">',
@@ -278,7 +288,7 @@ def _capacity_text(cap: Capacity, base: Capacity | None) -> str:
     if cap.note and cap.status != "lower_bound":  # describe() already says it is a lower bound
         parts.append(f' <span class="muted">({_e(cap.note)})</span>')
     if base is not None:
-        parts.append(f'<br><span class="muted">baseline: {_e(base.describe())}</span>')
+        parts.append(f'<br><span class="muted">{_e(base_name)}: {_e(base.describe())}</span>')
     parts.append("</li>")
     return "".join(parts)
 
@@ -323,11 +333,14 @@ def _sweep_section(index: int, sweep: Sweep) -> str:
     marks_b: list[plots.Mark] = []
     lines = []
     for cap in caps:
-        lines.append(_capacity_text(cap, _baseline_capacity(sweep, cap.slo, cap.limit)))
+        lines.append(_capacity_text(cap, _baseline_capacity(sweep, cap.slo, cap.limit), names[0]))
         if cap.slo == "e2e_p50_ms":
             refs_a.append(plots.RefLine(cap.limit, f"SLO {cap.slo} ≤ {cap.limit:g}"))
         if cap.slo == "tok_s_per_user":
             refs_b.append(plots.RefLine(cap.limit, f"SLO ≥ {cap.limit:g} tok/s/user"))
+        if cap.slo == "tpot_p50_ms":  # the x axis is 1000 / median TPOT: the limit is a minimum interactivity there
+            rate = 1000.0 / cap.limit
+            refs_b.append(plots.RefLine(rate, f"SLO {cap.slo} ≤ {cap.limit:g} (≥ {rate:.3g} tok/s/user)"))
         # The capacity is a concurrency: mark it along each current curve, whatever metric the SLO bounds.
         for marks, xs, ys in ((marks_a, cur.e2e_ms, cur.throughput), (marks_b, cur.interactivity, cur.per_unit)):
             mark = _capacity_mark(cap, cur, xs, ys)
@@ -604,30 +617,77 @@ def _verdict_cell(result: Mapping[str, Any]) -> str:
     return f'<span class="badge {cls}" title="{_e(verdict.get("reason") or "")}">{_e(status)}</span>{detail}'
 
 
+# Summary keys the plugin writes (the RunSummary type), and its computed latency keys (``p99.9_ttft_ms``): any other
+# numeric key is a metric a user added (in the pytest_llmperf_result hook), shown under the test's id.
+_SUMMARY_KEYS = RunSummary.__required_keys__ | RunSummary.__optional_keys__
+_STAT_KEY = re.compile(r"^(mean|median|std|max|p\d+(\.\d+)?)_\w+_ms$")
+
+
+def _custom_html(summary: Mapping[str, Any]) -> str:
+    """The numeric fields a user added to a run's summary, as ``name value`` lines ("" when there are none)."""
+    custom = [
+        (str(k), v)
+        for k, v in summary.items()
+        if k not in _SUMMARY_KEYS and not _STAT_KEY.match(str(k)) and _num(v) is not None
+    ]
+    if not custom:
+        return ""
+    items = " · ".join(f"{_e(k)} {_fmt(v)}" for k, v in custom)
+    return f'<div class="muted small custom-metrics">{items}</div>'
+
+
 def _table(document: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for index, r in _ordered(results):
         s = r.get("summary") or {}
         gpus = _gpu_count(r, document)
         per_gpu = s.get("output_throughput_per_gpu") if gpus else None
+        per_gpu_more = (
+            f'<div class="muted small">in {_fmt(s.get("input_throughput_per_gpu"))} · total '
+            f"{_fmt(_first(s, 'total_token_throughput_per_gpu', 'total_throughput_per_gpu'))}</div>"
+            if gpus and "input_throughput_per_gpu" in s
+            else ""
+        )
         runs = r.get("runs") or []
         ok = f"{_count(s.get('completed'))}/{_count(s.get('failed'))}"
         rows.append(
             f'<tr class="row-{_RANK.get(_status(r), (9, "info"))[1]}"><td class="test-cell">'
-            f'<a href="#test-{index}">{_id_html(str(r.get("nodeid", "")))}</a></td>'
+            f'<a href="#test-{index}">{_id_html(str(r.get("nodeid", "")))}</a>{_custom_html(s)}</td>'
             f"<td>{_e(_workload_text(r.get('workload') or {}))}</td><td>{_verdict_cell(r)}</td>"
             f'<td class="num">{len(runs) or 1}</td><td class="num">{_e(ok)}</td>'
             f'<td class="num">{_fmt(s.get("median_ttft_ms"))}</td><td class="num">{_fmt(s.get("median_tpot_ms"))}</td>'
             f'<td class="num">{_fmt(_e2e(s))}</td><td class="num">{_fmt(s.get("output_throughput"))}</td>'
-            f'<td class="num">{_fmt(per_gpu)}</td><td class="num">{_fmt(_interactivity(s))}</td>'
+            f'<td class="num">{_fmt(per_gpu)}{per_gpu_more}</td><td class="num">{_fmt(_interactivity(s))}</td>'
+            f'<td class="num">{_goodput_cell(s)}</td><td class="num">{_cost_cell(s)}</td>'
             f"<td>{_slo_cell(r)}</td></tr>"
         )
     return (
         '<table class="results"><thead><tr><th>test</th><th>workload</th><th>verdict</th><th>runs</th>'
         "<th>ok/failed</th><th>TTFT p50 ms</th><th>TPOT p50 ms</th><th>E2E p50 ms</th><th>output tok/s</th>"
-        "<th>output tok/s per GPU</th><th>tok/s/user</th><th>SLOs</th></tr></thead>"
+        '<th>output tok/s per GPU <span class="small">(input · total)</span></th><th>tok/s/user</th>'
+        "<th>goodput req/s</th><th>$ per M output tok</th><th>SLOs</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+def _goodput_cell(summary: Mapping[str, Any]) -> str:
+    """vLLM's request_goodput with the good requests and the SLOs that made them good (the goodput keyword)."""
+    if "request_goodput" not in summary:
+        return DASH
+    slos = summary.get("goodput_slos_ms") or {}
+    title = " and ".join(f"{name} ≤ {_fmt(limit)} ms" for name, limit in slos.items())
+    good = f'<div class="muted small">{_count(summary.get("good_requests"))} good</div>'
+    return f'<span title="{_e(title)}">{_fmt(summary.get("request_goodput"))}</span>{good}'
+
+
+def _cost_cell(summary: Mapping[str, Any]) -> str:
+    """USD per million output tokens (the total's below), when the GPU count and the GPU-hour price are known."""
+    if "cost_per_million_output_tokens" not in summary:
+        return DASH
+    price = _num(summary.get("gpu_cost_per_hour"))
+    title = "" if price is None else f"at ${price:g} per GPU-hour × {summary.get('gpu_count')} GPUs"
+    total = f'<div class="muted small">total {_fmt(summary.get("cost_per_million_total_tokens"))}</div>'
+    return f'<span title="{_e(title)}">{_fmt(summary.get("cost_per_million_output_tokens"))}</span>{total}'
 
 
 def _header(document: Mapping[str, Any], title: str, generated: _dt.datetime) -> str:

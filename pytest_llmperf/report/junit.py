@@ -22,11 +22,24 @@ _SCALARS = {
     "failed": "failed",
     "error_rate": "error_rate",
     "request_throughput": "request_s",
+    "input_throughput": "input_tok_s",
     "output_throughput": "output_tok_s",
-    "total_token_throughput": "total_tok_s",
+    "total_token_throughput": "total_tok_s",  # vllm mode
+    "total_throughput": "total_tok_s",  # sglang mode (a summary has one of the two)
+    "input_throughput_per_gpu": "input_tok_s_per_gpu",
     "output_throughput_per_gpu": "output_tok_s_per_gpu",
+    "total_token_throughput_per_gpu": "total_tok_s_per_gpu",  # vllm mode
+    "total_throughput_per_gpu": "total_tok_s_per_gpu",  # sglang mode
     "interactivity": "tok_s_per_user",
+    "request_goodput": "goodput_req_s",  # with the goodput keyword
+    "good_requests": "good_requests",
     "duration": "duration_s",
+    # with the GPU count and --llmperf-gpu-cost-per-hour
+    "gpu_cost_per_hour": "gpu_cost_per_hour",
+    "cost_per_million_output_tokens": "cost_per_million_output_tokens",
+    "cost_per_million_total_tokens": "cost_per_million_total_tokens",
+    "output_tokens_per_dollar": "output_tokens_per_dollar",
+    "total_tokens_per_dollar": "total_tokens_per_dollar",
 }
 
 

@@ -100,7 +100,9 @@ _RC: dict[Any, Any] = {
 _LOCK = threading.Lock()
 _LABEL_SIZE = 10.0
 _POINT_RADIUS = 4.0  # px kept free around each plotted point, so that labels never hide one
-_MARK_RADIUS = 7.0  # the same around a mark (a larger diamond)
+# The same around a mark: its diamond (scatter size 90: corners √90·√2/2 ≈ 6.7 px out) and its white edge reach
+# 7.4 px from the centre.
+_MARK_RADIUS = 7.5
 
 
 @dataclass(frozen=True)
@@ -600,13 +602,15 @@ def _label(
             sides = ((3.0, "bottom"), (-3.0, "top"))
             spots = [(x, p + d, ha, va) for x, ha in _along(box[0], box[2], ("left", "right")) for d, va in sides]
         put(ref.label, _place(spots, ref.label, taken, lines, box), "ref-label", ref.color)
+    # Mark labels (a capacity) before the points': the capacity's label gets the free spot next to its mark, and
+    # the point labels, which many spots suit, go around it.
+    for mx, m in zip(marks_x, plot.marks, strict=True):
+        spots = _around(*to_px(mx, m.y), _MARK_RADIUS)
+        put(m.label, _place(spots, m.label, taken, lines, box, "bold"), "mark-label", m.color, "bold")
     for s, xs, color in zip(plot.series, series_x, colors, strict=True):
         for text, x, y in zip(s.labels, xs, s.y, strict=False):
             spots = _around(*to_px(x, y), _POINT_RADIUS)
             put(text, _place(spots, text, taken, lines, box), "pt-label", color)
-    for mx, m in zip(marks_x, plot.marks, strict=True):
-        spots = _around(*to_px(mx, m.y), _MARK_RADIUS)
-        put(m.label, _place(spots, m.label, taken, lines, box, "bold"), "mark-label", m.color, "bold")
 
 
 # -- SVG text for an HTML page ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pytest_llmperf.results import (
     SLO_BREACH,
     EndpointDict,
     RunDocument,
+    RunSummary,
     WorkloadDict,
 )
 
@@ -74,8 +75,12 @@ def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
-def _workload(w: WorkloadDict) -> str:
+def _workload(w: WorkloadDict, s: RunSummary) -> str:
     load = f"c{w['concurrency']}" if w.get("concurrency") else f"{w.get('request_rate')}/s"
+    if w.get("dataset", "random") != "random":  # a file's lengths are its own: the means its prompts asked for
+        lens = s.get("dataset_lens")
+        shown = f"~{lens['input_len_mean']:.0f}/{lens['output_len_mean']:.0f}" if lens else "file"
+        return f"{shown} {load}"
     return f"{w.get('input_len')}/{w.get('output_len')} {load}"
 
 
@@ -109,13 +114,14 @@ def render(
         if r.get("slo_breached") and not r.get("slo_gating", True):
             word += " (SLO missed)"
         text = (
-            f"{_short(r['nodeid'], TEST_WIDTH):<{TEST_WIDTH}} {_short(_workload(r.get('workload') or {}), 12):>12} "
+            f"{_short(r['nodeid'], TEST_WIDTH):<{TEST_WIDTH}} {_short(_workload(r.get('workload') or {}, s), 12):>12} "
             f"{len(r.get('runs') or [s]):>4} {s.get('failed', 0):>4} {_ms(s.get('median_ttft_ms')):>7} "
             f"{_ms(s.get('median_tpot_ms')):>7} {_ms(s.get('median_e2el_ms', s.get('median_e2e_latency_ms'))):>8} "
             f"{_ms(s.get('output_throughput')):>7}  {word}"
         )
         colour = _COLOURS.get(status(r))
         lines.append((text, {colour: True} if colour else {}))
+        lines.extend((line, {}) for line in _goodput_and_cost(s))
         scale = r.get("scale")
         if isinstance(scale, (int, float)) and scale != 1:
             lines.append((f"    scaled ×{scale:g} (--llmperf-scale=1 to run as written)", {}))
@@ -140,6 +146,26 @@ def render(
         lines.extend(_missing_baselines(results, pair))
     lines.extend(render_ab(ordered))
     return lines
+
+
+def _goodput_and_cost(s: RunSummary) -> list[str]:
+    """A line each for goodput (with the goodput keyword) and cost (with the GPU count and its price)."""
+    out = []
+    goodput = s.get("request_goodput")
+    if "request_goodput" in s:
+        slos = " and ".join(f"{name} <= {limit:g} ms" for name, limit in (s.get("goodput_slos_ms") or {}).items())
+        value = "—" if goodput is None else f"{goodput:.3g} req/s"
+        out.append(f"    goodput: {value} ({s.get('good_requests', 0)}/{s.get('completed', 0)} requests met {slos})")
+    if "cost_per_million_output_tokens" in s:
+        per_m_out, per_m_total = s.get("cost_per_million_output_tokens"), s.get("cost_per_million_total_tokens")
+        per_dollar = s.get("output_tokens_per_dollar")
+        out.append(
+            f"    cost: {'—' if per_m_out is None else f'${per_m_out:.4g}'} per million output tokens, "
+            f"{'—' if per_m_total is None else f'${per_m_total:.4g}'} per million total tokens, "
+            f"{'—' if per_dollar is None else f'{per_dollar:,.0f}'} output tokens per $ "
+            f"(${s.get('gpu_cost_per_hour', 0):g} per GPU-hour × {s.get('gpu_count')} GPUs)"
+        )
+    return out
 
 
 def _missing_baselines(results: Sequence[RunDocument], pair: str) -> list[Line]:

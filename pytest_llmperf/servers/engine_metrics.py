@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pytest_llmperf.results import ServerMetrics
+from pytest_llmperf.results import RunSummary, ServerMetrics
 from pytest_llmperf.spec import Endpoint
 
 _TIMEOUT_S = 10.0
@@ -137,3 +137,30 @@ def deltas(before: Mapping[str, float], after: Mapping[str, float]) -> ServerMet
         elif moved.get(denominator):
             derived[name] = top / moved[denominator]
     return {"counters": moved, "derived": derived}
+
+
+# Engine prefixes whose speculative-decoding counters follow vLLM's names.
+_SPEC_DECODE_PREFIXES = ("vllm:", "llamacpp:", "sim:")
+
+
+def add_spec_decode(summary: RunSummary, metrics: ServerMetrics) -> None:
+    """Speculative-decoding acceptance over a run into ``summary``, under the keys ``vllm bench serve
+    --save-result`` writes: ``spec_decode_draft_tokens``, ``spec_decode_accepted_tokens``,
+    ``spec_decode_acceptance_rate`` (percent of the draft tokens accepted) and, where the engine counts drafts,
+    ``spec_decode_num_drafts`` and ``spec_decode_acceptance_length`` (1 + accepted / drafts: tokens per decode
+    step). Nothing is added when the server drafted nothing during the run (absent, never 0: a run without
+    speculative decoding accepted nothing)."""
+    moved = metrics.get("counters") or {}
+    for prefix in _SPEC_DECODE_PREFIXES:
+        drafted = moved.get(f"{prefix}spec_decode_num_draft_tokens_total", 0.0)
+        if drafted <= 0:
+            continue
+        accepted = moved.get(f"{prefix}spec_decode_num_accepted_tokens_total", 0.0)
+        summary["spec_decode_draft_tokens"] = int(drafted)
+        summary["spec_decode_accepted_tokens"] = int(accepted)
+        summary["spec_decode_acceptance_rate"] = accepted / drafted * 100.0
+        drafts = moved.get(f"{prefix}spec_decode_num_drafts_total", 0.0)
+        if drafts > 0:
+            summary["spec_decode_num_drafts"] = int(drafts)
+            summary["spec_decode_acceptance_length"] = 1.0 + accepted / drafts
+        return

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import math
 import os
 import re
 import shlex
@@ -84,6 +85,7 @@ class Profile:
     health_path: str = "/health"
     startup_timeout_s: float = 120.0
     gpus_per_server: int = 0
+    gpu_cost_per_hour: float | None = None  # USD per GPU-hour: prices the tokens (--llmperf-gpu-cost-per-hour wins)
     model: str | None = None
     model_path: str | None = None
     engine: str = "unknown"
@@ -457,6 +459,12 @@ def _check_field(where: str, key: str, value: object) -> _FieldValue:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise bad("an integer >= 0")
         return value
+    if key == "gpu_cost_per_hour":
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise bad("a price in USD per GPU-hour > 0, such as 2.5")
+        return float(value)
     if key in ("model", "model_path", "description"):
         if value is not None and not isinstance(value, str):
             raise bad("a string")

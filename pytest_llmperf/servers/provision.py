@@ -45,6 +45,7 @@ class ServerChoice:
     api_key: str | None = field(repr=False)
     ready_timeout_s: float
     gpu_count: int | None
+    gpu_cost_per_hour: float | None = None  # USD per GPU-hour
 
 
 def wait_for_endpoint(url: str, choice: ServerChoice) -> None:
@@ -97,6 +98,7 @@ def describe(
         engine=engine,
         engine_version=info.get("engine_version"),
         gpu_count=choice.gpu_count,
+        gpu_cost_per_hour=choice.gpu_cost_per_hour,
         # llama.cpp's server drops a kept-alive connection after some streams although it advertises
         # keep-alive (seen on every connection's first reuse under load); a connection per request avoids
         # failed attempts. Other engines keep connections, as vLLM's and SGLang's benchmark clients assume.
@@ -173,9 +175,12 @@ def spawn(
         url = process.base_url
     try:
         gpus = choice.gpu_count if choice.gpu_count is not None else (profile.gpus_per_server or None)
+        price = choice.gpu_cost_per_hour if choice.gpu_cost_per_hour is not None else profile.gpu_cost_per_hour
         endpoint = describe(
             url,
-            ServerChoice(model=choice.model, api_key=choice.api_key, ready_timeout_s=0, gpu_count=gpus),
+            ServerChoice(
+                model=choice.model, api_key=choice.api_key, ready_timeout_s=0, gpu_count=gpus, gpu_cost_per_hour=price
+            ),
             model=profile.model,
             engine=profile.engine,
             extra_body=dict(profile.extra_body),

@@ -264,6 +264,8 @@ def test_invalid_parameters_are_refused(kwargs: dict[str, float]) -> None:
         ("completed", None),
         ("concurrency", None),
         ("mean_tokens_per_chunk", None),
+        ("cost_per_million_output_tokens", "lower"),
+        ("output_tokens_per_dollar", "higher"),
     ],
 )
 def test_metric_direction(key: str, direction: str | None) -> None:

@@ -174,6 +174,74 @@ def test_per_user_rate_slo_is_a_minimum() -> None:
     assert "≥ 30" in cap.describe()
 
 
+def sglang_result(concurrency: int, p90_ms: float, *, tpot_ms: float = 20.0) -> dict[str, Any]:
+    """A result as an sglang-mode run writes it: SGLang's keys (``*_e2e_latency_ms``), no vLLM key."""
+    run = {
+        "compat_mode": "sglang",
+        "median_e2e_latency_ms": p90_ms * 0.8,
+        "p90_e2e_latency_ms": p90_ms,
+        "median_tpot_ms": tpot_ms,
+        "completed": 10,
+        "failed": 0,
+    }
+    workload = {"input_len": 128, "output_len": 32, "compat": "sglang", "concurrency": concurrency}
+    return {
+        "nodeid": f"perf/test_sg.py::test_sweep[{concurrency}]",
+        "outcome": "passed",
+        "workload": workload,
+        "summary": run,
+        "runs": [run],
+        "slos": [],
+    }
+
+
+def test_sglang_runs_are_read_with_sglang_keys() -> None:
+    # The audit's case: c1–c8 measured 145–318 ms at p90, so every point meets e2e_p90_ms ≤ 500.
+    measured = {1: 145.0, 2: 190.0, 4: 240.0, 8: 318.0}
+    (sweep,) = group_sweeps([sglang_result(c, v) for c, v in measured.items()])
+    cap = capacity_at_slo(sweep, "e2e_p90_ms", 500.0)
+    assert cap.key == "p90_e2e_latency_ms"
+    assert [v for _, v, _ in cap.points] == list(measured.values())
+    assert cap.status == "lower_bound"
+    assert cap.measured_concurrency == 8
+    cap = capacity_at_slo(sweep, "e2e_p90_ms", 200.0)
+    assert cap.status == "met"
+    assert cap.bracket == (2, 4)
+    assert cap.concurrency == pytest.approx(2 + 2 * 10 / 50)  # 190 → 240 ms crosses 200 a fifth of the way
+
+
+def test_a_run_without_a_mode_is_read_in_its_workloads_mode_or_by_its_keys() -> None:
+    with_workload = [sglang_result(c, v) for c, v in {1: 100.0, 2: 300.0}.items()]
+    keys_only = [sglang_result(c, v) for c, v in {1: 100.0, 2: 300.0}.items()]
+    for r in with_workload + keys_only:
+        del r["summary"]["compat_mode"]
+    for r in keys_only:
+        del r["workload"]["compat"]
+    for results in (with_workload, keys_only):
+        (sweep,) = group_sweeps(results)
+        assert capacity_at_slo(sweep, "e2e_p50_ms", 160.0).concurrency == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("compat", ["vllm", "sglang"])
+def test_capacity_keys_are_the_slo_checks_keys(compat: str) -> None:
+    from pytest_llmperf.judge import capacity, slo
+
+    for name in slo.SLO_NAMES:
+        key = capacity._summary_key(name, compat)
+        if key is not None:
+            assert key == slo.summary_key(name, compat), name
+
+
+def test_tok_s_per_user_falls_back_on_the_median_tpot() -> None:
+    # Documents without ``interactivity`` (older ones, or runs the summary could not rate): 1000 / median TPOT.
+    results = [sglang_result(c, 100.0, tpot_ms=tpot) for c, tpot in {1: 20.0, 2: 25.0, 4: 50.0}.items()]
+    (sweep,) = group_sweeps(results)
+    cap = capacity_at_slo(sweep, "tok_s_per_user", 30.0)
+    assert [v for _, v, _ in cap.points] == [50.0, 40.0, 20.0]
+    assert cap.status == "met"
+    assert cap.concurrency == pytest.approx(3.0)
+
+
 def test_a_point_is_the_median_of_its_runs() -> None:
     results = [
         result(1, None, runs=[900.0, 1000.0, 5000.0], slo_limit=2000.0),

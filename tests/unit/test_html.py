@@ -222,6 +222,35 @@ def test_capacity_at_slo_is_stated() -> None:
     assert "baseline: e2e_p50_ms ≤ 15000: up to c≈" in text
 
 
+def test_tpot_slo_is_drawn_on_the_interactivity_chart() -> None:
+    # tpot_p50_ms ≤ 5 ms is interactivity ≥ 1000/5 = 200 tok/s/user on the x axis (1000 / median TPOT).
+    document = make_document(per_request=False)
+    for r in document["results"]:
+        tpot = r["summary"]["median_tpot_ms"]
+        r["slos"] = [
+            {"name": "tpot_p50_ms", "limit": 5.0, "kind": "max", "unit": "ms", "key": "median_tpot_ms",
+             "measured": tpot, "passed": tpot <= 5.0, "reason": ""}
+        ]  # fmt: skip
+    text = render_html(document, generated=WHEN)
+    (interactivity,) = plot(text, "throughput-interactivity")
+    assert texts(interactivity, "ref-label") == ["SLO tpot_p50_ms ≤ 5 (≥ 200 tok/s/user)"]
+    assert groups(interactivity, "ref-line")
+    (latency,) = plot(text, "throughput-latency")
+    assert not texts(latency, "ref-label")  # not an E2E limit
+
+
+def test_ab_capacity_names_a_not_baseline() -> None:
+    document = make_document(per_request=False)
+    for r in document["results"]:
+        r["ab"] = {"order": "AB", "blocks": ["AB"]}
+    text = render_html(document, generated=WHEN)
+    lines = re.findall(r'<li class="capacity-line.*?</li>', text, flags=re.S)
+    assert lines
+    for line in lines:
+        assert '<span class="muted">A: e2e_p50_ms ≤ 15000' in line
+        assert "baseline:" not in line
+
+
 def test_distributions_per_test_baseline_beside_current() -> None:
     text = default_report()
     for metric in ("ttft", "tpot", "e2e"):
@@ -323,7 +352,8 @@ def test_missing_metrics_render_as_dash_not_zero() -> None:
     row = re.search(r"<tr class=\"row-bad\">.*?test_all_failed.*?</tr>", text, flags=re.S)
     assert row is not None
     cells = re.findall(r'<td class="num">([^<]*)</td>', row.group(0))
-    assert cells == ["1", "0/8", "—", "—", "—", "—", "—", "—"]
+    # ... output tok/s, per GPU, tok/s/user, goodput, cost: none measured, so a dash each
+    assert cells == ["1", "0/8", "—", "—", "—", "—", "—", "—", "—", "—"]
     assert "ttft_p99_ms ≤ 500 ms: — ✗" in row.group(0)
     section = text[text.index('id="test-7"') :]
     assert "TTFT per request (ECDF): no data" in section.split("</section>")[0]
@@ -516,6 +546,58 @@ def test_labels_of_crowded_points_keep_clear_of_each_other(monkeypatch: pytest.M
         assert box[1] <= rect[1] < rect[3] <= box[3], text
         clashes = [t for t in taken_before if plots._overlap(rect, t) > 0]
         assert not clashes, (text, rect, clashes)
+
+
+@pytest.mark.parametrize("cap", range(7))
+def test_the_capacity_label_sits_by_its_mark_and_no_label_covers_the_mark(
+    monkeypatch: pytest.MonkeyPatch, cap: int
+) -> None:
+    """Crowded points around the capacity mark: its label still gets a spot next to it (it used to be pushed
+    60–80 px away, points' labels having taken every spot near it), and no label covers the diamond."""
+    placed: list[tuple[str, tuple[float, ...]]] = []
+    centres: list[tuple[float, float]] = []
+    place, around = plots._place, plots._around
+
+    def spy_place(spots: Any, text: str, taken: list[Any], lines: Any, box: Any, weight: str = "normal") -> Any:
+        spot = place(spots, text, taken, lines, box, weight)
+        placed.append((text, taken[-1]))
+        return spot
+
+    def spy_around(px: float, py: float, radius: float) -> Any:
+        if radius == plots._MARK_RADIUS:
+            centres.append((px, py))
+        return around(px, py, radius)
+
+    monkeypatch.setattr(plots, "_place", spy_place)
+    monkeypatch.setattr(plots, "_around", spy_around)
+    n = 8
+    e2e = [20 + 15 * (k / (n - 1)) ** 2 for k in range(n)] + [120.0]
+    throughput = [100 + 150 * (k / (n - 1)) ** 0.5 for k in range(n)] + [1200.0]
+    names = tuple(f"c{2**k}" for k in range(n + 1))
+    label = f"e2e_p50_ms cap. c≈{2**cap}"
+    crowded = plots.Plot(
+        "throughput-latency",
+        "Output throughput vs median E2E latency",
+        "median end-to-end latency (ms)",
+        "output throughput (tok/s)",
+        (
+            plots.Series(
+                "baseline", tuple(x * 1.04 for x in e2e), tuple(y * 0.98 for y in throughput), names, dashed=True
+            ),
+            plots.Series("current", tuple(e2e), tuple(throughput), names),
+        ),
+        ref_lines=(plots.RefLine(e2e[cap] + 1, "SLO"),),
+        marks=(plots.Mark((e2e[cap] + e2e[cap + 1]) / 2, (throughput[cap] + throughput[cap + 1]) / 2, label),),
+    )
+    plots.render_svg(crowded)
+    ((mx, my),) = centres
+    for text, (left, bottom, right, top) in placed:
+        dx = max(left - mx, mx - right, 0.0)
+        dy = max(bottom - my, my - top, 0.0)
+        if text == label:
+            assert dx + dy < 30, (dx, dy)  # the near spots or the first rings
+        else:
+            assert dx + dy > 7.4, text  # the diamond reaches 7.4 px from its centre (|dx| + |dy|)
 
 
 def test_output_is_deterministic_and_ids_are_unique_per_figure() -> None:

@@ -64,6 +64,7 @@ REFUSED = {
     "hardware": ("h200/x8", "h200x8", "use letters, digits, '.', '_' and '+' only"),
     "precision": ("fp8-mtp", "fp8_mtp", "use letters, digits, '.', '_' and '+' only"),
     "gpus": ("1.5", "8", "expected a whole number of GPUs >= 1"),
+    "gpu-cost-per-hour": ("$2", "2.5", "expected a price in USD per GPU-hour > 0"),
     "inconclusive": ("ignore", "fail", "expected one of fail, warn, skip"),
     "tolerance": ("5%", "0.05", "expected a number between 0 and 1"),
     "session-spread": ("1", "0.1", "expected a number between 0 and 1"),

@@ -63,7 +63,9 @@ def a_run(compat: str = "vllm") -> RunRecords:
 def summaries() -> Iterable[results.RunSummary]:
     for compat in ("vllm", "sglang"):
         yield metrics.summarize(a_run(compat))
-        yield metrics.summarize(a_run(compat), gpu_count=2, goodput_slos_ms={"ttft": 500, "e2el": 2000})
+        yield metrics.summarize(
+            a_run(compat), gpu_count=2, goodput_slos_ms={"ttft": 500, "e2el": 2000}, gpu_cost_per_hour=2.0
+        )
 
 
 @pytest.mark.parametrize("summary", list(summaries()), ids=["vllm", "vllm-options", "sglang", "sglang-options"])

@@ -51,3 +51,27 @@ def test_rate_without_denominator_movement_is_omitted() -> None:
     result = deltas(parse_counters(BEFORE), parse_counters(BEFORE))
     assert result["counters"] == {}
     assert "prefix_cache_hit_rate" not in result["derived"]
+
+
+def test_spec_decode_fields_use_vllms_result_keys() -> None:
+    from pytest_llmperf.results import RunSummary
+    from pytest_llmperf.servers.engine_metrics import add_spec_decode
+
+    # Between BEFORE and AFTER: 40 draft tokens proposed (30 → 70 on engine 0), 30 accepted (20 → 50).
+    moved = deltas(parse_counters(BEFORE), parse_counters(AFTER))
+    summary: RunSummary = {}
+    add_spec_decode(summary, moved)
+    assert summary == {
+        "spec_decode_draft_tokens": 40,
+        "spec_decode_accepted_tokens": 30,
+        "spec_decode_acceptance_rate": pytest.approx(75.0),  # percent, as vLLM writes it
+    }
+    # With the drafts counted (vLLM's spec_decode_num_drafts_total): acceptance length 1 + accepted / drafts.
+    with_drafts: RunSummary = {}
+    add_spec_decode(with_drafts, {"counters": {**moved["counters"], "vllm:spec_decode_num_drafts_total": 20.0}})
+    assert with_drafts["spec_decode_num_drafts"] == 20
+    assert with_drafts["spec_decode_acceptance_length"] == pytest.approx(1 + 30 / 20)
+    # Nothing drafted: absent, never 0 %.
+    none: RunSummary = {}
+    add_spec_decode(none, {"counters": {"vllm:num_preemptions_total": 3.0}, "derived": {}})
+    assert none == {}

@@ -40,17 +40,19 @@ def record(index: int, start: float, *, ok: bool = True) -> RequestRecord:
     )
 
 
-def summary(*, compat: str = "vllm", gpu_count: int | None = None, failures: int = 0) -> dict[str, Any]:
+def summary(
+    *, compat: str = "vllm", gpu_count: int | None = None, failures: int = 0, goodput: bool = False
+) -> dict[str, Any]:
     records = [record(i, 10.0 + i * 0.5) for i in range(4)]
     records += [record(10 + i, 11.0, ok=False) for i in range(failures)]
     run = RunRecords(
         workload=Workload(input_len=8, output_len=4), records=records, bench_start_s=10.0, bench_end_s=13.0
     )
-    return summarize(run, compat=compat, gpu_count=gpu_count)
+    return summarize(run, compat=compat, gpu_count=gpu_count, goodput_slos_ms={"ttft": 1e9} if goodput else None)
 
 
 def test_slo_names_are_complete() -> None:
-    assert len(SLO_NAMES) == 4 * 5 + 5 + 1
+    assert len(SLO_NAMES) == 4 * 5 + 8 + 1
     assert "e2e_p50_ms" in SLO_NAMES
     assert "itl_p99_ms" in SLO_NAMES
     assert "tok_s_per_user" in SLO_NAMES
@@ -70,7 +72,7 @@ def test_every_slo_name_parses(name: str) -> None:
 @pytest.mark.parametrize("compat", ["vllm", "sglang"])
 @pytest.mark.parametrize("name", SLO_NAMES)
 def test_every_slo_reads_a_real_summary_key(name: str, compat: str) -> None:
-    s = summary(compat=compat, gpu_count=2)
+    s = summary(compat=compat, gpu_count=2, goodput=True)
     (result,) = check_slos(parse_slos({name: 1e9 if name.endswith("_ms") else 1e-9}, default_error_rate=None), s)
     assert result.key in s, result.key
     assert result.measured is not None, result.reason
