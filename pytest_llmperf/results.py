@@ -69,6 +69,7 @@ __all__ = [
     "BaselineRun",
     "BaselineUpdate",
     "BaselineViewDict",
+    "CapacitySearchDict",
     "DatasetLensDict",
     "DisturbanceDict",
     "EndpointDict",
@@ -77,6 +78,7 @@ __all__ = [
     "LatencyStats",
     "MetricVerdictDict",
     "OverallStatus",
+    "ProbeDict",
     "PromptCacheFields",
     "Reference",
     "RequestDetail",
@@ -478,6 +480,9 @@ class WorkloadDict(TypedDict, total=False):
     compat: str
     dataset_output_len: int | None
     dataset_context_len: int | None
+    trace: str | None
+    trace_speedup: float
+    trace_block_size: int
 
 
 class EndpointDict(TypedDict, total=False):
@@ -544,6 +549,43 @@ class ABDocument(TypedDict, total=False):
     detail_a: RequestDetail | dict[str, list[object]]  # empty when A never ran
 
 
+class ProbeDict(TypedDict):
+    """``judge.capacity_search.Probe.as_dict()``: one concurrency or rate of a capacity search."""
+
+    at: float
+    values: list[float | None]  # each run's value of the SLO's statistic (None: not measured)
+    runs: int
+    decision: Literal["meets", "breaches", "undecided"]
+    centre: float | None  # geometric mean of the values
+    lower: float | None  # one-sided bounds at the search's confidence
+    upper: float | None
+    reason: str
+
+
+class CapacitySearchDict(TypedDict):
+    """``judge.capacity_search.CapacitySearch.as_dict()``: a result's ``capacity_search``."""
+
+    slo: str
+    key: str
+    limit: float
+    kind: Literal["max", "min"]
+    unit: str
+    vary: Literal["concurrency", "request_rate"]
+    low: float
+    high: float
+    confidence: float
+    probes: list[ProbeDict]
+    capacity: float
+    bracket: list[float] | None
+    status: Literal["met", "lower_bound", "none", "undecided"]
+    resolved: bool
+    gpu_count: int | None
+    users_per_gpu: float | None
+    capacity_min: float | None
+    gate_passed: bool | None
+    statement: str
+
+
 class RunDocument(TypedDict, total=False):
     """One ``llmperf.run()`` call's result, as the harness builds it, hands it to the
     ``pytest_llmperf_result`` hook and JUnit, and the session writes it into the JSON report.
@@ -573,6 +615,7 @@ class RunDocument(TypedDict, total=False):
     update_refused: list[str]
     interruption: str  # a run cut short by Ctrl-C or SIGTERM: why
     server_exited: str  # the server died during the test: how
+    capacity_search: CapacitySearchDict  # llmperf.capacity(): the probes and the capacity found
 
 
 class SessionDocument(TypedDict, total=False):

@@ -46,6 +46,7 @@ class Workload:
 
     Exactly one of ``num_prompts`` and ``duration_s`` bounds the run (``num_prompts`` wins when both are set
     to keep runs bounded in count). ``concurrency=None`` with ``request_rate=inf`` sends everything at once.
+    A ``trace`` bounds the run itself (its lines), so it may leave both unset.
     """
 
     api: Api = "completions"
@@ -77,6 +78,12 @@ class Workload:
     # instead of the reply's; and the most prompt + output tokens a conversation may have to be sent.
     dataset_output_len: int | None = None
     dataset_context_len: int | None = None
+    # Trace replay (client/datasets.py::trace_prompts): a Mooncake-style JSONL of timestamp (ms), input_length,
+    # output_length and hash_ids (prefix blocks of ``trace_block_size`` tokens shared between requests); each
+    # request is sent at its timestamp divided by ``trace_speedup``.
+    trace: str | None = None
+    trace_speedup: float = 1.0
+    trace_block_size: int = 512
 
     def __post_init__(self) -> None:
         problems = workload_problems(self)
@@ -92,11 +99,11 @@ class Workload:
 
 # Accepted types per field (``bool`` is not an ``int`` here: ``concurrency=True`` is a mistake).
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    **dict.fromkeys(("input_len", "output_len", "prefix_len", "warmup", "seed"), (int,)),
+    **dict.fromkeys(("input_len", "output_len", "prefix_len", "warmup", "seed", "trace_block_size"), (int,)),
     **dict.fromkeys(("num_prompts", "concurrency", "dataset_output_len", "dataset_context_len"), (int, type(None))),
-    **dict.fromkeys(("range_ratio", "request_rate", "burstiness", "request_timeout_s"), (int, float)),
+    **dict.fromkeys(("range_ratio", "request_rate", "burstiness", "request_timeout_s", "trace_speedup"), (int, float)),
     **dict.fromkeys(("duration_s", "temperature"), (int, float, type(None))),
-    "range_rule": (str, type(None)),
+    **dict.fromkeys(("range_rule", "trace"), (str, type(None))),
     **dict.fromkeys(("ignore_eos", "per_token_usage", "prefix_reuse"), (bool,)),
     **dict.fromkeys(("api", "dataset", "compat"), (str,)),
 }
@@ -134,7 +141,7 @@ def workload_problems(w: Workload) -> list[str]:
     if w.range_rule is not None and w.range_rule not in RANGE_RULES:
         rules = ", ".join(RANGE_RULES)
         problems.append(f"range_rule={w.range_rule!r} (expected one of {rules}, or None to follow compat)")
-    if w.num_prompts is None and w.duration_s is None:
+    if w.num_prompts is None and w.duration_s is None and w.trace is None:
         problems.append("neither num_prompts nor duration_s is set (set one to bound the run)")
     if w.num_prompts is not None and (isinstance(w.num_prompts, bool) or w.num_prompts < 1):
         problems.append(f"num_prompts={w.num_prompts!r} (expected an int >= 1)")
@@ -149,13 +156,43 @@ def workload_problems(w: Workload) -> list[str]:
     if not w.request_timeout_s > 0:
         problems.append(f"request_timeout_s={w.request_timeout_s!r} (expected a number > 0)")
     problems.extend(_dataset_length_problems(w))
+    problems.extend(_trace_problems(w))
+    return problems
+
+
+def _trace_problems(w: Workload) -> list[str]:
+    problems = []
+    if not 0 < w.trace_speedup < math.inf:
+        problems.append(f"trace_speedup={w.trace_speedup!r} (expected a finite number > 0)")
+    if w.trace_block_size < 1:
+        problems.append(f"trace_block_size={w.trace_block_size!r} (expected an int >= 1)")
+    if w.trace is None:
+        given = [n for n, default in (("trace_speedup", 1.0), ("trace_block_size", 512)) if getattr(w, n) != default]
+        if given:
+            problems.append(f"{' and '.join(given)} set without trace (they apply to trace replay)")
+        return problems
+    # The trace gives every request's lengths, prefix blocks and arrival time: these would go unused.
+    unused = {
+        "dataset": w.dataset != "random",
+        "prefix_len": w.prefix_len > 0,
+        "range_ratio": w.range_ratio > 0,
+        "request_rate": math.isfinite(w.request_rate),
+        "dataset_output_len": w.dataset_output_len is not None,
+        "dataset_context_len": w.dataset_context_len is not None,
+    }
+    for name, is_set in unused.items():
+        if is_set:
+            problems.append(
+                f"{name}={getattr(w, name)!r} set with trace (the trace gives every request's lengths, shared "
+                "prefix blocks and arrival time; trace_speedup scales the arrivals)"
+            )
     return problems
 
 
 def _dataset_length_problems(w: Workload) -> list[str]:
     problems = []
     given = [name for name in ("dataset_output_len", "dataset_context_len") if getattr(w, name) is not None]
-    if given and w.dataset == "random":
+    if given and w.dataset == "random" and w.trace is None:
         problems.append(
             f"{' and '.join(given)} set with dataset='random' (they apply to dataset files; "
             "random prompts take input_len and output_len)"
@@ -214,6 +251,8 @@ class Prompt:
     prompt: str | list[int]
     input_len: int
     output_len: int
+    # Seconds after the run's start at which it is due (trace replay); None: the workload's schedule.
+    arrival_s: float | None = None
 
 
 @dataclass(slots=True)

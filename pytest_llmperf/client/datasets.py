@@ -1,4 +1,4 @@
-"""Prompts for a workload: random token ids or text, ShareGPT JSON, or JSONL.
+"""Prompts for a workload: random token ids or text, ShareGPT JSON, JSONL, or a trace to replay.
 
 Pure: the caller passes in what it learned from the server (a pool of valid token ids, a tokenize callable,
 the chat template's token overhead), so this module does no I/O beyond reading a dataset file.
@@ -38,6 +38,17 @@ JSONL files: ``dataset_output_len`` replaces every line's output length and ``da
 above; no other filter. When fewer prompts survive than a run sends, they repeat (each pass over them with a
 salt of its own, so a repeat is no prefix-cache hit) and a :class:`LLMPerfDatasetWarning` says how many were
 available and how many were asked for: SGLang would send fewer requests, vLLM oversamples with replacement.
+
+Traces (``trace``): a Mooncake-style JSONL (the FAST'25 Mooncake traces), one request a line:
+``{"timestamp": ms, "input_length": N, "output_length": M, "hash_ids": [ints]}``. Lines are taken in file order
+(the first ``num_prompts`` when given; timestamps must not decrease), each due ``(timestamp - first timestamp) /
+1000 / trace_speedup`` seconds after the run's start (``Prompt.arrival_s``). ``hash_ids`` name prefix blocks of
+``trace_block_size`` tokens (512, Mooncake's): block ``k`` of a prompt is the block of its ``k``-th hash id, whose
+tokens depend only on that id (and, as for ``prefix_len``, on the run unless ``prefix_reuse``), so requests that
+share hash ids share those blocks' tokens. The prompt is those blocks cut to ``input_length`` (the last block
+may be partial), filled up with tokens of its own when the hash ids cover less; ``output_length`` is asked for
+(at least 1). Token ids are exact on ``/v1/completions`` with a token pool; text is made of single-token words,
+block by block, and trimmed at its end until the server's tokenizer agrees.
 """
 
 from __future__ import annotations
@@ -114,7 +125,9 @@ def sample_lengths(workload: Workload, count: int, rng: random.Random) -> list[t
 
 def asks_for_sharing(workload: Workload) -> bool:
     """Whether the workload's prompts share prefixes on purpose (a prefix cache may then serve them)."""
-    return workload.prefix_len > 0 or workload.prefix_reuse or workload.dataset != "random"
+    return (
+        workload.prefix_len > 0 or workload.prefix_reuse or workload.dataset != "random" or workload.trace is not None
+    )
 
 
 def build_prompts(workload: Workload, count: int, context: PromptContext, *, contents: str = "") -> list[Prompt]:
@@ -126,6 +139,8 @@ def build_prompts(workload: Workload, count: int, context: PromptContext, *, con
     """
     rng = random.Random(workload.seed)
     content_rng = random.Random(f"{workload.seed}|{contents}") if contents else rng
+    if workload.trace is not None:
+        return _trace_prompts(workload, count, context, content_rng, contents)
     if workload.dataset == "random":
         return _random_prompts(workload, count, context, rng, content_rng)
     path = Path(workload.dataset)
@@ -269,6 +284,131 @@ def _random_prompts(
         words = prefix_words[:n_in] + [draw.choice(vocabulary) for _ in range(max(0, n_in - prefix_len))]
         text = _fit_text(words, n_in, counter, vocabulary, draw)
         prompts.append(Prompt(prompt=text, input_len=counter(text) if counter else n_in, output_len=n_out))
+    return prompts
+
+
+@dataclass(frozen=True, slots=True)
+class TraceLine:
+    """One request of a trace: when it came (ms), its lengths and the prefix blocks its prompt is made of."""
+
+    timestamp_ms: float
+    input_length: int
+    output_length: int
+    hash_ids: tuple[int, ...]
+
+
+def trace_requests(path: Path) -> int:
+    """How many requests (non-empty lines) a trace holds; 0 when it cannot be read (building prompts says why)."""
+    try:
+        with path.open(encoding="utf-8") as lines:
+            return sum(1 for line in lines if line.strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def read_trace(path: Path, limit: int | None = None) -> list[TraceLine]:
+    """The first ``limit`` lines (all when None) of a Mooncake-style JSONL trace, checked."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SpecError(f"cannot read trace {path}: {exc}") from exc
+    usage = (
+        'each line must be {"timestamp": ms, "input_length": int >= 1, "output_length": int >= 0, '
+        '"hash_ids": [int, ...]}'
+    )
+    out: list[TraceLine] = []
+    for number, line in enumerate(lines, start=1):
+        if limit is not None and len(out) >= limit:
+            break
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as exc:
+            raise SpecError(f"{path}:{number}: not valid JSON ({exc}); {usage}") from exc
+        parsed = _trace_line(entry)
+        if parsed is None:
+            raise SpecError(f"{path}:{number}: {usage}")
+        if out and parsed.timestamp_ms < out[-1].timestamp_ms:
+            raise SpecError(
+                f"{path}:{number}: timestamp {parsed.timestamp_ms:g} is before the previous line's "
+                f"{out[-1].timestamp_ms:g}; a trace's lines must be in time order"
+            )
+        out.append(parsed)
+    return out
+
+
+def _whole(value: object, low: int) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= low else None
+
+
+def _trace_line(entry: object) -> TraceLine | None:
+    """One trace line's request, or None when the line does not have the trace's fields."""
+    if not isinstance(entry, dict):
+        return None
+    stamp, hash_ids = entry.get("timestamp"), entry.get("hash_ids", [])
+    n_in, n_out = _whole(entry.get("input_length"), 1), _whole(entry.get("output_length"), 0)
+    if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not math.isfinite(stamp):
+        return None
+    if n_in is None or n_out is None or not isinstance(hash_ids, list):
+        return None
+    ids = [_whole(h, -(2**63)) for h in hash_ids]
+    if None in ids:
+        return None
+    return TraceLine(float(stamp), n_in, n_out, tuple(h for h in ids if h is not None))
+
+
+def _trace_prompts(
+    workload: Workload, count: int, context: PromptContext, content_rng: random.Random, contents: str
+) -> list[Prompt]:
+    assert workload.trace is not None
+    path = Path(workload.trace)
+    if not path.is_file():
+        raise SpecError(f"trace={workload.trace!r} is not an existing file; give a Mooncake-style .jsonl trace")
+    lines = read_trace(path, count)
+    if not lines:
+        raise SpecError(f"trace {path} holds no requests")
+    if workload.num_prompts is not None and workload.num_prompts > len(lines):
+        warnings.warn(
+            LLMPerfDatasetWarning(
+                f"trace {path.name}: num_prompts={workload.num_prompts} but the trace holds {len(lines)} "
+                "request(s): all of them are replayed, once"
+            ),
+            stacklevel=3,
+        )
+    size = workload.trace_block_size
+    use_ids = workload.api == "completions" and len(context.token_pool) > 0
+    pool: Sequence[int | str] = list(context.token_pool) if use_ids else list(context.words or COMMON_WORDS)
+    # A block's tokens depend on its hash id alone (and on the run's key unless the blocks are reused).
+    block_key = f"{workload.seed}|trace" if workload.prefix_reuse else f"{workload.seed}|{contents}|trace"
+    blocks: dict[int, list[int | str]] = {}
+
+    def block(hash_id: int) -> list[int | str]:
+        if hash_id not in blocks:
+            blocks[hash_id] = random.Random(f"{block_key}|{hash_id}").choices(pool, k=size)
+        return blocks[hash_id]
+
+    counter = None if use_ids else _text_counter(workload, context)
+    start = lines[0].timestamp_ms
+    prompts: list[Prompt] = []
+    for line in lines:
+        n_in, n_out = line.input_length, max(1, line.output_length)
+        tokens: list[int | str] = []
+        for hash_id in line.hash_ids:
+            if len(tokens) >= n_in:
+                break
+            tokens.extend(block(hash_id))
+        del tokens[n_in:]
+        tokens.extend(content_rng.choices(pool, k=n_in - len(tokens)))  # beyond the hash ids: its own
+        arrival_s = (line.timestamp_ms - start) / 1000.0 / workload.trace_speedup
+        if use_ids:
+            ids = [int(t) for t in tokens]
+            prompts.append(Prompt(prompt=ids, input_len=n_in, output_len=n_out, arrival_s=arrival_s))
+            continue
+        words = [str(t) for t in tokens]
+        text = _fit_text(words, n_in, counter, [str(w) for w in pool], content_rng)
+        n_text = counter(text) if counter else n_in
+        prompts.append(Prompt(prompt=text, input_len=n_text, output_len=n_out, arrival_s=arrival_s))
     return prompts
 
 

@@ -277,7 +277,12 @@ async def _run(
             await asyncio.gather(*(one(r, b) for r, b in zip(warm, bodies, strict=True)))
 
         bodies = [request_body(workload, endpoint, p) for p in prompts]
-        offsets = arrival_offsets(workload, len(prompts), random.Random(workload.seed + 1))
+        traced = workload.trace is not None  # each prompt carries its own arrival time
+        offsets = (
+            [p.arrival_s or 0.0 for p in prompts]
+            if traced
+            else arrival_offsets(workload, len(prompts), random.Random(workload.seed + 1))
+        )
         records: list[RequestRecord] = []
         state.records = records
         tasks: list[asyncio.Task[None]] = []
@@ -314,7 +319,7 @@ async def _run(
             return workload.duration_s is not None and time.perf_counter() - bench_start >= workload.duration_s
 
         try:
-            if workload.concurrency and math.isinf(workload.request_rate):
+            if workload.concurrency and math.isinf(workload.request_rate) and not traced:
                 # Closed loop: `concurrency` workers take prompts in dataset order as soon as a slot frees.
                 next_index = iter(range(len(prompts)))
 

@@ -14,7 +14,7 @@ import contextlib
 import functools
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pytest
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pytest_llmperf.harness.judging import ABJudgement, BaselineView, Judgement
     from pytest_llmperf.harness.markers import PerfSpec
     from pytest_llmperf.harness.runner import Result
+    from pytest_llmperf.judge.capacity_search import CapacitySearch
     from pytest_llmperf.results import RunDocument, RunSummary
 
 SESSION_KEY = pytest.StashKey[LLMPerfSession]()
@@ -143,6 +144,120 @@ class LLMPerf:
         self._publish(self._document(module_path, test_name, spec, judgement, baseline))
         self._decide(judgement, updating)
         return result
+
+    def capacity(
+        self,
+        slo: Mapping[str, float] | None = None,
+        *,
+        vary: str = "concurrency",
+        low: float = 1,
+        high: float = 64,
+        capacity_min: float | None = None,
+        max_probes: int | None = None,
+        runs_per_probe: int | None = None,
+        tolerance: float = 0.1,
+        confidence: float = 0.9,
+        **overrides: Any,
+    ) -> CapacitySearch:
+        """Search for the largest concurrency (``vary="concurrency"``) or request rate (``"request_rate"``) in
+        ``[low, high]`` whose runs of the marker's workload (``overrides`` win) meet ``slo``, by bisection.
+
+        ``slo`` is one latency maximum or ``tok_s_per_user`` (``{"e2e_p50_ms": 15000}``); without it, the
+        marker's one such SLO. Each probe is decided with a one-sided ``confidence`` interval of its runs' values
+        and runs again while undecided, up to ``runs_per_probe`` runs (3); at most ``max_probes`` probes (8). A run
+        that breaches the marker's ``error_rate`` (0 by default) counts as a breach. ``capacity_min`` (or the
+        marker's) fails the test, with the probe table, when the capacity found is below it. The search goes into
+        the test's result document under ``capacity_search``; see :mod:`pytest_llmperf.judge.capacity_search`.
+        """
+        from pytest_llmperf.harness.runner import endpoint_dict
+        from pytest_llmperf.judge import capacity_search
+        from pytest_llmperf.judge.slo import check_slos, render_slo_table, summary_key
+
+        module_path, _, test_name = self._item.nodeid.partition("::")
+        test_name += f"#{self._calls}" if self._calls else ""
+        self._calls += 1
+        measurements = Measurements(
+            self._item,
+            self._calls - 1,
+            {"A": self.endpoint},
+            settings=self._settings,
+            servers=self._servers,
+            session_id=self._session.session_id,
+            is_worker=self._session.role.is_worker,
+            publish=self._publish,
+            keep_partial=self._session.keep_partial,
+        )
+        runs: list[tuple[float, Result]] = []
+        try:
+            if self.compare is not None:
+                raise SpecError("llmperf.capacity() measures one server; it does not run in A/B mode")
+            if vary not in capacity_search.VARIES:
+                raise SpecError(f"llmperf.capacity(vary={vary!r}): expected one of {', '.join(capacity_search.VARIES)}")
+            base = {"compat": self._settings.compat, **self._marker_kwargs}
+            name, base = _search_slo(slo, base)
+            measurements.check_server(self.endpoint, "before")
+
+            def spec_at(at: float) -> PerfSpec:
+                spec = build_spec(base, {**overrides, vary: int(at) if vary == "concurrency" else at})
+                return scale_spec(spec, self._session.scale)
+
+            first = spec_at(low)
+            target = next(s for s in first.slos if s.name == name)  # its limit as scaled by --llmperf-scale
+            gate = capacity_min if capacity_min is not None else first.capacity_min
+
+            def measure(at: float) -> float | None:
+                spec = spec_at(at)
+                _check_limits(spec)
+                context = self._servers.prompt_context(spec.workload, self.endpoint)
+                result = measurements.measure(spec, context, "A")
+                runs.append((at, result))
+                checked = check_slos([target, *(s for s in spec.slos if s.name == "error_rate")], result.summary)
+                return checked[0].measured if all(r.passed or r.name == name for r in checked) else None
+
+            search = capacity_search.search_capacity(
+                measure,
+                slo=name,
+                limit=target.limit,
+                kind=target.kind,
+                unit=target.unit,
+                key=summary_key(name, first.workload.compat),
+                vary=cast(capacity_search.Vary, vary),
+                low=low,
+                high=high,
+                max_probes=max_probes or capacity_search.MAX_PROBES,
+                max_runs=runs_per_probe or capacity_search.MAX_RUNS,
+                tolerance=tolerance,
+                confidence=confidence,
+                gpu_count=self.endpoint.gpu_count,
+                capacity_min=gate,
+            )
+        except (LLMPerfError, ValueError) as exc:
+            _fail(f"llmperf.capacity(): {exc}")
+        at_capacity = [r for at, r in runs if at == search.capacity] or [runs[-1][1]]
+        last = at_capacity[-1]
+        slos = check_slos(first.slos, last.summary)
+        self._publish(
+            {
+                **last.as_dict(),
+                "endpoint": endpoint_dict(self.endpoint),
+                "baseline_key": f"{module_path}::{test_name}",
+                "runs": [r.summary for r in at_capacity],
+                "slos": [r.as_dict() for r in slos],
+                "slo_breached": False,  # a probe's breach is what the search looks for, not a failure
+                "slo_gating": first.slo_gating,
+                "scale": first.scale,
+                "notes": [search.statement],
+                "capacity_search": search.as_dict(),
+            }
+        )
+        if search.gate_passed is False:
+            pytest.fail(
+                f"capacity below capacity_min={gate:g}: {search.statement}\n"
+                + capacity_search.render_probe_table(search)
+                + ("\n" + render_slo_table(slos) if not all(r.passed for r in slos) else ""),
+                pytrace=False,
+            )
+        return search
 
     def _judge(
         self,
@@ -271,6 +386,23 @@ class LLMPerf:
             if policy == "skip":
                 pytest.skip(message.splitlines()[1])
             warnings.warn(LLMPerfInconclusive(message), stacklevel=3)
+
+
+def _search_slo(slo: Mapping[str, float] | None, base: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The SLO a capacity search looks for, and the marker's keywords with it in place of the marker's own."""
+    from pytest_llmperf.judge.slo import LATENCY_METRICS, LATENCY_STATS, SLO_NAMES
+
+    capacity_like = [f"{m}_{s}_ms" for m in LATENCY_METRICS for s in LATENCY_STATS] + ["tok_s_per_user"]
+    if slo is None:
+        slo = {k: v for k, v in base.items() if k in capacity_like}
+    usage = 'expected one SLO such as slo={"e2e_p50_ms": 15000}: a latency maximum or tok_s_per_user'
+    if not isinstance(slo, Mapping) or len(slo) != 1:
+        raise SpecError(f"llmperf.capacity(slo={slo!r}): {usage}")
+    ((name, limit),) = slo.items()
+    if name not in capacity_like:
+        raise SpecError(f"llmperf.capacity(): SLO {name!r} cannot bound a capacity; {usage}")
+    kept = {k: v for k, v in base.items() if k not in SLO_NAMES or k == "error_rate"}
+    return name, {**kept, name: limit}
 
 
 def _check_limits(spec: PerfSpec) -> None:

@@ -19,7 +19,7 @@ from pytest_llmperf.judge.slo import SLO_NAMES, Slo, parse_slos
 from pytest_llmperf.spec import Workload
 
 WORKLOAD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Workload))
-CONTROL_FIELDS: tuple[str, ...] = ("repeats", "tolerance", "slo_gating", "goodput")
+CONTROL_FIELDS: tuple[str, ...] = ("repeats", "tolerance", "slo_gating", "goodput", "capacity_min")
 # The ``goodput`` keyword's keys (as vLLM's ``--goodput ttft:2000 tpot:50``, in ms) -> the metric they limit.
 GOODPUT_KEYS: dict[str, str] = {"ttft_ms": "ttft", "tpot_ms": "tpot", "e2el_ms": "e2el", "e2e_ms": "e2el"}
 VALID_NAMES: tuple[str, ...] = (*WORKLOAD_FIELDS, *CONTROL_FIELDS, *SLO_NAMES)
@@ -48,6 +48,8 @@ class PerfSpec:
     scale: float = 1.0
     # The goodput keyword as metrics.summarize takes it ({"ttft": ms, "tpot": ms, "e2el": ms}); None: no goodput.
     goodput_slos_ms: dict[str, float] | None = None
+    # The least capacity llmperf.capacity() must find (its gate); run() ignores it.
+    capacity_min: float | None = None
 
 
 def parse_goodput(value: object) -> dict[str, float]:
@@ -105,6 +107,13 @@ def build_spec(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> PerfSpe
     slo_gating = kwargs.pop("slo_gating", True)
     if type(slo_gating) is not bool:
         raise SpecError(f"slo_gating={slo_gating!r}: expected True or False")
+    capacity_min = kwargs.pop("capacity_min", None)
+    if capacity_min is not None and (
+        isinstance(capacity_min, bool) or not isinstance(capacity_min, (int, float)) or not 0 < capacity_min < math.inf
+    ):
+        raise SpecError(
+            f"capacity_min={capacity_min!r}: expected a number > 0 (the least capacity llmperf.capacity() may find)"
+        )
     goodput = kwargs.pop("goodput", None)
     goodput_slos_ms = None if goodput is None else parse_goodput(goodput)
     slo_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in SLO_NAMES}
@@ -113,6 +122,8 @@ def build_spec(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> PerfSpe
             "goodput_req_s needs the per-request SLOs that make a request good: add "
             'goodput={"ttft_ms": ..., "tpot_ms": ...} (keys ' + ", ".join(GOODPUT_KEYS) + ")"
         )
+    if kwargs.get("trace") is not None and "num_prompts" not in kwargs:
+        kwargs["num_prompts"] = None  # a trace replays all its lines unless num_prompts takes the first N
     try:
         workload = Workload(**kwargs)
     except TypeError as exc:
@@ -124,6 +135,7 @@ def build_spec(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> PerfSpe
         tolerance=tolerance,
         slo_gating=slo_gating,
         goodput_slos_ms=goodput_slos_ms,
+        capacity_min=None if capacity_min is None else float(capacity_min),
     )
 
 

@@ -10,9 +10,10 @@ import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pytest_llmperf.client.datasets import PromptContext, asks_for_sharing, build_prompts
+from pytest_llmperf.client.datasets import PromptContext, asks_for_sharing, build_prompts, trace_requests
 from pytest_llmperf.results import DatasetLensDict, EndpointDict, RunDocument, RunSummary, WorkloadDict
 from pytest_llmperf.spec import Endpoint, Prompt, RunRecords, Workload
 
@@ -82,9 +83,11 @@ def endpoint_dict(endpoint: Endpoint) -> EndpointDict:
 
 
 def planned_prompts(workload: Workload) -> int:
-    """How many prompts to build for ``workload``."""
+    """How many prompts to build for ``workload`` (a trace's: at most this many of its lines)."""
     if workload.num_prompts is not None:
         return workload.num_prompts
+    if workload.trace is not None:
+        return trace_requests(Path(workload.trace))
     assert workload.duration_s is not None  # guaranteed by Workload validation
     if math.isfinite(workload.request_rate):
         return min(_MAX_DURATION_PROMPTS, math.ceil(workload.duration_s * workload.request_rate) + 1)
@@ -125,7 +128,7 @@ def measure(
     result = summarize(records, endpoint, goodput_slos_ms=goodput_slos_ms)
     result.summary["prompt_contents"] = contents or None
     result.summary["prefix_sharing"] = asks_for_sharing(workload)
-    if workload.dataset != "random" and prompts:
+    if (workload.dataset != "random" or workload.trace is not None) and prompts:
         result.summary["dataset_lens"] = dataset_lens(prompts)
     return result
 

@@ -168,6 +168,9 @@ _LATER_FIELD_DEFAULTS: dict[str, object] = {
     "range_rule": None,
     "dataset_output_len": None,
     "dataset_context_len": None,
+    "trace": None,
+    "trace_speedup": 1.0,
+    "trace_block_size": 512,
 }
 
 

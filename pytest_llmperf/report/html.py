@@ -294,6 +294,12 @@ def _capacity_text(cap: Capacity, base: Capacity | None, base_name: str = "basel
 
 
 def _workload_text(workload: Mapping[str, Any], *, with_load: bool = True) -> str:
+    trace = workload.get("trace")
+    if trace:  # the trace gives every request's lengths and arrival time
+        speedup = workload.get("trace_speedup", 1.0)
+        c = workload.get("concurrency")
+        capped = f" · c{c}" if with_load and isinstance(c, int) and not isinstance(c, bool) else ""
+        return f"trace {trace}" + (f" ×{speedup:g}" if speedup != 1 else "") + capped
     bits = []
     if workload.get("input_len") is not None or workload.get("output_len") is not None:
         bits.append(f"{workload.get('input_len', '?')}→{workload.get('output_len', '?')} tok")

@@ -77,6 +77,10 @@ def _ms(value: float | None) -> str:
 
 def _workload(w: WorkloadDict, s: RunSummary) -> str:
     load = f"c{w['concurrency']}" if w.get("concurrency") else f"{w.get('request_rate')}/s"
+    if w.get("trace"):  # arrivals and lengths from the trace (its lengths vary too widely for a column)
+        speedup = w.get("trace_speedup", 1.0)
+        capped = f" c{w['concurrency']}" if w.get("concurrency") else ""
+        return "trace" + (f"×{speedup:g}" if speedup != 1 else "") + capped
     if w.get("dataset", "random") != "random":  # a file's lengths are its own: the means its prompts asked for
         lens = s.get("dataset_lens")
         shown = f"~{lens['input_len_mean']:.0f}/{lens['output_len_mean']:.0f}" if lens else "file"
