@@ -133,3 +133,23 @@ class Change:
     @property
     def at(self) -> datetime:
         return self.after.at
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    """One concurrency of a sweep: its interactivity (tok/s/user, the x axis) and output throughput per GPU (y)."""
+
+    concurrency: float
+    interactivity: float
+    throughput_per_gpu: float
+
+
+@dataclass(frozen=True, slots=True)
+class SweepCurve:
+    """A sweep as measured at one date or engine version, e.g. ``"2025-10-01 · vllm 0.11.0"``. The sweep it belongs
+    to (the test id without its parameter) is the key it is passed under to :func:`render_trend`."""
+
+    label: str
+    points: tuple[SweepPoint, ...]
+    # False: the GPU count was unknown, and ``throughput_per_gpu`` holds the server's whole output throughput.
+    per_gpu: bool = True

@@ -8,9 +8,8 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
-from pytest_llmperf.history.model import Series, SessionPoint
+from pytest_llmperf.history.model import Series, SessionPoint, SweepCurve, SweepPoint
 from pytest_llmperf.history.records import parse_time
-from pytest_llmperf.history.trend import SweepCurve, SweepPoint
 from pytest_llmperf.judge.baseline import stable_hash
 
 INTERACTIVITY = "interactivity"

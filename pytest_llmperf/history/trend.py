@@ -23,13 +23,12 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 from pytest_llmperf._files import write_text_atomic
 from pytest_llmperf.history.changes import change_word
-from pytest_llmperf.history.model import Change, Series, SeriesKey, SessionPoint
+from pytest_llmperf.history.model import Change, Series, SeriesKey, SessionPoint, SweepCurve, SweepPoint
 from pytest_llmperf.history.naming import metric_label, metric_unit
 from pytest_llmperf.report import plots
 
@@ -63,26 +62,6 @@ _METRIC_ORDER = (
     "request_throughput",
     "error_rate",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class SweepPoint:
-    """One concurrency of a sweep: its interactivity (tok/s/user, the x axis) and output throughput per GPU (y)."""
-
-    concurrency: float
-    interactivity: float
-    throughput_per_gpu: float
-
-
-@dataclass(frozen=True, slots=True)
-class SweepCurve:
-    """A sweep as measured at one date or engine version, e.g. ``"2025-10-01 · vllm 0.11.0"``. The sweep it belongs
-    to (the test id without its parameter) is the key it is passed under to :func:`render_trend`."""
-
-    label: str
-    points: tuple[SweepPoint, ...]
-    # False: the GPU count was unknown, and ``throughput_per_gpu`` holds the server's whole output throughput.
-    per_gpu: bool = True
 
 
 _NO_SWEEPS: Mapping[str, Sequence[SweepCurve]] = MappingProxyType({})
