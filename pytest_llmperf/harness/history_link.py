@@ -103,7 +103,8 @@ class HistoryLink:
     def record(self, documents: Sequence[RunDocument], *, session_id: str, pair: str, git_commit: str | None) -> str:
         """Append the session's runs; the line the terminal summary shows. Raises HistoryError."""
         from pytest_llmperf import __version__
-        from pytest_llmperf.history.records import ci_run, git_branch, session_of_documents
+        from pytest_llmperf.history.provenance import ci_run, git_branch
+        from pytest_llmperf.history.records import session_of_documents
 
         session, runs = session_of_documents(
             documents,

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from pytest_llmperf.history import records
+from pytest_llmperf.history import provenance, records
+from pytest_llmperf.history.model import CiRun
 from pytest_llmperf.judge.baseline import BaselineEntry, Fingerprint, workload_hash
 
 WORKLOAD = {"api": "completions", "input_len": 16, "output_len": 8, "concurrency": 4, "compat": "vllm"}
@@ -123,14 +124,14 @@ def test_the_session_spans_its_runs_and_names_its_ci_run() -> None:
         pair="h200x8-fp8",
         plugin_version="0.1.0",
         git_commit="abc",
-        git_branch=records.git_branch(env, None),
-        ci=records.ci_run(env),
+        git_branch=provenance.git_branch(env, None),
+        ci=provenance.ci_run(env),
         fallback_time=datetime(2000, 1, 1, tzinfo=timezone.utc),
     )
     assert session.started_at == datetime.fromtimestamp(1_790_000_000, tz=timezone.utc)
     assert session.ended_at == datetime.fromtimestamp(1_790_000_012, tz=timezone.utc)
     assert session.git_branch == "main"
-    assert session.ci == records.CiRun("github", "42.2", "https://github.com/o/r/actions/runs/42")
+    assert session.ci == CiRun("github", "42.2", "https://github.com/o/r/actions/runs/42")
     assert len(runs) == 2
 
 
@@ -151,16 +152,16 @@ def test_the_session_spans_its_runs_and_names_its_ci_run() -> None:
     ],
 )
 def test_ci_runs_of_each_provider_and_never_a_credential(env: dict[str, str], expected: tuple[str, str] | None) -> None:
-    found = records.ci_run(env)
+    found = provenance.ci_run(env)
     assert (None if found is None else (found.provider, found.run_id)) == expected
     if found is not None and found.url:
         assert "@" not in found.url
 
 
 def test_the_branch_comes_from_ci_variables_then_git(tmp_path: Path) -> None:
-    assert records.git_branch({"GIT_BRANCH": "origin/release"}, None) == "release"
-    assert records.git_branch({"CI_COMMIT_REF_NAME": "feature"}, None) == "feature"
-    assert records.git_branch({}, tmp_path) is None  # not a git checkout
+    assert provenance.git_branch({"GIT_BRANCH": "origin/release"}, None) == "release"
+    assert provenance.git_branch({"CI_COMMIT_REF_NAME": "feature"}, None) == "feature"
+    assert provenance.git_branch({}, tmp_path) is None  # not a git checkout
 
 
 def test_times_parse_as_utc() -> None:
