@@ -7,6 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal, TypeAlias
+
+SessionSource: TypeAlias = Literal["pytest", "import:json", "import:baseline"]
+Side: TypeAlias = Literal["", "A", "B"]  # "": a stored-baseline run; "A"/"B": A/B mode's servers
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +35,7 @@ class SessionRecord:
     git_commit: str | None = None
     git_branch: str | None = None
     ci: CiRun | None = None
-    source: str = "pytest"  # "pytest", "import:json" or "import:baseline"
+    source: SessionSource = "pytest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +47,7 @@ class RunRecord:
     session_id: str
     test_id: str  # the pytest node id
     run_index: int  # 0, 1, ... within the test in its session
-    side: str  # "" for a stored-baseline run, "A" or "B" in A/B mode
+    side: Side
     started_at: datetime | None
     ended_at: datetime | None
     pair: str

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 
-from pytest_llmperf.history.model import CiRun, RunRecord, SessionRecord
+from pytest_llmperf.history.model import CiRun, RunRecord, SessionRecord, SessionSource, Side
 from pytest_llmperf.judge.baseline import EPOCH_KEYS, BaselineEntry, stable_hash, workload_hash
 from pytest_llmperf.results import BaselineRun, FingerprintDict, RunDocument, RunSummary
 
@@ -78,7 +78,7 @@ def runs_of_document(document: RunDocument, *, session_id: str, pair: str) -> li
     verdict = document.get("verdict")
     ab = document.get("ab")
     # A/B mode: both servers' runs, each with its own fingerprint (documents without fingerprint_a: A's engine).
-    sides: list[tuple[str, Sequence[RunSummary], Mapping[str, object], Mapping[str, object]]] = (
+    sides: list[tuple[Side, Sequence[RunSummary], Mapping[str, object], Mapping[str, object]]] = (
         [
             ("B", ab.get("runs_b") or [], measured, served),
             ("A", ab.get("runs_a") or [], ab.get("fingerprint_a") or {}, ab.get("a") or {}),
@@ -135,7 +135,7 @@ def session_of_documents(
     git_branch: str | None,
     ci: CiRun | None,
     fallback_time: datetime,
-    source: str = "pytest",
+    source: SessionSource = "pytest",
 ) -> tuple[SessionRecord, list[RunRecord]]:
     """The session and its runs; the session spans its runs' times (``fallback_time`` when none has one)."""
     runs = [run for document in documents for run in runs_of_document(document, session_id=session_id, pair=pair)]
