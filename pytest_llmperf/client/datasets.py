@@ -48,7 +48,7 @@ tokens depend only on that id (and, as for ``prefix_len``, on the run unless ``p
 share hash ids share those blocks' tokens. The prompt is those blocks cut to ``input_length`` (the last block
 may be partial), filled up with tokens of its own when the hash ids cover less; ``output_length`` is asked for
 (at least 1). Token ids are exact on ``/v1/completions`` with a token pool; text is made of single-token words,
-block by block, and trimmed at its end until the server's tokenizer agrees.
+block by block, and fitted at its end until the server's tokenizer agrees.
 """
 
 from __future__ import annotations
@@ -389,6 +389,7 @@ def _trace_prompts(
         return blocks[hash_id]
 
     counter = None if use_ids else _text_counter(workload, context)
+    vocabulary = [str(t) for t in pool]
     start = lines[0].timestamp_ms
     prompts: list[Prompt] = []
     for line in lines:
@@ -406,7 +407,7 @@ def _trace_prompts(
             prompts.append(Prompt(prompt=ids, input_len=n_in, output_len=n_out, arrival_s=arrival_s))
             continue
         words = [str(t) for t in tokens]
-        text = _fit_text(words, n_in, counter, [str(w) for w in pool], content_rng)
+        text = _fit_text(words, n_in, counter, vocabulary, content_rng)
         n_text = counter(text) if counter else n_in
         prompts.append(Prompt(prompt=text, input_len=n_text, output_len=n_out, arrival_s=arrival_s))
     return prompts
