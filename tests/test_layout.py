@@ -7,6 +7,7 @@ dependency a reader has to follow.
 from __future__ import annotations
 
 import ast
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +98,10 @@ def test_the_readme_tables_every_subpackage() -> None:
     subpackages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
     missing = [name for name in subpackages if f"`{name}/`" not in architecture]
     assert not missing, missing
+
+
+def test_test_files_have_unique_basenames() -> None:
+    # The tests directory has no __init__.py files: pytest imports each test module by its basename, and two
+    # files of one name are an "import file mismatch" error that ends the run.
+    names = Counter(path.name for path in Path(__file__).parent.rglob("test_*.py"))
+    assert not [name for name, count in names.items() if count > 1]
