@@ -691,7 +691,8 @@ def _cost_cell(summary: Mapping[str, Any]) -> str:
     if "cost_per_million_output_tokens" not in summary:
         return DASH
     price = _num(summary.get("gpu_cost_per_hour"))
-    title = "" if price is None else f"at ${price:g} per GPU-hour × {summary.get('gpu_count')} GPUs"
+    gpus = summary.get("gpu_count")
+    title = "" if price is None else f"at ${price:g} per GPU-hour × {gpus} GPU{'' if gpus == 1 else 's'}"
     total = f'<div class="muted small">total {_fmt(summary.get("cost_per_million_total_tokens"))}</div>'
     return f'<span title="{_e(title)}">{_fmt(summary.get("cost_per_million_output_tokens"))}</span>{total}'
 

@@ -167,7 +167,7 @@ def _goodput_and_cost(s: RunSummary) -> list[str]:
             f"    cost: {'—' if per_m_out is None else f'${per_m_out:.4g}'} per million output tokens, "
             f"{'—' if per_m_total is None else f'${per_m_total:.4g}'} per million total tokens, "
             f"{'—' if per_dollar is None else f'{per_dollar:,.0f}'} output tokens per $ "
-            f"(${s.get('gpu_cost_per_hour', 0):g} per GPU-hour × {s.get('gpu_count')} GPUs)"
+            f"(${s.get('gpu_cost_per_hour', 0):g} per GPU-hour × {_gpus(s.get('gpu_count'))})"
         )
     return out
 
@@ -210,3 +210,7 @@ def render_ab(results: Sequence[RunDocument]) -> list[Line]:
 
 def _ratio(value: float | None) -> str:
     return f"{'—':>7}" if value is None else f"{value:>7.3f}"
+
+
+def _gpus(count: object) -> str:
+    return "1 GPU" if count == 1 else f"{count} GPUs"
