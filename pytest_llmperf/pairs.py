@@ -37,6 +37,7 @@ from typing import Any
 
 from pytest_llmperf._files import write_text_atomic
 from pytest_llmperf.errors import DocumentError
+from pytest_llmperf.judge.baseline import LATER_FIELD_DEFAULTS
 from pytest_llmperf.judge.capacity import SAMPLE_SIZE_FIELDS, PairComparison, Sweep, sweeps_of
 from pytest_llmperf.report.overlay import (
     Configuration,
@@ -141,10 +142,18 @@ def check_configurations(document: Mapping[str, Any], source: str) -> None:
 def matching_workload(workload: Mapping[str, object]) -> dict[str, object]:
     """The workload fields sweeps are matched on: without the sample size and load-neutral fields, and a dataset
     file by its name (``/data/a/sharegpt.json`` and ``sharegpt.json`` match)."""
-    kept = {k: v for k, v in workload.items() if k not in SAMPLE_SIZE_FIELDS and k not in LOAD_NEUTRAL_FIELDS}
-    dataset = kept.get("dataset")
-    if isinstance(dataset, str):
-        kept["dataset"] = re.split(r"[\\/]", dataset.rstrip("/\\"))[-1] or dataset
+    kept = {
+        k: v
+        for k, v in workload.items()
+        if k not in SAMPLE_SIZE_FIELDS
+        and k not in LOAD_NEUTRAL_FIELDS
+        # Fields added in later releases, at their defaults: a document written before them still matches.
+        and not (k in LATER_FIELD_DEFAULTS and v == LATER_FIELD_DEFAULTS[k])
+    }
+    for field in ("dataset", "trace"):
+        path = kept.get(field)
+        if isinstance(path, str):
+            kept[field] = re.split(r"[\\/]", path.rstrip("/\\"))[-1] or path
     return kept
 
 

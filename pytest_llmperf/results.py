@@ -331,6 +331,7 @@ class BaselineRun(LatencyStats, total=False):
     total_token_throughput: float | None
     total_throughput: float | None
     input_throughput: float | None
+    input_throughput_per_gpu: float | None
     output_throughput_per_gpu: float | None
     total_token_throughput_per_gpu: float | None
     total_throughput_per_gpu: float | None

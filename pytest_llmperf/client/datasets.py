@@ -368,10 +368,10 @@ def _trace_prompts(
     lines = read_trace(path, count)
     if not lines:
         raise SpecError(f"trace {path} holds no requests")
-    if workload.num_prompts is not None and workload.num_prompts > len(lines):
+    if len(lines) < count:  # fewer lines than asked for (a warmup asks for its own few)
         warnings.warn(
             LLMPerfDatasetWarning(
-                f"trace {path.name}: num_prompts={workload.num_prompts} but the trace holds {len(lines)} "
+                f"trace {path.name}: {count} request(s) asked for but the trace holds {len(lines)} "
                 "request(s): all of them are replayed, once"
             ),
             stacklevel=3,

@@ -102,7 +102,8 @@ class ServerManager:
             api_key=s.api_key if side == "A" else s.compare_api_key,
             ready_timeout_s=s.ready_timeout_s,
             gpu_count=s.gpus,
-            gpu_cost_per_hour=s.gpu_cost_per_hour,
+            # The option prices the server under test; in A/B mode B (often other hardware) takes its profile's.
+            gpu_cost_per_hour=s.gpu_cost_per_hour if side == "A" else None,
         )
         attach_to = s.endpoint if side == "A" else (s.compare if is_url(s.compare or "") else None)
         if attach_to is not None:

@@ -27,7 +27,12 @@ _NOT_METRICS = frozenset(
         "ab_idle_wait_s",
         "ab_pause_s",
         "max_concurrency",  # the workload's, as vLLM's result file repeats it
-        "gpu_cost_per_hour",  # the price given, not a measurement
+        # The price given, and what it makes of the throughput: a new price would read as a change point.
+        "gpu_cost_per_hour",
+        "cost_per_million_output_tokens",
+        "cost_per_million_total_tokens",
+        "output_tokens_per_dollar",
+        "total_tokens_per_dollar",
     }
 )
 

@@ -70,6 +70,7 @@ __all__ = [
     "DEFAULT_KEEP_SESSIONS",
     "EPOCH_KEYS",
     "HARD_KEYS",
+    "LATER_FIELD_DEFAULTS",
     "SCHEMA_VERSION",
     "SOFT_KEYS",
     "BaselineEntry",
@@ -115,6 +116,7 @@ _RUN_SCALARS = frozenset(
         "total_token_throughput",
         "total_throughput",
         "input_throughput",
+        "input_throughput_per_gpu",
         "output_throughput_per_gpu",
         "total_token_throughput_per_gpu",
         "total_throughput_per_gpu",
@@ -163,7 +165,7 @@ def stable_hash(obj: object, length: int = 16) -> str:
 
 # Workload fields added after baselines were first recorded, with their defaults: a field at its default is left
 # out of the hash, so entries recorded before it existed stay comparable; any other value counts as usual.
-_LATER_FIELD_DEFAULTS: dict[str, object] = {
+LATER_FIELD_DEFAULTS: dict[str, object] = {
     "prefix_reuse": False,
     "range_rule": None,
     "dataset_output_len": None,
@@ -186,7 +188,7 @@ def command_hash(argv: Sequence[str], port: int | None) -> str:
 def workload_hash(workload: Mapping[str, object]) -> str:
     """Stable hash of a workload dict (e.g. ``Workload.as_dict()``): every field counts (later fields only when
     they differ from their default)."""
-    kept = {k: v for k, v in workload.items() if k not in _LATER_FIELD_DEFAULTS or v != _LATER_FIELD_DEFAULTS[k]}
+    kept = {k: v for k, v in workload.items() if k not in LATER_FIELD_DEFAULTS or v != LATER_FIELD_DEFAULTS[k]}
     return stable_hash(kept)
 
 

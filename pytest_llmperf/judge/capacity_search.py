@@ -54,6 +54,9 @@ Vary = Literal["concurrency", "request_rate"]
 SearchStatus = Literal["met", "lower_bound", "none", "undecided"]
 
 
+SINGLE_RUN_FACTOR = 3.0  # see decide_probe
+
+
 @dataclass(frozen=True, slots=True)
 class Probe:
     """One concurrency or rate, its runs' values of the SLO's statistic, and the decision their interval gives.
@@ -102,7 +105,11 @@ def decide_probe(
     n = len(logs)
     mean = math.fsum(logs) / n
     sd = statistics.stdev(logs) if n > 1 else 0.0
-    if n < MIN_BASELINE_RUNS and sd <= DEFAULT_NOISE_FLOOR:
+    if n == 1:
+        # One run shows nothing of its own spread: it decides only at a gross distance from the limit (three
+        # noise floors, as a verdict against a single baseline run), else the probe runs again.
+        sigma, df = SINGLE_RUN_FACTOR * DEFAULT_NOISE_FLOOR, math.inf
+    elif n < MIN_BASELINE_RUNS and sd <= DEFAULT_NOISE_FLOOR:
         sigma, df = DEFAULT_NOISE_FLOOR, math.inf
     else:
         sigma, df = max(sd, MIN_SIGMA), float(n - 1)
@@ -343,7 +350,7 @@ def _with_statement(s: CapacitySearch) -> CapacitySearch:
                 f"{_point(s.vary, s.bracket[0])} and {_point(s.vary, s.bracket[1])}"
             )
     if s.users_per_gpu is not None:
-        text += f" · {s.users_per_gpu:.3g} users/GPU ({s.gpu_count} GPUs)"
+        text += f" · {s.users_per_gpu:.3g} users/GPU ({s.gpu_count} GPU{'' if s.gpu_count == 1 else 's'})"
     if s.capacity_min is not None:
         word = "met" if s.gate_passed else "NOT met"
         text += f" · capacity_min={s.capacity_min:g} {word}"

@@ -299,7 +299,7 @@ def _workload_text(workload: Mapping[str, Any], *, with_load: bool = True) -> st
         speedup = workload.get("trace_speedup", 1.0)
         c = workload.get("concurrency")
         capped = f" · c{c}" if with_load and isinstance(c, int) and not isinstance(c, bool) else ""
-        return f"trace {trace}" + (f" ×{speedup:g}" if speedup != 1 else "") + capped
+        return f"trace {_file_name(str(trace))}" + (f" ×{speedup:g}" if speedup != 1 else "") + capped
     bits = []
     if workload.get("input_len") is not None or workload.get("output_len") is not None:
         bits.append(f"{workload.get('input_len', '?')}→{workload.get('output_len', '?')} tok")
@@ -316,10 +316,16 @@ def _workload_text(workload: Mapping[str, Any], *, with_load: bool = True) -> st
             bits.append(f"{workload['num_prompts']} prompts")
         elif workload.get("duration_s") is not None:
             bits.append(f"{workload['duration_s']} s")
-    for key in ("api", "dataset"):
-        if workload.get(key) not in (None, "", "completions", "random"):
-            bits.append(str(workload[key]))
+    if workload.get("api") not in (None, "", "completions"):
+        bits.append(str(workload["api"]))
+    if workload.get("dataset") not in (None, "", "random"):
+        bits.append(_file_name(str(workload["dataset"])))
     return " · ".join(bits) or DASH
+
+
+def _file_name(path: str) -> str:
+    """A dataset or trace file by its name: a report is shared, and a full path names someone's directories."""
+    return re.split(r"[\\/]", path.rstrip("/\\"))[-1] or path
 
 
 def _sweep_section(index: int, sweep: Sweep) -> str:

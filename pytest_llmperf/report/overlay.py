@@ -246,7 +246,7 @@ def _sweep_section(index: int, configs: Sequence[Configuration], comparison: Swe
     )
     members = " · ".join(
         f"{_swatch(k)}{_e(configs[k].label)}: {_e(', '.join(f'c{c}' for c in s.concurrencies))}"
-        + _e(f" ({s.gpu_count} GPUs)" if s.gpu_count else " (GPU count unknown)")
+        + _e(f" ({s.gpu_count} GPU{'' if s.gpu_count == 1 else 's'})" if s.gpu_count else " (GPU count unknown)")
         for k, s in present
     )
     missing = [configs[k].label for k, s in enumerate(comparison.sweeps) if s is None]

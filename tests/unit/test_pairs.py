@@ -342,3 +342,14 @@ def test_overlay_page_in_chromium(browser: Chromium, tmp_path: Path) -> None:
     assert latency["labels"] == 3 * 7 + 3 + 1
     assert interactivity["labels"] == 3 * 7 + 3
     assert page.screenshot.stat().st_size > 10_000
+
+
+def test_a_document_from_before_the_later_workload_fields_matches_a_new_one() -> None:
+    from pytest_llmperf.judge.baseline import LATER_FIELD_DEFAULTS
+    from pytest_llmperf.pairs import matching_workload
+
+    old = {"input_len": 2400, "output_len": 1600, "concurrency": 8, "dataset": "/data/a/sharegpt.json"}
+    new = {**old, **LATER_FIELD_DEFAULTS, "dataset": "sharegpt.json"}
+    assert matching_workload(old) == matching_workload(new)
+    assert matching_workload({**new, "range_rule": "inferencemax"}) != matching_workload(old)
+    assert matching_workload({**old, "trace": "/x/t.jsonl"}) == matching_workload({**old, "trace": "t.jsonl"})

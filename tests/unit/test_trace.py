@@ -4,6 +4,7 @@ hash id, exact lengths, the keywords' checks, and the open-loop schedule the loa
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,7 @@ def test_num_prompts_takes_the_first_lines(trace: Path) -> None:
     assert [p.output_len for p in build_prompts(w, planned_prompts(w), POOL)] == [5, 3]
     whole = w.replace(num_prompts=None)
     assert planned_prompts(whole) == 4
-    with pytest.warns(LLMPerfDatasetWarning, match="num_prompts=9 but the trace holds 4"):
+    with pytest.warns(LLMPerfDatasetWarning, match=r"9 request\(s\) asked for but the trace holds 4"):
         assert len(build_prompts(w.replace(num_prompts=9), 9, POOL)) == 4
 
 
@@ -186,8 +187,18 @@ def test_reports_name_the_trace_not_the_unused_lengths() -> None:
 
     w = Workload(trace="traces/conversation.jsonl", trace_speedup=2.0, concurrency=8, num_prompts=None)
     d = w.as_dict()
-    assert html._workload_text(d) == "trace traces/conversation.jsonl ×2 · c8"
-    assert html._workload_text(d, with_load=False) == "trace traces/conversation.jsonl ×2"
+    # The file by its name: a report is shared, its directories are nobody else's business.
+    assert html._workload_text(d) == "trace conversation.jsonl ×2 · c8"
+    assert html._workload_text(d, with_load=False) == "trace conversation.jsonl ×2"
     summary: RunSummary = {}
     assert terminal._workload(d, summary) == "trace×2 c8"
     assert terminal._workload({**d, "trace_speedup": 1.0, "concurrency": None}, summary) == "trace"
+
+
+def test_a_warmup_asks_for_its_own_few_lines_without_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in LINES) + "\n")
+    w = Workload(trace=str(path), num_prompts=10, warmup=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(build_prompts(w, 2, POOL)) == 2
