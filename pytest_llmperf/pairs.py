@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from pytest_llmperf._files import write_text_atomic
 from pytest_llmperf.errors import DocumentError
 from pytest_llmperf.judge.baseline import LATER_FIELD_DEFAULTS
 from pytest_llmperf.judge.capacity import SAMPLE_SIZE_FIELDS, PairComparison, Sweep, sweeps_of
+from pytest_llmperf.report.html import file_name
 from pytest_llmperf.report.overlay import (
     Configuration,
     SloRow,
@@ -153,7 +153,7 @@ def matching_workload(workload: Mapping[str, object]) -> dict[str, object]:
     for field in ("dataset", "trace"):
         path = kept.get(field)
         if isinstance(path, str):
-            kept[field] = re.split(r"[\\/]", path.rstrip("/\\"))[-1] or path
+            kept[field] = file_name(path)
     return kept
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from pytest_llmperf.history.database import HistoryDatabase
-    from pytest_llmperf.history.model import Change
+    from pytest_llmperf.history.model import Change, Series
 
 DEFAULT_DB = "sqlite:///.llmperf/history.db"
 _EXTRA_MODULES = frozenset({"otava", "matplotlib", "sqlalchemy", "psycopg"})  # the extra history-analysis
@@ -59,7 +59,7 @@ def _changes(args: argparse.Namespace) -> int:
     from pytest_llmperf.history.changes import format_changes, should_fail
 
     with _database(args, write=False) as database:
-        changes = _found(database, args)
+        _, changes = _found(database, args)
         acks = database.acks()
     failing = should_fail(changes, acks, fail_on="any" if args.fail_on == "any" else "worse")
     for line in format_changes(changes, acks):
@@ -83,7 +83,7 @@ def _ack(args: argparse.Namespace) -> int:
     now = datetime.now(timezone.utc)
     by = args.by or os.environ.get("USER") or None
     with _database(args, write=True) as database:
-        changes = _found(database, args)
+        _, changes = _found(database, args)
         new = unacknowledged(changes, database.acks())
         acks = [acknowledge(change, by=by, reason=args.reason, now=now) for change in new]
         for ack in acks:
@@ -94,8 +94,8 @@ def _ack(args: argparse.Namespace) -> int:
     return 0
 
 
-def _found(database: HistoryDatabase, args: argparse.Namespace) -> list[Change]:
-    """The changes of the selected series, oldest first, each gating as its test's latest verdict gated."""
+def _found(database: HistoryDatabase, args: argparse.Namespace) -> tuple[list[Series], list[Change]]:
+    """The selected series and their changes, oldest first, each gating as its test's latest verdict gated."""
     from pytest_llmperf.history.changes import find_changes
 
     gating = database.gating_metrics()
@@ -108,7 +108,7 @@ def _found(database: HistoryDatabase, args: argparse.Namespace) -> list[Change]:
     changes.sort(key=lambda c: c.at)
     sessions = len({p.session_id for s in series for p in s.points})
     print(f"{len(series)} series over {sessions} session(s): {len(changes)} change(s)")
-    return changes
+    return series, changes
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -116,10 +116,7 @@ def _report(args: argparse.Namespace) -> int:
     from pytest_llmperf.history.trend import write_trend
 
     with _database(args, write=False) as database:
-        changes = _found(database, args)
-        series = database.series(
-            test_pattern=args.test, metrics=_metrics(args, database.gating_metrics()), since=args.since, pair=args.pair
-        )
+        series, changes = _found(database, args)
         sweep_series = database.series(test_pattern=args.test, metrics=SWEEP_METRICS, since=args.since, pair=args.pair)
         workloads = database.workloads({s.key.workload_hash for s in sweep_series})
     sweeps = sweep_curves(sweep_series, workloads, chosen=args.sweep or ())

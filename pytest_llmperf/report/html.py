@@ -299,7 +299,7 @@ def _workload_text(workload: Mapping[str, Any], *, with_load: bool = True) -> st
         speedup = workload.get("trace_speedup", 1.0)
         c = workload.get("concurrency")
         capped = f" · c{c}" if with_load and isinstance(c, int) and not isinstance(c, bool) else ""
-        return f"trace {_file_name(str(trace))}" + (f" ×{speedup:g}" if speedup != 1 else "") + capped
+        return f"trace {file_name(str(trace))}" + (f" ×{speedup:g}" if speedup != 1 else "") + capped
     bits = []
     if workload.get("input_len") is not None or workload.get("output_len") is not None:
         bits.append(f"{workload.get('input_len', '?')}→{workload.get('output_len', '?')} tok")
@@ -319,11 +319,11 @@ def _workload_text(workload: Mapping[str, Any], *, with_load: bool = True) -> st
     if workload.get("api") not in (None, "", "completions"):
         bits.append(str(workload["api"]))
     if workload.get("dataset") not in (None, "", "random"):
-        bits.append(_file_name(str(workload["dataset"])))
+        bits.append(file_name(str(workload["dataset"])))
     return " · ".join(bits) or DASH
 
 
-def _file_name(path: str) -> str:
+def file_name(path: str) -> str:
     """A dataset or trace file by its name: a report is shared, and a full path names someone's directories."""
     return re.split(r"[\\/]", path.rstrip("/\\"))[-1] or path
 
