@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,6 +84,10 @@ def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python installs its KeyboardInterrupt handler at start
+
+
 @pytest.fixture
 def spawn_pytest() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """Start ``python -m pytest ARGS`` in a directory, unbuffered, output and errors on one pipe. Whatever the
@@ -101,6 +106,9 @@ def spawn_pytest() -> Iterator[Callable[..., subprocess.Popen[str]]]:
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             start_new_session=new_session,
+            # A shell that starts a job in the background without job control (nohup ... &, some CI runners) has it
+            # ignore SIGINT, and children inherit that: the Ctrl-C tests would send a signal nobody hears.
+            preexec_fn=_default_sigint,
         )
         children.append(proc)
         return proc
