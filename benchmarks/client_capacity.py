@@ -521,7 +521,7 @@ def vllm_record(index: int, prompt: Any, output: Any, arrival_s: float) -> Any:
         return record
     record.status = 200
     t = output.start_time + output.ttft
-    record.event_times_s = [t]
+    record.event_times_s.append(t)
     for gap in output.itl:
         t += gap
         record.event_times_s.append(t)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pytest_llmperf.errors import (
     BaselineError,
+    ClientShardError,
     DocumentError,
     EndpointError,
     HistoryError,
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BaselineError",
+    "ClientShardError",
     "DocumentError",
     "Endpoint",
     "EndpointError",

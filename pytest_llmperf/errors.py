@@ -14,6 +14,7 @@ Every message ends with what to do next, so a failing CI log is actionable.
     │   └── ServerStartTimeout          it never became ready before the deadline
     ├── BaselineError                   a stored baseline cannot be read or written
     ├── HistoryError                    the history database cannot be opened, migrated, read or written
+    ├── ClientShardError                a client process or Ray actor of a scaled-out run failed or disagreed
     └── DocumentError                   ``python -m pytest_llmperf.pairs``: a file is not a session document
 
     RunInterrupted (KeyboardInterrupt)  Ctrl-C during a run; carries what was measured so far
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BaselineError",
+    "ClientShardError",
     "DocumentError",
     "EndpointError",
     "HistoryError",
@@ -120,6 +122,10 @@ class BaselineError(LLMPerfError):
 class HistoryError(LLMPerfError):
     """The history database (``--llmperf-history``) cannot be opened, migrated, read or written. Its message
     names the database with any password hidden."""
+
+
+class ClientShardError(LLMPerfError):
+    """A shard of a scaled-out client (``--llmperf-client-procs``, ``--llmperf-ray``) could not run its share."""
 
 
 class DocumentError(LLMPerfError):

@@ -66,6 +66,8 @@ class Settings:
     environment_guard: bool = True  # a REGRESSION seen while something disturbed the server is INCONCLUSIVE
     history: str | None = None  # the history database's SQLAlchemy URL (None: no history)
     gpu_cost_per_hour: float | None = None  # USD per GPU-hour (None: the profile's, else unknown)
+    client_procs: int | None = 1  # client processes (or Ray actors) per run; None: auto
+    ray: str | None = None  # a Ray cluster's address, "auto" or "local": the client's shards are Ray actors
 
     def __repr__(self) -> str:  # never show the key, nor credentials in a URL
         endpoint = None if self.endpoint is None else redact_url(self.endpoint)
@@ -205,6 +207,19 @@ def _price(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise _Refused("expected a price in USD per GPU-hour > 0, such as 2.5")
     return value
+
+
+def _ray_address(text: str) -> str:
+    """``auto``, ``local``, ``ray://HOST:PORT`` or ``HOST:PORT``; Ray must be installed (said before any load)."""
+    if not (text in ("auto", "local") or text.startswith("ray://") or re.fullmatch(r"[\w.\-\[\]:]+:\d+", text)):
+        raise _Refused(
+            "expected auto (this machine's Ray cluster, or RAY_ADDRESS), local, ray://HOST:10001 or HOST:6379"
+        )
+    from pytest_llmperf.client.rayshards import ray_installed
+
+    if not ray_installed():
+        raise _Refused("Ray is not installed: pip install 'pytest-llmperf[ray]' (on every node of the cluster)")
+    return text
 
 
 def _on_off(text: str) -> bool:
@@ -364,6 +379,24 @@ OPTIONS: tuple[Option, ...] = (
         field="busy_poll",
         parse=_on_off,
         default="off",
+    ),
+    Option(
+        "client-procs",
+        "N|auto",
+        "Client processes that send each run's load together (one event loop and connection pool each, on cores "
+        "away from a local server's), merged into one run; auto: enough for the event rate an earlier run of the "
+        "session saw, at most the free cores. With --llmperf-ray: Ray actors. Default: 1",
+        field="client_procs",
+        parse=Number(1, 1024, low_in=True, high_in=True, whole=True, auto=True, unit="client processes"),
+        default="1",
+    ),
+    Option(
+        "ray",
+        "ADDRESS|auto|local",
+        "Place the client's shards as Ray actors on the nodes of a Ray cluster (extra [ray]): its address, auto "
+        "(the cluster this machine belongs to, or RAY_ADDRESS) or local (a private instance for this session)",
+        field="ray",
+        parse=_ray_address,
     ),
     Option(
         "history",

@@ -90,6 +90,7 @@ __all__ = [
     "SloDict",
     "SloResultDict",
     "Status",
+    "TurnFigures",
     "Validity",
     "VerdictDict",
     "WorkloadDict",
@@ -222,6 +223,27 @@ class DatasetLensDict(TypedDict):
     output_len_mean: float
 
 
+class TurnFigures(TypedDict):
+    """``judge.turns.by_turn``: one user turn of a multi-turn run, over its successful requests."""
+
+    requests: int
+    mean_ms: float
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    input_len_mean: float
+    cached_fraction: float | None  # None unless every request of the turn reported its cached tokens
+
+
+class ClientShardDict(TypedDict):
+    """One client process's (or Ray actor's) own self-check in a scaled-out run."""
+
+    client_bound: bool
+    cpu_fraction: float
+    loop_lag_p99_ms: float
+    unread_wait_mean_ms: float | None
+
+
 class RunSummary(LatencyStats, total=False):
     """One run's summary: ``metrics.summarize()`` with vLLM's keys (``vllm bench serve --save-result``), or
     SGLang's in sglang mode, then what the harness adds to it (below the marked line)."""
@@ -282,8 +304,19 @@ class RunSummary(LatencyStats, total=False):
     client_cpu_fraction: float
     client_reasons: list[str]
     client_busy_poll: bool
+    client_processes: int
+    client_per_process: list[ClientShardDict]  # with more than one client process or Ray actor
     interrupted: bool
     notes: list[str]
+    # multi-turn runs only (judge.turns): conversations sent, TTFT by user turn, first turns vs later ones
+    conversations: int
+    ttft_by_turn: dict[str, TurnFigures]
+    mean_ttft_turn1_ms: float | None
+    median_ttft_turn1_ms: float | None
+    p99_ttft_turn1_ms: float | None
+    mean_ttft_later_turns_ms: float | None
+    median_ttft_later_turns_ms: float | None
+    p99_ttft_later_turns_ms: float | None
     # --- added by the harness (harness.runner and harness.fixtures) ---
     started_at_unix: float
     ended_at_unix: float
@@ -302,6 +335,7 @@ class RunSummary(LatencyStats, total=False):
     spec_decode_acceptance_rate: float  # percent
     spec_decode_num_drafts: int
     spec_decode_acceptance_length: float
+    spec_decode_per_position_acceptance_rates: list[float]  # fractions (0-1), by draft position
     date: str  # as vllm bench serve --save-result writes them: the end of the run (local time, %Y%m%d-%H%M%S),
     model_id: str  # the model asked for,
     max_concurrency: int | None  # the concurrency limit (None: unbounded)
@@ -484,6 +518,8 @@ class WorkloadDict(TypedDict, total=False):
     trace: str | None
     trace_speedup: float
     trace_block_size: int
+    turns: int
+    turn_gap_s: float
 
 
 class EndpointDict(TypedDict, total=False):
@@ -561,6 +597,7 @@ class ProbeDict(TypedDict):
     lower: float | None  # one-sided bounds at the search's confidence
     upper: float | None
     reason: str
+    num_prompts: int | None  # requests per run at this probe (None: bounded by time or a trace); absent before it
 
 
 class CapacitySearchDict(TypedDict):
@@ -585,6 +622,7 @@ class CapacitySearchDict(TypedDict):
     capacity_min: float | None
     gate_passed: bool | None
     statement: str
+    prompts_per_user: float | None  # the probes' request-count rule (judge.capacity_search.probe_prompts)
 
 
 class RunDocument(TypedDict, total=False):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -84,6 +86,11 @@ class Workload:
     trace: str | None = None
     trace_speedup: float = 1.0
     trace_block_size: int = 512
+    # Multi-turn conversations (client/conversations.py): user turns per conversation (dataset files: at most this
+    # many of each conversation's), each request carrying the earlier turns; ``num_prompts`` then counts
+    # conversations. ``turn_gap_s``: think time between a reply's end and the next turn's send.
+    turns: int = 1
+    turn_gap_s: float = 0.0
 
     def __post_init__(self) -> None:
         problems = workload_problems(self)
@@ -99,9 +106,11 @@ class Workload:
 
 # Accepted types per field (``bool`` is not an ``int`` here: ``concurrency=True`` is a mistake).
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    **dict.fromkeys(("input_len", "output_len", "prefix_len", "warmup", "seed", "trace_block_size"), (int,)),
+    **dict.fromkeys(("input_len", "output_len", "prefix_len", "warmup", "seed", "trace_block_size", "turns"), (int,)),
     **dict.fromkeys(("num_prompts", "concurrency", "dataset_output_len", "dataset_context_len"), (int, type(None))),
-    **dict.fromkeys(("range_ratio", "request_rate", "burstiness", "request_timeout_s", "trace_speedup"), (int, float)),
+    **dict.fromkeys(
+        ("range_ratio", "request_rate", "burstiness", "request_timeout_s", "trace_speedup", "turn_gap_s"), (int, float)
+    ),
     **dict.fromkeys(("duration_s", "temperature"), (int, float, type(None))),
     **dict.fromkeys(("range_rule", "trace"), (str, type(None))),
     **dict.fromkeys(("ignore_eos", "per_token_usage", "prefix_reuse"), (bool,)),
@@ -157,6 +166,20 @@ def workload_problems(w: Workload) -> list[str]:
         problems.append(f"request_timeout_s={w.request_timeout_s!r} (expected a number > 0)")
     problems.extend(_dataset_length_problems(w))
     problems.extend(_trace_problems(w))
+    problems.extend(_turn_problems(w))
+    return problems
+
+
+def _turn_problems(w: Workload) -> list[str]:
+    problems = []
+    if w.turns < 1:
+        problems.append(f"turns={w.turns!r} (expected an int >= 1; 1 sends single requests)")
+    if not 0 <= w.turn_gap_s < math.inf:
+        problems.append(f"turn_gap_s={w.turn_gap_s!r} (expected a finite number of seconds >= 0)")
+    elif w.turn_gap_s > 0 and w.turns == 1:
+        problems.append(f"turn_gap_s={w.turn_gap_s!r} set with turns=1 (it is the think time between turns)")
+    if w.turns > 1 and w.trace is not None:
+        problems.append(f"turns={w.turns!r} set with trace (a trace gives every request itself)")
     return problems
 
 
@@ -253,6 +276,21 @@ class Prompt:
     output_len: int
     # Seconds after the run's start at which it is due (trace replay); None: the workload's schedule.
     arrival_s: float | None = None
+    # Multi-turn: the conversation this request belongs to (None: a request of its own) and its user turn
+    # (1-based). A conversation's turns are consecutive prompts and must be sent in order by one client, each
+    # after the previous one's reply: whoever splits a run keeps a conversation together.
+    conversation: int | None = None
+    turn: int = 1
+    # Chat only: the earlier turns' texts, user and assistant alternating, sent before ``prompt`` (the new user
+    # message). Completions carry the whole conversation in ``prompt`` instead.
+    history: tuple[str, ...] = ()
+
+
+def _packed(typecode: str, values: Iterable[Any]) -> array[Any]:
+    """``values`` as an array of ``typecode``; an array of that type is kept as it is."""
+    if type(values) is array and values.typecode == typecode:
+        return values
+    return array(typecode, values)
 
 
 @dataclass(slots=True)
@@ -269,11 +307,13 @@ class RequestRecord:
     output_len: int
     start_s: float = 0.0
     status: int | None = None
-    event_times_s: list[float] = field(default_factory=list)
+    # Per output event, packed (8 + 4 + 1 bytes rather than ~60 as lists of Python objects: an hour's soak
+    # holds hundreds of millions). Lists passed in are packed by __post_init__; as_dict() gives lists back.
+    event_times_s: array[float] = field(default_factory=lambda: array("d"))
     # Cumulative completion tokens sent with each output event (continuous usage stats); empty if none.
-    event_cum_tokens: list[int] = field(default_factory=list)
-    # Whether each event carried non-empty text (sglang mode starts TTFT at the first non-empty text).
-    event_has_text: list[bool] = field(default_factory=list)
+    event_cum_tokens: array[int] = field(default_factory=lambda: array("i"))
+    # Whether each event carried non-empty text (sglang mode starts TTFT at the first non-empty text): 0 or 1.
+    event_has_text: bytearray = field(default_factory=bytearray)
     last_line_s: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -285,13 +325,27 @@ class RequestRecord:
     output_chars: int = 0
     error: str = ""
     error_kind: str = ""
+    # Multi-turn: the prompt's conversation (None: a request of its own) and user turn (1-based).
+    conversation: int | None = None
+    turn: int = 1
+
+    def __post_init__(self) -> None:
+        self.event_times_s = _packed("d", self.event_times_s)
+        self.event_cum_tokens = _packed("i", self.event_cum_tokens)
+        if type(self.event_has_text) is not bytearray:  # bytearray([True, False]) == b"\x01\x00"
+            self.event_has_text = bytearray(self.event_has_text)
 
     @property
     def ok(self) -> bool:
         return not self.error and self.status == 200 and bool(self.event_times_s)
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON-ready builtins: the event sequences as lists (of floats, ints and bools)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["event_times_s"] = self.event_times_s.tolist()
+        data["event_cum_tokens"] = self.event_cum_tokens.tolist()
+        data["event_has_text"] = [bool(b) for b in self.event_has_text]
+        return data
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -313,6 +367,10 @@ class ClientCheck:
     unread_wait_mean_ms: float | None = None
     unread_p99_kib: float | None = None
     unread_sockets: int | None = None
+    # A client split over several processes or Ray actors: how many, and each one's own check (the figures
+    # above are then the worst shard's, CPU summed).
+    processes: int = 1
+    per_process: tuple[ClientCheck, ...] = ()
 
     @property
     def client_cpu_fraction(self) -> float:

@@ -28,6 +28,12 @@ class Quick:
 QUICK = [
     Quick("architecture_facts.py", ("--quick",), ("| package | modules |", "| longest | name | file | lines |")),
     Quick("client_capacity.py", ("--quick",), ("| scenario | variant | runs | events | client µs/event |",)),
+    Quick(
+        "client_scaling.py",
+        ("--quick",),
+        ("# Client scaling", "| configuration | shards | requests | events |", "## Targets", "QUICK"),
+        timeout_s=300,
+    ),
     Quick("fidelity.py", ("--quick",), ("| conc | metric | n | meas p50 | intended p50 |",)),
     Quick(
         "history_changes.py",

@@ -49,6 +49,9 @@ share hash ids share those blocks' tokens. The prompt is those blocks cut to ``i
 may be partial), filled up with tokens of its own when the hash ids cover less; ``output_length`` is asked for
 (at least 1). Token ids are exact on ``/v1/completions`` with a token pool; text is made of single-token words,
 block by block, and fitted at its end until the server's tokenizer agrees.
+
+Multi-turn conversations (``turns > 1``, random prompts or a ShareGPT file): :mod:`pytest_llmperf.client.conversations`
+builds them; ``count`` then counts conversations, each giving one prompt per turn.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ import json
 import math
 import random
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +80,7 @@ COMMON_WORDS = tuple(
 
 _MAX_CALIBRATION_ROUNDS = 8
 # Words of the per-run salt before dataset-file prompts: (1/100)^4 odds that two runs share one.
-_SALT_WORDS = 4
+SALT_WORDS = 4
 
 # vLLM's is_valid_sequence defaults (vllm/benchmarks/datasets/utils.py) and SGLang's "too short" bound.
 VLLM_MIN_LEN = 4
@@ -99,6 +102,8 @@ class PromptContext:
     chat_overhead_tokens: int = 0
     # Exact count of what the server sees for one chat message (template applied), when it can tell us.
     count_chat: Callable[[str], int] | None = None
+    # The same for a whole ``messages`` list (multi-turn requests), when the server can tell us.
+    count_messages: Callable[[Sequence[Mapping[str, str]]], int] | None = None
     # Words the server's tokenizer maps to one token each: text made of them grows one token per word.
     words: Sequence[str] = ()
 
@@ -126,7 +131,11 @@ def sample_lengths(workload: Workload, count: int, rng: random.Random) -> list[t
 def asks_for_sharing(workload: Workload) -> bool:
     """Whether the workload's prompts share prefixes on purpose (a prefix cache may then serve them)."""
     return (
-        workload.prefix_len > 0 or workload.prefix_reuse or workload.dataset != "random" or workload.trace is not None
+        workload.prefix_len > 0
+        or workload.prefix_reuse
+        or workload.dataset != "random"
+        or workload.trace is not None
+        or workload.turns > 1  # each turn carries the earlier ones: the cache is meant to serve them
     )
 
 
@@ -141,6 +150,10 @@ def build_prompts(workload: Workload, count: int, context: PromptContext, *, con
     content_rng = random.Random(f"{workload.seed}|{contents}") if contents else rng
     if workload.trace is not None:
         return _trace_prompts(workload, count, context, content_rng, contents)
+    if workload.turns > 1:  # ``count`` conversations, each a request per turn
+        from pytest_llmperf.client.conversations import conversation_prompts
+
+        return conversation_prompts(workload, count, context, rng, content_rng, contents)
     if workload.dataset == "random":
         return _random_prompts(workload, count, context, rng, content_rng)
     path = Path(workload.dataset)
@@ -157,7 +170,7 @@ def build_prompts(workload: Workload, count: int, context: PromptContext, *, con
     tokenize = context.tokenize
 
     def count_tokens(text: str) -> int:
-        return len(tokenize(text)) if tokenize else _estimate_tokens(text)
+        return len(tokenize(text)) if tokenize else estimate_tokens(text)
 
     usable = _usable(rows, workload, count_tokens, count, sharegpt=sharegpt)
     if not usable:
@@ -182,7 +195,7 @@ def build_prompts(workload: Workload, count: int, context: PromptContext, *, con
         if not contents or workload.prefix_reuse:
             return ""
         while len(salts) <= repeat:
-            salts.append(" ".join(content_rng.choice(vocabulary) for _ in range(_SALT_WORDS)) + " ")
+            salts.append(" ".join(content_rng.choice(vocabulary) for _ in range(SALT_WORDS)) + " ")
         return salts[repeat]
 
     prompts: list[Prompt] = []
@@ -230,7 +243,7 @@ def _usable(
             n_out = wanted_out or workload.output_len
         if context is not None and prompt_len + n_out > context:
             continue
-        if sharegpt and not _passes(prompt_len, n_out, workload):
+        if sharegpt and not passes(prompt_len, n_out, workload):
             continue
         if not text.strip():
             continue  # never send an empty prompt (the tools would have pruned it as too short)
@@ -238,7 +251,7 @@ def _usable(
     return usable
 
 
-def _passes(prompt_len: int, output_len: int, workload: Workload) -> bool:
+def passes(prompt_len: int, output_len: int, workload: Workload) -> bool:
     """Whether a ShareGPT pair survives the length rules of ``workload.compat`` (see the module docstring)."""
     if workload.compat == "sglang":
         return prompt_len >= SGLANG_MIN_LEN and output_len >= SGLANG_MIN_LEN
@@ -278,11 +291,11 @@ def _random_prompts(
         ]
     vocabulary = context.words or COMMON_WORDS
     prefix_words = [prefix_rng.choice(vocabulary) for _ in range(prefix_len)]
-    counter = _text_counter(workload, context)
+    counter = text_counter(workload, context)
     prompts = []
     for n_in, n_out in lengths:
         words = prefix_words[:n_in] + [draw.choice(vocabulary) for _ in range(max(0, n_in - prefix_len))]
-        text = _fit_text(words, n_in, counter, vocabulary, draw)
+        text = fit_text(words, n_in, counter, vocabulary, draw)
         prompts.append(Prompt(prompt=text, input_len=counter(text) if counter else n_in, output_len=n_out))
     return prompts
 
@@ -388,7 +401,7 @@ def _trace_prompts(
             blocks[hash_id] = random.Random(f"{block_key}|{hash_id}").choices(pool, k=size)
         return blocks[hash_id]
 
-    counter = None if use_ids else _text_counter(workload, context)
+    counter = None if use_ids else text_counter(workload, context)
     vocabulary = [str(t) for t in pool]
     start = lines[0].timestamp_ms
     prompts: list[Prompt] = []
@@ -407,13 +420,13 @@ def _trace_prompts(
             prompts.append(Prompt(prompt=ids, input_len=n_in, output_len=n_out, arrival_s=arrival_s))
             continue
         words = [str(t) for t in tokens]
-        text = _fit_text(words, n_in, counter, vocabulary, content_rng)
+        text = fit_text(words, n_in, counter, vocabulary, content_rng)
         n_text = counter(text) if counter else n_in
         prompts.append(Prompt(prompt=text, input_len=n_text, output_len=n_out, arrival_s=arrival_s))
     return prompts
 
 
-def _text_counter(workload: Workload, context: PromptContext) -> Callable[[str], int] | None:
+def text_counter(workload: Workload, context: PromptContext) -> Callable[[str], int] | None:
     """Tokens the server will count for a text prompt, as exactly as the context allows."""
     if workload.api == "chat" and context.count_chat is not None:
         return context.count_chat
@@ -424,7 +437,7 @@ def _text_counter(workload: Workload, context: PromptContext) -> Callable[[str],
     return lambda text: len(tokenize(text)) + overhead
 
 
-def _fit_text(
+def fit_text(
     words: list[str], target: int, count: Callable[[str], int] | None, vocabulary: Sequence[str], rng: random.Random
 ) -> str:
     """Add or drop words until ``count`` agrees the text has ``target`` tokens (best effort)."""
@@ -442,7 +455,7 @@ def _fit_text(
     return " ".join(words)
 
 
-def _estimate_tokens(text: str) -> int:
+def estimate_tokens(text: str) -> int:
     # Only used without any tokenizer; the server's usage.prompt_tokens replaces it when reported.
     return max(1, round(len(text.split()) * 1.3))
 

@@ -109,3 +109,35 @@ def _replacing_default_handlers(handler: Callable[[int, FrameType | None], None]
     finally:
         for which, previous in replaced.items():
             signal.signal(which, previous)
+
+
+class RemoteInterrupt:
+    """An interrupt that comes from another thread rather than a signal: a Ray actor's ``interrupt`` call, whose
+    run goes on in a thread of its own where signal handlers cannot be set. It stops the run as Ctrl-C does
+    (see :func:`cancel_on_interrupt`); one that comes before the run started stops it at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._target: tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Interrupts] | None = None
+        self._pending: list[int] = []
+
+    def attach(self, loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any], interrupts: Interrupts) -> None:
+        with self._lock:
+            self._target = (loop, task, interrupts)
+            pending, self._pending = self._pending, []
+        for signum in pending:
+            self.fire(signum)
+
+    def detach(self) -> None:
+        with self._lock:
+            self._target = None
+
+    def fire(self, signum: int = signal.SIGINT) -> None:
+        with self._lock:
+            if self._target is None:
+                self._pending.append(signum)
+                return
+            loop, task, interrupts = self._target
+            interrupts.received.append(signum)
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)

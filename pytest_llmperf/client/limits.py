@@ -42,11 +42,17 @@ class Findings:
 
 
 def memory_estimate(workload: Workload, prompts: int) -> int:
-    """Bytes the run's prompts, request bodies and request records take (``prompts`` includes the warmup)."""
+    """Bytes the run's prompts, request bodies and request records take (``prompts`` includes the warmup).
+
+    Multi-turn: ``prompts`` counts conversations, each of ``turns`` requests whose prompts carry the earlier
+    turns, replies included (turn ``k`` holds ``k`` user messages and ``k - 1`` replies).
+    """
+    spread, turns = 1 + workload.range_ratio, workload.turns
     per_request = (
-        BYTES_PER_REQUEST
-        + BYTES_PER_INPUT_TOKEN * workload.input_len * (1 + workload.range_ratio)
-        + BYTES_PER_OUTPUT_TOKEN * workload.output_len * (1 + workload.range_ratio)
+        BYTES_PER_REQUEST * turns
+        + BYTES_PER_INPUT_TOKEN * workload.input_len * spread * turns * (turns + 1) / 2
+        + BYTES_PER_INPUT_TOKEN * workload.output_len * spread * turns * (turns - 1) / 2
+        + BYTES_PER_OUTPUT_TOKEN * workload.output_len * spread * turns
     )
     return math.ceil(prompts * per_request)
 

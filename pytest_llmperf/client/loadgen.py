@@ -28,8 +28,9 @@ from typing import Any
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
+from pytest_llmperf.client.conversations import messages
 from pytest_llmperf.client.feedclock import Connector, FeedClock
-from pytest_llmperf.client.interrupts import Interrupts, cancel_on_interrupt
+from pytest_llmperf.client.interrupts import Interrupts, RemoteInterrupt, cancel_on_interrupt
 from pytest_llmperf.client.pacing import SendPacer
 from pytest_llmperf.client.selfcheck import LoopMonitor
 from pytest_llmperf.client.sse import StreamParser, excerpt, not_sse, not_sse_error
@@ -39,6 +40,10 @@ from pytest_llmperf.spec import Endpoint, Prompt, RequestRecord, RunRecords, Wor
 
 Progress = Callable[[int, "int | None", int], None]
 """Called after each measured request: (requests done, requests planned or None, output events so far)."""
+
+StartInstant = Callable[[], float]
+"""For a run that is one shard of a larger run: called once the warmup is done, it blocks until every shard is
+ready and returns the common start instant (this process's ``time.perf_counter()`` seconds)."""
 
 _CONNECT_TIMEOUT_S = 30.0
 # aiohttp reads at most 64 KiB at a time by default; on long-context streams at high concurrency that made a
@@ -78,7 +83,7 @@ def request_body(workload: Workload, endpoint: Endpoint, prompt: Prompt) -> byte
         stream_options["continuous_usage_stats"] = True
     body["stream_options"] = stream_options
     if workload.api == "chat":
-        body["messages"] = [{"role": "user", "content": prompt.prompt}]
+        body["messages"] = messages(prompt.history, str(prompt.prompt))  # earlier turns, then the new message
         body["max_completion_tokens"] = prompt.output_len
     else:
         body["prompt"] = prompt.prompt
@@ -215,6 +220,109 @@ class _Client:
             await _drain(response)
 
 
+def conversations(prompts: Sequence[Prompt]) -> list[list[int]]:
+    """The indices of ``prompts`` by conversation, in order: a conversation's turns are consecutive prompts; a
+    prompt of no conversation is one of its own."""
+    groups: list[list[int]] = []
+    for i, prompt in enumerate(prompts):
+        if groups and prompt.conversation is not None and prompts[groups[-1][0]].conversation == prompt.conversation:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def prompt_offsets(workload: Workload, prompts: Sequence[Prompt]) -> list[float]:
+    """Seconds after the start at which each prompt is due (:func:`arrival_offsets` over the run's requests).
+
+    A trace's prompts carry their own. In a multi-turn run the conversations arrive at the rate, so every turn of
+    a conversation gets its conversation's arrival; only the first turn is sent then, each later one when the turn
+    before it has ended (plus ``turn_gap_s``).
+    """
+    if workload.trace is not None:
+        return [p.arrival_s or 0.0 for p in prompts]
+    rng = random.Random(workload.seed + 1)
+    if workload.turns == 1:
+        return arrival_offsets(workload, len(prompts), rng)
+    groups = conversations(prompts)
+    out = [0.0] * len(prompts)
+    for group, offset in zip(groups, arrival_offsets(workload, len(groups), rng), strict=True):
+        for i in group:
+            out[i] = offset
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Conversing:
+    """Sends the turns of conversations in order: each turn once the one before it has ended and ``gap_s`` has
+    passed (the user's think time). A concurrency slot is held by a conversation for all its turns, gaps
+    included: ``concurrency`` is how many users talk at once."""
+
+    client: _Client
+    bodies: Sequence[bytes]
+    record: Callable[[int, float], RequestRecord]  # (prompt index, due time) -> the request's new record
+    gap_s: float
+    should_stop: Callable[[], bool]
+    finished: Callable[[], None]
+
+    async def converse(self, group: Sequence[int], due: float) -> None:
+        """One conversation, its first turn due at ``due``. A failed turn ends it, as vLLM's multi-turn benchmark
+        drops a conversation whose request failed: a user whose request failed does not go on as if answered."""
+        for n, i in enumerate(group):
+            if n:
+                due = time.perf_counter() + self.gap_s
+                if self.gap_s:
+                    await sleep_until(due, 0.0)
+            if self.should_stop():
+                return
+            record = self.record(i, due)
+            await self.client.send(record, self.bodies[i])
+            self.finished()
+            if not record.ok:
+                return
+
+    async def dispatch(
+        self,
+        groups: Sequence[Sequence[int]],
+        offsets: Sequence[float],
+        tasks: list[asyncio.Task[None]],
+        semaphore: asyncio.Semaphore | None,
+        start: float,
+        dispatch_lags: list[float],
+        *,
+        slots: int | None,
+        spin_s: float,
+    ) -> None:
+        """Start the conversations as tasks in ``tasks``: with ``slots`` (closed loop) that many workers take the
+        next conversation as soon as theirs ends; otherwise each starts at its first prompt's offset."""
+        if slots:
+            queue = iter(groups)
+
+            async def worker() -> None:
+                for group in queue:
+                    if self.should_stop():
+                        return
+                    await self.converse(group, start)
+
+            tasks.extend(asyncio.ensure_future(worker()) for _ in range(slots))
+            return
+        for group in groups:
+            due = start + offsets[group[0]]
+            await sleep_until(due, spin_s)
+            if self.should_stop():
+                break
+            dispatch_lags.append(max(0.0, time.perf_counter() - due))
+            tasks.append(asyncio.ensure_future(_in_slot(semaphore, self.converse(group, due))))
+
+
+async def _in_slot(semaphore: asyncio.Semaphore | None, work: Coroutine[Any, Any, None]) -> None:
+    if semaphore is None:
+        await work
+        return
+    async with semaphore:
+        await work
+
+
 @dataclass(slots=True)
 class _RunState:
     """What a run has got to, shared between its task and :func:`run`, so that an interrupt (which cancels the
@@ -235,6 +343,8 @@ async def _run(
     progress: Progress | None,
     state: _RunState,
     busy_poll: bool,
+    offsets_given: Sequence[float] | None,
+    start_instant: StartInstant | None,
 ) -> RunRecords:
     limit = workload.concurrency or 0
     connector = Connector(
@@ -269,20 +379,37 @@ async def _run(
 
         if warmup_prompts:
             warm = [
-                RequestRecord(index=i, arrival_s=time.perf_counter(), input_len=p.input_len, output_len=p.output_len)
+                RequestRecord(
+                    index=i,
+                    arrival_s=time.perf_counter(),
+                    input_len=p.input_len,
+                    output_len=p.output_len,
+                    conversation=p.conversation,
+                    turn=p.turn,
+                )
                 for i, p in enumerate(warmup_prompts)
             ]
             state.warmup = warm
             bodies = [request_body(workload, endpoint, p) for p in warmup_prompts]
-            await asyncio.gather(*(one(r, b) for r, b in zip(warm, bodies, strict=True)))
+            if workload.turns > 1:  # a conversation's turns in order, each conversation holding a slot
+                talk = _Conversing(
+                    client, bodies, lambda i, _: warm[i], workload.turn_gap_s, lambda: False, lambda: None
+                )
+                now = time.perf_counter()
+                await asyncio.gather(
+                    *(_in_slot(semaphore, talk.converse(g, now)) for g in conversations(warmup_prompts))
+                )
+            else:
+                await asyncio.gather(*(one(r, b) for r, b in zip(warm, bodies, strict=True)))
 
         bodies = [request_body(workload, endpoint, p) for p in prompts]
         traced = workload.trace is not None  # each prompt carries its own arrival time
-        offsets = (
-            [p.arrival_s or 0.0 for p in prompts]
-            if traced
-            else arrival_offsets(workload, len(prompts), random.Random(workload.seed + 1))
-        )
+        if offsets_given is not None:  # a shard's share of the run's schedule
+            offsets = list(offsets_given)
+        elif traced:
+            offsets = [p.arrival_s or 0.0 for p in prompts]
+        else:
+            offsets = prompt_offsets(workload, prompts)
         records: list[RequestRecord] = []
         state.records = records
         tasks: list[asyncio.Task[None]] = []
@@ -297,7 +424,14 @@ async def _run(
 
         def new_record(i: int, due: float) -> RequestRecord:
             prompt = prompts[i]
-            record = RequestRecord(index=i, arrival_s=due, input_len=prompt.input_len, output_len=prompt.output_len)
+            record = RequestRecord(
+                index=i,
+                arrival_s=due,
+                input_len=prompt.input_len,
+                output_len=prompt.output_len,
+                conversation=prompt.conversation,
+                turn=prompt.turn,
+            )
             records.append(record)
             return record
 
@@ -307,7 +441,11 @@ async def _run(
         stop_polling = asyncio.Event()
         poller = asyncio.ensure_future(poll_until(stop_polling)) if busy_poll else None
         monitor.start()
-        bench_start = time.perf_counter()
+        if start_instant is None:
+            bench_start = time.perf_counter()
+        else:  # every shard opens its window at the same instant, whenever its own warmup ended
+            bench_start = start_instant()
+            await sleep_until(bench_start, _DISPATCH_SPIN_S)
         state.bench_start = bench_start
         dispatch_lags: list[float] = []
 
@@ -319,7 +457,21 @@ async def _run(
             return workload.duration_s is not None and time.perf_counter() - bench_start >= workload.duration_s
 
         try:
-            if workload.concurrency and math.isinf(workload.request_rate) and not traced:
+            if workload.turns > 1:
+                # Multi-turn: a conversation's turns go in order, each once the previous reply has ended.
+                talk = _Conversing(client, bodies, new_record, workload.turn_gap_s, should_stop, finished)
+                closed = workload.concurrency and math.isinf(workload.request_rate) and not traced
+                await talk.dispatch(
+                    conversations(prompts),
+                    offsets,
+                    tasks,
+                    semaphore,
+                    bench_start,
+                    dispatch_lags,
+                    slots=workload.concurrency if closed and offsets_given is None else None,
+                    spin_s=_DISPATCH_SPIN_S if busy_poll else 0.0,
+                )
+            elif workload.concurrency and math.isinf(workload.request_rate) and not traced and offsets_given is None:
                 # Closed loop: `concurrency` workers take prompts in dataset order as soon as a slot frees.
                 next_index = iter(range(len(prompts)))
 
@@ -387,6 +539,9 @@ def run(
     warmup_prompts: Sequence[Prompt] = (),
     progress: Progress | None = None,
     busy_poll: bool = False,
+    offsets: Sequence[float] | None = None,
+    start_instant: StartInstant | None = None,
+    remote_interrupt: RemoteInterrupt | None = None,
 ) -> RunRecords:
     """Run one load episode and return every request's record.
 
@@ -396,16 +551,22 @@ def run(
     Ctrl-C (or SIGTERM mapped to it) stops the run promptly: the run is cancelled at its next ``await`` (see
     :mod:`pytest_llmperf.client.interrupts`), in-flight requests are recorded as cancelled, and
     :class:`RunInterrupted` carries the partial :class:`RunRecords` so nothing measured is lost.
+
+    A shard of a larger run (:mod:`pytest_llmperf.client.shards`) passes its share of the arrival schedule as
+    ``offsets`` (open loop), ``start_instant`` to open its window with the other shards, and, when it runs
+    outside the main thread, a ``remote_interrupt`` that stops it as Ctrl-C would.
     """
     state = _RunState()
     loop = _loop_factory()()
     coro: Coroutine[Any, Any, RunRecords] = _run(
-        workload, endpoint, prompts, warmup_prompts, progress, state, busy_poll
+        workload, endpoint, prompts, warmup_prompts, progress, state, busy_poll, offsets, start_instant
     )
     main = loop.create_task(coro)
     try:
         with cancel_on_interrupt(loop, main) as interrupts:
             state.interrupts = interrupts
+            if remote_interrupt is not None:
+                remote_interrupt.attach(loop, main, interrupts)
             try:
                 records = loop.run_until_complete(main)
             except BaseException as exc:
@@ -415,6 +576,8 @@ def run(
                     raise
                 raise RunInterrupted(_cancel_and_collect(loop, main, workload, state, interrupts)) from None
             finally:
+                if remote_interrupt is not None:
+                    remote_interrupt.detach()
                 with contextlib.suppress(Exception):
                     loop.run_until_complete(loop.shutdown_asyncgens())
     finally:

@@ -168,7 +168,7 @@ class StreamParser:
             chunk = _json_loads(payload)
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON (the stdlib parser)
             raise StreamError("malformed", f"invalid JSON in stream: {excerpt(payload.strip())}") from None
-        if not isinstance(chunk, dict):
+        if chunk.__class__ is not dict:  # the JSON parsers give plain dicts
             raise StreamError("malformed", f"stream chunk is not a JSON object: {excerpt(payload.strip())}")
         if "error" in chunk:
             raise StreamError("stream_error", f"server reported an error mid-stream: {excerpt(payload.strip())}")
@@ -181,7 +181,7 @@ class StreamParser:
             raise StreamError(
                 "malformed", f"stream chunk of an unexpected shape ({why}): {excerpt(payload.strip())}"
             ) from None
-        if not self.record.event_times_s and len(self._silent) < EXCERPT_CHARS:  # only until the first output
+        if not self.events and len(self._silent) < EXCERPT_CHARS:  # only until the first output
             self._silent += payload.strip() + b"\n"
         return False
 
@@ -191,14 +191,22 @@ class StreamParser:
 
         ``chunk`` is parsed JSON whose shape is not checked up front (that would cost every event): a value of
         the wrong type raises here and fails the request, hence ``Any`` rather than a JSON type to narrow."""
+        # Every event goes through here: counts are checked inline (a valid one passes the first test) and
+        # _count(), which gives the message, runs only for None or a wrong value.
         usage = chunk.get("usage")
         prompt_tokens = completion_tokens = cached_tokens = None
         if usage is not None:
-            prompt_tokens = _count(usage.get("prompt_tokens"), "usage.prompt_tokens")
-            completion_tokens = _count(usage.get("completion_tokens"), "usage.completion_tokens")
+            prompt_tokens = usage.get("prompt_tokens")
+            if prompt_tokens.__class__ is not int or prompt_tokens < 0:
+                prompt_tokens = _count(prompt_tokens, "usage.prompt_tokens")
+            completion_tokens = usage.get("completion_tokens")
+            if completion_tokens.__class__ is not int or completion_tokens < 0:
+                completion_tokens = _count(completion_tokens, "usage.completion_tokens")
             details = usage.get("prompt_tokens_details")
             if details is not None:
-                cached_tokens = _count(details.get("cached_tokens"), "usage.prompt_tokens_details.cached_tokens")
+                cached_tokens = details.get("cached_tokens")
+                if cached_tokens.__class__ is not int or cached_tokens < 0:
+                    cached_tokens = _count(cached_tokens, "usage.prompt_tokens_details.cached_tokens")
         # vLLM and SGLang send usage on every chunk with continuous_usage_stats; llama.cpp ignores that option
         # but reports timings.predicted_n per chunk with timings_per_token.
         cumulative = completion_tokens
@@ -211,25 +219,30 @@ class StreamParser:
         choices = chunk.get("choices")
         if choices:
             choice = choices[0]
-            if self.chat:
+            chat = self.chat
+            if chat:
                 delta = choice.get("delta")
                 text = None if delta is None else delta.get("content")
             else:
                 delta, text = None, choice.get("text")
             # Inline, not _string(): this runs for every event.
             if text is not None and text.__class__ is not str:
-                raise _Shape(f"{'delta.content' if self.chat else 'text'}={_short(text)} is not a string")
-            has_text = True if not self.chat else None if delta is None else _chat_output(delta, text)
+                raise _Shape(f"{'delta.content' if chat else 'text'}={_short(text)} is not a string")
+            # An output event (completions: every chunk with choices) with or without text; None: none.
+            has_text = bool(text) if not chat else None if delta is None else _chat_output(delta, text)
             reason = choice.get("finish_reason")
             if reason is not None and reason.__class__ is not str:
                 raise _Shape(f"finish_reason={_short(reason)} is not a string")
             if has_text is not None:
+                if cumulative is not None:  # first: a count too large for the record leaves no partial event
+                    try:
+                        record.event_cum_tokens.append(cumulative)
+                    except OverflowError:
+                        raise _Shape(f"a count of {_short(cumulative)} tokens is out of range") from None
                 record.event_times_s.append(now)
-                record.event_has_text.append(bool(text) or (self.chat and has_text))
+                record.event_has_text.append(has_text)
                 if text:
                     record.output_chars += len(text)
-                if cumulative is not None:
-                    record.event_cum_tokens.append(cumulative)
                 self.events += 1
             if reason:
                 record.finish_reason = reason

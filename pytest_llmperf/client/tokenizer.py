@@ -8,7 +8,7 @@ them prompts are text of estimated length and the server's ``usage.prompt_tokens
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf.client.datasets import COMMON_WORDS, PromptContext, Tokenize
@@ -141,20 +141,26 @@ def server_chat_counter(endpoint: Endpoint, tokenize: Tokenize, client: httpx.Cl
     and then tokenizes the result with special tokens. A count must exceed the bare text's to be believed
     (a server that ignores ``messages`` would return the count of nothing).
     """
+    count = server_messages_counter(endpoint, tokenize, client)
+    return None if count is None else _one_message(count)
+
+
+def server_messages_counter(
+    endpoint: Endpoint, tokenize: Tokenize, client: httpx.Client
+) -> Callable[[Sequence[Mapping[str, str]]], int] | None:
+    """Exact token count of a ``messages`` list with the server's chat template (as
+    :func:`server_chat_counter`, whose one-message count it gives for a list of any length), or None."""
     import httpx
 
-    def messages(text: str) -> list[dict[str, str]]:
-        return [{"role": "user", "content": text}]
-
-    def via_messages(text: str) -> int:
-        body = {"model": endpoint.model, "messages": messages(text), "add_generation_prompt": True}
+    def via_messages(messages: Sequence[Mapping[str, str]]) -> int:
+        body = {"model": endpoint.model, "messages": list(messages), "add_generation_prompt": True}
         response = client.post("/tokenize", json=body)
         response.raise_for_status()
         data = response.json()
         return int(data["count"]) if "count" in data else len(data["tokens"])
 
-    def via_template(text: str) -> int:
-        response = client.post("/apply-template", json={"messages": messages(text)})
+    def via_template(messages: Sequence[Mapping[str, str]]) -> int:
+        response = client.post("/apply-template", json={"messages": list(messages)})
         response.raise_for_status()
         rendered = response.json()["prompt"]
         response = client.post("/tokenize", json={"content": rendered, "add_special": True, "parse_special": True})
@@ -165,7 +171,7 @@ def server_chat_counter(endpoint: Endpoint, tokenize: Tokenize, client: httpx.Cl
     bare = len(tokenize(probe))
     for counter in (via_messages, via_template):
         try:
-            if counter(probe) > bare:
+            if counter([{"role": "user", "content": probe}]) > bare:
                 return counter
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             continue
@@ -184,9 +190,19 @@ def prompt_context(
     words = single_token_words(tokenize) if not pool else ()
     if workload.api != "chat":
         return PromptContext(token_pool=pool, tokenize=tokenize, words=words)
-    count_chat = None if tokenizer_path else server_chat_counter(endpoint, tokenize, client)
+    count_messages = None if tokenizer_path else server_messages_counter(endpoint, tokenize, client)
+    count_chat = None if count_messages is None else _one_message(count_messages)
     timeout_s = workload.request_timeout_s
     overhead = 0 if count_chat else chat_overhead_tokens(endpoint, tokenize, client, timeout_s=timeout_s)
     return PromptContext(
-        token_pool=pool, tokenize=tokenize, chat_overhead_tokens=overhead, count_chat=count_chat, words=words
+        token_pool=pool,
+        tokenize=tokenize,
+        chat_overhead_tokens=overhead,
+        count_chat=count_chat,
+        count_messages=count_messages if workload.turns > 1 else None,
+        words=words,
     )
+
+
+def _one_message(count: Callable[[Sequence[Mapping[str, str]]], int]) -> Callable[[str], int]:
+    return lambda text: count([{"role": "user", "content": text}])

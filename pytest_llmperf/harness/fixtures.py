@@ -118,6 +118,7 @@ class LLMPerf:
             is_worker=self._session.role.is_worker,
             publish=self._publish,
             keep_partial=self._session.keep_partial,
+            clients=self._session.clients,
         )
         updating = self.compare is None and self._settings.update is not None  # never in A/B mode (a usage error)
         try:
@@ -157,6 +158,7 @@ class LLMPerf:
         runs_per_probe: int | None = None,
         tolerance: float = 0.1,
         confidence: float = 0.9,
+        prompts_per_user: float | None = 10.0,
         **overrides: Any,
     ) -> CapacitySearch:
         """Search for the largest concurrency (``vary="concurrency"``) or request rate (``"request_rate"``) in
@@ -166,8 +168,11 @@ class LLMPerf:
         marker's one such SLO. Each probe is decided with a one-sided ``confidence`` interval of its runs' values
         and runs again while undecided, up to ``runs_per_probe`` runs (3); at most ``max_probes`` probes (8). A run
         that breaches the marker's ``error_rate`` (0 by default) counts as a breach. ``capacity_min`` (or the
-        marker's) fails the test, with the probe table, when the capacity found is below it. The search goes into
-        the test's result document under ``capacity_search``; see :mod:`pytest_llmperf.judge.capacity_search`.
+        marker's) fails the test, with the probe table, when the capacity found is below it. Each probe of a
+        concurrency search sends ``max(num_prompts, ceil(prompts_per_user × concurrency))`` requests per run
+        (``capacity_search.PROMPTS_PER_USER``, 10); ``prompts_per_user=None`` keeps ``num_prompts`` at every probe.
+        The search goes into the test's result document under ``capacity_search``; see
+        :mod:`pytest_llmperf.judge.capacity_search`.
         """
         from pytest_llmperf.harness.runner import endpoint_dict
         from pytest_llmperf.judge import capacity_search
@@ -186,6 +191,7 @@ class LLMPerf:
             is_worker=self._session.role.is_worker,
             publish=self._publish,
             keep_partial=self._session.keep_partial,
+            clients=self._session.clients,
         )
         runs: list[tuple[float, Result]] = []
         try:
@@ -195,10 +201,22 @@ class LLMPerf:
                 raise SpecError(f"llmperf.capacity(vary={vary!r}): expected one of {', '.join(capacity_search.VARIES)}")
             base = {"compat": self._settings.compat, **self._marker_kwargs}
             name, base = _search_slo(slo, base)
+            if prompts_per_user is not None and (
+                isinstance(prompts_per_user, bool)
+                or not isinstance(prompts_per_user, (int, float))
+                or not 0 <= prompts_per_user < float("inf")
+            ):
+                raise SpecError(f"prompts_per_user={prompts_per_user!r}: expected a number >= 0, or None")
             measurements.check_server(self.endpoint, "before")
 
             def spec_at(at: float) -> PerfSpec:
-                spec = build_spec(base, {**overrides, vary: int(at) if vary == "concurrency" else at})
+                load = {**overrides, vary: int(at) if vary == "concurrency" else at}
+                spec = build_spec(base, load)
+                if spec.workload.trace is None:  # a trace's num_prompts takes its first lines: not a sample size
+                    asked = spec.workload.num_prompts
+                    prompts = capacity_search.probe_prompts(asked, at, vary=vary, prompts_per_user=prompts_per_user)
+                    if prompts != asked:
+                        spec = build_spec(base, {**load, "num_prompts": prompts})
                 return scale_spec(spec, self._session.scale)
 
             first = spec_at(low)
@@ -230,6 +248,8 @@ class LLMPerf:
                 confidence=confidence,
                 gpu_count=self.endpoint.gpu_count,
                 capacity_min=gate,
+                prompts_at=lambda at: spec_at(at).workload.num_prompts,
+                prompts_per_user=prompts_per_user,
             )
         except (LLMPerfError, ValueError) as exc:
             _fail(f"llmperf.capacity(): {exc}")

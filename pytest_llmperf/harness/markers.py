@@ -146,10 +146,11 @@ _LENGTH_BOUND_SLOS = ("ttft_", "e2e_")
 def scale_spec(spec: PerfSpec, factor: float) -> PerfSpec:
     """``spec`` shrunk for a small engine: lengths and prompt counts × ``factor``, and the TTFT/E2E limits too.
 
-    Prompt counts keep at least two requests per concurrency slot, so a closed loop still reaches steady
-    batching, and at least :data:`~pytest_llmperf.judge.verdict.MIN_REQUESTS_PER_RUN` requests, the fewest from
-    which a run can support a regression (never more than the test asked for). Throughput, TPOT, ITL and
-    error-rate SLOs are per token or per request and are not scaled.
+    Prompt counts (conversations, for multi-turn workloads; ``turns`` is kept) keep at least two per concurrency
+    slot, so a closed loop still reaches steady batching, and at least
+    :data:`~pytest_llmperf.judge.verdict.MIN_REQUESTS_PER_RUN` requests, the fewest from which a run can support a
+    regression (never more than the test asked for). Times (``duration_s``, the think time ``turn_gap_s``) are
+    scaled too. Throughput, TPOT, ITL and error-rate SLOs are per token or per request and are not scaled.
 
     A dataset file's prompts (and, without ``dataset_output_len``, its replies' lengths) cannot be shortened;
     ``dataset_output_len`` and ``dataset_context_len`` are scaled (the output at least 4, SGLang's smallest), so
@@ -171,6 +172,7 @@ def scale_spec(spec: PerfSpec, factor: float) -> PerfSpec:
         prefix_len=round(w.prefix_len * factor),
         num_prompts=None if w.num_prompts is None else prompts(w.num_prompts),
         duration_s=None if w.duration_s is None else w.duration_s * factor,
+        turn_gap_s=w.turn_gap_s * factor,  # think time shrinks with the turns' lengths
         dataset_output_len=None
         if w.dataset_output_len is None
         else _scaled_dataset_output(w.dataset_output_len, factor),

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import pytest
 
     from pytest_llmperf.client.datasets import PromptContext
+    from pytest_llmperf.harness.client_scale import ClientScale
     from pytest_llmperf.harness.markers import PerfSpec
     from pytest_llmperf.harness.runner import Result
     from pytest_llmperf.harness.server_manager import ServerManager
@@ -33,7 +34,8 @@ class Measurements:
     attaches an entry to the test (the entry of a run whose server died); ``keep_partial`` takes the entry of an
     interrupted run, which gets no call report. ``settings`` (busy polling, the environment guard, live progress),
     ``servers`` (measurement turns, settling, the server watches), ``session_id`` (recorded in every summary) and
-    ``is_worker`` (an xdist worker shows no live progress) are all it needs of the session."""
+    ``is_worker`` (an xdist worker shows no live progress) are all it needs of the session; ``clients`` sends
+    the load (several processes or Ray actors, see harness/client_scale.py)."""
 
     def __init__(
         self,
@@ -47,6 +49,7 @@ class Measurements:
         is_worker: bool,
         publish: Callable[[RunDocument], None],
         keep_partial: Callable[[RunDocument], None],
+        clients: ClientScale | None = None,
     ) -> None:
         self._item = item
         self._call = call  # the index of this llmperf.run() call in its test
@@ -58,6 +61,7 @@ class Measurements:
         self._keep_partial = keep_partial
         self._sides = sides
         self._publish = publish
+        self._clients = clients  # how the load is sent (None: from this process)
         self._counts: dict[str, int] = {}  # runs measured per side: the key of each run's prompt contents
         self._measured: list[tuple[str, RunSummary]] = []  # (label, summary) of each run so far
 
@@ -95,6 +99,7 @@ class Measurements:
                     busy_poll=self._settings.busy_poll,
                     contents=contents,
                     goodput_slos_ms=spec.goodput_slos_ms,
+                    send=None if self._clients is None else self._clients.sender(self._watches.resources(endpoint)[1]),
                 )
             except RunInterrupted as interrupted:
                 # Ctrl-C skips the call report, so hand the partial result to the session directly.

@@ -19,6 +19,7 @@ from pytest_llmperf.spec import Endpoint, Prompt, RunRecords, Workload
 
 if TYPE_CHECKING:
     from pytest_llmperf.client.loadgen import Progress  # loadgen imports aiohttp: only when a run starts
+    from pytest_llmperf.harness.client_scale import Send
     from pytest_llmperf.judge.slo import SloResult
     from pytest_llmperf.judge.verdict import Verdict
 
@@ -103,6 +104,7 @@ def measure(
     progress: Progress | None = None,
     busy_poll: bool = False,
     contents: str = "",
+    send: Send | None = None,
 ) -> Result:
     """Build the prompts, run the load episode and summarize it.
 
@@ -124,11 +126,15 @@ def measure(
         else []
     )
     endpoint = with_prompt_cache(endpoint, asks_for_sharing(workload))
-    records = loadgen.run(workload, endpoint, prompts, warmup_prompts=warmup, progress=progress, busy_poll=busy_poll)
+    # One process, several, or Ray actors (harness/client_scale.py): one RunRecords on one clock either way.
+    records = (send or loadgen.run)(
+        workload, endpoint, prompts, warmup_prompts=warmup, progress=progress, busy_poll=busy_poll
+    )
     result = summarize(records, endpoint, goodput_slos_ms=goodput_slos_ms)
     result.summary["prompt_contents"] = contents or None
     result.summary["prefix_sharing"] = asks_for_sharing(workload)
-    if (workload.dataset != "random" or workload.trace is not None) and prompts:
+    # Lengths of their own: a file's, a trace's, or multi-turn requests' that grow with each turn's history.
+    if (workload.dataset != "random" or workload.trace is not None or workload.turns > 1) and prompts:
         result.summary["dataset_lens"] = dataset_lens(prompts)
     return result
 

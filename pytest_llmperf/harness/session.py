@@ -32,6 +32,7 @@ from pytest_llmperf._files import jsonable, write_json_atomic, write_text_atomic
 from pytest_llmperf.errors import HistoryError
 from pytest_llmperf.harness import server_manager
 from pytest_llmperf.harness.baseline_book import BaselineBook
+from pytest_llmperf.harness.client_scale import ClientScale
 from pytest_llmperf.harness.history_link import HistoryLink
 from pytest_llmperf.harness.server_manager import ServerManager
 from pytest_llmperf.harness.xdist import XdistRole
@@ -63,6 +64,7 @@ class LLMPerfSession:
         self.servers = ServerManager(config, settings, self.role)
         self.book = BaselineBook(config, settings, self.servers)
         self.history = HistoryLink(settings.history, config.rootpath)
+        self.clients = ClientScale(settings)
         self.results: list[RunDocument] = []
         self.family_size: int | None = None  # gating claims of the session, for the verdict's correction
         self.holm_lines: list[str] = []
@@ -205,6 +207,7 @@ class LLMPerfSession:
                 tr.write_line(line, red=line.startswith("NOT "))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.clients.close()
         if self.role.is_worker:
             self.history.close()
             return

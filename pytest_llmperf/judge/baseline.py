@@ -173,6 +173,8 @@ LATER_FIELD_DEFAULTS: dict[str, object] = {
     "trace": None,
     "trace_speedup": 1.0,
     "trace_block_size": 512,
+    "turns": 1,
+    "turn_gap_s": 0.0,
 }
 
 

@@ -16,6 +16,12 @@ midpoints: over integers for concurrency until the two are adjacent, over a rela
 ``capacity_min`` the gate's own point is probed as soon as it lies inside the bracket, so the gate is decided by a
 probe there rather than by a wide bracket.
 
+Each probe of a concurrency search sends ``max(num_prompts, ceil(prompts_per_user × concurrency))`` requests per
+run (:func:`probe_prompts`; 10 per user by default, as ``vllm bench sweep serve_sla``'s examples and the published
+sweeps size their runs): with the count fixed for the lowest concurrency, a run at c=64 would be mostly ramp-up
+and tail, not the steady batch the SLO is about. ``prompts_per_user=None`` keeps ``num_prompts`` at every probe;
+a rate search, a run bounded by ``duration_s`` and a trace replay keep theirs too (no per-user count applies).
+
 The capacity is the largest probe decided to meet the SLO: no interpolation, since a probe between two decided
 ones could be undecided itself. Users per GPU = capacity / GPU count for a concurrency search, when the GPU count
 is known. Pure: the probe function is given; no I/O, no pytest.
@@ -23,6 +29,7 @@ is known. Pure: the probe function is given; no I/O, no pytest.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -37,16 +44,19 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_PROBES",
     "MAX_RUNS",
+    "PROMPTS_PER_USER",
     "VARIES",
     "CapacitySearch",
     "Probe",
     "decide_probe",
+    "probe_prompts",
     "render_probe_table",
     "search_capacity",
 ]
 
 MAX_PROBES = 8
 MAX_RUNS = 3
+PROMPTS_PER_USER = 10.0  # requests per concurrent user and run, as vLLM's serve_sla examples and published sweeps
 VARIES: tuple[str, ...] = ("concurrency", "request_rate")
 
 Decision = Literal["meets", "breaches", "undecided"]
@@ -73,6 +83,7 @@ class Probe:
     lower: float | None
     upper: float | None
     reason: str = ""
+    num_prompts: int | None = None  # requests per run at this probe (None: bounded by time or by a trace)
 
     @property
     def runs(self) -> int:
@@ -92,7 +103,19 @@ class Probe:
             "lower": self.lower,
             "upper": self.upper,
             "reason": self.reason,
+            "num_prompts": self.num_prompts,
         }
+
+
+def probe_prompts(
+    num_prompts: int | None, at: float, *, vary: str = "concurrency", prompts_per_user: float | None = PROMPTS_PER_USER
+) -> int | None:
+    """Requests per run at probe ``at``: ``max(num_prompts, ceil(prompts_per_user × at))`` for a concurrency
+    search, else ``num_prompts`` as given (a rate search, ``prompts_per_user`` None or 0, or no count: a run
+    bounded by time or a trace)."""
+    if num_prompts is None or vary != "concurrency" or not prompts_per_user:
+        return num_prompts
+    return max(num_prompts, math.ceil(prompts_per_user * at))
 
 
 def decide_probe(
@@ -152,6 +175,7 @@ class CapacitySearch:
     capacity_min: float | None
     gate_passed: bool | None
     statement: str
+    prompts_per_user: float | None = None  # the probes' request-count rule, as given (see probe_prompts)
 
     @property
     def users_per_gpu(self) -> float | None:
@@ -184,6 +208,7 @@ class CapacitySearch:
             "capacity_min": self.capacity_min,
             "gate_passed": self.gate_passed,
             "statement": self.statement,
+            "prompts_per_user": self.prompts_per_user,
         }
 
 
@@ -227,11 +252,15 @@ def search_capacity(
     confidence: float = 0.9,
     gpu_count: int | None = None,
     capacity_min: float | None = None,
+    prompts_at: Callable[[float], int | None] | None = None,
+    prompts_per_user: float | None = None,
 ) -> CapacitySearch:
     """Bisect for the largest ``vary`` value whose runs meet ``slo`` (see the module doc).
 
     ``measure(at)`` runs the workload once at concurrency or rate ``at`` and returns the run's value of the SLO's
-    statistic (None: not measured, a breach). Raises ValueError for a range or budget it cannot search.
+    statistic (None: not measured, a breach). ``prompts_at(at)``, when given, is the request count of ``at``'s
+    runs, recorded with the probe, and ``prompts_per_user`` the rule it follows (see :func:`probe_prompts`).
+    Raises ValueError for a range or budget it cannot search.
     """
     if vary not in VARIES:
         raise ValueError(f"vary={vary!r}: expected one of {', '.join(VARIES)}")
@@ -254,6 +283,8 @@ def search_capacity(
             values.append(measure(at))
             decided = decide_probe(at, values, limit, kind, confidence)
             if decided.decision != "undecided" or len(values) >= max_runs:
+                if prompts_at is not None:
+                    decided = dataclasses.replace(decided, num_prompts=prompts_at(at))
                 probes.append(decided)
                 return decided
 
@@ -310,13 +341,12 @@ def search_capacity(
         capacity_min=None if capacity_min is None else float(capacity_min),
         gate_passed=gate,
         statement="",
+        prompts_per_user=prompts_per_user,
     )
     return _with_statement(search)
 
 
 def _with_statement(s: CapacitySearch) -> CapacitySearch:
-    import dataclasses
-
     op = "≤" if s.kind == "max" else "≥"
     contract = f"{s.slo} {op} {_value(s.limit, s.unit)}"
     level = f"{s.confidence * 100:g}%"
@@ -358,14 +388,21 @@ def _with_statement(s: CapacitySearch) -> CapacitySearch:
 
 
 def render_probe_table(search: CapacitySearch) -> str:
-    """Plain-text table of the probes in the order run: point | runs | values | mean | interval | decision."""
+    """Plain-text table of the probes in the order run: point | runs | values | prompts per run (when known) |
+    mean | interval | decision."""
     level = f"{search.confidence * 100:g}%"
-    header = (search.vary, "runs", "values", "geo. mean", f"{level} bounds", "decision")
+    counted = any(p.num_prompts is not None for p in search.probes)
+    header: tuple[str, ...] = (search.vary, "runs", "values", "geo. mean", f"{level} bounds", "decision")
+    if counted:
+        header = (*header[:3], "prompts/run", *header[3:])
     rows = []
     for p in search.probes:
         values = ", ".join(_value(v, search.unit) for v in p.values)
         bounds = f"{_value(p.lower, search.unit)} – {_value(p.upper, search.unit)}"
-        rows.append((f"{p.at:g}", str(p.runs), values, _value(p.centre, search.unit), bounds, p.decision))
+        row: tuple[str, ...] = (f"{p.at:g}", str(p.runs), values, _value(p.centre, search.unit), bounds, p.decision)
+        if counted:
+            row = (*row[:3], "-" if p.num_prompts is None else str(p.num_prompts), *row[3:])
+        rows.append(row)
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:

@@ -9,6 +9,9 @@ Contents, from a session document (``--llmperf-json``):
   (b) output throughput per GPU (per server when the GPU count is unknown) against interactivity
   (tok/s/user = 1000 / median TPOT, as InferenceX plots it) with the Pareto front; the baseline's curve
   (medians of its recorded runs) beside the current one, and the capacity at each latency SLO;
+- per capacity search (``llmperf.capacity()``): each probe's load against the SLO statistic with the bounds that
+  decided it, marked meets / breaches / undecided, the limit, the capacity found, the search's statement as
+  caption, and the probe table (runs and prompts per run);
 - per test: empirical CDFs of TTFT, TPOT and E2E latency per request, baseline against current.
 
 This module is the document; the charts come from :mod:`pytest_llmperf.report.plots` (matplotlib, inline SVG).
@@ -320,6 +323,10 @@ def _workload_text(workload: Mapping[str, Any], *, with_load: bool = True) -> st
         bits.append(str(workload["api"]))
     if workload.get("dataset") not in (None, "", "random"):
         bits.append(file_name(str(workload["dataset"])))
+    turns = workload.get("turns", 1)
+    if isinstance(turns, int) and turns > 1:  # num_prompts then counts conversations
+        gap = workload.get("turn_gap_s") or 0
+        bits.append(f"{turns} turns per conversation" + (f", {gap:g} s apart" if gap else ""))
     return " · ".join(bits) or DASH
 
 
@@ -389,6 +396,112 @@ def _sweep_section(index: int, sweep: Sweep) -> str:
         f'<ul class="capacity">{"".join(lines)}</ul>'
         f'<div class="plots">{_figure(plot_a, f"sweep{index}-a")}'
         f"{_figure(plot_b, f'sweep{index}-b', _e(caption_b))}</div></section>"
+    )
+
+
+# -- capacity searches (llmperf.capacity()) -------------------------------------------------------------------------
+
+# Decision -> legend name, colour, marker, hollow: the three differ in shape as well as colour.
+_PROBE_STYLES = {
+    "meets": ("meets", "#1b7a3a", "o", False),
+    "breaches": ("breaches", "#b3261e", "s", False),
+    "undecided": ("undecided", "#5b6573", "^", True),
+}
+
+
+def _probe_point(vary: str, at: float) -> str:
+    return f"c{at:g}" if vary == "concurrency" else f"{at:.3g}/s"
+
+
+def _capacity_search_section(index: int, result: Mapping[str, Any]) -> str:
+    """One ``llmperf.capacity()`` search: each probe's load against the SLO statistic's geometric mean over its
+    runs with the one-sided bounds that decided it, marked by decision; the limit as a line, the capacity
+    marked, the search's statement as caption, and the probe table."""
+    search = result.get("capacity_search") or {}
+    vary = str(search.get("vary") or "concurrency")
+    unit = str(search.get("unit") or "")
+    slo = str(search.get("slo") or "SLO")
+    limit = _num(search.get("limit"))
+    probes = [p for p in search.get("probes") or () if isinstance(p, Mapping) and _num(p.get("at")) is not None]
+    series = []
+    unmeasured = []
+    for decision, (name, color, marker, hollow) in _PROBE_STYLES.items():
+        drawn = [p for p in probes if p.get("decision") == decision and _num(p.get("centre")) is not None]
+        unmeasured += [p for p in probes if p.get("decision") == decision and _num(p.get("centre")) is None]
+        if not drawn:
+            continue
+        centres = [float(p["centre"]) for p in drawn]
+        series.append(
+            plots.Series(
+                name,
+                tuple(float(p["at"]) for p in drawn),
+                tuple(centres),
+                tuple(_probe_point(vary, float(p["at"])) for p in drawn),
+                color=color,
+                join="none",
+                marker=marker,
+                hollow=hollow,
+                y_err=tuple(
+                    (_num(p.get("lower")) or c, _num(p.get("upper")) or c) for p, c in zip(drawn, centres, strict=True)
+                ),
+            )
+        )
+    refs = []
+    if limit is not None:
+        op = "≤" if search.get("kind", "max") == "max" else "≥"
+        refs.append(plots.RefLine(limit, f"SLO {slo} {op} {limit:g} {unit}".rstrip(), axis="y"))
+    marks = []
+    capacity = _num(search.get("capacity"))
+    at_capacity = next((p for p in probes if _num(p.get("at")) == capacity), None)
+    if capacity and at_capacity is not None and _num(at_capacity.get("centre")) is not None:
+        prefix = "≥ " if search.get("status") == "lower_bound" else ""
+        load = f"c={capacity:g}" if vary == "concurrency" else f"{capacity:.3g} req/s"
+        marks.append(plots.Mark(capacity, float(at_capacity["centre"]), f"capacity {prefix}{load}"))
+    ends = [v for p in probes for v in (_num(p.get("lower")), _num(p.get("upper"))) if v is not None and v > 0]
+    low, high = _num(search.get("low")), _num(search.get("high"))
+    plot = plots.Plot(
+        "capacity-probes",
+        f"Capacity search: {slo} by {'concurrency' if vary == 'concurrency' else 'request rate'}",
+        "concurrency (users)" if vary == "concurrency" else "request rate (req/s)",
+        f"{search.get('key') or slo}, geometric mean of the runs" + (f" ({unit})" if unit else ""),
+        tuple(series),
+        tuple(refs),
+        tuple(marks),
+        x_log=bool(low and high and high / low >= 8),
+        y_log=bool(ends and max(ends) / min(ends) > 10),  # the probes near the limit stay apart
+    )
+    level = f"{(_num(search.get('confidence')) or 0.9) * 100:g}%"
+    caption = _e(search.get("statement") or "")
+    caption += _e(
+        f" — Bars: each probe's one-sided {level} bounds; a probe meets the SLO when its interval lies on the "
+        "allowed side of the limit, breaches it when the interval lies beyond, and is undecided when the interval "
+        "straddles the limit after its runs."
+    )
+    if unmeasured:
+        caption += _e(
+            " Not measured in a run, so counted as breaches and not drawn: "
+            + ", ".join(_probe_point(vary, float(p["at"])) for p in unmeasured)
+            + "."
+        )
+    rows = []
+    for p in probes:
+        values = ", ".join(_fmt(v) for v in p.get("values") or ())
+        rows.append(
+            f'<tr class="probe {_e(p.get("decision", ""))}"><td>{_e(_probe_point(vary, float(p["at"])))}</td>'
+            f'<td class="num">{_count(p.get("runs"))}</td><td class="num">{_count(p.get("num_prompts"))}</td>'
+            f'<td>{_e(values) or DASH}</td><td class="num">{_fmt(p.get("centre"))}</td>'
+            f'<td class="num">{_fmt(p.get("lower"))} – {_fmt(p.get("upper"))}</td>'
+            f"<td>{_e(p.get('decision', DASH))}</td></tr>"
+        )
+    table = (
+        f'<table class="dist probes"><thead><tr><th>{_e(vary)}</th><th>runs</th><th>prompts/run</th>'
+        f"<th>values ({_e(unit)})</th><th>geo. mean</th><th>{_e(level)} bounds</th><th>decision</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+    return (
+        f'<section class="capacity-search" id="capacity-search-{index}"><h3>{_id_html(str(result.get("nodeid", "")))}'
+        f'</h3><p class="muted">{_e(_workload_text(result.get("workload") or {}, with_load=False))}</p>'
+        f'<div class="plots">{_figure(plot, f"search{index}", caption)}</div>{table}</section>'
     )
 
 
@@ -549,6 +662,17 @@ def _test_section(index: int, result: Mapping[str, Any]) -> str:
     )
 
 
+def _turns_text(summary: Mapping[str, Any]) -> str:
+    parts = []
+    for turn, t in summary["ttft_by_turn"].items():
+        cached = "" if t.get("cached_fraction") is None else f", {t['cached_fraction']:.0%} of the prompt cached"
+        parts.append(
+            f"turn {turn}: TTFT p50 {_fmt(t.get('median_ms'))} / p99 {_fmt(t.get('p99_ms'))} ms, "
+            f"~{t.get('input_len_mean', 0):.0f} prompt tokens{cached}"
+        )
+    return "; ".join(parts)
+
+
 def _notes(result: Mapping[str, Any]) -> str:
     summary = result.get("summary") or {}
     items = []
@@ -563,6 +687,8 @@ def _notes(result: Mapping[str, Any]) -> str:
             f"prefix cache: {summary.get('cached_prompt_tokens')} prompt tokens cached "
             f"({summary['cached_prompt_fraction']:.1%}, from {summary.get('cached_prompt_source')}) in the last run"
         )
+    if summary.get("ttft_by_turn"):  # multi-turn: first turns apart from later ones, whose prefix may be cached
+        items.append(f"multi-turn, {summary.get('conversations')} conversations, last run: " + _turns_text(summary))
     for k, run in enumerate(result.get("runs") or ()):
         disturbance = run.get("disturbance") or {}
         if disturbance.get("disturbed"):
@@ -806,6 +932,10 @@ def render_html(document: Mapping[str, Any], *, title: str | None = None, genera
             parts.extend(_sweep_section(i + 1, sweep) for i, sweep in enumerate(sweeps))
         else:
             parts.append('<p class="muted">No concurrency sweep (one test and workload at several concurrencies).</p>')
+        searches = [(i, r) for i, r in enumerate(results) if isinstance(r.get("capacity_search"), Mapping)]
+        if searches:
+            parts.append('<h2 id="capacity-searches">Capacity searches</h2>')
+            parts.extend(_capacity_search_section(i, r) for i, r in searches)
         parts.append('<h2 id="tests">Per-test distributions</h2>')
         parts.extend(_test_section(index, r) for index, r in _ordered(results))
     parts.append(

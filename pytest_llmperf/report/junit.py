@@ -86,6 +86,11 @@ def properties(document: RunDocument) -> list[Property]:
         value = _number(summary, key)
         if value is not None:
             out.append((f"llmperf.{key}", round(value, 4)))
+    for turn, figures in (summary.get("ttft_by_turn") or {}).items():  # multi-turn runs
+        out.append((f"llmperf.ttft_ms.turn{turn}.p50", round(figures["median_ms"], 4)))
+        out.append((f"llmperf.ttft_ms.turn{turn}.p99", round(figures["p99_ms"], 4)))
+        if figures["cached_fraction"] is not None:
+            out.append((f"llmperf.cached_prompt_fraction.turn{turn}", round(figures["cached_fraction"], 4)))
     runs = document.get("runs") or [summary]
     invalid = [f"run {k + 1}: {why}" for k, run in enumerate(runs) for why in run.get("invalid_reasons") or ()]
     if invalid:

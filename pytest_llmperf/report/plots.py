@@ -54,6 +54,7 @@ _FG, _MUTED, _FRAME, _GRID = "#1d232b", "#5b6573", "#9aa3ad", "#eceff2"
 ROLES = (
     "series-line",
     "series-points",
+    "errorbar",
     "front",
     "pt-label",
     "ref-line",
@@ -112,6 +113,9 @@ class Series:
     ``join`` links the points in the given order (``step``: a step curve, e.g. an ECDF; no point markers).
     ``front`` holds indices of points joined by a thick line (e.g. a Pareto front); points off it are hollow.
     ``color`` None takes the next colour of matplotlib's cycle, for plots of many series.
+    ``marker`` is the points' matplotlib marker (a filled one: "o", "s", "^", "v", …), ``hollow`` draws them
+    white inside, so that series can differ by more than colour. ``y_err`` holds a (low, high) interval per
+    point, drawn as a vertical bar with caps (a confidence interval).
     """
 
     name: str
@@ -122,12 +126,17 @@ class Series:
     dashed: bool = False
     join: Literal["line", "step", "none"] = "line"
     front: tuple[int, ...] | None = None
+    marker: str = "o"
+    hollow: bool = False
+    y_err: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"series {self.name!r}: {len(self.x)} x values but {len(self.y)} y values")
         if len(self.labels) > len(self.x):
             raise ValueError(f"series {self.name!r}: more labels than points")
+        if self.y_err and len(self.y_err) != len(self.y):
+            raise ValueError(f"series {self.name!r}: {len(self.y_err)} intervals for {len(self.y)} points")
 
 
 @dataclass(frozen=True)
@@ -322,14 +331,24 @@ def _draw(plot: Plot) -> Figure:
                 [xs[i] for i in s.front], [s.y[i] for i in s.front], color=color, linestyle=style, linewidth=2.6
             )
             front.set_gid(f"front-{k}")
+        if s.y_err and xs:
+            low = [max(y - lo, 0.0) for y, (lo, _) in zip(s.y, s.y_err, strict=True)]
+            high = [max(hi - y, 0.0) for y, (_, hi) in zip(s.y, s.y_err, strict=True)]
+            bars = ax.errorbar(xs, s.y, yerr=[low, high], fmt="none", ecolor=color, elinewidth=1.4, capsize=4)
+            # One group of bars per series carries the role; the caps get ids of their own (ids are unique).
+            for j, artist in enumerate((*bars.lines[2], *bars.lines[1])):
+                artist.set_gid(f"errorbar-{k}" if j == 0 else f"errorcap-{k}-{j}")
         if markers and xs:
             on_front = set(s.front) if s.front is not None else set(range(len(xs)))
-            face = [color if i in on_front else "white" for i in range(len(xs))]
-            points = ax.scatter(xs, s.y, s=36, c=face, edgecolors=color, linewidths=1.4, zorder=3)
+            face = [color if i in on_front and not s.hollow else "white" for i in range(len(xs))]
+            points = ax.scatter(xs, s.y, s=36, c=face, marker=s.marker, edgecolors=color, linewidths=1.4, zorder=3)
             points.set_gid(f"series-points-{k}")
         handles.append(
-            Line2D([], [], color=color, linestyle=style, linewidth=1.6, marker="o" if markers else None, markersize=5)
-        )
+            Line2D(
+                [], [], color=color, linestyle=style if s.join != "none" or s.front else "none", linewidth=1.6,
+                marker=s.marker if markers else None, markersize=5, markerfacecolor="white" if s.hollow else color,
+            )
+        )  # fmt: skip
     span_names: list[str] = []
     for k, (span, (x0, x1)) in enumerate(zip(plot.spans, spans_x, strict=True)):
         lo, hi = sorted((x0, x1))
@@ -348,6 +367,7 @@ def _draw(plot: Plot) -> Figure:
     off_scale: list[tuple[RefLine, int]] = []
     data_x = [x for xs in series_x for x in xs] + marks_x
     data_y = [y for s in plot.series for y in s.y] + [m.y for m in plot.marks]
+    data_y += [v for s in plot.series for interval in s.y_err for v in interval]
     shown_refs: list[tuple[RefLine, float]] = []
     for k, (ref, value) in enumerate(zip(plot.ref_lines, refs_value, strict=True)):
         if ref.axis == "x":
@@ -373,8 +393,13 @@ def _draw(plot: Plot) -> Figure:
         ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     elif not plot.x_log:
         ax.xaxis.set_major_formatter(Readable())
+    else:
+        every_x = [x for xs in series_x for x in xs] + marks_x
+        _log_ticks(ax, "x", every_x, powers_of_two=all(float(x).is_integer() for x in every_x))
     if not plot.y_log:
         ax.yaxis.set_major_formatter(Readable())
+    else:
+        _log_ticks(ax, "y", data_y, powers_of_two=False)
     # The title on the first line, left; the legend (few series) under it, right; constrained layout keeps both
     # clear of the axes.
     figure.suptitle(plot.title, x=0.01, ha="left").set_gid("title-0")
@@ -400,6 +425,29 @@ def _draw(plot: Plot) -> Figure:
     figure.set_layout_engine(None)  # None, not "none": that placeholder would make savefig draw twice
     _label(ax, plot, colors, series_x, marks_x, shown_refs, off_scale)
     return figure
+
+
+def _log_ticks(ax: Axes, which: Literal["x", "y"], data: Sequence[float], *, powers_of_two: bool) -> None:
+    """Plain numbers on a log axis (matplotlib's default labels there are TeX, which text.parse_math=False would
+    print raw): powers of two for whole numbers (concurrencies), else steps of 1, 2 and 5 over up to 2.5 decades
+    and powers of ten beyond, each tick as short as it can be (thousands as "k", millions as "M"); minor ticks
+    unlabelled."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    positive = [v for v in data if v > 0 and math.isfinite(v)]
+    decades = math.log10(max(positive) / min(positive)) if positive else 0.0
+    subs = (1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,)
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(LogLocator(base=2) if powers_of_two else LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: _short_number(v)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _short_number(v: float) -> str:
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= size:
+            return f"{v / size:.4g}{suffix}"
+    return f"{v:.4g}"
 
 
 def _dates() -> Any:
@@ -566,6 +614,9 @@ def _label(
             if step:
                 pixels = [q for a, b in itertools.pairwise(pixels) for q in (a, (b[0], a[1]))] + pixels[-1:]
             lines += [(a[0], a[1], b[0], b[1]) for a, b in itertools.pairwise(pixels)]
+        for x, (lo, hi) in zip(xs, s.y_err, strict=False):  # interval bars: labels keep off them if they can
+            (px, py0), (_, py1) = to_px(x, lo), to_px(x, hi)
+            lines.append((px, py0, px, py1))
     ref_px = [to_px(v, 0.0)[0] if ref.axis == "x" else to_px(0.0, v)[1] for ref, v in shown_refs]
     for (ref, _), p in zip(shown_refs, ref_px, strict=True):
         lines.append((p, box[1], p, box[3]) if ref.axis == "x" else (box[0], p, box[2], p))

@@ -81,6 +81,11 @@ def _workload(w: WorkloadDict, s: RunSummary) -> str:
         speedup = w.get("trace_speedup", 1.0)
         capped = f" c{w['concurrency']}" if w.get("concurrency") else ""
         return "trace" + (f"×{speedup:g}" if speedup != 1 else "") + capped
+    turns = w.get("turns", 1)
+    if turns > 1:  # later turns carry the earlier ones: the mean lengths the requests asked for, as for files
+        lens = s.get("dataset_lens")
+        shown = f"~{lens['input_len_mean']:.0f}/{lens['output_len_mean']:.0f}" if lens else "chat"
+        return f"{turns}t{shown} {load}"
     if w.get("dataset", "random") != "random":  # a file's lengths are its own: the means its prompts asked for
         lens = s.get("dataset_lens")
         shown = f"~{lens['input_len_mean']:.0f}/{lens['output_len_mean']:.0f}" if lens else "file"
@@ -126,6 +131,7 @@ def render(
         colour = _COLOURS.get(status(r))
         lines.append((text, {colour: True} if colour else {}))
         lines.extend((line, {}) for line in _goodput_and_cost(s))
+        lines.extend((line, {}) for line in _by_turn(s))
         scale = r.get("scale")
         if isinstance(scale, (int, float)) and scale != 1:
             lines.append((f"    scaled ×{scale:g} (--llmperf-scale=1 to run as written)", {}))
@@ -170,6 +176,19 @@ def _goodput_and_cost(s: RunSummary) -> list[str]:
             f"(${s.get('gpu_cost_per_hour', 0):g} per GPU-hour × {_gpus(s.get('gpu_count'))})"
         )
     return out
+
+
+def _by_turn(s: RunSummary) -> list[str]:
+    """Multi-turn runs: median TTFT and cached share of the prompt per user turn (the last run's)."""
+    turns = s.get("ttft_by_turn")
+    if not turns:
+        return []
+    ttft = ", ".join(f"{k}: {_ms(t['median_ms'])}" for k, t in turns.items())
+    cached = ", ".join(f"{k}: {t['cached_fraction']:.0%}" for k, t in turns.items() if t["cached_fraction"] is not None)
+    return [
+        f"    multi-turn: {s.get('conversations', '?')} conversations; TTFT50 by turn {ttft} ms"
+        + (f"; prompt cached by turn {cached}" if cached else "")
+    ]
 
 
 def _missing_baselines(results: Sequence[RunDocument], pair: str) -> list[Line]:

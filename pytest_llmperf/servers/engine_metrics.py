@@ -2,11 +2,17 @@
 
 ``/metrics`` is scraped before and after each run. Every counter that moved is kept (engine-agnostic), and the
 figures users ask about most are derived where an engine exports them: preemptions, prefix-cache hit rate,
-speculative-decoding acceptance, tokens processed. Parsing uses ``prometheus_client``'s text parser.
+speculative-decoding acceptance (overall and per draft position), tokens processed. Parsing uses
+``prometheus_client``'s text parser.
+
+Counters are summed over their labels, except that a per-position counter (``…_per_pos_total{position="i"}``,
+vLLM's and llama.cpp's accepted tokens by draft position) is also kept per position, under the sample name with
+that one label (``vllm:spec_decode_num_accepted_tokens_per_pos_total{position="0"}``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from pytest_llmperf.results import RunSummary, ServerMetrics
@@ -66,6 +72,10 @@ def parse_counters(text: str) -> dict[str, float]:
         for sample in family.samples:
             if sample.name.endswith("_total"):
                 totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
+                position = sample.labels.get("position")
+                if position is not None and sample.name.endswith("_per_pos_total"):
+                    key = f'{sample.name}{{position="{position}"}}'  # summed over the other labels (engines)
+                    totals[key] = totals.get(key, 0.0) + float(sample.value)
     return totals
 
 
@@ -127,6 +137,13 @@ def wait_idle(endpoint: Endpoint, *, timeout_s: float, poll_s: float = 0.05) -> 
 def deltas(before: Mapping[str, float], after: Mapping[str, float]) -> ServerMetrics:
     """Counters that moved between two scrapes, and the derived figures the engine allows."""
     moved = {name: after[name] - before.get(name, 0.0) for name in sorted(after) if after[name] != before.get(name)}
+    # Every draft position of an engine that drafted, zeros too: a position nothing was accepted at during the run
+    # is a rate of 0 (vLLM lists it so), and the positions' count is the draft length.
+    for name in sorted(after):
+        prefix = name.partition(":")[0]
+        if "{position=" in name and name not in moved and moved.get(f"{prefix}:spec_decode_num_drafts_total"):
+            moved[name] = after[name] - before.get(name, 0.0)
+    moved = dict(sorted(moved.items()))
     derived: dict[str, float] = {}
     for name, (numerator, denominator) in _DERIVED.items():
         if numerator not in after:
@@ -147,9 +164,11 @@ def add_spec_decode(summary: RunSummary, metrics: ServerMetrics) -> None:
     """Speculative-decoding acceptance over a run into ``summary``, under the keys ``vllm bench serve
     --save-result`` writes: ``spec_decode_draft_tokens``, ``spec_decode_accepted_tokens``,
     ``spec_decode_acceptance_rate`` (percent of the draft tokens accepted) and, where the engine counts drafts,
-    ``spec_decode_num_drafts`` and ``spec_decode_acceptance_length`` (1 + accepted / drafts: tokens per decode
-    step). Nothing is added when the server drafted nothing during the run (absent, never 0: a run without
-    speculative decoding accepted nothing)."""
+    ``spec_decode_num_drafts``, ``spec_decode_acceptance_length`` (1 + accepted / drafts: tokens per decode
+    step) and, where it also counts accepted tokens by draft position, ``spec_decode_per_position_acceptance_rates``
+    (a fraction per position, in position order: the drafts whose token at that position was accepted, as
+    ``vllm bench serve`` computes it from the same counters' deltas). Nothing is added when the server drafted
+    nothing during the run (absent, never 0: a run without speculative decoding accepted nothing)."""
     moved = metrics.get("counters") or {}
     for prefix in _SPEC_DECODE_PREFIXES:
         drafted = moved.get(f"{prefix}spec_decode_num_draft_tokens_total", 0.0)
@@ -163,4 +182,12 @@ def add_spec_decode(summary: RunSummary, metrics: ServerMetrics) -> None:
         if drafts > 0:
             summary["spec_decode_num_drafts"] = int(drafts)
             summary["spec_decode_acceptance_length"] = 1.0 + accepted / drafts
+            per_position = re.compile(
+                re.escape(f"{prefix}spec_decode_num_accepted_tokens_per_pos_total") + r'\{position="(\d+)"\}'
+            )
+            positions = sorted(
+                (int(found[1]), value) for name, value in moved.items() if (found := per_position.fullmatch(name))
+            )
+            if positions:
+                summary["spec_decode_per_position_acceptance_rates"] = [value / drafts for _, value in positions]
         return

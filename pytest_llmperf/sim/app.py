@@ -256,6 +256,7 @@ class Sim:
                 "generation_tokens",
                 "prefix_cache_queries",
                 "prefix_cache_hits",
+                "spec_decode_num_drafts",
                 "spec_decode_num_draft_tokens",
                 "spec_decode_num_accepted_tokens",
                 "engine_steps",
@@ -265,6 +266,9 @@ class Sim:
             0,
         )
         self.faults_injected: dict[str, int] = {}
+        # Accepted drafts by position in the draft (vLLM's spec_decode_num_accepted_tokens_per_pos); grows with
+        # tokens_per_chunk, which may change at run time.
+        self.accepted_per_pos: list[int] = []
         self.lateness = _Lateness()
         # Writing a step's chunks takes time (a send per connection, ~13 µs each here): the loop starts that
         # much early so that the writes are centred on the step's end, in a seeded random order so that no
@@ -382,8 +386,13 @@ class Sim:
             self._deliver(batch)
             counters = self.counters
             counters["engine_steps"] += 1
+            counters["spec_decode_num_drafts"] += step.drafts
             counters["spec_decode_num_draft_tokens"] += step.draft_tokens
             counters["spec_decode_num_accepted_tokens"] += step.accepted_tokens
+            per_pos = self.accepted_per_pos
+            per_pos.extend([0] * (len(step.accepted_per_pos) - len(per_pos)))
+            for position, count in enumerate(step.accepted_per_pos):
+                per_pos[position] += count
 
     def _admitted(self, step: Step) -> None:
         counters, active = self.counters, self.active
@@ -724,6 +733,7 @@ _COUNTER_HELP = {
     "prefix_cache_queries": "Prompt tokens looked up in the prefix cache (requests admitted while it is on)",
     "prefix_cache_hits": "Prompt tokens found in the prefix cache, whose prefill was skipped",
     "preemptions": "Preemptions (the model never preempts)",
+    "spec_decode_num_drafts": "Drafts proposed (one per sequence per decode step when tokens_per_chunk > 1)",
     "spec_decode_num_draft_tokens": "Draft tokens proposed (tokens_per_chunk - 1 per sequence per decode step)",
     "spec_decode_num_accepted_tokens": "Draft tokens accepted",
     "engine_steps": "Engine steps run",
@@ -741,6 +751,9 @@ def render_metrics(sim: Sim) -> str:
         lines.append(f"sim:{name}_total {counters[name]}")
     lines += ["# HELP sim:faults_injected_total Faults injected, by kind", "# TYPE sim:faults_injected_total counter"]
     lines += [f'sim:faults_injected_total{{kind="{k}"}} {v}' for k, v in sorted(sim.faults_injected.items())]
+    name = "sim:spec_decode_num_accepted_tokens_per_pos_total"
+    lines += [f"# HELP {name} Draft tokens accepted, by position in the draft", f"# TYPE {name} counter"]
+    lines += [f'{name}{{position="{i}"}} {v}' for i, v in enumerate(sim.accepted_per_pos)]
     for name, value, help_text in (
         ("num_requests_running", len(sim.engine.running), "Sequences in the batch"),
         ("num_requests_waiting", len(sim.engine.waiting), "Requests queued for admission"),

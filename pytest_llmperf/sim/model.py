@@ -33,6 +33,8 @@ The engine runs *steps* one after another.
 - Every sequence in the step receives tokens at the step's end, as one chunk. The admitting step yields
   exactly one token (the first). Later steps yield ``1 + Binomial(tokens_per_chunk - 1, accept_rate)``
   tokens, like speculative decoding / MTP with ``tokens_per_chunk - 1`` drafts, capped at the tokens left.
+  As in a real verifier, the ``a`` accepted drafts of a step count as positions ``0 … a-1`` accepted (vLLM's
+  per-position counters: position ``i`` is accepted when at least ``i + 1`` drafts are).
   When ``ignore_eos`` is false and ``eos_prob > 0``, each token ends the sequence with probability
   ``eos_prob`` (finish reason ``stop``); otherwise it ends at ``max_tokens`` (``length``).
 - A step starts when the previous one ends (absolute deadlines, so timer lateness does not accumulate). An
@@ -359,6 +361,8 @@ class Step:
     finished: list[Sequence]
     draft_tokens: int
     accepted_tokens: int
+    drafts: int = 0  # sequences that drafted in this step (vLLM's num_drafts)
+    accepted_per_pos: tuple[int, ...] = ()  # accepted drafts by position in the draft
 
 
 class Engine:
@@ -434,18 +438,22 @@ class Engine:
         end = start + seconds
         emitted: list[tuple[Sequence, int]] = []
         finished: list[Sequence] = []
-        drafts = accepted = 0
+        drafts = accepted = drafting = 0
         k = cfg.tokens_per_chunk
+        per_pos = [0] * (k - 1)
         for seq in running:
             left = seq.max_tokens - seq.generated
             n = 1
             if seq.generated and k > 1:
                 drafts += k - 1
+                drafting += 1
                 n = min(left, 1 + self._accepted_drafts(seq, k - 1, cfg.accept_rate))
             if not seq.ignore_eos and cfg.eos_prob > 0:
                 n = self._eos_cut(seq, n, cfg.eos_prob)
             if seq.generated:
                 accepted += n - 1
+                for position in range(n - 1):
+                    per_pos[position] += 1
             seq.generated += n
             seq.chunk_times.append(end)
             seq.chunk_tokens.append(n)
@@ -456,7 +464,7 @@ class Engine:
         if finished:
             self.running = [s for s in running if s.finish_reason is None]
         self.prev_end = end
-        return Step(self.steps, start, end, admitted, emitted, finished, drafts, accepted)
+        return Step(self.steps, start, end, admitted, emitted, finished, drafts, accepted, drafting, tuple(per_pos))
 
     def _look_up(self, seq: Sequence, enabled: bool) -> None:
         # At admission, in admission order: a request sees the blocks of every request admitted before it,

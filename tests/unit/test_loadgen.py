@@ -265,7 +265,7 @@ def test_reads_from_before_the_parser_was_attached_keep_their_arrival_times() ->
     record = RequestRecord(index=0, arrival_s=0.0, input_len=1, output_len=2)
     parser = StreamParser(record, chat=False)
     clock.replay(reader, parser)
-    assert record.event_times_s == [1.0, 2.0]  # "b" was completed by the second read
+    assert list(record.event_times_s) == [1.0, 2.0]  # "b" was completed by the second read
     assert record.output_chars == 2
     assert not clock.feeds
 
@@ -279,7 +279,7 @@ def test_a_body_that_came_whole_with_its_headers_gets_the_time_of_that_read() ->
     record = RequestRecord(index=0, arrival_s=0.0, input_len=1, output_len=1)
     parser = StreamParser(record, chat=False)
     clock.replay(BufferedBody([b'data: {"choices":[{"text":"a"}]}\n\ndata: [DONE]\n\n']), parser)
-    assert record.event_times_s == [3.0]
+    assert list(record.event_times_s) == [3.0]
     assert parser.done
 
 
@@ -392,7 +392,7 @@ def test_per_chunk_token_counts_with_multi_token_chunks(start_sim: type) -> None
     records = run(url, Workload(input_len=8, output_len=9, num_prompts=2)).records
     for record in records:
         # The prefill step yields the first token; each decode step then 3 (the last one capped at 9).
-        assert record.event_cum_tokens == [1, 4, 7, 9]
+        assert list(record.event_cum_tokens) == [1, 4, 7, 9]
         m = metrics.per_request(record)
         assert m.itl_token_s is not None
         assert len(m.itl_token_s) == 8  # three gaps, split over 3, 3 and 2 tokens

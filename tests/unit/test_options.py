@@ -72,6 +72,8 @@ REFUSED = {
     "progress": ("yes", "off", "expected one of auto, on, off"),
     "environment-guard": ("maybe", "off", "expected on or off"),
     "busy-poll": ("1", "on", "expected on or off"),
+    "client-procs": ("0", "auto", "expected auto or client processes between 1 and 1024"),
+    "ray": ("cluster", "local", "expected auto (this machine's Ray cluster, or RAY_ADDRESS), local, ray://"),
     "compare": ("http://b:80x", "sim", "expected an http(s) URL such as http://"),
     "compare-order": ("sideways", "random", "expected one of abba, random"),
     "compare-pause": ("601", "0", "expected seconds between 0 and 600"),

@@ -1,0 +1,303 @@
+"""One run from client shards placed as Ray actors on the nodes of a Ray cluster (``--llmperf-ray``).
+
+Ray is what vLLM and ray-project/llmperf already run on, so a cluster that serves the model can also host the
+client: each actor is a load generator of its own on some node, running its shard of the run
+(:mod:`pytest_llmperf.client.shards`). Ray carries every call; nothing here speaks a protocol of its own.
+
+Clocks. Each shard measures with its own node's monotonic clock. Latencies (TTFT, TPOT, ITL, E2E) are
+differences within one shard's clock and need no alignment. What spans shards is the run's window (and so
+every throughput) and the open-loop schedule: those need the shards' clocks on one time line. An actor on the
+driver's node shares its monotonic clock, exactly. For an actor on another node, the driver measures the
+offset between the two wall clocks at start (the probe with the shortest Ray round trip, as NTP does), and
+each shard reports the pair (wall clock, monotonic clock) read together at its end, so its times map onto the
+driver's monotonic clock. The error left is about half that round trip (typically a millisecond over a data
+center network), which moves a window of 10 s or more by less than 0.01 %; the run's notes say when it is
+larger than :data:`ALIGNMENT_NOTE_S`. An offset above :data:`CLOCK_OFFSET_LIMIT_S` means the nodes' clocks
+are not kept in sync (no NTP/chrony): the run is refused, since such clocks can also drift during a run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_llmperf.client import shards
+from pytest_llmperf.errors import ClientShardError, RunInterrupted
+from pytest_llmperf.spec import Endpoint, Prompt, RunRecords, Workload
+
+CLOCK_OFFSET_LIMIT_S = 0.1
+ALIGNMENT_NOTE_S = 0.001
+_CLOCK_PROBES = 7
+_PLACEMENT_TIMEOUT_S = 120.0  # a new actor's process start and imports: seconds; longer means no free CPU
+_START_MARGIN_S = 0.25  # the start instant is this far after the last actor is ready: every begin() lands first
+_INTERRUPT_GRACE_S = 15.0
+_LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # a run's records pass through it once; Ray's default takes 30 % of RAM
+_RAY_MISSING = (
+    "--llmperf-ray needs Ray, which is not installed: pip install 'pytest-llmperf[ray]' (the same version of "
+    "pytest-llmperf and Ray on every node of the cluster)"
+)
+
+
+def ray_installed() -> bool:
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except ValueError:  # sys.modules["ray"] is None: blocked on purpose
+        return False
+
+
+def require_ray() -> None:
+    """Raise :class:`ClientShardError` naming the extra when Ray is not installed (checked before any load)."""
+    if not ray_installed():
+        raise ClientShardError(_RAY_MISSING)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockOffset:
+    """An actor's wall clock minus the driver's, and the half round trip that bounds the estimate's error."""
+
+    offset_s: float
+    uncertainty_s: float
+    same_node: bool  # the actor shares the driver's monotonic clock: no alignment needed
+
+
+def estimate_offset(probes: Sequence[tuple[float, float, float]]) -> tuple[float, float]:
+    """(offset, uncertainty) from probes of (driver wall before the call, actor wall, driver wall after).
+
+    The probe with the shortest round trip wins; the actor read its clock somewhere inside it, so the offset
+    is known to within half that round trip.
+    """
+    before, remote, after = min(probes, key=lambda p: p[2] - p[0])
+    return remote - (before + after) / 2, (after - before) / 2
+
+
+def shard_shift(offset: ClockOffset, shard_wall_minus_perf: float, driver_wall_minus_perf: float) -> float:
+    """Seconds to add to a shard's monotonic times to put them on the driver's monotonic clock."""
+    if offset.same_node:
+        return 0.0
+    # shard perf t -> shard wall (t + its wall-perf) -> driver wall (- offset) -> driver perf (- driver's wall-perf)
+    return shard_wall_minus_perf - offset.offset_s - driver_wall_minus_perf
+
+
+class _ShardActor:
+    """A client shard, as a threaded Ray actor: ``run`` blocks in one thread while ``wait_ready``, ``begin`` and
+    ``interrupt`` come in on others."""
+
+    def __init__(self) -> None:
+        from pytest_llmperf.client.interrupts import RemoteInterrupt
+
+        self._ready = threading.Event()
+        self._go = threading.Event()
+        self._start_perf = 0.0
+        self._interrupt = RemoteInterrupt()
+
+    def identity(self) -> tuple[str, str, int]:
+        import ray
+
+        from pytest_llmperf import __version__
+
+        return ray.get_runtime_context().get_node_id(), __version__, os.getpid()
+
+    def clock(self) -> float:
+        return time.time()
+
+    def run(self, workload: Workload, endpoint: Endpoint, plan: shards.ShardPlan, busy_poll: bool) -> Any:
+        from pytest_llmperf.client import loadgen
+        from pytest_llmperf.client.interrupts import RemoteInterrupt
+
+        self._ready.clear()
+        self._go.clear()
+        self._interrupt = RemoteInterrupt()
+
+        def start_instant() -> float:
+            self._ready.set()
+            self._go.wait()
+            return self._start_perf
+
+        try:
+            records = loadgen.run(
+                workload,
+                endpoint,
+                plan.prompts,
+                warmup_prompts=plan.warmup_prompts,
+                busy_poll=busy_poll,
+                offsets=plan.offsets,
+                start_instant=start_instant,
+                remote_interrupt=self._interrupt,
+            )
+            kind = "done"
+        except RunInterrupted as interrupted:
+            records, kind = interrupted.partial, "interrupted"
+        finally:
+            self._ready.set()  # a run that failed before its window: nobody waits for it
+        return kind, records, time.time() - time.perf_counter()
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        return self._ready.wait(timeout_s)
+
+    def begin(self, start_wall: float, start_perf: float | None) -> None:
+        """Open the window at ``start_perf`` (the driver's monotonic clock, which an actor on its node shares),
+        else at ``start_wall`` (this node's wall clock) turned into this node's monotonic time."""
+        self._start_perf = start_perf if start_perf is not None else time.perf_counter() + (start_wall - time.time())
+        self._go.set()
+
+    def interrupt(self) -> None:
+        self._interrupt.fire()
+        self._go.set()
+
+
+class RayClients:
+    """The session's client actors on a Ray cluster: connected on first use, reused by every run, gone at
+    :meth:`close`. ``address``: a cluster's address (``ray://HOST:10001``, ``HOST:6379``), ``auto`` (the
+    cluster this machine belongs to, or ``RAY_ADDRESS``), or ``local`` (a private instance for this session)."""
+
+    def __init__(self, address: str, shards_wanted: int | None, local_cpus: int) -> None:
+        self.address = address
+        self.shards_wanted = shards_wanted  # None: one per CPU the cluster offers, at most the run's slots
+        self.local_cpus = local_cpus
+        self._actors: list[Any] = []
+        self._offsets: list[ClockOffset] = []
+        self._started_ray = False
+
+    def _connect(self) -> Any:
+        require_ray()
+        import ray
+
+        if not ray.is_initialized():
+            if self.address == "local":
+                ray.init(
+                    num_cpus=self.local_cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    object_store_memory=_LOCAL_OBJECT_STORE_BYTES,
+                )
+            else:
+                ray.init(address=self.address, log_to_driver=False)
+            self._started_ray = True
+        return ray
+
+    def _ensure_actors(self, count: int) -> list[Any]:
+        ray = self._connect()
+        if len(self._actors) >= count:
+            return self._actors[:count]
+        from pytest_llmperf import __version__
+
+        actor_class = ray.remote(num_cpus=1, max_concurrency=4)(_ShardActor)
+        new = [actor_class.options(scheduling_strategy="SPREAD").remote() for _ in range(count - len(self._actors))]
+        try:
+            identities = ray.get([a.identity.remote() for a in new], timeout=_PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            for actor in new:
+                ray.kill(actor)
+            free = ray.available_resources().get("CPU", 0)
+            raise ClientShardError(
+                f"Ray could not place {len(new)} client actor(s) within {_PLACEMENT_TIMEOUT_S:g} s: each needs a "
+                f"CPU, and the cluster has {free:g} free; use fewer (--llmperf-client-procs=N)"
+            ) from None
+        driver_node = ray.get_runtime_context().get_node_id()
+        for actor, (node, version, _pid) in zip(new, identities, strict=True):
+            if version != __version__:
+                raise ClientShardError(
+                    f"a Ray node runs pytest-llmperf {version}, this session {__version__}: install "
+                    "the same version on every node"
+                )
+            offset = _probe_offset(ray, actor, same_node=node == driver_node)
+            if abs(offset.offset_s) > CLOCK_OFFSET_LIMIT_S:
+                raise ClientShardError(
+                    f"the wall clock of Ray node {node[:12]} is {offset.offset_s * 1000:+.0f} ms off this machine's "
+                    f"(limit {CLOCK_OFFSET_LIMIT_S * 1000:g} ms): keep the nodes' clocks in sync (chrony or NTP), "
+                    "then run again"
+                )
+            self._offsets.append(offset)
+            self._actors.append(actor)
+        return self._actors[:count]
+
+    def shard_count(self, workload: Workload, prompts: int) -> int:
+        wanted = self.shards_wanted
+        if wanted is None:
+            ray = self._connect()
+            wanted = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        return max(1, min(wanted, shards.max_shards(workload, prompts)))
+
+    def run(
+        self,
+        workload: Workload,
+        endpoint: Endpoint,
+        prompts: Sequence[Prompt],
+        *,
+        warmup_prompts: Sequence[Prompt] = (),
+        busy_poll: bool = False,
+    ) -> RunRecords:
+        ray = self._connect()
+        offsets = shards.arrival_schedule(workload, prompts)
+        plans = shards.split(
+            workload, prompts, warmup_prompts, self.shard_count(workload, len(prompts)), offsets=offsets
+        )
+        actors = self._ensure_actors(len(plans))
+        refs = [
+            actor.run.remote(shards.shard_workload(workload, plan), endpoint, plan, busy_poll)
+            for actor, plan in zip(actors, plans, strict=True)
+        ]
+        try:
+            ray.get([a.wait_ready.remote(_PLACEMENT_TIMEOUT_S) for a in actors])
+            start_wall, start_perf = time.time() + _START_MARGIN_S, time.perf_counter() + _START_MARGIN_S
+            ray.get(
+                [
+                    a.begin.remote(start_wall + o.offset_s, start_perf if o.same_node else None)
+                    for a, o in zip(actors, self._offsets, strict=False)
+                ]
+            )
+            answers = ray.get(refs)
+        except KeyboardInterrupt:
+            for actor in actors:
+                actor.interrupt.remote()
+            answers = ray.get(refs, timeout=_INTERRUPT_GRACE_S)
+        except ray.exceptions.RayError as exc:
+            for actor in actors:
+                actor.interrupt.remote()
+            raise ClientShardError(f"a Ray client shard failed: {exc}") from None
+        driver_wall_minus_perf = time.time() - time.perf_counter()
+        runs = []
+        for (kind, run, shard_wall_minus_perf), offset in zip(answers, self._offsets, strict=False):
+            del kind  # an interrupted shard says so in its run
+            runs.append(shards.shift_times(run, shard_shift(offset, shard_wall_minus_perf, driver_wall_minus_perf)))
+        merged = shards.merge(workload, plans, runs)
+        spread = max((o.uncertainty_s for o in self._offsets[: len(plans)] if not o.same_node), default=0.0)
+        if spread > ALIGNMENT_NOTE_S:
+            merged.notes.append(
+                f"the Ray shards' clocks are aligned to within ±{spread * 1000:.1f} ms (round trips to their nodes); "
+                f"throughputs over this {merged.duration_s:.1f} s window are uncertain by ±"
+                f"{100 * 2 * spread / max(merged.duration_s, 1e-9):.2f} %, latencies not at all"
+            )
+        if merged.interrupted:
+            raise RunInterrupted(merged)
+        return merged
+
+    def close(self) -> None:
+        if not self._actors and not self._started_ray:
+            return
+        import ray
+
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors.clear()
+        self._offsets.clear()
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+
+def _probe_offset(ray: Any, actor: Any, *, same_node: bool) -> ClockOffset:
+    if same_node:
+        return ClockOffset(offset_s=0.0, uncertainty_s=0.0, same_node=True)
+    probes = []
+    for _ in range(_CLOCK_PROBES):
+        before = time.time()
+        remote = ray.get(actor.clock.remote())
+        probes.append((before, remote, time.time()))
+    offset, uncertainty = estimate_offset(probes)
+    return ClockOffset(offset_s=offset, uncertainty_s=uncertainty, same_node=False)
