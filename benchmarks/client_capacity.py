@@ -26,6 +26,10 @@ a rewrite in this script of an older vLLM stream loop, stands in, and the output
     python benchmarks/client_capacity.py            # full run (a few minutes); writes results/client_capacity.md
     python benchmarks/client_capacity.py --quick    # smoke run, seconds; writes no results file
     python benchmarks/client_capacity.py --vllm-wheel DIR/vllm-*.whl    # the real vLLM client from a wheel
+    python benchmarks/client_capacity.py --source before=DIR    # also variant installed@before: DIR's package
+
+``--source`` compares code: a ``git worktree`` of another commit, say, runs as one more variant, interleaved
+with the others, so a before/after comparison sees the same machine state (a shared VM's speed drifts).
 """
 
 from __future__ import annotations
@@ -157,6 +161,8 @@ def disturbed(result: dict[str, Any]) -> bool:
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one load episode and measure it; ``spec`` comes from the parent as JSON."""
+    if spec.get("source"):  # another checkout's package, before the installed one
+        sys.path.insert(0, spec["source"])
     for name in spec["hide"]:
         sys.modules[name] = None  # type: ignore[assignment]  # documented: the next import raises ImportError
     from pytest_llmperf.client import loadgen
@@ -679,11 +685,12 @@ def summary_lines(results: Sequence[tuple[Scenario, str, list[dict[str, Any]]]])
     lines = []
     name = reference_variant(results)
     for s, variant, runs in results:
-        if variant != "installed":
+        if variant != "installed" and not variant.startswith("installed@"):
             continue
         verdict_text, notes = verdict(s, runs)
         us = median_of(runs, "us_per_event")
-        line = f"- ({s.key}) {s.title}: {us:.1f} µs/event (target ≤ {s.target_us:g})"
+        line = f"- ({s.key}) {s.title}{'' if variant == 'installed' else f' [{variant}]'}: {us:.1f} µs/event "
+        line += f"(target ≤ {s.target_us:g})"
         if s.key == "a":
             ok, _ = keeps_up(s, runs)
             line += f", {'keeps up with' if ok else 'falls behind'} the server's schedule"
@@ -827,6 +834,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "`vllm bench serve`'s request function from (default: an installed vllm distribution, if any)",
     )
     parser.add_argument("--note", action="append", default=[], help="a line for the results' machine section")
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also run the load generator of the checkout DIR as variant installed@LABEL (repeatable)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -836,11 +850,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
+    sources: dict[str, str] = {}
+    for item in args.source:
+        label, _, directory = item.partition("=")
+        name = f"installed@{label}"
+        sources[name] = str(Path(directory).resolve())
+        VARIANTS[name] = ()
+        CLIENTS[name] = f"pytest-llmperf's load generator from another checkout, `{label}`"
     client_core, server_core = pinned_cores(args)
     repeats = args.repeats or (1 if args.quick else 3)
     if args.retries is None:
         args.retries = 0 if args.quick else 3
     variants = (args.variants or ("installed" if args.quick else ",".join(VARIANTS))).split(",")
+    variants += [name for name in sources if name not in variants]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         print(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}", file=sys.stderr)
@@ -880,6 +902,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "num_prompts": s.num_prompts,
                         "seed": i,
                         "vllm": asdict(vllm) if vllm is not None else None,
+                        "source": sources.get(variant),
                     }
                     for attempt in range(args.retries + 1):
                         wait_until_quiet((client_core, server_core), QUIET_LIMIT, args.wait_quiet)

@@ -391,6 +391,7 @@ class RequestDetail(TypedDict):
     itls: list[list[float]]
     latencies: list[float]
     start_times: list[float]
+    queue_times: list[float]  # vLLM's --save-result key: seconds each request waited for a concurrency slot
     errors: list[str]
     output_tokens_source: list[str]
     finish_reasons: list[str | None]

@@ -17,10 +17,11 @@ midpoints: over integers for concurrency until the two are adjacent, over a rela
 probe there rather than by a wide bracket.
 
 Each probe of a concurrency search sends ``max(num_prompts, ceil(prompts_per_user × concurrency))`` requests per
-run (:func:`probe_prompts`; 10 per user by default, as ``vllm bench sweep serve_sla``'s examples and the published
-sweeps size their runs): with the count fixed for the lowest concurrency, a run at c=64 would be mostly ramp-up
-and tail, not the steady batch the SLO is about. ``prompts_per_user=None`` keeps ``num_prompts`` at every probe;
-a rate search, a run bounded by ``duration_s`` and a trace replay keep theirs too (no per-user count applies).
+run (:func:`probe_prompts`; 10 per user by default, as the published sweeps size their runs: InferenceMAX sends
+10 × CONC prompts). With the count fixed for the lowest concurrency, as ``serve_sla`` keeps its ``--num-prompts``,
+a run at c=64 would be mostly ramp-up and tail, not the steady batch the SLO is about. ``prompts_per_user=None``
+keeps ``num_prompts`` at every probe; a rate search, a run bounded by ``duration_s`` and a trace replay keep
+theirs too (no per-user count applies).
 
 The capacity is the largest probe decided to meet the SLO: no interpolation, since a probe between two decided
 ones could be undecided itself. Users per GPU = capacity / GPU count for a concurrency search, when the GPU count
@@ -56,7 +57,7 @@ __all__ = [
 
 MAX_PROBES = 8
 MAX_RUNS = 3
-PROMPTS_PER_USER = 10.0  # requests per concurrent user and run, as vLLM's serve_sla examples and published sweeps
+PROMPTS_PER_USER = 10.0  # requests per concurrent user and run, as published sweeps send (10 × CONC prompts)
 VARIES: tuple[str, ...] = ("concurrency", "request_rate")
 
 Decision = Literal["meets", "breaches", "undecided"]

@@ -261,7 +261,8 @@ def _error_kind(r: RequestRecord) -> str:
 def detailed(run: RunRecords, *, compat: str | None = None) -> RequestDetail:
     """Per-request arrays in the shape of ``vllm bench serve --save-detailed``, in dispatch (index) order.
 
-    Seconds, as vLLM writes them; ``start_times`` are the raw ``perf_counter`` stamps. Failed requests
+    Seconds, as vLLM writes them; ``start_times`` are the raw ``perf_counter`` stamps, ``queue_times`` each
+    request's wait on the client (for a concurrency slot) between its arrival and its send. Failed requests
     appear with 0 / ``[]`` and their error text. ``output_tokens_source`` and ``finish_reasons`` are ours.
     """
     mode = _check_compat(run.workload.compat if compat is None else compat)
@@ -272,6 +273,7 @@ def detailed(run: RunRecords, *, compat: str | None = None) -> RequestDetail:
         "itls": [],
         "latencies": [],
         "start_times": [],
+        "queue_times": [],
         "errors": [],
         "output_tokens_source": [],
         "finish_reasons": [],
@@ -284,6 +286,7 @@ def detailed(run: RunRecords, *, compat: str | None = None) -> RequestDetail:
         out["itls"].append(_floats(m.itl_chunk_s))
         out["latencies"].append(m.e2e_s)
         out["start_times"].append(float(r.start_s))
+        out["queue_times"].append(float(r.start_s - r.arrival_s))  # vLLM's: the wait for a concurrency slot
         out["errors"].append(m.error)
         out["output_tokens_source"].append(m.n_out_source)
         out["finish_reasons"].append(r.finish_reason)

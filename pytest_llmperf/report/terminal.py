@@ -135,6 +135,10 @@ def render(
         scale = r.get("scale")
         if isinstance(scale, (int, float)) and scale != 1:
             lines.append((f"    scaled ×{scale:g} (--llmperf-scale=1 to run as written)", {}))
+        shards = {run.get("client_processes", 1) for run in r.get("runs") or [s]}
+        if shards - {1}:  # a scaled-out client: say so beside its figures
+            counts = "/".join(str(n) for n in sorted(shards))
+            lines.append((f"    load sent by {counts} client processes (or Ray actors) per run, merged", {}))
         for k, run in enumerate(r.get("runs") or [s]):
             for why in run.get("invalid_reasons") or ():
                 lines.append((f"    invalid run {k + 1}: {why}", {"yellow": True}))

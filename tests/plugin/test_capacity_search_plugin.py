@@ -16,7 +16,7 @@ import pytest
 
 @pytest.mark.perf(input_len=8, output_len=10, num_prompts=16{marker_extra})
 def test_capacity(llmperf):
-    search = llmperf.capacity(slo={{"e2e_p50_ms": 870}}, low=1, high=16{call_extra})
+    search = llmperf.capacity(slo={{"e2e_p50_ms": 870}}, low=1, high=16, prompts_per_user=2{call_extra})
     print("CAPACITY", search.capacity, search.status)
     print("STATEMENT", search.statement)
 """

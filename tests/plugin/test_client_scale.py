@@ -59,6 +59,7 @@ def test_two_client_processes_give_the_same_counts_and_verdicts(pytester: pytest
     pytester.runpytest(endpoint, *JUDGING, f"--llmperf-json={one}").assert_outcomes(passed=2)
     result = pytester.runpytest(endpoint, *JUDGING, "--llmperf-client-procs=2", f"--llmperf-json={two}")
     result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*load sent by 2 client processes (or Ray actors) per run, merged*"])
     for name, runs in summaries(two).items():
         assert {r["client_processes"] for r in runs} == {2}, name
         assert {r["completed"] for r in runs} == {r["completed"] for r in summaries(one)[name]}
@@ -176,3 +177,14 @@ def test_ctrl_c_keeps_what_every_process_measured_and_leaves_none_behind(
     assert result["summary"]["interrupted"] is True
     assert result["summary"]["completed"] + result["summary"]["failed"] > 0
     assert tagged_processes(tag) == []
+
+
+def test_under_xdist_each_workers_runs_are_sharded(pytester: pytest.Pytester, sim_url: str) -> None:
+    pytester.makepyfile(TESTS)
+    out = pytester.path / "xdist.json"
+    result = pytester.runpytest(
+        f"--llmperf-endpoint={sim_url}", "-n", "2", "--llmperf-client-procs=2", f"--llmperf-json={out}"
+    )
+    result.assert_outcomes(passed=2)
+    for name, runs in summaries(out).items():
+        assert {r["client_processes"] for r in runs} == {2}, name

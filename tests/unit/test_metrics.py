@@ -528,6 +528,7 @@ def test_detailed_matches_vllm_shape_in_index_order() -> None:
         "itls",
         "latencies",
         "start_times",
+        "queue_times",
         "errors",
         "output_tokens_source",
         "finish_reasons",
@@ -538,6 +539,7 @@ def test_detailed_matches_vllm_shape_in_index_order() -> None:
     assert d["output_lens"] == [4, 2]
     assert d["input_lens"] == [8, 8]
     assert d["start_times"] == [10.0, 10.0]
+    assert d["queue_times"] == [0.25, 0.0]  # single() queued 0.25 s for its slot; late arrived as it was sent
     assert d["errors"] == ["", ""]
     assert d["finish_reasons"] == ["length", "stop"]
 
