@@ -33,7 +33,6 @@ Prompts come out conversation by conversation, turns in order, each with its ``c
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import warnings
@@ -212,19 +211,8 @@ _Pairs = list[tuple[str, str]] | None
 
 def read_sharegpt_pairs(path: Path, compat: str) -> list[_Pairs]:
     """Every conversation's (user, reply) pairs in order, up to the first message out of that order."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SpecError(f"cannot read ShareGPT dataset {path}: {exc}") from exc
-    if not isinstance(data, list):
-        raise SpecError(f"ShareGPT dataset {path} must be a JSON list of {{'conversations': [...]}} entries")
     out: list[_Pairs] = []
-    for entry in data:
-        turns = entry.get("conversations") if isinstance(entry, dict) else None
-        if turns is None and compat == "sglang" and isinstance(entry, dict):
-            turns = entry.get("conversation")
-        if not isinstance(turns, list) or len(turns) < 2:
-            continue
+    for turns in datasets.sharegpt_conversations(path, compat):
         pairs: list[tuple[str, str]] = []
         for user, reply in zip(turns[0::2], turns[1::2], strict=False):  # an unanswered last message is left out
             if not (isinstance(user, dict) and isinstance(reply, dict)):

@@ -63,6 +63,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pytest_llmperf.errors import LLMPerfDatasetWarning, SpecError
 from pytest_llmperf.spec import Prompt, Workload
@@ -100,6 +101,8 @@ class PromptContext:
     token_pool: Sequence[int] = ()
     tokenize: Tokenize | None = None
     chat_overhead_tokens: int = 0
+    # Special tokens (a BOS) the server adds to a text prompt of /v1/completions: part of what it counts.
+    text_overhead_tokens: int = 0
     # Exact count of what the server sees for one chat message (template applied), when it can tell us.
     count_chat: Callable[[str], int] | None = None
     # The same for a whole ``messages`` list (multi-turn requests), when the server can tell us.
@@ -265,7 +268,7 @@ def passes(prompt_len: int, output_len: int, workload: Workload) -> bool:
 
 
 def _overhead(workload: Workload, context: PromptContext) -> int:
-    return context.chat_overhead_tokens if workload.api == "chat" else 0
+    return context.chat_overhead_tokens if workload.api == "chat" else context.text_overhead_tokens
 
 
 def _random_prompts(
@@ -460,21 +463,29 @@ def estimate_tokens(text: str) -> int:
     return max(1, round(len(text.split()) * 1.3))
 
 
-def _read_sharegpt(path: Path, compat: str) -> list[_Row]:
-    """The (prompt, reply) of every conversation of two turns or more, in file order; a malformed one as None."""
+def sharegpt_conversations(path: Path, compat: str) -> list[list[Any]]:
+    """The message list of every conversation of two messages or more in a ShareGPT file, in file order
+    (messages unchecked: each reader checks what it takes)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SpecError(f"cannot read ShareGPT dataset {path}: {exc}") from exc
     if not isinstance(data, list):
         raise SpecError(f"ShareGPT dataset {path} must be a JSON list of {{'conversations': [...]}} entries")
-    rows: list[_Row] = []
+    found: list[list[Any]] = []
     for entry in data:
         turns = entry.get("conversations") if isinstance(entry, dict) else None
         if turns is None and compat == "sglang" and isinstance(entry, dict):
             turns = entry.get("conversation")  # SGLang reads either key; vLLM only "conversations"
-        if not isinstance(turns, list) or len(turns) < 2:
-            continue
+        if isinstance(turns, list) and len(turns) >= 2:
+            found.append(turns)
+    return found
+
+
+def _read_sharegpt(path: Path, compat: str) -> list[_Row]:
+    """The (prompt, reply) of every conversation of two turns or more, in file order; a malformed one as None."""
+    rows: list[_Row] = []
+    for turns in sharegpt_conversations(path, compat):
         first, second = turns[0], turns[1]
         prompt = first.get("value") if isinstance(first, dict) else None
         reply = second.get("value") if isinstance(second, dict) else None

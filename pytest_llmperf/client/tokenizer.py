@@ -189,7 +189,8 @@ def prompt_context(
     pool = token_pool(tokenize) if workload.api == "completions" and workload.dataset == "random" else ()
     words = single_token_words(tokenize) if not pool else ()
     if workload.api != "chat":
-        return PromptContext(token_pool=pool, tokenize=tokenize, words=words)
+        added = 0 if pool or tokenizer_path else special_tokens_added(endpoint, client, tokenize)
+        return PromptContext(token_pool=pool, tokenize=tokenize, words=words, text_overhead_tokens=added)
     count_messages = None if tokenizer_path else server_messages_counter(endpoint, tokenize, client)
     count_chat = None if count_messages is None else _one_message(count_messages)
     timeout_s = workload.request_timeout_s
@@ -202,6 +203,25 @@ def prompt_context(
         count_messages=count_messages if workload.turns > 1 else None,
         words=words,
     )
+
+
+def special_tokens_added(endpoint: Endpoint, client: httpx.Client, tokenize: Tokenize) -> int:
+    """How many special tokens (a BOS) the server adds to a text prompt: what it counts in a completion's
+    ``usage.prompt_tokens`` beyond the text's own tokens (llama.cpp and vLLM both add a BOS where the model has
+    one; token-id prompts are taken as they are). 0 when the server cannot say."""
+    import httpx
+
+    probe = "hello there"
+    body = {"model": endpoint.model, "prompt": probe, "content": probe, "add_special_tokens": True, "add_special": True}
+    try:
+        response = client.post("/tokenize", json=body)
+        response.raise_for_status()
+        tokens = response.json().get("tokens")
+        if not isinstance(tokens, list):
+            return 0
+        return max(0, len(tokens) - len(tokenize(probe)))
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def _one_message(count: Callable[[Sequence[Mapping[str, str]]], int]) -> Callable[[str], int]:

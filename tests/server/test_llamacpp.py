@@ -67,3 +67,43 @@ def test_llamacpp_tiny_streams_and_stops(tmp_path: Path) -> None:
         srv.stop()
     assert not srv.alive
     assert not _group_alive(pgid)
+
+
+def test_text_prompts_from_a_dataset_file_count_what_the_server_counts(tmp_path: Path) -> None:
+    """llama.cpp adds a BOS to a text prompt: the requested input_len must hold it, or every request of a
+    ShareGPT run is flagged as a prompt-length mismatch."""
+    from pytest_llmperf.client import loadgen, tokenizer
+    from pytest_llmperf.client.datasets import build_prompts
+    from pytest_llmperf.spec import Endpoint, Workload
+
+    conversations = [
+        {
+            "conversations": [
+                {"from": "human", "value": f"Question {i} about the quick brown fox?"},
+                {"from": "gpt", "value": "An answer of a few words."},
+            ]
+        }
+        for i in range(6)
+    ]
+    dataset = tmp_path / "sharegpt.json"
+    dataset.write_text(json.dumps(conversations))
+    profile = get_profile("llamacpp-tiny")
+    srv = spawn(
+        lambda port: profile.render(port, cache_dir=tmp_path / "cache"),
+        health_path=profile.health_path,
+        log_path=tmp_path / "llama-server.log",
+        startup_timeout_s=profile.startup_timeout_s,
+        name=profile.name,
+    )
+    try:
+        endpoint = Endpoint(url=srv.base_url, model=profile.model, extra_body=dict(profile.extra_body))
+        workload = Workload(dataset=str(dataset), num_prompts=6, concurrency=2, dataset_output_len=4)
+        with tokenizer.control_client(endpoint) as client:
+            context = tokenizer.prompt_context(workload, endpoint, client)
+            prompts = build_prompts(workload, 6, context)  # counts with the server's /tokenize
+        assert context.text_overhead_tokens == 1  # the tiny model's BOS
+        records = loadgen.run(workload, endpoint, prompts).records
+        assert all(r.ok for r in records)
+        assert [r.prompt_tokens for r in sorted(records, key=lambda r: r.index)] == [p.input_len for p in prompts]
+    finally:
+        srv.stop()
