@@ -1,7 +1,9 @@
 """Plain value objects that flow between the plugin's modules.
 
-Everything here is made of builtins so it can cross pytest-xdist's execnet channel and be written to JSON or
-YAML as is. Units are part of field names (``_s``, ``_ms``, ``_len``).
+The settings and workload values are made of builtins, so they cross pytest-xdist's execnet channel and are
+written to JSON or YAML as they are. A run's records stay in the process that measured them (or are pickled
+from a client shard to it); their per-event series are packed arrays (``RequestRecord``), which
+``as_dict()`` turns into lists. Units are part of field names (``_s``, ``_ms``, ``_len``).
 """
 
 from __future__ import annotations

@@ -440,12 +440,11 @@ async def _run(
         gc.freeze()  # fewer, shorter GC pauses during the measured window
         stop_polling = asyncio.Event()
         poller = asyncio.ensure_future(poll_until(stop_polling)) if busy_poll else None
-        monitor.start()
-        if start_instant is None:
-            bench_start = time.perf_counter()
-        else:  # every shard opens its window at the same instant, whenever its own warmup ended
-            bench_start = start_instant()
-            await sleep_until(bench_start, _DISPATCH_SPIN_S)
+        if start_instant is not None:  # every shard opens its window at the same instant, whenever its warmup ended
+            shared_start = start_instant()
+            await sleep_until(shared_start, _DISPATCH_SPIN_S)
+        monitor.start()  # after the wait: its CPU and wall time are the window's
+        bench_start = time.perf_counter() if start_instant is None else shared_start
         state.bench_start = bench_start
         dispatch_lags: list[float] = []
 

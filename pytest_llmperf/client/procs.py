@@ -34,6 +34,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from pytest_llmperf.client import shards
+from pytest_llmperf.client.interrupts import Interrupts
 from pytest_llmperf.errors import ClientShardError, RunInterrupted
 from pytest_llmperf.spec import Endpoint, Prompt, RunRecords, Workload
 
@@ -45,6 +46,7 @@ _START_MARGIN_S = 0.05  # from "all ready" to the common start: the start messag
 _READY_TIMEOUT_S = 120.0  # spawning and importing take about a second; the rest is the warmup
 _PROGRESS_EVERY_S = 0.25
 _INTERRUPT_GRACE_S = 15.0  # each process cancels its requests within 5 s (loadgen) and then sends its records
+_STOP_WAIT_S = 5.0
 _PARENT_CHECK_S = 0.5
 
 
@@ -94,31 +96,48 @@ def run(
     ``cores``: where the processes may run (e.g. :func:`free_cores`); with at least as many cores as processes
     each gets one of its own, else they share them. ``progress`` is called as in ``loadgen.run``.
     """
+    from pytest_llmperf.client.interrupts import deferred
+
     offsets = shards.arrival_schedule(workload, prompts)
     plans = shards.split(workload, prompts, warmup_prompts, processes, offsets=offsets)
     workers: list[_Worker] = []
-    try:
-        for plan in plans:
-            job = _Job(
-                workload=shards.shard_workload(workload, plan),
-                endpoint=endpoint,
-                plan=plan,
-                busy_poll=busy_poll,
-                cores=_cores_of(plan.shard, len(plans), cores),
-                parent_pid=os.getpid(),
-            )
-            workers.append(_Worker.start(job))
-        runs = _Coordinator(workload, plans, workers).run(progress)
-    finally:
-        for worker in workers:
-            worker.stop()
-    merged = shards.merge(workload, plans, runs)
+    # Ctrl-C (and SIGTERM mapped to it) is noted, not raised, while the processes run: raised in the middle of
+    # reading a message it would lose that message; the coordinator passes it on and collects what they measured.
+    with deferred(reraise=False) as interrupts:
+        try:
+            for plan in plans:
+                job = _Job(
+                    workload=shards.shard_workload(workload, plan),
+                    endpoint=endpoint,
+                    plan=plan,
+                    busy_poll=busy_poll,
+                    cores=_cores_of(plan.shard, len(plans), cores),
+                    parent_pid=os.getpid(),
+                )
+                workers.append(_Worker.start(job))
+            coordinator = _Coordinator(workload, plans, workers, interrupts)
+            coordinator.run(progress)
+        finally:
+            _stop_all(workers)
+    answered = [(plan, w.result) for plan, w in zip(plans, workers, strict=True) if w.result is not None]
+    if answered:
+        merged = shards.merge(workload, [p for p, _ in answered], [r for _, r in answered])
+    else:
+        now = time.perf_counter()
+        merged = RunRecords(workload=workload, records=[], bench_start_s=now, bench_end_s=now, interrupted=True)
     if len(plans) < processes:
-        merged.notes.append(
+        merged.notes.insert(
+            0,
             f"{processes} client processes were asked for; this workload feeds {len(plans)} (each needs a "
-            "concurrency slot and a prompt)"
+            "concurrency slot and a prompt, or a conversation)",
         )
-    if merged.interrupted:
+    silent = len(workers) - len(answered)
+    if interrupts or merged.interrupted:
+        merged.interrupted = True
+        if silent:
+            merged.notes.insert(0, f"{silent} client process(es) stopped before measuring anything")
+        if not any("interrupted" in note for note in merged.notes):
+            merged.notes.append(f"the run was interrupted by {interrupts.name}; figures cover the requests finished")
         raise RunInterrupted(merged)
     return merged
 
@@ -131,15 +150,25 @@ def _cores_of(shard: int, count: int, cores: Sequence[int] | None) -> tuple[int,
     return tuple(cores)
 
 
+def _ready_timeout(job: _Job) -> float:
+    """Spawning and importing take about a second; the warmup takes what its requests take."""
+    warmup = job.plan.warmup_prompts
+    rounds = math.ceil(len(warmup) / (job.workload.concurrency or len(warmup) or 1)) if warmup else 0
+    return _READY_TIMEOUT_S + rounds * job.workload.request_timeout_s
+
+
 class _Worker:
     """The parent's handle on one client process."""
 
-    def __init__(self, process: subprocess.Popen[bytes], conn: Connection, shard: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], conn: Connection, job: _Job) -> None:
         self.process = process
         self.conn = conn
-        self.shard = shard
+        self.shard = job.plan.shard
+        self.ready_timeout_s = _ready_timeout(job)
         self.ready = False
+        self.started = False  # the start instant was sent
         self.result: RunRecords | None = None
+        self.gone = False  # ended without records (interrupted before measuring, or died)
         self.done = 0
         self.events = 0
 
@@ -155,65 +184,101 @@ class _Worker:
                 start_new_session=True,
             )
             conn = Connection(os.dup(mine.fileno()))
-        conn.send(job)
-        return cls(process, conn, job.plan.shard)
+        worker = cls(process, conn, job)
+        try:
+            conn.send(job)
+        except BaseException:
+            _stop_all([worker])  # never a process nobody watches
+            raise
+        return worker
 
     @property
     def name(self) -> str:
         return f"client process {self.shard + 1} (pid {self.process.pid})"
 
+    @property
+    def pending(self) -> bool:
+        return self.result is None and not self.gone
+
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def interrupt(self) -> None:
+    def interrupt(self, signum: int = signal.SIGINT) -> None:
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGINT)
+                self.process.send_signal(signum)
 
-    def stop(self) -> None:
-        """The process gone, whatever happened: waited for, else terminated, else killed."""
-        for end in (None, self.process.terminate, self.process.kill):
+
+def _stop_all(workers: Sequence[_Worker]) -> None:
+    """Every process gone, whatever happened: waited for together, then terminated, then killed."""
+    for end in (None, "terminate", "kill"):
+        alive = [w for w in workers if w.alive()]
+        if not alive:
+            break
+        for worker in alive:
             if end is not None:
-                end()
+                with contextlib.suppress(ProcessLookupError):
+                    getattr(worker.process, end)()
+        deadline = time.monotonic() + _STOP_WAIT_S
+        for worker in alive:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=5)
-                break
-        self.conn.close()
+                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for worker in workers:
+        worker.conn.close()
 
 
 class _Coordinator:
     """Reads the processes' messages: every one ready, then the common start, progress, and the results."""
 
-    def __init__(self, workload: Workload, plans: Sequence[shards.ShardPlan], workers: list[_Worker]) -> None:
+    def __init__(
+        self, workload: Workload, plans: Sequence[shards.ShardPlan], workers: list[_Worker], interrupts: Interrupts
+    ) -> None:
         self.workload = workload
-        self.plans = plans
         self.workers = workers
+        self.interrupts = interrupts
         self.planned = sum(len(p.prompts) for p in plans) if workload.duration_s is None else None
         self.interrupted_at: float | None = None
 
-    def run(self, progress: Any) -> list[RunRecords]:
+    def run(self, progress: Any) -> None:
         started = time.monotonic()
-        while any(w.result is None for w in self.workers):
-            try:
-                self._pump(progress)
-            except KeyboardInterrupt:
-                if self.interrupted_at is not None:  # a second interrupt: stop waiting for them
-                    raise RunInterrupted(self._partial()) from None
-                self.interrupted_at = time.monotonic()
-                for worker in self.workers:
-                    worker.interrupt()
-                continue
-            if not all(w.ready for w in self.workers) and time.monotonic() - started > _READY_TIMEOUT_S:
+        while any(w.pending for w in self.workers):
+            if self.interrupts and self.interrupted_at is None:
+                self._pass_on_interrupt()
+            if len(self.interrupts.received) > 1:  # a second interrupt: stop waiting for them
+                return
+            self._pump(progress)
+            late = [w for w in self.workers if not w.ready and time.monotonic() - started > w.ready_timeout_s]
+            if late and self.interrupted_at is None:
                 raise ClientShardError(
-                    f"the client processes were not ready within {_READY_TIMEOUT_S:g} s (spawning, importing and "
+                    f"{late[0].name} was not ready within {late[0].ready_timeout_s:g} s (spawning, importing and "
                     "the warmup): check the machine's load, or use fewer processes (--llmperf-client-procs)"
                 )
             if self.interrupted_at is not None and time.monotonic() - self.interrupted_at > _INTERRUPT_GRACE_S:
-                raise RunInterrupted(self._partial())
-        return [w.result for w in self.workers if w.result is not None]
+                return
+
+    def _pass_on_interrupt(self) -> None:
+        """Each process stops as one process would: one still starting has measured nothing and just ends; one
+        waiting for the start instant gets it, so that it too can stop and answer."""
+        self.interrupted_at = time.monotonic()
+        for worker in self.workers:
+            if not worker.pending:
+                continue
+            if not worker.ready:
+                worker.gone = True
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.terminate()
+                continue
+            if not worker.started:
+                self._send_start(worker, time.perf_counter())
+            worker.interrupt(self.interrupts.received[0])
+
+    def _send_start(self, worker: _Worker, start: float) -> None:
+        with contextlib.suppress(OSError):
+            worker.conn.send(start)
+        worker.started = True
 
     def _pump(self, progress: Any) -> None:
-        pending = {w.conn: w for w in self.workers if w.result is None}
+        pending = {w.conn: w for w in self.workers if w.pending}
         for conn in wait(list(pending), timeout=_PARENT_CHECK_S):
             worker = pending[conn]  # type: ignore[index]  # wait() hands back the connections it was given
             try:
@@ -223,51 +288,40 @@ class _Coordinator:
                 continue
             self._handle(worker, kind, payload, progress)
         for worker in self.workers:
-            if worker.result is None and not worker.alive() and not worker.conn.poll():
+            if worker.pending and not worker.alive() and not worker.conn.poll():
                 self._died(worker)
 
     def _handle(self, worker: _Worker, kind: str, payload: Any, progress: Any) -> None:
         if kind == "ready":
             worker.ready = True
-            if all(w.ready for w in self.workers):
+            if self.interrupted_at is not None:
+                self._send_start(worker, time.perf_counter())
+                worker.interrupt(self.interrupts.received[0])
+            elif all(w.ready for w in self.workers):
                 start = time.perf_counter() + _START_MARGIN_S
                 for each in self.workers:
-                    each.conn.send(start)
+                    self._send_start(each, start)
         elif kind == "progress":
             worker.done, worker.events = payload
             if progress is not None:
                 progress(sum(w.done for w in self.workers), self.planned, sum(w.events for w in self.workers))
         elif kind in ("done", "interrupted"):
             worker.result = payload
+        elif kind == "stopped" or self.interrupted_at is not None:
+            worker.gone = True  # interrupted before it measured anything, or failed while stopping
         else:  # "error": the process's own failure, with its traceback
-            for other in self.workers:
-                other.interrupt()
             raise ClientShardError(f"{worker.name} failed: {payload}")
 
     def _died(self, worker: _Worker) -> None:
+        worker.gone = True
+        if self.interrupted_at is not None:
+            return  # stopped by the interrupt before it had records to send
         with contextlib.suppress(subprocess.TimeoutExpired):
             worker.process.wait(timeout=1)
-        code = worker.process.returncode
-        for other in self.workers:
-            other.interrupt()
         raise ClientShardError(
-            f"{worker.name} ended without its records (exit code {code}): look for an out-of-memory kill "
-            "(dmesg) or a crash above; the run is lost"
+            f"{worker.name} ended without its records (exit code {worker.process.returncode}): look for an "
+            "out-of-memory kill (dmesg) or a crash above; the run is lost"
         )
-
-    def _partial(self) -> RunRecords:
-        """What the processes that answered measured (a second interrupt does not wait for the others)."""
-        answered = [(plan, w.result) for plan, w in zip(self.plans, self.workers, strict=True) if w.result is not None]
-        silent = len(self.workers) - len(answered)
-        if answered:
-            merged = shards.merge(self.workload, [p for p, _ in answered], [r for _, r in answered])
-        else:
-            now = time.perf_counter()
-            merged = RunRecords(workload=self.workload, records=[], bench_start_s=now, bench_end_s=now)
-        merged.interrupted = True
-        if silent:
-            merged.notes.append(f"{silent} client process(es) did not hand back their records after the interrupt")
-        return merged
 
 
 # -- the child process ---------------------------------------------------------------------------------------
@@ -275,6 +329,8 @@ class _Coordinator:
 
 def _child_main(conn: Connection) -> None:
     """A client process: run the shard, send back its records (or its failure), never outlive the parent."""
+    # SIGTERM as the parent received it: stops the run as Ctrl-C does (loadgen), and the notes name it.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     job: _Job = conn.recv()
     threading.Thread(target=_exit_with_parent, args=(job.parent_pid,), daemon=True).start()
     if job.cores is not None:
@@ -308,8 +364,10 @@ def _child_main(conn: Connection) -> None:
         )
     except RunInterrupted as interrupted:
         conn.send(("interrupted", interrupted.partial))
+    except KeyboardInterrupt:  # before the run's own handler was in place: nothing measured
+        conn.send(("stopped", None))
     except BaseException:  # everything, so the parent hears why rather than a bare exit code
-        conn.send(("error", traceback.format_exc(limit=8)))
+        conn.send(("error", traceback.format_exc(limit=-8)))
     else:
         conn.send(("done", records))
     conn.close()
@@ -323,4 +381,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 if __name__ == "__main__":
-    _child_main(Connection(int(sys.argv[1])))
+    try:
+        _child_main(Connection(int(sys.argv[1])))
+    except KeyboardInterrupt:  # still importing when the parent passed an interrupt on: nothing was measured
+        sys.exit(130)

@@ -47,9 +47,10 @@ def shard_workload(workload: Workload, plan: ShardPlan) -> Workload:
     return dataclasses.replace(workload, concurrency=plan.concurrency)
 
 
-def max_shards(workload: Workload, prompts: int) -> int:
-    """The most shards ``workload`` can be split into: each needs a slot of the concurrency and a prompt."""
-    most = max(1, prompts)
+def max_shards(workload: Workload, prompts: Sequence[Prompt]) -> int:
+    """The most shards ``workload`` can be split into: each needs a slot of the concurrency and a prompt (a
+    conversation, in a multi-turn run)."""
+    most = max(1, len(_conversation_groups(prompts)))
     if workload.concurrency:
         most = min(most, workload.concurrency)
     return most
@@ -68,11 +69,9 @@ def split(
     ``offsets``: the open-loop arrival schedule of ``prompts`` (see :func:`arrival_schedule`); None in closed
     loop.
     """
-    count = min(shards, max_shards(workload, len(prompts)))
-    groups = _conversation_groups(prompts)
-    owned: list[list[int]] = [[] for _ in range(count)]
-    for number, members in enumerate(groups):
-        owned[number % count].extend(members)
+    count = min(shards, max_shards(workload, prompts))
+    owned = _deal(_conversation_groups(prompts), workload.concurrency, count)
+    warm = _deal(_conversation_groups(warmup_prompts), workload.concurrency, count)
     plans = []
     for shard, indices in enumerate(owned):
         indices.sort()
@@ -81,7 +80,7 @@ def split(
                 shard=shard,
                 prompts=tuple(prompts[i] for i in indices),
                 indices=tuple(indices),
-                warmup_prompts=tuple(warmup_prompts[shard::count]),
+                warmup_prompts=tuple(warmup_prompts[i] for i in sorted(warm[shard])),
                 concurrency=_share(workload.concurrency, shard, count),
                 offsets=None if offsets is None else tuple(offsets[i] for i in indices),
             )
@@ -97,6 +96,18 @@ def arrival_schedule(workload: Workload, prompts: Sequence[Prompt]) -> list[floa
     if workload.concurrency and math.isinf(workload.request_rate) and workload.trace is None:
         return None
     return prompt_offsets(workload, prompts)
+
+
+def _deal(groups: Sequence[Sequence[int]], slots: int | None, count: int) -> list[list[int]]:
+    """Prompt indices per shard. The concurrency slots are dealt round-robin (slot j to shard j mod count), and
+    the k-th prompt (or conversation) goes to the shard that owns slot k mod concurrency: each shard gets prompts
+    in proportion to its slots, so every slot stays busy to the end as from one process (c = 3 over 2 shards:
+    two slots and two thirds of the prompts, one slot and one third)."""
+    owned: list[list[int]] = [[] for _ in range(count)]
+    for number, members in enumerate(groups):
+        slot = number % slots if slots else number
+        owned[slot % count].extend(members)
+    return owned
 
 
 def _share(total: int | None, shard: int, count: int) -> int | None:

@@ -58,15 +58,32 @@ class ClientScale:
 
         return self._observed(send)
 
-    def _ray_send(
-        self, workload: Workload, endpoint: Endpoint, prompts: Sequence[Prompt], **options: Any
-    ) -> RunRecords:
+    def check(self) -> None:
+        """At the session's start: a Ray cluster that cannot be reached is a usage error before any load (a
+        ``local`` instance starts with the first run)."""
+        if self.ray_address is None or self.ray_address == "local":
+            return
+        import pytest
+
+        from pytest_llmperf.errors import ClientShardError
+
+        try:
+            self._ray_clients().connect()
+        except ClientShardError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    def _ray_clients(self) -> RayClients:
         from pytest_llmperf.client.rayshards import RayClients
 
         if self._ray is None:
             self._ray = RayClients(self.ray_address or "auto", self.procs, local_cpus=len(procs.free_cores(None)))
+        return self._ray
+
+    def _ray_send(
+        self, workload: Workload, endpoint: Endpoint, prompts: Sequence[Prompt], **options: Any
+    ) -> RunRecords:
         options.pop("progress", None)  # actors report no live progress
-        return self._ray.run(workload, endpoint, prompts, **options)
+        return self._ray_clients().run(workload, endpoint, prompts, **options)
 
     def _observed(self, send: Send) -> Send:
         def observed(workload: Workload, endpoint: Endpoint, prompts: Sequence[Prompt], **options: Any) -> RunRecords:

@@ -152,6 +152,7 @@ class LLMPerfSession:
         if self.role.is_worker:
             return
         self.history.check()
+        self.clients.check()
         server_manager.stop_leftovers(self.config)
         if self.config.pluginmanager.has_plugin("dsession") and server_manager.may_spawn(self.settings):
             # The xdist controller stops the workers' shared server: a SIGTERM must reach that teardown too.
@@ -207,7 +208,10 @@ class LLMPerfSession:
                 tr.write_line(line, red=line.startswith("NOT "))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self.clients.close()
+        try:
+            self.clients.close()
+        except Exception as exc:  # the results are still to be written: a failed Ray shutdown must not stop that
+            self.unwritten.append(f"the client's Ray actors did not shut down cleanly: {type(exc).__name__}: {exc}")
         if self.role.is_worker:
             self.history.close()
             return

@@ -188,3 +188,63 @@ def test_under_xdist_each_workers_runs_are_sharded(pytester: pytest.Pytester, si
     result.assert_outcomes(passed=2)
     for name, runs in summaries(out).items():
         assert {r["client_processes"] for r in runs} == {2}, name
+
+
+@pytest.mark.skipif(not ray_installed(), reason="Ray is not installed (extra [ray], in [dev])")
+def test_a_ray_cluster_that_does_not_answer_is_a_usage_error_at_once(pytester: pytest.Pytester, sim_url: str) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    pytester.makepyfile(TESTS)
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess(f"--llmperf-endpoint={sim_url}", f"--llmperf-ray=127.0.0.1:{port}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--llmperf-ray=127.0.0.1:{port}: nothing answers there*"])
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.skipif(not ray_installed(), reason="Ray is not installed (extra [ray], in [dev])")
+def test_sigterm_still_stops_a_run_with_ray_as_ctrl_c_does(
+    tmp_path: Path,
+    spawn_pytest: Callable[..., subprocess.Popen[str]],
+    wait_for_run: Callable[..., None],
+) -> None:
+    # A spawned server: SIGTERM then acts as Ctrl-C (so that its teardown stops the server), and ray.init, which
+    # installs a SIGTERM handler of its own, must not take that away.
+    (tmp_path / "test_long.py").write_text(
+        "def test_long(llmperf):\n"
+        "    print('URL', llmperf.endpoint.url, flush=True)\n"
+        "    llmperf.run(input_len=8, output_len=3000, num_prompts=40, concurrency=4)\n"
+        "def test_next(llmperf):\n"
+        "    llmperf.run(input_len=8, output_len=4, num_prompts=4, concurrency=1)\n"
+    )
+    out = tmp_path / "r.json"
+    proc = spawn_pytest(
+        "--llmperf-server=sim",
+        "--llmperf-ray=local",
+        "--llmperf-client-procs=2",
+        f"--llmperf-json={out}",
+        "-s",
+        "test_long.py",
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "URL " in line:
+            url = line.rsplit("URL ", 1)[1].strip()
+            break
+    else:
+        pytest.fail("".join(seen))
+    wait_for_run(proc, url, running=4, timeout_s=120)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=90)
+    output = "".join(seen) + rest
+    assert "interrupted; partial results kept" in output, output[-3000:]
+    (result,) = json.loads(out.read_text())["results"]  # test_next never ran
+    assert result["summary"]["interrupted"] is True
+    assert result["summary"]["completed"] + result["summary"]["failed"] > 0

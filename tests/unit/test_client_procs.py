@@ -3,9 +3,12 @@ Ctrl-C, a clear error when a process dies, and no process left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -138,3 +141,72 @@ def test_auto_plans_processes_from_the_event_rate_within_the_free_cores() -> Non
     assert procs.free_cores([0]) == tuple(c for c in sorted(os.sched_getaffinity(0)) if c != 0) or tuple(
         sorted(os.sched_getaffinity(0))
     )
+
+
+@pytest.mark.parametrize("after_s", [0.2, 1.5], ids=["while-starting", "during-warmup"])
+def test_ctrl_c_before_the_window_opens_stops_at_once(slow_sim: str, after_s: float) -> None:
+    w = Workload(input_len=8, output_len=300, num_prompts=8, concurrency=2)
+    prompts = build_prompts(w, planned_prompts(w), POOL)
+    endpoint = Endpoint(url=slow_sim, model="llmperf-sim")
+    timer = threading.Timer(after_s, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(RunInterrupted) as caught:
+        # A 3 s warmup request per process: the interrupt lands before (or while) they warm up.
+        procs.run(w, endpoint, prompts, processes=2, warmup_prompts=prompts[:2])
+    timer.cancel()
+    assert time.monotonic() - started < 12  # not the 15 s grace of a process nobody started
+    assert caught.value.partial.interrupted
+    assert client_children() == []
+
+
+def test_the_processes_end_with_a_parent_that_was_killed(slow_sim: str, tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys\n"
+        "from pytest_llmperf.client import procs\n"
+        "from pytest_llmperf.client.datasets import PromptContext, build_prompts\n"
+        "from pytest_llmperf.spec import Endpoint, Workload\n"
+        "w = Workload(input_len=8, output_len=2000, num_prompts=4, concurrency=2)\n"
+        "prompts = build_prompts(w, 4, PromptContext(token_pool=list(range(1000, 2000))))\n"
+        "procs.run(w, Endpoint(url=sys.argv[1], model='llmperf-sim'), prompts, processes=2)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script), slow_sim])
+    try:
+        deadline = time.monotonic() + 30
+        children: list[int] = []
+        while time.monotonic() < deadline and len(children) < 2:
+            children = [pid for pid in all_client_processes() if parent_of(pid) == parent.pid]
+            time.sleep(0.1)
+        assert len(children) == 2
+    finally:
+        parent.kill()  # SIGKILL: no clean-up of its own runs
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in children):
+        time.sleep(0.1)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and not zombie(pid)]
+
+
+def all_client_processes() -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if b"pytest_llmperf.client.procs" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True

@@ -35,7 +35,8 @@ def test_closed_loop_deals_the_slots_and_the_prompts_round_robin() -> None:
     w = Workload(num_prompts=10, concurrency=5)
     plans = shards.split(w, prompts(10), prompts(4), 2)
     assert [p.concurrency for p in plans] == [3, 2]
-    assert [p.indices for p in plans] == [(0, 2, 4, 6, 8), (1, 3, 5, 7, 9)]
+    # Slots 0..4 go to shards 0, 1, 0, 1, 0; prompt k to the owner of slot k mod 5: 6 prompts for 3 slots, 4 for 2.
+    assert [p.indices for p in plans] == [(0, 2, 4, 5, 7, 9), (1, 3, 6, 8)]
     assert [p.prompts[1].prompt for p in plans] == [[2], [3]]
     assert [len(p.warmup_prompts) for p in plans] == [2, 2]
     assert all(p.offsets is None for p in plans)
@@ -43,9 +44,19 @@ def test_closed_loop_deals_the_slots_and_the_prompts_round_robin() -> None:
     assert shards.shard_workload(w, plans[1]).replace(concurrency=5) == w  # nothing else changes
 
 
+@pytest.mark.parametrize(("concurrency", "shards_asked"), [(3, 2), (10, 4), (7, 3), (64, 5)])
+def test_every_shard_needs_as_many_rounds_as_one_process(concurrency: int, shards_asked: int) -> None:
+    n = 10 * concurrency
+    plans = shards.split(Workload(num_prompts=n, concurrency=concurrency), prompts(n), [], shards_asked)
+    assert sum(p.concurrency or 0 for p in plans) == concurrency
+    assert {len(p.prompts) / (p.concurrency or 1) for p in plans} == {10.0}  # no slot idles before the end
+
+
 def test_no_more_shards_than_slots_or_prompts() -> None:
     assert len(shards.split(Workload(num_prompts=10, concurrency=2), prompts(10), [], 8)) == 2
     assert len(shards.split(Workload(num_prompts=3, request_rate=5.0, concurrency=None), prompts(3), [], 8)) == 3
+    one_conversation = [Prompt(prompt="x", input_len=1, output_len=1, conversation=0, turn=t) for t in (1, 2, 3)]
+    assert len(shards.split(Workload(num_prompts=1, concurrency=2, turns=3), one_conversation, [], 2)) == 1
 
 
 def test_open_loop_shards_keep_the_runs_arrival_times() -> None:
