@@ -131,6 +131,9 @@ def render(
         colour = _COLOURS.get(status(r))
         lines.append((text, {colour: True} if colour else {}))
         lines.extend((line, {}) for line in _goodput_and_cost(s))
+        search = r.get("capacity_search")
+        if search:  # a capacity search has no verdict: its finding is its result
+            lines.append((f"    {search['statement']}", {"red": search.get("gate_passed") is False}))
         lines.extend((line, {}) for line in _by_turn(s))
         scale = r.get("scale")
         if isinstance(scale, (int, float)) and scale != 1:

@@ -31,6 +31,8 @@ def test_capacity_finds_the_largest_concurrency_meeting_the_slo(pytester: pytest
     )
     result.assert_outcomes(passed=1)
     assert "test_capacity" in report.read_text(encoding="utf-8")  # the report takes a result without a verdict
+    # The results table shows the finding under the test's row, as it shows a verdict.
+    result.stdout.fnmatch_lines(["*test_capacity*", "    capacity c=8: c=8 meets e2e_p50_ms ≤ 870 ms*"])
     result.stdout.fnmatch_lines(
         [
             "*CAPACITY 8.0 met",
