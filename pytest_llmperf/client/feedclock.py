@@ -49,14 +49,13 @@ class _BodyListener:
     draining the reader's buffer after each read.
     """
 
-    __slots__ = ("_taking", "bypass", "content", "direct", "ended", "parser", "pieces")
+    __slots__ = ("_taking", "content", "direct", "ended", "parser", "pieces")
 
     def __init__(self, content: aiohttp.StreamReader, parser: StreamParser, ended: asyncio.Future[None]) -> None:
         self.content = content
         self.parser = parser
         self.ended = ended  # settled at [DONE], at the body's end, or with the error that broke it
         self.direct = False
-        self.bypass = False  # reads go straight to aiohttp's HTTP parser (FeedClock._bypasses)
         # The decoded pieces of the read being handled, in the direct way: a server writes each event as an HTTP
         # chunk of its own, so a bursty read holds many; one parser call for all of them, with the read's time.
         self.pieces: list[bytes] = []
@@ -78,11 +77,8 @@ class _BodyListener:
                     if self.parser.feed(data, now):
                         self.ended.set_result(None)
                         return
-                if (error := content._exception) is not None:  # aiohttp's exception(), read directly
+                if (error := content.exception()) is not None:
                     raise error
-                if content._eof:  # is_eof()
-                    self.ended.set_result(None)
-                return
             else:
                 while data := content.read_nowait():  # raises the reader's own error: a cut-off body, a timeout
                     if self.parser.feed(data, now):
@@ -124,8 +120,6 @@ def _make_direct(content: aiohttp.StreamReader, protocol: FeedClock) -> bool:
     aiohttp's reader differs."""
     if type(content) is not aiohttp.StreamReader or getattr(content, "_protocol", None) is not protocol:
         return False
-    if not all(hasattr(content, name) for name in ("_exception", "_eof", "total_bytes")):
-        return False
     try:
         content.__class__ = _DirectBody
     except TypeError:
@@ -137,26 +131,6 @@ def _unmake_direct(content: aiohttp.StreamReader) -> None:
     """aiohttp's own reader again: whatever still arrives for the body (its end) is handled as aiohttp does."""
     if type(content) is _DirectBody:
         cast(Any, content).__class__ = aiohttp.StreamReader
-
-
-class _Outcome:
-    """Stands in for aiohttp's HTTP parser for one call: hands aiohttp's ``data_received`` the outcome of a
-    ``feed_data`` already made (an exception, or a new message after the body), so that aiohttp deals with it
-    its own way; later calls (e.g. for an upgrade's tail) go to the parser itself."""
-
-    __slots__ = ("outcome", "parser")
-
-    def __init__(self, parser: Any, outcome: Any) -> None:
-        self.parser = parser
-        self.outcome = outcome
-
-    def feed_data(self, data: bytes) -> Any:
-        outcome, self.outcome = self.outcome, None
-        if outcome is None:
-            return self.parser.feed_data(data)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
 
 
 def _unclocked(size: int) -> float:
@@ -303,10 +277,7 @@ class FeedClock(ResponseHandler):
         now = self._now(size) if size else time.perf_counter()
         listener = self.listener
         if listener is not None:
-            if listener.bypass and size:
-                self._parse(data)
-            else:
-                super().data_received(data)
+            super().data_received(data)
             listener.take(now)
             return
         if not data:  # aiohttp resuming its parser after a pause: nothing arrived
@@ -319,40 +290,6 @@ class FeedClock(ResponseHandler):
             self.feeds.append((payload, payload.total_bytes, now))
         else:  # headers and a whole body in this one read: its reader is already out of reach
             self.feeds.append((None, 0, now))
-
-    def _parse(self, data: bytes) -> None:
-        """aiohttp's ``data_received`` for a read of a body, as it goes when nothing but the body's bytes come
-        (:meth:`_bypasses`): its HTTP parser, called here, hands the decoded pieces to the body's reader."""
-        parser: Any = self._parser  # aiohttp's, set per response
-        try:
-            outcome = parser.feed_data(data)
-        except BaseException as exc:  # a broken chunk, say: aiohttp's own handling (closes, fails the body)
-            outcome = exc
-        else:
-            if not outcome[0] and not outcome[1]:  # no new message, no upgrade: nothing more for aiohttp to do
-                return
-        self._parser = cast(Any, _Outcome(parser, outcome))
-        try:
-            super().data_received(data)
-        finally:
-            self._parser = parser
-
-    def _bypasses(self) -> bool:
-        """Can a body's reads skip aiohttp's Python ``data_received`` (:meth:`_parse`)? Only when all it would do
-        besides calling its parser is nothing: no read timeout to re-arm, a plain HTTP connection, and the
-        attributes this aiohttp version is known to have. Otherwise every read goes through it, as before."""
-        try:
-            return (
-                self._parser is not None
-                and callable(getattr(self._parser, "feed_data", None))
-                and not self._read_timeout
-                and self._read_timeout_handle is None
-                and self._payload_parser is None
-                and not self._payload_parser_failed
-                and not self._upgraded
-            )
-        except AttributeError:
-            return False
 
     def resume_reading(self, resume_parser: bool = True) -> None:
         # aiohttp calls this after every read from a body's buffer. With nothing paused there is nothing to
@@ -379,7 +316,6 @@ class FeedClock(ResponseHandler):
             return
         # No await from here to ``await ended``: a direct reader and this listener come and go together.
         listener.direct = _make_direct(content, self)
-        listener.bypass = listener.direct and self._bypasses()
         self.listener = listener
         expiry = asyncio.get_running_loop().call_later(timeout_s, _expire, ended)
         try:
