@@ -29,6 +29,11 @@ QUICK = [
     Quick("architecture_facts.py", ("--quick",), ("| package | modules |", "| longest | name | file | lines |")),
     Quick("client_capacity.py", ("--quick",), ("| scenario | variant | runs | events | client µs/event |",)),
     Quick(
+        "client_memory.py",
+        ("--quick",),
+        ("# Client memory", "| code | requests × tokens | events | peak RSS MB |", "Target: ≤ 16 B of peak RSS"),
+    ),
+    Quick(
         "client_scaling.py",
         ("--quick",),
         ("# Client scaling", "| configuration | shards | requests | events |", "## Targets", "QUICK"),
