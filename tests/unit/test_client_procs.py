@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,15 @@ def test_two_processes_keep_the_open_loop_schedule(slow_sim: str) -> None:
     assert two.duration_s == pytest.approx(one.duration_s, rel=0.3)
 
 
+@pytest.fixture
+def hears_ctrl_c() -> Iterator[None]:
+    """Python's own SIGINT handler, even where this suite was started with SIGINT ignored (a background job)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("hears_ctrl_c")
 def test_ctrl_c_stops_every_process_and_keeps_their_records(slow_sim: str) -> None:
     w = Workload(input_len=8, output_len=400, num_prompts=16, concurrency=4)
     prompts = build_prompts(w, planned_prompts(w), POOL)
@@ -143,6 +152,7 @@ def test_auto_plans_processes_from_the_event_rate_within_the_free_cores() -> Non
     )
 
 
+@pytest.mark.usefixtures("hears_ctrl_c")
 @pytest.mark.parametrize("after_s", [0.2, 1.5], ids=["while-starting", "during-warmup"])
 def test_ctrl_c_before_the_window_opens_stops_at_once(slow_sim: str, after_s: float) -> None:
     w = Workload(input_len=8, output_len=300, num_prompts=8, concurrency=2)
