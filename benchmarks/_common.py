@@ -50,6 +50,21 @@ def add_core_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-results", action="store_true", help="print only")
 
 
+def add_source_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--source LABEL=DIR`` (repeatable): ``what`` is done with the ``pytest_llmperf`` of another checkout too."""
+    parser.add_argument("--source", action="append", default=[], metavar="LABEL=DIR", help=what + " (repeatable)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # the scripts' own child processes
+
+
+def checkouts(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--source`` checkouts: label -> absolute directory."""
+    found = {}
+    for item in args.source:
+        label, _, directory = item.partition("=")
+        found[label] = str(Path(directory).resolve())
+    return found
+
+
 def add_quiet_options(parser: argparse.ArgumentParser, unit: str) -> None:
     """Waiting for and repeating ``unit`` ("run", "level") while other processes load the pinned cores."""
     parser.add_argument(

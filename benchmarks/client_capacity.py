@@ -57,7 +57,9 @@ from _common import (
     RESULTS_DIR,
     add_core_options,
     add_quiet_options,
+    add_source_option,
     busy_fraction,
+    checkouts,
     core_busy_ticks,
     foreign_load,
     http_json,
@@ -834,14 +836,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "`vllm bench serve`'s request function from (default: an installed vllm distribution, if any)",
     )
     parser.add_argument("--note", action="append", default=[], help="a line for the results' machine section")
-    parser.add_argument(
-        "--source",
-        action="append",
-        default=[],
-        metavar="LABEL=DIR",
-        help="also run the load generator of the checkout DIR as variant installed@LABEL (repeatable)",
-    )
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    add_source_option(parser, "also run the load generator of the checkout DIR as variant installed@LABEL")
     return parser.parse_args(argv)
 
 
@@ -851,10 +846,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
     sources: dict[str, str] = {}
-    for item in args.source:
-        label, _, directory = item.partition("=")
+    for label, directory in checkouts(args).items():
         name = f"installed@{label}"
-        sources[name] = str(Path(directory).resolve())
+        sources[name] = directory
         VARIANTS[name] = ()
         CLIENTS[name] = f"pytest-llmperf's load generator from another checkout, `{label}`"
     client_core, server_core = pinned_cores(args)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from typing import Any
 from _common import (
     RESULTS_DIR,
     add_core_options,
+    add_source_option,
+    checkouts,
     machine_banner,
     machine_info,
     make_parser,
@@ -288,15 +289,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="points 10x smaller; writes no results file")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--input-len", type=int, default=32)
-    parser.add_argument(
-        "--source",
-        action="append",
-        default=[],
-        metavar="LABEL=DIR",
-        help="also measure the pytest_llmperf of the checkout DIR, labelled LABEL (repeatable)",
-    )
+    add_source_option(parser, "also measure the pytest_llmperf of the checkout DIR, labelled LABEL")
     add_core_options(parser)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -308,11 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     client_core, server_core = pinned_cores(args)
     machine = machine_info(client_core, server_core)
     print(machine_banner(machine))
-    sources: dict[str, str | None] = {}
-    for item in args.source:
-        label, _, directory = item.partition("=")
-        sources[label] = os.path.abspath(directory)
-    sources["this checkout"] = None
+    sources: dict[str, str | None] = {**checkouts(args), "this checkout": None}
     commits = {label: source_commit(directory) for label, directory in sources.items()}
     results: dict[str, dict[str, dict[str, Any]]] = {label: {} for label in sources}
     with simulator(SIM_ARGS, server_core) as (url, _pid):
