@@ -11,21 +11,26 @@ import httpx
 import pytest
 
 from pytest_llmperf.servers.control import engine_info, fetch_models
-from pytest_llmperf.servers.process import _group_alive, spawn
+from pytest_llmperf.servers.process import ServerProcess, _group_alive, spawn
 from pytest_llmperf.servers.profiles import get_profile
 
 pytestmark = pytest.mark.usefixtures("llamacpp")
 
 
-def test_llamacpp_tiny_streams_and_stops(tmp_path: Path) -> None:
+def spawn_tiny(tmp_path: Path) -> ServerProcess:
     profile = get_profile("llamacpp-tiny")
-    srv = spawn(
+    return spawn(
         lambda port: profile.render(port, cache_dir=tmp_path / "cache"),
         health_path=profile.health_path,
         log_path=tmp_path / "llama-server.log",
         startup_timeout_s=profile.startup_timeout_s,
         name=profile.name,
     )
+
+
+def test_llamacpp_tiny_streams_and_stops(tmp_path: Path) -> None:
+    profile = get_profile("llamacpp-tiny")
+    srv = spawn_tiny(tmp_path)
     pgid = srv.pgid
     assert pgid is not None
     try:
@@ -88,13 +93,7 @@ def test_text_prompts_from_a_dataset_file_count_what_the_server_counts(tmp_path:
     dataset = tmp_path / "sharegpt.json"
     dataset.write_text(json.dumps(conversations))
     profile = get_profile("llamacpp-tiny")
-    srv = spawn(
-        lambda port: profile.render(port, cache_dir=tmp_path / "cache"),
-        health_path=profile.health_path,
-        log_path=tmp_path / "llama-server.log",
-        startup_timeout_s=profile.startup_timeout_s,
-        name=profile.name,
-    )
+    srv = spawn_tiny(tmp_path)
     try:
         endpoint = Endpoint(url=srv.base_url, model=profile.model, extra_body=dict(profile.extra_body))
         workload = Workload(dataset=str(dataset), num_prompts=6, concurrency=2, dataset_output_len=4)
