@@ -94,21 +94,16 @@ class LLMPerf:
         self._marker_kwargs = merge(marker.kwargs for marker in item.iter_markers("perf"))
         self._calls = 0
 
-    def run(self, **overrides: Any) -> Result:
-        """Run the marker's workload (``overrides`` win), check its SLOs and judge it against the baseline.
-
-        Fails the test in the call phase on an SLO breach or a regression, with the tables in the message.
-        Returns the last run's :class:`~pytest_llmperf.harness.runner.Result`; ``.runs`` holds every run,
-        ``.verdict`` and ``.slo_results`` the decisions. In A/B mode these are B's runs and the B vs A verdict,
-        and ``.ab_runs`` holds A's.
-        """
-        from pytest_llmperf.harness.judging import ABJudgement
-
+    def _next_call(self) -> tuple[str, str]:
+        """(module path, test name) of a new ``run()``/``capacity()`` call: ``#k`` names the k-th further one."""
         module_path, _, test_name = self._item.nodeid.partition("::")
         test_name += f"#{self._calls}" if self._calls else ""
         self._calls += 1
-        sides = {"A": self.endpoint} if self.compare is None else {"A": self.endpoint, "B": self.compare}
-        measurements = Measurements(
+        return module_path, test_name
+
+    def _measurements(self, sides: dict[str, Endpoint]) -> Measurements:
+        """The measurements of the current call (see :meth:`_next_call`) on ``sides``."""
+        return Measurements(
             self._item,
             self._calls - 1,
             sides,
@@ -120,6 +115,20 @@ class LLMPerf:
             keep_partial=self._session.keep_partial,
             clients=self._session.clients,
         )
+
+    def run(self, **overrides: Any) -> Result:
+        """Run the marker's workload (``overrides`` win), check its SLOs and judge it against the baseline.
+
+        Fails the test in the call phase on an SLO breach or a regression, with the tables in the message.
+        Returns the last run's :class:`~pytest_llmperf.harness.runner.Result`; ``.runs`` holds every run,
+        ``.verdict`` and ``.slo_results`` the decisions. In A/B mode these are B's runs and the B vs A verdict,
+        and ``.ab_runs`` holds A's.
+        """
+        from pytest_llmperf.harness.judging import ABJudgement
+
+        module_path, test_name = self._next_call()
+        sides = {"A": self.endpoint} if self.compare is None else {"A": self.endpoint, "B": self.compare}
+        measurements = self._measurements(sides)
         updating = self.compare is None and self._settings.update is not None  # never in A/B mode (a usage error)
         try:
             for endpoint in sides.values():
@@ -178,21 +187,8 @@ class LLMPerf:
         from pytest_llmperf.judge import capacity_search
         from pytest_llmperf.judge.slo import check_slos, render_slo_table, summary_key
 
-        module_path, _, test_name = self._item.nodeid.partition("::")
-        test_name += f"#{self._calls}" if self._calls else ""
-        self._calls += 1
-        measurements = Measurements(
-            self._item,
-            self._calls - 1,
-            {"A": self.endpoint},
-            settings=self._settings,
-            servers=self._servers,
-            session_id=self._session.session_id,
-            is_worker=self._session.role.is_worker,
-            publish=self._publish,
-            keep_partial=self._session.keep_partial,
-            clients=self._session.clients,
-        )
+        module_path, test_name = self._next_call()
+        measurements = self._measurements({"A": self.endpoint})
         runs: list[tuple[float, Result]] = []
         try:
             if self.compare is not None:
