@@ -188,7 +188,7 @@ def test_server_killed_during_a_run_is_named_and_later_tests_fail_at_once(pytest
 
         def test_killed(llmperf):
             kill_when_running(llmperf.endpoint)
-            llmperf.run(input_len=8, output_len=100, num_prompts=40, concurrency=4)
+            llmperf.run(input_len=8, output_len=400, num_prompts=40, concurrency=4)  # ~8 s: the kill lands inside
 
         def test_after(llmperf):
             llmperf.run(input_len=8, output_len=4, num_prompts=2)
@@ -224,8 +224,8 @@ def test_xdist_workers_learn_that_the_shared_server_died(pytester: pytest.Pytest
 
         def test_killed(llmperf):
             kill_when_running(llmperf.endpoint)
-            try:
-                llmperf.run(input_len=8, output_len=100, num_prompts=40, concurrency=4)
+            try:  # a run of about 8 s: the kill lands inside it however slowly a loaded machine polls
+                llmperf.run(input_len=8, output_len=400, num_prompts=40, concurrency=4)
             finally:
                 open({str(died)!r}, "w").close()
         """,
