@@ -113,6 +113,7 @@ class Stream:
         "max_tokens",
         "number",
         "outcome",
+        "pending",
         "prompt_tokens",
         "received_at",
         "rid",
@@ -141,6 +142,7 @@ class Stream:
         self.done: asyncio.Future[None] | None = None
         self.outcome = "running"
         self.actual: array[float] = array("d")
+        self.pending: list[bytes] = []  # framed chunks held back for one write (chunks_per_write > 1)
         self.include_usage = self.continuous = self.usage_in_last = False
         obj = "text_completion" if api == "completions" else "chat.completion.chunk"
         common = f'data: {{"id":"{self.rid}","object":"{obj}","created":{created},"model":{json.dumps(model)}'
@@ -415,6 +417,7 @@ class Sim:
 
     def _deliver(self, batch: list[tuple[Stream, bytes, int, int]]) -> None:
         tokens = 0
+        burst = self.config.chunks_per_write
         began = perf_counter()
         for stream, data, action, n in batch:
             if stream.outcome != "running":
@@ -427,19 +430,34 @@ class Sim:
                 self._finish(stream, "ok")
             elif transport is None or transport.is_closing():
                 self.abort(stream, "client_gone")
-            elif action == _CLOSE:
-                transport.close()
-                self.abort(stream, "disconnect")
-            elif action == _HANG:
-                self.abort(stream, "hang")
+            elif action in (_CLOSE, _HANG):
+                if stream.pending:  # what earlier steps sent still goes out before the fault
+                    with contextlib.suppress(OSError, RuntimeError):
+                        transport.write(b"".join(stream.pending))
+                        stream.actual.extend([perf_counter()] * len(stream.pending))
+                    stream.pending.clear()
+                if action == _CLOSE:
+                    transport.close()
+                self.abort(stream, "disconnect" if action == _CLOSE else "hang")
             else:
+                tokens += n
+                chunks = 1
+                if pending := stream.pending:  # earlier steps' chunks, held back for one write
+                    pending.append(data)
+                    if action == _WRITE and len(pending) < burst:
+                        continue
+                    data, chunks = b"".join(pending), len(pending)
+                    pending.clear()
+                elif action == _WRITE and burst > 1 and stream.actual:  # the first chunk (TTFT) goes at once
+                    pending.append(data)
+                    continue
                 try:
                     transport.write(data)
                 except (OSError, RuntimeError):  # one broken connection must not stop the engine
                     self.abort(stream, "client_gone")
                     continue
-                stream.actual.append(perf_counter())
-                tokens += n
+                written = perf_counter()
+                stream.actual.extend([written] * chunks)
                 if transport.get_write_buffer_size() > SLOW_CLIENT_BYTES:
                     transport.abort()
                     self.abort(stream, "slow_client")

@@ -99,6 +99,12 @@ class SimConfig:
     max_batch: int = _opt(64, "most sequences in a step; later requests wait")
     tokens_per_chunk: int = _opt(1, "k: a decode step yields 1 + Binomial(k-1, accept_rate) tokens")
     accept_rate: float = _opt(1.0, "acceptance probability of each of the k-1 draft tokens")
+    chunks_per_write: int = _opt(
+        1,
+        "after the first chunk, write each stream's chunks in bursts of N decode steps, each burst in one "
+        "socket write (a server whose output reaches the socket in batches); the intended times stay one per "
+        "step",
+    )
     jitter: float = _opt(0.0, "sigma of the lognormal factor applied to each step time")
     seed: int = _opt(0, "seed of jitter, draft acceptance, EOS and rate-selected faults")
     ttft_add_ms: float = _opt(0.0, "extra delay between receipt and admission of each request, ms")
@@ -204,7 +210,13 @@ def config_problems(c: SimConfig) -> list[str]:
     check(bool(c.host), "host", "an address")
     check(whole("port", 0, 65535), "port", "an int in 0..65535")
     check(bool(c.model), "model", "a non-empty name")
-    for name, low in (("max_model_len", 2), ("default_max_tokens", 1), ("max_batch", 1), ("tokens_per_chunk", 1)):
+    for name, low in (
+        ("max_model_len", 2),
+        ("default_max_tokens", 1),
+        ("max_batch", 1),
+        ("tokens_per_chunk", 1),
+        ("chunks_per_write", 1),
+    ):
         check(whole(name, low), name, f"an int >= {low}")
     check(whole("prefix_cache_block", 1), "prefix_cache_block", "an int >= 1")
     for name in ("stall_every_steps", "history", "prefix_cache_blocks"):

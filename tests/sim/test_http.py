@@ -115,6 +115,39 @@ def test_continuous_usage_stats_are_cumulative(sim: Client) -> None:
     assert "sim:spec_decode_num_draft_tokens_total" in counters
 
 
+def test_chunks_per_write_sends_each_streams_chunks_in_bursts(sim: Client) -> None:
+    sim.configure(chunks_per_write=4)
+    sse = sim.completion(max_tokens=10, stream_options={"include_usage": True})
+    assert [c["choices"][0]["text"] for c in sse.output] == [f" tok{i}" for i in range(10)]
+    assert sse.payloads[-1] == "[DONE]"
+    record = sim.record(sse.chunks[0]["id"])
+    intended, actual = record["intended_chunk_times_ms"], record["actual_chunk_times_ms"]
+    assert len(intended) == len(actual) == 10
+    assert len(set(intended)) == 10  # one intended time per decode step, as without bursts
+    # The first chunk (it carries the TTFT) goes at once; then bursts of 4 steps, the last one cut short by
+    # the final chunk: [0], [1..4], [5..8], [9].
+    assert [len(set(actual[i:j])) for i, j in ((1, 5), (5, 9))] == [1, 1]
+    assert actual[0] < actual[1] < actual[5] < actual[9]
+    assert actual[4] >= intended[4] - 0.5  # a burst goes out once its last step is due, not before
+    assert actual[1] >= intended[4] - 0.5
+
+
+def test_chunks_per_write_sends_the_held_chunks_before_a_disconnect(sim: Client) -> None:
+    sim.configure(chunks_per_write=4, faults=["disconnect:every=1,after=3"])
+    sse = sim.completion(max_tokens=10)
+    assert sse.error
+    assert len(sse.output) == 3
+    record = sim.records()[-1]
+    assert record["outcome"] == "disconnect"
+    assert len(record["actual_chunk_times_ms"]) == 3
+
+
+def test_chunks_per_write_must_be_a_positive_int(sim: Client) -> None:
+    r = sim.http.post("/sim/config", json={"chunks_per_write": 0})
+    assert r.status_code == 400
+    assert "chunks_per_write" in r.text
+
+
 def test_llamacpp_usage_style_puts_usage_in_the_last_choice_chunk(sim: Client) -> None:
     sim.configure(usage_style="llamacpp")
     sse = sim.completion(max_tokens=2, stream_options={"include_usage": True})
