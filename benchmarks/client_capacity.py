@@ -1,13 +1,14 @@
 """Client capacity: how much CPU the load generator spends per streamed event, and whether it keeps up.
 
-Two scenarios against the simulator (``python -m pytest_llmperf.sim``), client and server each pinned to
+Four scenarios against the simulator (``python -m pytest_llmperf.sim``), client and server each pinned to
 their own core:
 
 - (a) one event per read: concurrency 256, a decode step every 10 ms, so each connection receives one small
   chunk per step; target <= 25 µs of client CPU per event and no falling behind the server's schedule;
-- (b) bursty: zero decode delay, concurrency 64, the server writes as fast as it can and each read carries
-  several events; target <= 10 µs per event;
-- (c) bursts of 400 events, the issue's bursty shape: concurrency 64, every stream's output reaches its socket
+- (b) bursty: zero decode delay, concurrency 64, the server writes one event per step as fast as it can and
+  each read carries as many as have queued; target <= 10 µs per event;
+- (c) bursts of 400 events, the bursty shape of the issue that set the target ("64 streams, 400 tokens written
+  at once"): concurrency 64, every stream's output reaches its socket
   400 decode steps (1 ms each) at a time, in one write (``--chunks-per-write 400``), so every client reads the
   same bursts whatever its speed and the CPU per event compares like with like; target <= 10 µs per event and
   <= 0.75x of `vllm bench serve`'s client;
@@ -118,6 +119,8 @@ VLLM_MODULES = ("vllm/benchmarks/lib/endpoint_request_func.py", "vllm/benchmarks
 VLLM_FUNCTION = "async_request_openai_completions"
 # `vllm bench serve`'s own client on the machine where the targets were set, µs per event.
 DESIGN_REFERENCE_US = {"a": 33.0, "b": 14.0, "c": 14.0, "d": 14.0}
+# The issue's target for its bursty shape ("64 streams, 400 tokens written at once"), scenario (c).
+ISSUE_BURST_RATIO = 0.75
 # "No falling behind" (scenario a): the client receives the intended events at the intended rate, its ITL
 # median matches the intended step, and 99% of events arrive before the next step is due.
 KEEP_UP_RATE = 0.99
@@ -135,6 +138,9 @@ class Scenario:
     target_us: float
     sim_args: tuple[str, ...]
     step_ms: float | None  # the intended decode step, when there is one
+    # The most CPU per event relative to `vllm bench serve`'s client in the same runs; None: derived from
+    # target_us and DESIGN_REFERENCE_US.
+    relative_target: float | None = None
 
     def workload_text(self) -> str:
         return (
@@ -153,14 +159,14 @@ def scenarios(quick: bool) -> list[Scenario]:
         return [
             Scenario("a", "one event per read", 64, 32, 50, 64, 25.0, a_args, 10.0),
             Scenario("b", "bursty", 16, 32, 200, 32, 10.0, b_args, None),
-            Scenario("c", "bursts of 400 events", 16, 32, 800, 16, 10.0, c_args, None),
+            Scenario("c", "bursts of 400 events", 16, 32, 800, 16, 10.0, c_args, None, ISSUE_BURST_RATIO),
             Scenario("d", "bursts of 400, unpaced", 16, 32, 800, 16, 10.0, d_args, None),
         ]
     # (a): two waves of 256 requests × 500 tokens at 10 ms per step ≈ 10 s; (b): 128 × 2000 = 256k events.
     return [
         Scenario("a", "one event per read", 256, 32, 500, 512, 25.0, a_args, 10.0),
         Scenario("b", "bursty", 64, 32, 2000, 128, 10.0, b_args, None),
-        Scenario("c", "bursts of 400 events", 64, 32, 2000, 128, 10.0, c_args, None),
+        Scenario("c", "bursts of 400 events", 64, 32, 2000, 128, 10.0, c_args, None, ISSUE_BURST_RATIO),
         Scenario("d", "bursts of 400, unpaced", 64, 32, 2000, 128, 10.0, d_args, None),
     ]
 
@@ -726,15 +732,20 @@ def relative_line(s: Scenario, runs: Sequence[dict[str, Any]], name: str, refere
     """
     ratios = [float(a["us_per_event"]) / float(b["us_per_event"]) for a, b in zip(runs, reference, strict=False)]
     ratio = statistics.median(ratios)
-    wanted = s.target_us / DESIGN_REFERENCE_US[s.key]
     ref_us = median_of(reference, "us_per_event")
     drained = median_of(runs, "received_ev_s") / median_of(reference, "received_ev_s")
+    if s.relative_target is not None:
+        wanted = s.relative_target
+        target = f"the target is ≤ {wanted:.2f}× of it, {wanted * ref_us:.1f} µs here"
+    else:
+        wanted = s.target_us / DESIGN_REFERENCE_US[s.key]
+        target = (
+            f"the target is {s.target_us:g} of {DESIGN_REFERENCE_US[s.key]:g} µs = {wanted:.2f}× on the machine the "
+            f"targets were set on, {wanted * ref_us:.1f} µs here"
+        )
     return (
         f"vs the {name} client in the same runs ({ref_us:.1f} µs/event): {ratio:.2f}× its CPU per event, "
-        f"{drained:.2f}× its received events/s "
-        f"(per-repeat {min(ratios):.2f}–{max(ratios):.2f}); the target is {s.target_us:g} of "
-        f"{DESIGN_REFERENCE_US[s.key]:g} µs = {wanted:.2f}× on the machine the targets were set on, "
-        f"{wanted * ref_us:.1f} µs here "
+        f"{drained:.2f}× its received events/s (per-repeat {min(ratios):.2f}–{max(ratios):.2f}); {target} "
         f"→ **{'PASS' if ratio <= wanted else 'MISS'}** relative"
     )
 

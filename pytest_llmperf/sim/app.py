@@ -114,6 +114,7 @@ class Stream:
         "number",
         "outcome",
         "pending",
+        "pending_tokens",
         "prompt_tokens",
         "received_at",
         "rid",
@@ -143,6 +144,7 @@ class Stream:
         self.outcome = "running"
         self.actual: array[float] = array("d")
         self.pending: list[bytes] = []  # framed chunks held back for one write (chunks_per_write > 1)
+        self.pending_tokens = 0  # the tokens they carry: counted as generated once written
         self.include_usage = self.continuous = self.usage_in_last = False
         obj = "text_completion" if api == "completions" else "chat.completion.chunk"
         common = f'data: {{"id":"{self.rid}","object":"{obj}","created":{created},"model":{json.dumps(model)}'
@@ -353,6 +355,8 @@ class Sim:
 
     def _finish(self, stream: Stream, outcome: str) -> None:
         stream.outcome = outcome
+        stream.pending.clear()  # never sent; the history keeps the stream, not its bytes
+        stream.pending_tokens = 0
         self.active.pop(stream.number, None)
         if stream.done is not None and not stream.done.done():
             stream.done.set_result(None)
@@ -416,7 +420,7 @@ class Sim:
         return batch
 
     def _deliver(self, batch: list[tuple[Stream, bytes, int, int]]) -> None:
-        tokens = 0
+        tokens = writes = 0
         burst = self.config.chunks_per_write
         began = perf_counter()
         for stream, data, action, n in batch:
@@ -431,33 +435,27 @@ class Sim:
             elif transport is None or transport.is_closing():
                 self.abort(stream, "client_gone")
             elif action in (_CLOSE, _HANG):
-                if stream.pending:  # what earlier steps sent still goes out before the fault
-                    with contextlib.suppress(OSError, RuntimeError):
-                        transport.write(b"".join(stream.pending))
-                        stream.actual.extend([perf_counter()] * len(stream.pending))
-                    stream.pending.clear()
+                if stream.pending and self._write(stream, transport, b"".join(stream.pending), len(stream.pending)):
+                    tokens += stream.pending_tokens  # what earlier steps made still goes out before the fault
                 if action == _CLOSE:
                     transport.close()
                 self.abort(stream, "disconnect" if action == _CLOSE else "hang")
             else:
-                tokens += n
-                chunks = 1
-                if pending := stream.pending:  # earlier steps' chunks, held back for one write
+                chunks, pending = 1, stream.pending
+                # After the first chunk (TTFT goes at once), chunks_per_write steps go out in one write.
+                if pending or (action == _WRITE and burst > 1 and stream.actual):
                     pending.append(data)
+                    stream.pending_tokens += n
                     if action == _WRITE and len(pending) < burst:
                         continue
-                    data, chunks = b"".join(pending), len(pending)
+                    data, chunks, n = b"".join(pending), len(pending), stream.pending_tokens
                     pending.clear()
-                elif action == _WRITE and burst > 1 and stream.actual:  # the first chunk (TTFT) goes at once
-                    pending.append(data)
+                    stream.pending_tokens = 0
+                if not self._write(stream, transport, data, chunks):
+                    self.abort(stream, "client_gone")  # one broken connection must not stop the engine
                     continue
-                try:
-                    transport.write(data)
-                except (OSError, RuntimeError):  # one broken connection must not stop the engine
-                    self.abort(stream, "client_gone")
-                    continue
-                written = perf_counter()
-                stream.actual.extend([written] * chunks)
+                tokens += n
+                writes += 1
                 if transport.get_write_buffer_size() > SLOW_CLIENT_BYTES:
                     transport.abort()
                     self.abort(stream, "slow_client")
@@ -467,8 +465,22 @@ class Sim:
                 elif action == _FINAL:
                     self._finish(stream, "ok")
         self.counters["generation_tokens"] += tokens
-        if len(batch) > 1:
-            self.write_s += 0.2 * ((perf_counter() - began) / len(batch) - self.write_s)
+        if writes > 1:
+            self.write_s += 0.2 * ((perf_counter() - began) / writes - self.write_s)
+
+    @staticmethod
+    def _write(stream: Stream, transport: asyncio.Transport, data: bytes, chunks: int) -> bool:
+        """Send ``chunks`` framed chunks in one write and note when; False when the connection is broken."""
+        try:
+            transport.write(data)
+        except (OSError, RuntimeError):
+            return False
+        written = perf_counter()
+        if chunks == 1:
+            stream.actual.append(written)
+        else:
+            stream.actual.extend([written] * chunks)
+        return True
 
     # --- run-time reconfiguration ----------------------------------------------------------------------
 

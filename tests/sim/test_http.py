@@ -117,7 +117,9 @@ def test_continuous_usage_stats_are_cumulative(sim: Client) -> None:
 
 def test_chunks_per_write_sends_each_streams_chunks_in_bursts(sim: Client) -> None:
     sim.configure(chunks_per_write=4)
+    before = generated_tokens(sim)
     sse = sim.completion(max_tokens=10, stream_options={"include_usage": True})
+    assert generated_tokens(sim) - before == 10
     assert [c["choices"][0]["text"] for c in sse.output] == [f" tok{i}" for i in range(10)]
     assert sse.payloads[-1] == "[DONE]"
     record = sim.record(sse.chunks[0]["id"])
@@ -132,14 +134,56 @@ def test_chunks_per_write_sends_each_streams_chunks_in_bursts(sim: Client) -> No
     assert actual[1] >= intended[4] - 0.5
 
 
-def test_chunks_per_write_sends_the_held_chunks_before_a_disconnect(sim: Client) -> None:
-    sim.configure(chunks_per_write=4, faults=["disconnect:every=1,after=3"])
-    sse = sim.completion(max_tokens=10)
+def generated_tokens(sim: Client) -> float:
+    """The simulator's count of output tokens sent, from /metrics."""
+    for line in sim.http.get("/metrics").text.splitlines():
+        if line.startswith("sim:generation_tokens_total "):
+            return float(line.split()[1])
+    raise AssertionError("no sim:generation_tokens_total in /metrics")
+
+
+@pytest.mark.parametrize(("fault", "outcome"), [("disconnect", "disconnect"), ("hang:seconds=0.3", "hang")])
+def test_chunks_per_write_sends_the_held_chunks_before_a_fault(sim: Client, fault: str, outcome: str) -> None:
+    kind, _, seconds = fault.partition(":")
+    sim.configure(chunks_per_write=4, faults=[f"{kind}:every=1,after=3" + (f",{seconds}" if seconds else "")])
+    before = generated_tokens(sim)
+    sse = sim.stream("/v1/completions", {"prompt": "a", "max_tokens": 10, "stream": True}, read_timeout=5)
     assert sse.error
-    assert len(sse.output) == 3
+    assert len(sse.output) == 3  # chunks 1 and 2 were held for a burst when the fault came
     record = sim.records()[-1]
-    assert record["outcome"] == "disconnect"
+    assert record["outcome"] == outcome
     assert len(record["actual_chunk_times_ms"]) == 3
+    assert generated_tokens(sim) - before == 3
+
+
+def test_chunks_per_write_counts_only_the_tokens_it_sent(sim: Client) -> None:
+    sim.configure(chunks_per_write=100, decode_ms=5)
+    before = generated_tokens(sim)
+    sse = sim.stream("/v1/completions", {"prompt": "a", "max_tokens": 60, "stream": True}, read_timeout=0.1)
+    assert sse.error == "ReadTimeout"  # the client gave up after the first chunk: the rest was held back
+    assert len(sse.output) == 1
+    deadline = time.monotonic() + 10
+    while sim.records()[-1]["outcome"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sim.records()[-1]["outcome"] == "client_gone"
+    assert generated_tokens(sim) - before == 1
+
+
+def test_chunks_per_write_releases_held_chunks_when_lowered_mid_stream(sim: Client) -> None:
+    sim.configure(chunks_per_write=8, decode_ms=50)
+    lowered = threading.Timer(0.12, lambda: sim.configure(chunks_per_write=1))
+    lowered.start()
+    try:
+        sse = sim.completion(max_tokens=12)
+    finally:
+        lowered.join()
+    assert len(sse.output) == 12
+    actual = sim.record(sse.chunks[0]["id"])["actual_chunk_times_ms"]
+    assert len(actual) == 12
+    # Chunks 1.. are held for a burst of 8, which would fill at about 450 ms; lowered at 120 ms, the held ones
+    # go out together at the next step and the rest one write per step.
+    assert len(set(actual[1:9])) > 1
+    assert len(set(actual[-3:])) == 3
 
 
 def test_chunks_per_write_must_be_a_positive_int(sim: Client) -> None:
