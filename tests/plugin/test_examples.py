@@ -27,16 +27,19 @@ def embedded_pair() -> str:
 pytestmark = pytest.mark.usefixtures("llamacpp")
 
 
-def llama_servers() -> set[int]:
+def llama_servers(working_in: Path) -> set[int]:
+    """The live llama-server processes whose working directory is ``working_in`` or below it: the ones a run
+    started there (spawned servers inherit it). Others, e.g. another xdist worker's, are not this test's."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
                 state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                cwd = (entry / "cwd").resolve()
             except OSError:
                 continue
-            if b"llama-server" in cmdline and state != "Z":
+            if b"llama-server" in cmdline and state != "Z" and cwd.is_relative_to(working_in.resolve()):
                 pids.add(int(entry.name))
     return pids
 
@@ -47,7 +50,6 @@ def test_examples_run_against_the_embedded_engine(tmp_path: Path) -> None:
     committed = ROOT / "baselines" / pair / "examples"
     if committed.is_dir():  # baselines were committed from a machine like this one
         shutil.copytree(committed, tmp_path / "baselines" / pair / "examples")
-    before = llama_servers()
     out = tmp_path / "r.json"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "examples", f"--llmperf-json={out}"],
@@ -85,4 +87,4 @@ def test_examples_run_against_the_embedded_engine(tmp_path: Path) -> None:
             assert result["outcome"] == "failed", result["nodeid"]
     failed = [r for r in results if r["outcome"] == "failed"]
     assert (done.returncode == 1) == bool(failed), done.stdout
-    assert llama_servers() <= before  # the server it started is gone
+    assert not llama_servers(tmp_path)  # the server it started is gone
