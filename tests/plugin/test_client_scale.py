@@ -101,27 +101,34 @@ def test_without_ray_the_option_names_the_extra(pytester: pytest.Pytester, sim_u
     result.stderr.fnmatch_lines(["*--llmperf-ray='auto': Ray is not installed: pip install 'pytest-llmperf[[]ray]'*"])
 
 
-def ray_processes() -> list[str]:
+def ray_processes(tag: str) -> list[str]:
+    """Ray's raylet and GCS processes that carry ``tag`` in their environment: the ones a session started with
+    that tag set (they inherit it), not another xdist worker's."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
+                if (b"raylet" in cmdline or b"gcs_server" in cmdline) and tag.encode() in (
+                    entry / "environ"
+                ).read_bytes():
+                    found.append(entry.name)
             except OSError:
                 continue
-            if b"raylet" in cmdline or b"gcs_server" in cmdline:
-                found.append(entry.name)
     return found
 
 
 @pytest.mark.skipif(not ray_installed(), reason="Ray is not installed (extra [ray], in [dev])")
-def test_ray_actors_measure_what_one_process_does(pytester: pytest.Pytester, steady_sim: str) -> None:
+def test_ray_actors_measure_what_one_process_does(
+    pytester: pytest.Pytester, steady_sim: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile(TESTS)
     endpoint = f"--llmperf-endpoint={steady_sim}"
     pytester.runpytest(endpoint, "--llmperf-update").assert_outcomes(passed=2)
     one, ray = pytester.path / "one.json", pytester.path / "ray.json"
     pytester.runpytest(endpoint, *JUDGING, f"--llmperf-json={one}").assert_outcomes(passed=2)
-    before = set(ray_processes())
+    tag = f"LLMPERF_TEST_RAY_SESSION={secrets.token_hex(8)}"
+    monkeypatch.setenv(*tag.split("="))
     # A subprocess: a local Ray instance starts and stops with the session, not with this test process.
     result = pytester.runpytest_subprocess(
         endpoint, *JUDGING, "--llmperf-ray=local", "--llmperf-client-procs=2", f"--llmperf-json={ray}"
@@ -132,9 +139,9 @@ def test_ray_actors_measure_what_one_process_does(pytester: pytest.Pytester, ste
         assert {r["completed"] for r in runs} == {r["completed"] for r in summaries(one)[name]}
     assert verdicts(ray) == verdicts(one) == {"test_closed": "PASS", "test_open": "PASS"}
     deadline = time.monotonic() + 20
-    while set(ray_processes()) - before and time.monotonic() < deadline:
+    while ray_processes(tag) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not set(ray_processes()) - before, "the session's local Ray instance is gone with it"
+    assert not ray_processes(tag), "the session's local Ray instance is gone with it"
 
 
 def tagged_processes(tag: str) -> list[int]:
