@@ -9,26 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from capacity_documents import capacity_document
 from headless_chromium import Chromium, check_page, open_page
 
 from pytest_llmperf.judge.capacity_search import CapacitySearch, probe_prompts, search_capacity
 from pytest_llmperf.report.html import write_html
-
-
-def _document(*searches: CapacitySearch) -> dict[str, Any]:
-    results = [
-        {
-            "nodeid": f"perf/test_capacity.py::test_search[{k}]",
-            "outcome": "passed",
-            "workload": {"input_len": 2400, "output_len": 1600, "num_prompts": 80},
-            "summary": {"completed": 80, "failed": 0},
-            "runs": [],
-            "notes": [s.statement],
-            "capacity_search": s.as_dict(),
-        }
-        for k, s in enumerate(searches)
-    ]
-    return {"pair": "h200x8-fp8", "endpoint": {"url": "http://gpu:8000", "gpu_count": 8}, "results": results}
 
 
 def _searches() -> list[CapacitySearch]:
@@ -60,7 +45,7 @@ def _searches() -> list[CapacitySearch]:
 def test_capacity_charts_load_and_draw_without_overlapping_labels(browser: Chromium, tmp_path: Path) -> None:
     searches = _searches()
     assert len(searches[1].probes) >= 8
-    report = write_html(tmp_path / "report.html", _document(*searches))
+    report = write_html(tmp_path / "report.html", capacity_document(*searches, pair="h200x8-fp8", gpu_count=8))
     page = open_page(browser, report, tmp_path / "report.png")
     check_page(page, {"capacity-probes"})
     charts = [p for p in page.plots if p["plot"] == "capacity-probes"]

@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import pytest
+from capacity_documents import capacity_document
 
 from pytest_llmperf.judge.capacity_search import CapacitySearch, probe_prompts, search_capacity
 from pytest_llmperf.report import plots
@@ -54,20 +55,7 @@ def rate_search() -> CapacitySearch:
 
 
 def document(*searches: CapacitySearch) -> dict[str, Any]:
-    results = []
-    for k, s in enumerate(searches):
-        results.append(
-            {
-                "nodeid": f"perf/test_cap.py::test_search[{k}]",
-                "outcome": "passed",
-                "workload": {"input_len": 2400, "output_len": 1600, "num_prompts": 80},
-                "summary": {"completed": 80, "failed": 0},
-                "runs": [],
-                "notes": [s.statement],
-                "capacity_search": s.as_dict(),
-            }
-        )
-    return {"pair": "gb200-fp4", "endpoint": {"url": "http://gpu:8000", "gpu_count": 4}, "results": results}
+    return capacity_document(*searches, pair="gb200-fp4", gpu_count=4)
 
 
 def _svg(page: str, kind: str) -> str:
