@@ -102,6 +102,12 @@ class Workload:
     def replace(self, **changes: Any) -> Workload:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def closed_loop(self) -> bool:
+        """``concurrency`` users each send the next prompt as soon as their previous one ended (no rate, no
+        trace); otherwise requests arrive on a schedule."""
+        return bool(self.concurrency) and math.isinf(self.request_rate) and self.trace is None
+
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

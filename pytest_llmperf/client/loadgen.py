@@ -33,6 +33,7 @@ from pytest_llmperf.client.feedclock import Connector, FeedClock
 from pytest_llmperf.client.interrupts import Interrupts, RemoteInterrupt, cancel_on_interrupt
 from pytest_llmperf.client.pacing import SendPacer
 from pytest_llmperf.client.selfcheck import LoopMonitor
+from pytest_llmperf.client.shards import conversation_groups
 from pytest_llmperf.client.sse import StreamParser, excerpt, not_sse, not_sse_error
 from pytest_llmperf.client.timing import poll_until, sleep_until
 from pytest_llmperf.errors import RunInterrupted, StreamError
@@ -220,18 +221,6 @@ class _Client:
             await _drain(response)
 
 
-def conversations(prompts: Sequence[Prompt]) -> list[list[int]]:
-    """The indices of ``prompts`` by conversation, in order: a conversation's turns are consecutive prompts; a
-    prompt of no conversation is one of its own."""
-    groups: list[list[int]] = []
-    for i, prompt in enumerate(prompts):
-        if groups and prompt.conversation is not None and prompts[groups[-1][0]].conversation == prompt.conversation:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
 def prompt_offsets(workload: Workload, prompts: Sequence[Prompt]) -> list[float]:
     """Seconds after the start at which each prompt is due (:func:`arrival_offsets` over the run's requests).
 
@@ -244,7 +233,7 @@ def prompt_offsets(workload: Workload, prompts: Sequence[Prompt]) -> list[float]
     rng = random.Random(workload.seed + 1)
     if workload.turns == 1:
         return arrival_offsets(workload, len(prompts), rng)
-    groups = conversations(prompts)
+    groups = conversation_groups(prompts)
     out = [0.0] * len(prompts)
     for group, offset in zip(groups, arrival_offsets(workload, len(groups), rng), strict=True):
         for i in group:
@@ -371,11 +360,9 @@ async def _run(
         semaphore = asyncio.Semaphore(workload.concurrency) if workload.concurrency else None
 
         async def one(record: RequestRecord, body: bytes) -> None:
-            if semaphore is None:
-                await client.send(record, body)
-                return
-            async with semaphore:
-                await client.send(record, body)
+            # Not _in_slot(semaphore, client.send(...)): a task cancelled before it starts would leave that
+            # send coroutine never awaited.
+            await _in_slot(semaphore, client.send(record, body))
 
         if warmup_prompts:
             warm = [
@@ -397,19 +384,16 @@ async def _run(
                 )
                 now = time.perf_counter()
                 await asyncio.gather(
-                    *(_in_slot(semaphore, talk.converse(g, now)) for g in conversations(warmup_prompts))
+                    *(_in_slot(semaphore, talk.converse(g, now)) for g in conversation_groups(warmup_prompts))
                 )
             else:
                 await asyncio.gather(*(one(r, b) for r, b in zip(warm, bodies, strict=True)))
 
         bodies = [request_body(workload, endpoint, p) for p in prompts]
-        traced = workload.trace is not None  # each prompt carries its own arrival time
-        if offsets_given is not None:  # a shard's share of the run's schedule
-            offsets = list(offsets_given)
-        elif traced:
-            offsets = [p.arrival_s or 0.0 for p in prompts]
-        else:
-            offsets = prompt_offsets(workload, prompts)
+        # A shard gets its share of the run's schedule (and runs open loop: see shards.arrival_schedule).
+        offsets = list(offsets_given) if offsets_given is not None else prompt_offsets(workload, prompts)
+        # Closed loop: this many workers (users), each sending as soon as its previous request ended.
+        slots = workload.concurrency if workload.closed_loop and offsets_given is None else None
         records: list[RequestRecord] = []
         state.records = records
         tasks: list[asyncio.Task[None]] = []
@@ -459,18 +443,17 @@ async def _run(
             if workload.turns > 1:
                 # Multi-turn: a conversation's turns go in order, each once the previous reply has ended.
                 talk = _Conversing(client, bodies, new_record, workload.turn_gap_s, should_stop, finished)
-                closed = workload.concurrency and math.isinf(workload.request_rate) and not traced
                 await talk.dispatch(
-                    conversations(prompts),
+                    conversation_groups(prompts),
                     offsets,
                     tasks,
                     semaphore,
                     bench_start,
                     dispatch_lags,
-                    slots=workload.concurrency if closed and offsets_given is None else None,
+                    slots=slots,
                     spin_s=_DISPATCH_SPIN_S if busy_poll else 0.0,
                 )
-            elif workload.concurrency and math.isinf(workload.request_rate) and not traced and offsets_given is None:
+            elif slots:
                 # Closed loop: `concurrency` workers take prompts in dataset order as soon as a slot frees.
                 next_index = iter(range(len(prompts)))
 
@@ -481,7 +464,7 @@ async def _run(
                         await client.send(new_record(i, bench_start), bodies[i])
                         finished()
 
-                tasks.extend(asyncio.ensure_future(worker()) for _ in range(workload.concurrency))
+                tasks.extend(asyncio.ensure_future(worker()) for _ in range(slots))
             else:
                 for i, offset in enumerate(offsets):
                     due = bench_start + offset

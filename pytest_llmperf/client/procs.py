@@ -31,12 +31,14 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf.client import shards
-from pytest_llmperf.client.interrupts import Interrupts
 from pytest_llmperf.errors import ClientShardError, RunInterrupted
 from pytest_llmperf.spec import Endpoint, Prompt, RunRecords, Workload
+
+if TYPE_CHECKING:  # the plugin imports this module at start-up; interrupts brings asyncio, needed only in a run
+    from pytest_llmperf.client.interrupts import Interrupts
 
 EVENTS_PER_PROCESS_S = 25_000.0
 """The event rate ``auto`` plans per client process: about half of what one process reads at one event per read
@@ -123,8 +125,7 @@ def run(
     if answered:
         merged = shards.merge(workload, [p for p, _ in answered], [r for _, r in answered])
     else:
-        now = time.perf_counter()
-        merged = RunRecords(workload=workload, records=[], bench_start_s=now, bench_end_s=now, interrupted=True)
+        merged = shards.nothing_measured(workload)
     if len(plans) < processes:
         merged.notes.insert(
             0,
@@ -152,9 +153,7 @@ def _cores_of(shard: int, count: int, cores: Sequence[int] | None) -> tuple[int,
 
 def _ready_timeout(job: _Job) -> float:
     """Spawning and importing take about a second; the warmup takes what its requests take."""
-    warmup = job.plan.warmup_prompts
-    rounds = math.ceil(len(warmup) / (job.workload.concurrency or len(warmup) or 1)) if warmup else 0
-    return _READY_TIMEOUT_S + rounds * job.workload.request_timeout_s
+    return _READY_TIMEOUT_S + shards.warmup_time_s(job.workload, len(job.plan.warmup_prompts))
 
 
 class _Worker:

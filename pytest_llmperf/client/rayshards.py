@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import math
 import os
 import re
 import signal
@@ -277,12 +276,13 @@ class RayClients:
             self._offsets.append(offset)
         return self._actors[:count]
 
-    def shard_count(self, workload: Workload, prompts: Sequence[Prompt]) -> int:
+    def shard_count(self) -> int:
+        """Actors asked for: ``--llmperf-client-procs``, else one per CPU of the cluster."""
         wanted = self.shards_wanted
         if wanted is None:
             ray = self.connect()
             wanted = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        return max(1, min(wanted, shards.max_shards(workload, prompts)))
+        return max(1, wanted)  # split() then deals out as many as the workload can feed
 
     def run(
         self,
@@ -295,7 +295,7 @@ class RayClients:
     ) -> RunRecords:
         ray = self.connect()
         offsets = shards.arrival_schedule(workload, prompts)
-        plans = shards.split(workload, prompts, warmup_prompts, self.shard_count(workload, prompts), offsets=offsets)
+        plans = shards.split(workload, prompts, warmup_prompts, self.shard_count(), offsets=offsets)
         actors = self._ensure_actors(len(plans))
         clocks = self._offsets[: len(plans)]
         self._runs += 1
@@ -337,10 +337,7 @@ class RayClients:
             runs.append(shards.shift_times(run, shard_shift(offset, shard_wall_minus_perf, driver_wall_minus_perf)))
             kept.append(plan)
         if not runs:
-            now = time.perf_counter()
-            raise RunInterrupted(
-                RunRecords(workload=workload, records=[], bench_start_s=now, bench_end_s=now, interrupted=True)
-            )
+            raise RunInterrupted(shards.nothing_measured(workload))
         merged = shards.merge(workload, kept, runs)
         spread = max((o.uncertainty_s for o in clocks if not o.same_node), default=0.0)
         if spread > ALIGNMENT_NOTE_S:
@@ -385,8 +382,7 @@ class RayClients:
 
 def _ready_timeout(workload: Workload, plans: Sequence[shards.ShardPlan]) -> float:
     warmup = max((len(p.warmup_prompts) for p in plans), default=0)
-    rounds = math.ceil(warmup / (workload.concurrency or warmup or 1)) if warmup else 0
-    return _PLACEMENT_TIMEOUT_S + rounds * workload.request_timeout_s
+    return _PLACEMENT_TIMEOUT_S + shards.warmup_time_s(workload, warmup)
 
 
 def _check_reachable(address: str) -> None:

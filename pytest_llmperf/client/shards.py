@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,19 @@ class ShardPlan:
     offsets: tuple[float, ...] | None  # open loop: seconds after the common start each prompt is due
 
 
+def warmup_time_s(workload: Workload, warmup: int) -> float:
+    """The longest a shard's ``warmup`` requests may take: rounds of ``concurrency`` (all at once without one),
+    each up to the request timeout."""
+    rounds = math.ceil(warmup / (workload.concurrency or warmup)) if warmup else 0
+    return rounds * workload.request_timeout_s
+
+
+def nothing_measured(workload: Workload) -> RunRecords:
+    """The run of an interrupt that came before any shard measured anything."""
+    now = time.perf_counter()
+    return RunRecords(workload=workload, records=[], bench_start_s=now, bench_end_s=now, interrupted=True)
+
+
 def shard_workload(workload: Workload, plan: ShardPlan) -> Workload:
     """The workload a shard runs: the run's, with the shard's share of the concurrency."""
     if plan.concurrency == workload.concurrency:
@@ -47,10 +61,10 @@ def shard_workload(workload: Workload, plan: ShardPlan) -> Workload:
     return dataclasses.replace(workload, concurrency=plan.concurrency)
 
 
-def max_shards(workload: Workload, prompts: Sequence[Prompt]) -> int:
-    """The most shards ``workload`` can be split into: each needs a slot of the concurrency and a prompt (a
-    conversation, in a multi-turn run)."""
-    most = max(1, len(_conversation_groups(prompts)))
+def _most_shards(workload: Workload, groups: int) -> int:
+    """The most shards a run of ``groups`` prompts (conversations, in a multi-turn run) can be split into: each
+    needs one of them and a slot of the concurrency."""
+    most = max(1, groups)
     if workload.concurrency:
         most = min(most, workload.concurrency)
     return most
@@ -69,9 +83,10 @@ def split(
     ``offsets``: the open-loop arrival schedule of ``prompts`` (see :func:`arrival_schedule`); None in closed
     loop.
     """
-    count = min(shards, max_shards(workload, prompts))
-    owned = _deal(_conversation_groups(prompts), workload.concurrency, count)
-    warm = _deal(_conversation_groups(warmup_prompts), workload.concurrency, count)
+    groups = conversation_groups(prompts)
+    count = min(shards, _most_shards(workload, len(groups)))
+    owned = _deal(groups, workload.concurrency, count)
+    warm = _deal(conversation_groups(warmup_prompts), workload.concurrency, count)
     plans = []
     for shard, indices in enumerate(owned):
         indices.sort()
@@ -93,7 +108,7 @@ def arrival_schedule(workload: Workload, prompts: Sequence[Prompt]) -> list[floa
     own times; one arrival per conversation in a multi-turn run)."""
     from pytest_llmperf.client.loadgen import prompt_offsets  # aiohttp: only where a run is made
 
-    if workload.concurrency and math.isinf(workload.request_rate) and workload.trace is None:
+    if workload.closed_loop:
         return None
     return prompt_offsets(workload, prompts)
 
@@ -116,8 +131,9 @@ def _share(total: int | None, shard: int, count: int) -> int | None:
     return total // count + (1 if shard < total % count else 0)
 
 
-def _conversation_groups(prompts: Sequence[Prompt]) -> list[list[int]]:
-    """Prompt indices grouped so that the turns of one conversation stay together, in dataset order."""
+def conversation_groups(prompts: Sequence[Prompt]) -> list[list[int]]:
+    """Prompt indices by conversation, in dataset order of their first turns: the turns of one conversation stay
+    together, in order; a prompt of no conversation is a group of its own."""
     groups: list[list[int]] = []
     by_conversation: dict[object, list[int]] = {}
     for i, prompt in enumerate(prompts):

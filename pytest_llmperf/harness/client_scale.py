@@ -43,9 +43,9 @@ class ClientScale:
         if not self.scaled_out:
             from pytest_llmperf.client import loadgen
 
-            return self._observed(loadgen.run)
+            return loadgen.run
         if self.ray_address is not None:
-            return self._observed(self._ray_send)
+            return self._ray_send
 
         def send(workload: Workload, endpoint: Endpoint, prompts: Sequence[Prompt], **options: Any) -> RunRecords:
             from pytest_llmperf.client import loadgen
@@ -56,7 +56,7 @@ class ClientScale:
                 return loadgen.run(workload, endpoint, prompts, **options)
             return procs.run(workload, endpoint, prompts, processes=count, cores=cores, **options)
 
-        return self._observed(send)
+        return send if self.procs is not None else self._observed(send)  # only `auto` plans from what it saw
 
     def check(self) -> None:
         """At the session's start: a Ray cluster that cannot be reached is a usage error before any load (a
